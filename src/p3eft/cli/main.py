@@ -1,0 +1,85 @@
+"""Entry point of the ``p3eft`` command.
+
+Each command group lives in its own module beside this one and is only imported here; the library
+does the work. User errors (:class:`p3eft.errors.P3eftError`) end as one line on stderr and exit
+code 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from p3eft.errors import P3eftError
+
+app = typer.Typer(
+    name="p3eft",
+    help="Privacy-preserving parameter-efficient fine-tuning: PrivTuner (FHE + LoRA) and ObfuscaTune (obfuscation + TEE).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from p3eft.cli import (
+        bench,
+        demo,
+        keys,
+        model_owner,
+        models,
+        obfuscatune,
+        plain,
+        privtuner,
+        serve,
+        wireless,
+    )
+
+    plain.register(app)  # `finetune` and `evaluate`
+    demo.register(app)
+    app.add_typer(models.app, name="models", help="Model registry: list, inspect.")
+    app.add_typer(
+        obfuscatune.app,
+        name="obfuscatune",
+        help="ObfuscaTune: obfuscated fine-tuning and inference with an enclave.",
+    )
+    app.add_typer(privtuner.app, name="privtuner", help="PrivTuner: encrypted (CKKS) LoRA fine-tuning.")
+    app.add_typer(
+        wireless.app, name="wireless", help="PrivTuner's wireless system: energy/privacy resource allocation."
+    )
+    app.add_typer(serve.app, name="serve", help="Run a party (enclave, cloud) as its own process.")
+    app.add_typer(bench.app, name="bench", help="Measure costs (FHE parameter sets, ...) and write JSON.")
+    app.add_typer(keys.app, name="keys", help="Development CA and per-party certificates for mutual TLS.")
+    app.add_typer(
+        model_owner.app, name="model-owner", help="Model owner's side: upload a model to an attested enclave."
+    )
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the exit code (0 on success, 2 on a user error)."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except P3eftError as err:
+        print(f"p3eft: error: {err}", file=sys.stderr)
+        return 2
+    except typer.Exit as ex:
+        return ex.exit_code
+    except typer.Abort:
+        print("p3eft: aborted", file=sys.stderr)
+        return 1
+    except Exception as err:  # click usage errors carry their own message and exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            return err.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

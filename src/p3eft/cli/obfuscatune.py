@@ -1,0 +1,5 @@
+"""`p3eft obfuscatune`: placeholder until its capability lands."""
+
+from p3eft.cli.pending import pending_group
+
+app = pending_group("obfuscatune", "the ObfuscaTune capability")

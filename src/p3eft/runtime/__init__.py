@@ -1,0 +1,1 @@
+"""Parties as processes: the channel interface, messages, transports, TLS, attestation, checkpoints."""
