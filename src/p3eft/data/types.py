@@ -1,0 +1,75 @@
+"""Typed examples and splits shared by every scheme's training and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class MultipleChoiceExample:
+    """A context and its candidate continuations, scored lm-eval-harness style.
+
+    ``label`` is the gold choice used for ``acc``/``acc_norm`` and for training. ``golds`` lists every
+    accepted choice when more than one is correct (WebQuestions); it defaults to ``(label,)``.
+    Each choice is appended to the context after ``target_delimiter`` (a space, as in lm-eval-harness).
+    """
+
+    id: str
+    context: str
+    choices: list[str]
+    label: int
+    golds: tuple[int, ...] = ()
+    target_delimiter: str = " "
+
+    def __post_init__(self) -> None:
+        if not self.golds:
+            object.__setattr__(self, "golds", (self.label,))
+
+    def continuation(self, i: int) -> str:
+        """The text scored for choice ``i`` (delimiter + choice)."""
+        return self.target_delimiter + self.choices[i]
+
+
+@dataclass(frozen=True)
+class ClassificationExample:
+    """A sentence and its class label (SST-2: 0 negative, 1 positive)."""
+
+    id: str
+    text: str
+    label: int
+
+
+Kind = Literal["multiple_choice", "classification"]
+
+
+@dataclass
+class Task:
+    """One split of one dataset, ready to train or evaluate on.
+
+    ``metric`` names the headline metric (``acc``, ``exact_match`` for WebQs, ``accuracy`` for SST-2);
+    ``note`` carries caveats every output must repeat (e.g. PIQA's seeded split of its validation file).
+    """
+
+    name: str
+    split: str
+    kind: Kind
+    examples: list[MultipleChoiceExample] | list[ClassificationExample]
+    metric: str
+    source_files: list[str] = field(default_factory=list)
+    note: str = ""
+    num_labels: int = 0  # classification only
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def describe(self) -> dict[str, object]:
+        """JSON-ready facts for result files."""
+        return {
+            "dataset": self.name,
+            "split": self.split,
+            "n_examples": len(self.examples),
+            "metric": self.metric,
+            "source_files": self.source_files,
+            "note": self.note,
+        }
