@@ -173,6 +173,7 @@ def load_causal_lm(
 ) -> LoadedModel:
     """A decoder LM (GPT-2 or Llama family) in eval mode, with its tokenizer."""
     sources.ensure_offline()
+    sources.quiet_transformers()
     from transformers import AutoModelForCausalLM
 
     spec = resolve_spec(name_or_path)
@@ -208,6 +209,7 @@ def load_sequence_classifier(
     its real weights when they are available.
     """
     sources.ensure_offline()
+    sources.quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 
     spec = resolve_spec(name_or_path)

@@ -32,6 +32,14 @@ def ensure_offline() -> None:
         os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 
+def quiet_transformers() -> None:
+    """Silence transformers' load reports and per-tensor progress bars: p3eft shows its own progress."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def cache_dir() -> Path:
     """p3eft's own cache (converted weights, assembled tokenizers): ``$P3EFT_CACHE`` or ``~/.cache/p3eft``."""
     root = os.environ.get("P3EFT_CACHE")
