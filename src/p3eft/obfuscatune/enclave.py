@@ -1,0 +1,486 @@
+"""The enclave's role (TEE): the plaintext parts of the model, the masks, the loss.
+
+After ``provision`` the enclave holds a Hugging Face model whose boundary linears are stand-ins
+(:class:`~p3eft.obfuscatune.split.BoundaryLinear`); it draws the masks from its session secret,
+uploads the obfuscated weights to the untrusted cloud and forgets the plaintext weights. Each boundary
+is a custom autograd function: forward masks the activation, sends it, unmasks the answer; backward
+sends the masked gradient and unmasks the gradient that comes back. So the HF forward (RoPE, GQA,
+causal masks, KV cache for generation) runs unchanged inside the enclave.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import secrets
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.obfuscatune.masks import Mask, MaskFamily, parse_masks
+from p3eft.obfuscatune.split import (
+    PEFT_TARGETS,
+    BoundaryGroup,
+    GroupLink,
+    SplitModel,
+    hidden_size,
+    mask_sides,
+    split_model,
+)
+from p3eft.runtime.channel import Channel, remote
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+UPLOAD_CHUNK_BYTES = 16 * 2**20  # ours: each load_weight message carries at most this many bytes
+
+
+@dataclass
+class EnclaveSettings:
+    """How the enclave obfuscates. ``session_seed`` None = 32 fresh bytes from ``secrets`` (CSPRNG);
+    ``sealing_key`` (32 bytes) seals ``state()`` checkpoints, as a TEE's sealing key would."""
+
+    mode: str = "strict"
+    masks: str = "orthogonal"
+    lora_r: int = 16
+    lora_alpha: float = 32.0
+    lora_dropout: float = 0.05
+    dtype: str = "float32"
+    session_seed: bytes | None = None
+    sealing_key: bytes | None = None
+    cloud_seed: int | None = None  # seed of the cloud's LoRA init / dropout (None: from the CSPRNG)
+
+    def public(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("session_seed")
+        d.pop("sealing_key")
+        return d
+
+
+@dataclass
+class _Boundary:
+    group: BoundaryGroup
+    mask_in: Mask | None
+    masks_out: list[Mask | None]
+
+
+@dataclass
+class _Cache:
+    x: torch.Tensor
+    outs: tuple[torch.Tensor, ...]
+    served: set[int] = field(default_factory=set)
+
+
+class _BoundaryFn(torch.autograd.Function):
+    """Masked forward / masked backward across the boundary (the cloud keeps the LoRA graph)."""
+
+    @staticmethod
+    def forward(ctx, anchor, x, link, tag):  # noqa: D401
+        ctx.link, ctx.tag = link, tag
+        return tuple(link.send_forward(x, tag))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        gx = ctx.link.send_backward(list(grads), ctx.tag)
+        return None, gx, None, None
+
+
+class _Link(GroupLink):
+    def __init__(self, enclave: Enclave, boundary: _Boundary) -> None:
+        self.enclave = enclave
+        self.b = boundary
+        self.cache: _Cache | None = None
+
+    def send_forward(self, x: torch.Tensor, tag: str | None) -> list[torch.Tensor]:
+        b = self.b
+        xs = b.mask_in.right(x) if b.mask_in is not None else x
+        ys = self.enclave.cloud.call("forward", layer=b.group.layer, x=xs.contiguous(), tag=tag)
+        if len(ys) != len(b.masks_out):
+            raise ProtocolError(f"{b.group.layer}: cloud returned {len(ys)} outputs")
+        dtype = x.dtype
+        return [
+            (m.right_inv(y.to(dtype)) if m is not None else y.to(dtype))
+            for y, m in zip(ys, b.masks_out, strict=True)
+        ]
+
+    def send_backward(self, grads: list[torch.Tensor], tag: str) -> torch.Tensor:
+        b = self.b
+        # y = y* R_out^-1  =>  dL/dy* = dL/dy R_out^-T ;  x* = x R_in  =>  dL/dx = dL/dx* R_in^T
+        gs = [
+            (m.right_inv_t(g) if m is not None else g).contiguous()
+            for g, m in zip(grads, b.masks_out, strict=True)
+        ]
+        gxs = self.enclave.cloud.call("backward", layer=b.group.layer, grads=gs, tag=tag)
+        gxs = gxs.to(grads[0].dtype)
+        return b.mask_in.right_t(gxs) if b.mask_in is not None else gxs
+
+    def output(self, x: torch.Tensor, part: int) -> torch.Tensor:
+        c = self.cache
+        if c is not None and c.x is x and part not in c.served:
+            c.served.add(part)
+            if len(c.served) == len(c.outs):
+                self.cache = None
+            return c.outs[part]
+        if torch.is_grad_enabled():
+            tag = self.enclave.next_tag()
+            outs = _BoundaryFn.apply(self.enclave.anchor, x, self, tag)
+        else:
+            outs = tuple(self.send_forward(x, None))
+        if len(outs) > 1:
+            self.cache = _Cache(x, outs, {part})
+        return outs[part]
+
+
+class Enclave:
+    """The TEE role: see the party contract in ``docs/obfuscatune.md``."""
+
+    def __init__(self, cloud: Channel, settings: EnclaveSettings | None = None) -> None:
+        self.cloud = cloud
+        self.settings = settings or EnclaveSettings()
+        s = self.settings
+        if s.dtype not in _DTYPES:
+            raise ProtocolError(f"enclave dtype must be float32 or float64, not {s.dtype!r}")
+        mask_sides(s.mode, "attn_in")  # validates the mode
+        self._family: MaskFamily = parse_masks(s.masks)
+        self._secret = s.session_seed if s.session_seed is not None else secrets.token_bytes(32)
+        self._sealing_key = s.sealing_key if s.sealing_key is not None else secrets.token_bytes(32)
+        self.dtype = _DTYPES[s.dtype]
+        self.epoch = 0
+        self._step = 0
+        self._calls = 0
+        self._config: dict | None = None
+        self._pending: dict[str, torch.Tensor] = {}
+        self.split: SplitModel | None = None
+        self._boundaries: dict[str, _Boundary] = {}
+        self._train_cfg: dict[str, Any] = {
+            "name": "adamw",
+            "lr": 3e-5,
+            "weight_decay": 0.0,
+            "momentum": 0.0,
+            "max_grad_norm": 0.0,
+        }
+        self.anchor = torch.zeros((), requires_grad=True)  # makes autograd call every boundary's backward
+        self._meta: dict[str, Any] = {}
+        self._cloud_state_pending: dict | None = None
+
+    # ----------------------------------------------------------------- model owner
+    @remote
+    def provision(
+        self,
+        config: dict | None = None,
+        tensors: dict | None = None,
+        done: bool = False,
+        meta: dict | None = None,
+    ) -> dict:
+        """Receive the plaintext model (config first, then state-dict slices); ``done`` splits and uploads.
+
+        ``meta`` may carry ``{"name": str, "weights_random": bool}`` for reports.
+        """
+        if config is not None:
+            if self.split is not None:
+                raise ProtocolError("this enclave is already provisioned")
+            self._config, self._pending = dict(config), {}
+        if self._config is None:
+            raise ProtocolError("provision: send the config first")
+        if meta:
+            self._meta.update(meta)
+        for k, v in (tensors or {}).items():
+            self._pending[k] = v
+        if not done:
+            return {"received": len(self._pending)}
+        self._build()
+        return self.info()
+
+    def _build(self) -> None:
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg_dict = dict(self._config)
+        model_type = cfg_dict.pop("model_type", None)
+        if model_type is None:
+            raise ProtocolError("provision: config has no model_type")
+        cfg = AutoConfig.for_model(model_type, **cfg_dict)
+        model = AutoModelForCausalLM.from_config(cfg)
+        missing, unexpected = model.load_state_dict(self._pending, strict=False)
+        tied = {"lm_head.weight"} if getattr(cfg, "tie_word_embeddings", True) else set()
+        if unexpected or set(missing) - tied:
+            raise ProtocolError(
+                f"provision: state dict does not fit (missing {sorted(set(missing) - tied)[:3]}, "
+                f"unexpected {sorted(unexpected)[:3]})"
+            )
+        self._pending = {}
+        model.to(self.dtype)
+        model.eval()
+        self.split = split_model(model)
+        self._obfuscate_and_upload()
+
+    def _masks_for(self, g: BoundaryGroup) -> _Boundary:
+        sides = mask_sides(self.settings.mode, g.role)
+        fam = self._family.with_chunk(hidden_size(self.split.enclave_model))
+        label = f"e{self.epoch}/{g.layer}"
+        mask_in = fam.make(self._secret, f"{label}/in", g.d_in, self.dtype) if sides.input else None
+        masks_out = [
+            fam.make(self._secret, f"{label}/out{k}", p.d_out, self.dtype) if sides.output else None
+            for k, p in enumerate(g.parts)
+        ]
+        return _Boundary(g, mask_in, masks_out)
+
+    def _obfuscate_and_upload(self) -> None:
+        from tqdm.auto import tqdm
+
+        s = self.settings
+        cloud_seed = (
+            s.cloud_seed
+            if s.cloud_seed is not None
+            else int.from_bytes(
+                hashlib.blake2b(self._secret, digest_size=8, person=b"p3eft-cloud").digest(), "little"
+            )
+            >> 1
+        )
+        self.cloud.call(
+            "configure",
+            lora={"r": s.lora_r, "alpha": s.lora_alpha, "dropout": s.lora_dropout},
+            dtype=s.dtype,
+            seed=cloud_seed,
+        )
+        split = self.split
+        for g in tqdm(split.groups, desc="obfuscate+upload", disable=len(split.groups) < 16, leave=False):
+            b = self._masks_for(g)
+            for k, part in enumerate(g.parts):
+                w = split.weights.pop(part.path).to(self.dtype)
+                w_star = obfuscate_weight(w, b.mask_in, b.masks_out[k])
+                del w
+                rows = max(1, UPLOAD_CHUNK_BYTES // max(1, w_star.shape[1] * w_star.element_size()))
+                for r0 in range(0, w_star.shape[0], rows):
+                    self.cloud.call(
+                        "load_weight",
+                        layer=g.layer,
+                        part=k,
+                        weight=w_star[r0 : r0 + rows].contiguous(),
+                        row_start=r0,
+                        rows_total=w_star.shape[0],
+                    )
+            self._boundaries[g.layer] = b
+            link = _Link(self, b)
+            for part in g.parts:
+                split.stubs[part.path].link = link
+        self.cloud.call("init_adapters")
+        self.cloud.call("configure_optimizer", **self._train_cfg)
+        if self._cloud_state_pending is not None:
+            self.cloud.call("load_state", state=self._cloud_state_pending)
+            self._cloud_state_pending = None
+
+    # ----------------------------------------------------------------- data owner
+    def _require_ready(self) -> SplitModel:
+        if self.split is None:
+            raise ProtocolError("the enclave has no model yet (the model owner must provision it)")
+        return self.split
+
+    def next_tag(self) -> str:
+        self._calls += 1
+        return f"{self._step}.{self._calls}"
+
+    @remote
+    def configure_training(
+        self,
+        optimizer: str = "adamw",
+        lr: float = 3e-5,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        max_grad_norm: float = 0.0,
+    ) -> dict:
+        self._train_cfg = {
+            "name": optimizer,
+            "lr": float(lr),
+            "weight_decay": float(weight_decay),
+            "momentum": float(momentum),
+            "max_grad_norm": float(max_grad_norm),
+        }
+        if self.split is not None:
+            self.cloud.call("configure_optimizer", **self._train_cfg)
+        return {}
+
+    @remote
+    def train_step(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor) -> dict:
+        """One LoRA step through the boundary: loss in the enclave, update on the cloud."""
+        split = self._require_ready()
+        model = split.enclave_model
+        model.train()
+        self._step += 1
+        self._calls = 0
+        self.cloud.call("zero_grad")
+        try:
+            with torch.enable_grad():
+                out = model(
+                    input_ids=input_ids.long(), attention_mask=attention_mask.long(), labels=labels.long()
+                )
+                out.loss.backward()
+        finally:
+            self.cloud.call("release", tag=str(self._step))
+            self.anchor.grad = None
+            model.eval()
+        self.cloud.call("step")
+        return {"loss": float(out.loss.detach()), "step": self._step}
+
+    @remote
+    def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        model = self._require_ready().enclave_model
+        model.eval()
+        with torch.no_grad():
+            return model(input_ids=input_ids.long(), attention_mask=attention_mask.long()).logits
+
+    @remote
+    def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``log p(x[t+1] | x[:t+1])`` for t = 0..T-2: all a multiple-choice scorer needs."""
+        logits = self.logits(input_ids, attention_mask).float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        return logp.gather(-1, input_ids[:, 1:].long().unsqueeze(-1)).squeeze(-1)
+
+    @remote
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int = 16
+    ) -> torch.Tensor:
+        """Greedy continuation (the KV cache stays in the enclave; only new positions cross)."""
+        model = self._require_ready().enclave_model
+        model.eval()
+        with torch.no_grad():
+            cfg = model.generation_config
+            pad = cfg.pad_token_id if cfg.pad_token_id is not None else (cfg.eos_token_id or 0)
+            if isinstance(pad, list):
+                pad = pad[0]
+            out = model.generate(
+                input_ids=input_ids.long(),
+                attention_mask=attention_mask.long(),
+                do_sample=False,
+                max_new_tokens=int(max_new_tokens),
+                pad_token_id=pad,
+            )
+        return out[:, input_ids.shape[1] :]
+
+    @remote
+    def export_adapter(self) -> dict:
+        """The adapters mapped back to plain coordinates, keyed as PEFT saves them.
+
+        ``A_eff = R_in A*`` and ``B_eff = B* R_out^-1``, so ``x A_eff B_eff = (x R_in) A* B* R_out^-1``.
+        """
+        split = self._require_ready()
+        obf = self.cloud.call("adapters")
+        tensors = {}
+        for g in split.groups:
+            b = self._boundaries[g.layer]
+            for k, part in enumerate(g.parts):
+                a, bb = obf[f"{g.layer}/{k}/A"].to(self.dtype), obf[f"{g.layer}/{k}/B"].to(self.dtype)
+                a_eff = b.mask_in.right_t(a.T).T if b.mask_in is not None else a
+                b_eff = b.masks_out[k].right_inv(bb) if b.masks_out[k] is not None else bb
+                prefix = f"base_model.model.{part.path}"
+                tensors[f"{prefix}.lora_A.weight"] = a_eff.T.contiguous()
+                tensors[f"{prefix}.lora_B.weight"] = b_eff.T.contiguous()
+        s = self.settings
+        config = {
+            "r": s.lora_r,
+            "lora_alpha": s.lora_alpha,
+            "lora_dropout": s.lora_dropout,
+            "target_modules": PEFT_TARGETS[split.family],
+            "fan_in_fan_out": split.family == "gpt2",
+            "bias": "none",
+            "task_type": "CAUSAL_LM",
+            "base_model_name_or_path": str(self._meta.get("name", "")),
+        }
+        return {"config": config, "tensors": tensors}
+
+    # ----------------------------------------------------------------- checkpoints
+    @remote
+    def state(self, include_cloud: bool = True) -> dict:
+        """Sealed (AES-GCM, enclave sealing key) enclave state, plus the cloud's obfuscated state.
+
+        The session secret is inside the sealed blob: only an enclave holding the same sealing key can
+        restore it, and a restored session draws the same masks.
+        """
+        inner = {
+            "secret": self._secret,
+            "epoch": self.epoch,
+            "step": self._step,
+            "rng": torch.get_rng_state().numpy().tobytes(),
+            "train_cfg": self._train_cfg,
+            "settings": self.settings.public(),
+        }
+        nonce = os.urandom(12)
+        blob = nonce + AESGCM(self._sealing_key).encrypt(nonce, pickle.dumps(inner), b"p3eft-enclave-state")
+        out: dict[str, Any] = {"sealed": blob}
+        if include_cloud and self.split is not None:
+            out["cloud"] = self.cloud.call("state")
+        return out
+
+    @remote
+    def load_state(self, state: dict) -> dict:
+        """Restore a sealed state. Before ``provision(done=True)`` it sets the session secret (so the
+        masks match the checkpoint); after it, the secret must be the one in use."""
+        blob = state["sealed"]
+        try:
+            inner = pickle.loads(
+                AESGCM(self._sealing_key).decrypt(blob[:12], blob[12:], b"p3eft-enclave-state")
+            )
+        except Exception:
+            raise SecurityError("enclave state does not unseal with this enclave's sealing key") from None
+        if self.split is not None and (inner["secret"] != self._secret or inner["epoch"] != self.epoch):
+            raise ProtocolError(
+                "load_state after provisioning needs the same session; restore before provisioning"
+            )
+        self._secret, self.epoch, self._step = inner["secret"], inner["epoch"], inner["step"]
+        torch.set_rng_state(torch.frombuffer(bytearray(inner["rng"]), dtype=torch.uint8))
+        self.configure_training(
+            **{("optimizer" if k == "name" else k): v for k, v in inner["train_cfg"].items()}
+        )
+        if "cloud" in state:
+            if self.split is None:
+                self._cloud_state_pending = state["cloud"]
+            else:
+                self.cloud.call("load_state", state=state["cloud"])
+        return {"step": self._step, "epoch": self.epoch}
+
+    @remote
+    def info(self) -> dict:
+        out: dict[str, Any] = {
+            "settings": self.settings.public(),
+            "epoch": self.epoch,
+            "step": self._step,
+            "provisioned": self.split is not None,
+        }
+        out.update({k: v for k, v in self._meta.items() if isinstance(v, str | bool | int | float)})
+        if self.split is not None:
+            acc = self.split.accounting()
+            out.update({k: v for k, v in acc.items() if k != "enclave_breakdown"})
+            out["family"] = self.split.family
+            out["mask_macs_per_token"] = self.mask_macs_per_token()
+        return out
+
+    def mask_macs_per_token(self) -> int:
+        return sum(
+            (b.mask_in.macs_per_row() if b.mask_in else 0)
+            + sum(m.macs_per_row() for m in b.masks_out if m is not None)
+            for b in self._boundaries.values()
+        )
+
+    def mask_tensors(self) -> list[torch.Tensor]:
+        """Every mask tensor (tests check none reaches the cloud)."""
+        out = []
+        for b in self._boundaries.values():
+            for m in [b.mask_in, *b.masks_out]:
+                if m is not None:
+                    out.extend(m.tensors())
+        return out
+
+
+def obfuscate_weight(w: torch.Tensor, mask_in: Mask | None, mask_out: Mask | None) -> torch.Tensor:
+    """``W* = R_in^-1 W R_out`` (one side only when the other mask is None); W is (d_in, d_out)."""
+    if mask_in is not None:
+        w = mask_in.right_inv_t(w.T).T  # (W^T R_in^-T)^T = R_in^-1 W
+    if mask_out is not None:
+        w = mask_out.right(w)
+    return w.contiguous()
+
+
+def settings_json(settings: EnclaveSettings) -> str:
+    return json.dumps(settings.public(), sort_keys=True)
