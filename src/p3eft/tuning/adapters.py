@@ -33,7 +33,6 @@ def lora_config(loaded: LoadedModel, config: TrainConfig) -> Any:
         target_modules=config.target_modules or default_target_modules(loaded.spec.family),
         task_type=TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM,
         fan_in_fan_out=loaded.spec.family == "gpt2",  # GPT-2 stores its linears as Conv1D (in x out)
-        base_model_name_or_path=loaded.spec.name,
     )
 
 
@@ -94,13 +93,13 @@ def load_adapter(loaded: LoadedModel, folder: str | Path) -> Any:
     """The base model with the adapter in ``folder`` applied (eval mode), after :func:`check_adapter_dir`."""
     from peft import PeftModel
 
-    cfg = check_adapter_dir(folder)
-    base = cfg.get("base_model_name_or_path")
+    check_adapter_dir(folder)
     meta_file = Path(folder) / ADAPTER_META
+    base = None
     if meta_file.is_file():
-        with contextlib.suppress(json.JSONDecodeError):
-            base = json.loads(meta_file.read_text()).get("model", base)
-    if base and base != loaded.spec.name and not Path(str(base)).exists():
+        with contextlib.suppress(json.JSONDecodeError, AttributeError):
+            base = json.loads(meta_file.read_text()).get("model")
+    if base and base != loaded.spec.name:
         raise P3eftError(f"adapter {folder} was trained on {base!r}, not {loaded.spec.name!r}")
     try:
         model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)

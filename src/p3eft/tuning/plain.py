@@ -74,6 +74,7 @@ def finetune_plain(
     task = load_task(dataset, "train", data_dir=data_dir, limit=limit)
     _check_pair(model, task.kind)
     loaded = load_for_task(model, task)
+    facts = loaded.describe()  # before LoRA layers are injected into the model
     peft_model = attach_lora(loaded, config)
     pad = loaded.tokenizer.pad_token_id
     if task.kind == "classification":
@@ -110,7 +111,7 @@ def finetune_plain(
     peft_model.eval()
     payload: dict[str, Any] = {
         "scheme": "plain",
-        **loaded.describe(),
+        **facts,
         "trainable_parameters": sum(p.numel() for p in trainable_parameters(peft_model).values()),
         "train": task.describe(),
         "notes": [n for n in [task.note] if n],
@@ -148,6 +149,7 @@ def evaluate(
     task = load_task(dataset, "eval", data_dir=data_dir, limit=limit)
     _check_pair(model, task.kind)
     loaded = load_for_task(model, task)
+    facts = loaded.describe()
     net = load_adapter(loaded, adapter) if adapter else loaded.model
     net.eval()
     t0 = time.perf_counter()
@@ -177,7 +179,7 @@ def evaluate(
         notes.append(f"{loaded.spec.name} has random weights here ({loaded.source}): accuracy is meaningless")
     return {
         "scheme": "plain",
-        **loaded.describe(),
+        **facts,
         "adapter": str(adapter) if adapter else None,
         "eval": task.describe(),
         "metric": task.metric,
