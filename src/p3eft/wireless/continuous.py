@@ -1,0 +1,284 @@
+"""Continuous stage: bandwidth, power, device frequency and server share for fixed parameter sets.
+
+Fast exact method (ours). Writing each user's transmission in terms of its upload time t and bandwidth
+b, the minimum transmit energy is E_tx(b, t) = (N0/g) b t (2^{D/(b t)} - 1), which is jointly convex
+in (b, t) (its Hessian determinant is proportional to e^z (2z^2 - z + 1) - 1 >= 0, z = D ln2 / (b t)).
+Encryption and server energies are convex in their times too, so the whole continuous problem is
+convex in (b, times) even though it is a sum of ratios p D / r in (b, p). We solve it by dual
+decomposition, everything as array operations over users:
+
+* a price nu on bandwidth (sum b <= B) and mu on server capacity (sum f_s <= F_s), found by monotone
+  root finding on the totals;
+* per user a deadline multiplier lambda_n, root of "encryption + upload + server time = T_n";
+* given (lambda, nu, mu), closed forms from the KKT conditions:
+  device frequency f = clip((lambda / (2 w1 kappa))^(1/3), f_min, f_max);
+  server share f_s = positive root of 2 w2 kappa_s C_s f_s^3 + mu f_s^2 = lambda C_s;
+  spectral variable z solving k(z) = sqrt(nu lambda) / (w1 N0/g sqrt(D ln2)), k(z) = (z e^z - e^z + 1)/sqrt(z),
+  then u = D ln2 / z, b = sqrt(lambda u / nu), t = sqrt(nu u / lambda), p = N0 b (e^z - 1) / g;
+  where that p exceeds p_max, p = p_max and b solves Q(x) = nu A^2 / ((w1 p_max + lambda) D ln2) with
+  SNR x = A / b, A = p_max g / N0, Q(x) = x^2 (ln(1+x) - x/(1+x)) / ln(1+x)^2.
+
+The fractional-programming method the paper prescribes (quadratic transform, convex inner steps by a
+real solver) is :mod:`p3eft.wireless.fractional`; tests check both against each other and against a
+general-purpose solver.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from p3eft.wireless.errors import InfeasibleScenarioError
+from p3eft.wireless.model import Problem, UserCosts, uplink_rate
+from p3eft.wireless.roots import root_decreasing
+
+LN2 = float(np.log(2.0))
+_Z_MAX = 60.0
+
+
+def _h(z: np.ndarray) -> np.ndarray:
+    return z * np.exp(z) - np.expm1(z)
+
+
+def _k(z: np.ndarray) -> np.ndarray:
+    return _h(z) / np.sqrt(z)
+
+
+def _dk(z: np.ndarray) -> np.ndarray:
+    return (2.0 * z * z * np.exp(z) - _h(z)) / (2.0 * z**1.5)
+
+
+def _q(x: np.ndarray) -> np.ndarray:
+    lg = np.log1p(x)
+    return x * x * (lg - x / (1.0 + x)) / (lg * lg)
+
+
+def _dq(x: np.ndarray) -> np.ndarray:
+    lg = np.log1p(x)
+    m = lg - x / (1.0 + x)
+    return (2.0 * x * m + x * x * x / (1.0 + x) ** 2) / lg**2 - 2.0 * x * x * m / (lg**3 * (1.0 + x))
+
+
+_ZG = np.logspace(-6, np.log10(_Z_MAX), 4000)
+_LKG = np.log(_k(_ZG))
+_XG = np.logspace(-6, 10, 4000)
+_LQG = np.log(_q(_XG))
+assert np.all(np.diff(_LKG) > 0) and np.all(np.diff(_LQG) > 0), "k and Q must be increasing"
+
+
+def _kinv(kv: np.ndarray) -> np.ndarray:
+    """z with k(z) = kv (table inversion in log-log, then two Newton steps)."""
+    lk = np.log(kv)
+    z = np.exp(np.interp(lk, _LKG, np.log(_ZG)))
+    z = np.where(lk < _LKG[0], (2.0 * kv) ** (2.0 / 3.0), z)  # k ~ z^1.5 / 2 near 0
+    for _ in range(2):
+        z = np.clip(z - (_k(z) - kv) / _dk(z), 0.5 * z, np.minimum(2.0 * z, _Z_MAX))
+    return z
+
+
+def _qinv(qv: np.ndarray) -> np.ndarray:
+    """SNR x with Q(x) = qv."""
+    lq = np.log(qv)
+    x = np.exp(np.interp(lq, _LQG, np.log(_XG)))
+    x = np.where(lq < _LQG[0], np.sqrt(2.0 * qv), x)  # Q ~ x^2 / 2 near 0
+    for _ in range(2):
+        x = np.clip(x - (_q(x) - qv) / _dq(x), 0.5 * x, 2.0 * x)
+    return x
+
+
+@dataclass
+class ContinuousSolution:
+    """Optimal continuous resources for one choice of parameter sets."""
+
+    b: np.ndarray  # Hz
+    p: np.ndarray  # W
+    f: np.ndarray  # device cycles/s
+    f_s: np.ndarray  # server cycles/s
+    t_enc: np.ndarray
+    t_tx: np.ndarray
+    t_srv: np.ndarray
+    e_enc: np.ndarray  # J
+    e_tx: np.ndarray
+    e_srv: np.ndarray
+    energy: float  # sum w1 (e_enc + e_tx) + w2 e_srv
+    prices: dict[str, float] = field(default_factory=dict)
+    lam: np.ndarray | None = None
+    evaluations: int = 0
+    history: list[float] = field(default_factory=list)
+
+
+def check_user_deadlines(problem: Problem, costs: UserCosts) -> np.ndarray:
+    """Users whose deadline is missed even with all bandwidth, p_max, f_max and all server capacity."""
+    s = problem.scenario
+    rate = uplink_rate(np.array(s.bandwidth_hz), s.p_max_w, problem.g, problem.n0)
+    t_min = costs.enc_cycles / s.f_max_hz + costs.bits / rate + costs.server_cycles / s.server_hz
+    return np.flatnonzero(t_min > np.array(s.deadlines_s) * (1 + 1e-12))
+
+
+class DualSolver:
+    """Exact solver of the continuous stage by dual decomposition (see module docstring)."""
+
+    def __init__(self, problem: Problem, tol: float = 1e-10) -> None:
+        self.problem = problem
+        self.tol = tol
+        s = problem.scenario
+        self.w1, self.w2, _ = s.weights
+        self.T = np.array(s.deadlines_s, dtype=float)
+        self._lam_guess: np.ndarray | None = None
+        self._nu_guess: float | None = None
+        self._mu_guess: float | None = None
+        self.evals = 0
+
+    # -- per-user closed forms -------------------------------------------------------------------
+    def _response(self, c: UserCosts, lam: np.ndarray, nu: float, mu: float) -> dict[str, np.ndarray]:
+        pr, s = self.problem, self.problem.scenario
+        w1, w2 = self.w1, self.w2
+        # device frequency from dE/df = deadline price (KKT), clipped to the CPU range
+        f = np.clip(np.cbrt(lam / (2.0 * w1 * s.kappa_device)), s.f_min_hz, s.f_max_hz)
+        # server share: positive root of fs^3 + m fs^2 - l = 0 (Newton from an upper bound)
+        lc = lam / (2.0 * w2 * s.kappa_server)
+        fs = np.cbrt(lc)
+        if mu > 0:
+            m = mu / (2.0 * w2 * s.kappa_server * c.server_cycles)
+            fs = np.minimum(fs, np.sqrt(lc / m))
+            for _ in range(8):
+                fs = fs - (fs**3 + m * fs * fs - lc) / (3.0 * fs * fs + 2.0 * m * fs)
+        # transmission: unconstrained power first
+        a = w1 * pr.n0 / pr.g
+        cd = LN2 * c.bits
+        z = _kinv(np.sqrt(nu * lam) / (a * np.sqrt(cd)))
+        u = cd / z
+        b = np.sqrt(lam * u / nu)
+        tx = np.sqrt(nu * u / lam)
+        p = pr.n0 * b * np.expm1(z) / pr.g
+        cap = p > s.p_max_w
+        if cap.any():
+            amp = s.p_max_w * pr.g[cap] / pr.n0
+            x = _qinv(nu * amp**2 / ((w1 * s.p_max_w + lam[cap]) * c.bits[cap] * LN2))
+            b[cap] = amp / x
+            tx[cap] = c.bits[cap] * LN2 / (b[cap] * np.log1p(x))
+            p[cap] = s.p_max_w
+        return {
+            "f": f,
+            "f_s": fs,
+            "b": b,
+            "p": p,
+            "t_enc": c.enc_cycles / f,
+            "t_tx": tx,
+            "t_srv": c.server_cycles / fs,
+        }
+
+    def _lam_for(self, c: UserCosts, nu: float, mu: float) -> np.ndarray:
+        self.evals += 1
+
+        def slack(lam: np.ndarray) -> np.ndarray:
+            r = self._response(c, lam, nu, mu)
+            return r["t_enc"] + r["t_tx"] + r["t_srv"] - self.T
+
+        x0 = self._lam_guess if self._lam_guess is not None else np.ones_like(self.T)
+        lam, _, ok = root_decreasing(slack, x0, ftol=self.tol * self.T)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise InfeasibleScenarioError("deadline", bad, "encryption + upload + server time exceeds T_n")
+        self._lam_guess = lam
+        return lam
+
+    def _nu_for(self, c: UserCosts, mu: float) -> tuple[float, np.ndarray]:
+        bw = self.problem.scenario.bandwidth_hz
+
+        def excess(nu: np.ndarray) -> np.ndarray:
+            lam = self._lam_for(c, float(nu[0]), mu)
+            return np.array([self._response(c, lam, float(nu[0]), mu)["b"].sum() - bw])
+
+        x0 = np.array([self._nu_guess if self._nu_guess else 1e-7])
+        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=40)
+        if not ok.all():
+            raise self._shared_infeasible(c)
+        self._nu_guess = float(nu[0])
+        return float(nu[0]), self._lam_for(c, float(nu[0]), mu)
+
+    def _shared_infeasible(self, c: UserCosts) -> InfeasibleScenarioError:
+        s = self.problem.scenario
+        need = c.bits / np.maximum(self.T - c.enc_cycles / s.f_max_hz, 1e-12)
+        worst = np.argsort(-need)[: max(1, min(10, len(need)))]
+        return InfeasibleScenarioError(
+            "bandwidth/server capacity",
+            sorted(worst.tolist()),
+            f"the deadlines together need more than B = {s.bandwidth_hz:g} Hz and F_s = {s.server_hz:g} "
+            "cycles/s (listed: the users with the largest upload rate demand)",
+        )
+
+    # -- the full solve -----------------------------------------------------------------------------
+    def solve(self, costs: UserCosts) -> ContinuousSolution:
+        """Optimal continuous resources for the given per-user workloads (raises if infeasible)."""
+        pr, s = self.problem, self.problem.scenario
+        late = check_user_deadlines(pr, costs)
+        if late.size:
+            raise InfeasibleScenarioError(
+                "deadline", late, "missed even with all bandwidth, p_max, f_max and all server capacity"
+            )
+        self.evals = 0
+        nu, lam = self._nu_for(costs, 0.0)
+        mu = 0.0
+        if self._response(costs, lam, nu, 0.0)["f_s"].sum() > s.server_hz:
+
+            def excess(mu_arr: np.ndarray) -> np.ndarray:
+                nonlocal nu, lam
+                nu, lam = self._nu_for(costs, float(mu_arr[0]))
+                return np.array([self._response(costs, lam, nu, float(mu_arr[0]))["f_s"].sum() - s.server_hz])
+
+            x0 = np.array([self._mu_guess if self._mu_guess else 1e-12])
+            mu_arr, _, ok = root_decreasing(excess, x0, ftol=self.tol * s.server_hz, max_expand=40)
+            if not ok.all():
+                raise self._shared_infeasible(costs)
+            mu = float(mu_arr[0])
+            self._mu_guess = mu
+            nu, lam = self._nu_for(costs, mu)
+        r = self._response(costs, lam, nu, mu)
+        return make_solution(
+            pr,
+            costs,
+            r["b"],
+            r["p"],
+            r["f"],
+            r["f_s"],
+            prices={"nu": nu, "mu": mu},
+            lam=lam,
+            evaluations=self.evals,
+        )
+
+
+def make_solution(
+    problem: Problem,
+    costs: UserCosts,
+    b: np.ndarray,
+    p: np.ndarray,
+    f: np.ndarray,
+    f_s: np.ndarray,
+    **extra: object,
+) -> ContinuousSolution:
+    """Energies and times of an allocation (the single place where the model is evaluated)."""
+    s = problem.scenario
+    w1, w2, _ = s.weights
+    rate = uplink_rate(b, p, problem.g, problem.n0)
+    with np.errstate(divide="ignore"):
+        t_tx = np.where(rate > 0, costs.bits / np.maximum(rate, 1e-300), np.inf)
+    e_enc = s.kappa_device * costs.enc_cycles * f**2
+    e_tx = p * t_tx
+    e_srv = s.kappa_server * costs.server_cycles * f_s**2
+    energy = float(np.sum(w1 * (e_enc + e_tx) + w2 * e_srv))
+    return ContinuousSolution(
+        b=np.asarray(b, float),
+        p=np.asarray(p, float),
+        f=np.asarray(f, float),
+        f_s=np.asarray(f_s, float),
+        t_enc=costs.enc_cycles / f,
+        t_tx=t_tx,
+        t_srv=costs.server_cycles / f_s,
+        e_enc=e_enc,
+        e_tx=e_tx,
+        e_srv=e_srv,
+        energy=energy,
+        **extra,  # type: ignore[arg-type]
+    )

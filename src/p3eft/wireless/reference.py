@@ -1,0 +1,82 @@
+"""General-purpose check of the continuous stage: multi-start SLSQP on the original (b, p, f, f_s).
+
+Not used by the optimiser; tests and ``--check`` runs compare the fast dual method against it, so an
+error in our closed forms would show up as a gap.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.optimize import minimize
+
+from p3eft.wireless.continuous import ContinuousSolution, make_solution
+from p3eft.wireless.model import Problem, UserCosts, uplink_rate
+
+GHZ = 1e9
+
+
+def solve_slsqp(problem: Problem, costs: UserCosts, starts: int = 8, seed: int = 0) -> ContinuousSolution:
+    """Best feasible SLSQP result over random starts (variables scaled to order one)."""
+    s = problem.scenario
+    u = problem.n_users
+    w1, w2, _ = s.weights
+    T = np.array(s.deadlines_s)
+
+    def unpack(x: np.ndarray) -> tuple[np.ndarray, ...]:
+        return x[:u] * s.bandwidth_hz / u, x[u : 2 * u] * s.p_max_w, x[2 * u : 3 * u] * GHZ, x[3 * u :] * GHZ
+
+    def times(x: np.ndarray) -> np.ndarray:
+        b, p, f, fs = unpack(x)
+        r = uplink_rate(b, p, problem.g, problem.n0)
+        return costs.enc_cycles / f + costs.bits / r + costs.server_cycles / fs
+
+    def energy(x: np.ndarray) -> float:
+        b, p, f, fs = unpack(x)
+        r = uplink_rate(b, p, problem.g, problem.n0)
+        e = w1 * (s.kappa_device * costs.enc_cycles * f**2 + p * costs.bits / r)
+        return float(np.sum(e + w2 * s.kappa_server * costs.server_cycles * fs**2))
+
+    cons = [
+        {"type": "ineq", "fun": lambda x: 1.0 - times(x) / T},
+        {"type": "ineq", "fun": lambda x: float(u) - np.sum(x[:u])},
+        {"type": "ineq", "fun": lambda x: s.server_hz / GHZ - np.sum(x[3 * u :])},
+    ]
+    bounds = (
+        [(1e-6, float(u))] * u
+        + [(1e-6, 1.0)] * u
+        + [(s.f_min_hz / GHZ, s.f_max_hz / GHZ)] * u
+        + [(1e-6, s.server_hz / GHZ)] * u
+    )
+    rng = np.random.default_rng(seed)
+    scale0 = None
+    best: tuple[float, np.ndarray] | None = None
+    for _ in range(starts):
+        x0 = np.concatenate(
+            [
+                rng.dirichlet(np.ones(u)) * u * 0.99,
+                rng.uniform(0.05, 1.0, u),
+                rng.uniform(s.f_min_hz, s.f_max_hz, u) / GHZ,
+                rng.dirichlet(np.ones(u)) * s.server_hz / GHZ * 0.99,
+            ]
+        )
+        scale0 = scale0 or max(energy(x0), 1e-9)
+        res = minimize(
+            lambda x: energy(x) / scale0,
+            x0,
+            method="SLSQP",
+            bounds=bounds,
+            constraints=cons,
+            options={"maxiter": 1000, "ftol": 1e-12},
+        )
+        x = res.x
+        feasible = (
+            np.all(times(x) <= T * (1 + 1e-6))
+            and np.sum(x[:u]) <= u * (1 + 1e-6)
+            and np.sum(x[3 * u :]) <= s.server_hz / GHZ * (1 + 1e-6)
+        )
+        if feasible and (best is None or energy(x) < best[0]):
+            best = (energy(x), x)
+    if best is None:
+        raise RuntimeError("SLSQP found no feasible point from any start")
+    b, p, f, fs = unpack(best[1])
+    return make_solution(problem, costs, b, p, f, fs)
