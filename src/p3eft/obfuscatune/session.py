@@ -30,11 +30,19 @@ class ObfuscaTuneSession:
     loaded: LoadedModel | None
 
 
-def provision_model(enclave: Channel, model: torch.nn.Module, *, name: str = "", weights_random: bool = False,
-                    chunk_bytes: int = PROVISION_CHUNK_BYTES) -> dict:
+def provision_model(
+    enclave: Channel,
+    model: torch.nn.Module,
+    *,
+    name: str = "",
+    weights_random: bool = False,
+    chunk_bytes: int = PROVISION_CHUNK_BYTES,
+) -> dict:
     """The model owner's upload: config, then the state dict in slices of at most ``chunk_bytes``."""
     cfg = model.config.to_dict()
-    enclave.call("provision", config=_jsonable(cfg), meta={"name": name, "weights_random": bool(weights_random)})
+    enclave.call(
+        "provision", config=_jsonable(cfg), meta={"name": name, "weights_random": bool(weights_random)}
+    )
     batch: dict[str, torch.Tensor] = {}
     size = 0
     for key, t in model.state_dict().items():
@@ -59,9 +67,15 @@ def _jsonable(value):
     return str(value)
 
 
-def session_from_model(model: torch.nn.Module, settings: EnclaveSettings | None = None, *, name: str = "",
-                       weights_random: bool = False, cloud_device: str | None = None,
-                       loaded: LoadedModel | None = None) -> ObfuscaTuneSession:
+def session_from_model(
+    model: torch.nn.Module,
+    settings: EnclaveSettings | None = None,
+    *,
+    name: str = "",
+    weights_random: bool = False,
+    cloud_device: str | None = None,
+    loaded: LoadedModel | None = None,
+) -> ObfuscaTuneSession:
     """Trio around an already loaded model (the model owner's copy is left untouched)."""
     cloud = UntrustedCloud(device=cloud_device)
     cloud_channel = InProcessChannel(cloud)
@@ -71,12 +85,19 @@ def session_from_model(model: torch.nn.Module, settings: EnclaveSettings | None 
     return ObfuscaTuneSession(enclave_channel, enclave, cloud, cloud_channel, loaded)
 
 
-def in_process_session(model_name: str, settings: EnclaveSettings | None = None, *,
-                       cloud_device: str | None = None) -> ObfuscaTuneSession:
+def in_process_session(
+    model_name: str, settings: EnclaveSettings | None = None, *, cloud_device: str | None = None
+) -> ObfuscaTuneSession:
     """Load ``model_name`` from the registry (random weights from its config when none are available,
     flagged) and build the trio around it."""
     settings = settings or EnclaveSettings()
     dtype = torch.float64 if settings.dtype == "float64" else torch.float32
     loaded = load_causal_lm(model_name, dtype=dtype, allow_random=True)
-    return session_from_model(loaded.model, settings, name=loaded.spec.name, weights_random=loaded.weights_random,
-                              cloud_device=cloud_device, loaded=loaded)
+    return session_from_model(
+        loaded.model,
+        settings,
+        name=loaded.spec.name,
+        weights_random=loaded.weights_random,
+        cloud_device=cloud_device,
+        loaded=loaded,
+    )

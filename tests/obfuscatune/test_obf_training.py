@@ -1,0 +1,144 @@
+"""LoRA through the boundary: one obfuscated step equals the plain PEFT step after mapping; export reloads."""
+
+import pytest
+import torch
+from helpers_obf import batch, plain_peft, tiny_gpt2, tiny_llama
+
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.session import session_from_model
+
+
+def _plain_sgd_steps(peft_model, batches, lr, momentum):
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=lr, momentum=momentum)
+    losses = []
+    for data in batches:
+        opt.zero_grad()
+        loss = peft_model(**data).loss
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def _compare(export, peft_model, tol):
+    from peft import get_peft_model_state_dict
+
+    plain = get_peft_model_state_dict(peft_model)
+    assert set(plain) == set(export["tensors"])
+    worst = max((export["tensors"][k].to(v.dtype) - v).abs().max().item() for k, v in plain.items())
+    assert worst <= tol, worst
+    return worst
+
+
+@pytest.mark.parametrize(
+    "family,mode,masks,dtype,tol",
+    [
+        ("gpt2", "strict", "orthogonal", "float64", 1e-9),
+        ("gpt2", "paper", "orthogonal", "float64", 1e-9),
+        ("gpt2", "strict", "kron:4", "float64", 1e-9),
+        ("gpt2", "strict", "orthogonal", "float32", 1e-3),
+        ("llama", "strict", "orthogonal", "float32", 1e-3),
+    ],
+)
+def test_obfuscated_step_equals_plain_step_after_mapping(family, mode, masks, dtype, tol):
+    tdtype = torch.float64 if dtype == "float64" else torch.float32
+    model = tiny_gpt2(tdtype) if family == "gpt2" else tiny_llama(tdtype)
+    s = session_from_model(model, EnclaveSettings(mode=mode, masks=masks, dtype=dtype, lora_dropout=0.0))
+    ch = s.enclave_channel
+    ch.call("configure_training", optimizer="sgd", lr=0.5, momentum=0.9)
+    peft_model = plain_peft(model, ch.call("export_adapter"))  # same starting point, plain coordinates
+    peft_model.train()
+    data = [batch(seed=i) for i in range(3)]
+    losses = [ch.call("train_step", **d)["loss"] for d in data]
+    plain_losses = _plain_sgd_steps(peft_model, data, lr=0.5, momentum=0.9)
+    assert losses == pytest.approx(plain_losses, abs=tol)
+    assert abs(losses[-1] - losses[0]) > 10 * tol  # the steps did move the model
+    _compare(ch.call("export_adapter"), peft_model, tol)
+
+
+def test_exported_adapter_reloads_in_peft_and_matches(tmp_path):
+    from peft import PeftModel
+
+    from p3eft.obfuscatune.export import save_exported_adapter
+
+    model = tiny_gpt2(torch.float32)
+    s = session_from_model(model, EnclaveSettings(lora_dropout=0.0))
+    ch = s.enclave_channel
+    ch.call("configure_training", optimizer="adamw", lr=1e-2)
+    for i in range(3):
+        ch.call("train_step", **batch(seed=i))
+    folder = save_exported_adapter(ch.call("export_adapter"), tmp_path / "adapter", meta={"model": "tiny"})
+    assert (folder / "adapter_config.json").is_file()
+    reloaded = PeftModel.from_pretrained(tiny_gpt2(torch.float32), str(folder)).eval()
+    data = batch(seed=9)
+    ours = ch.call("logits", input_ids=data["input_ids"], attention_mask=data["attention_mask"])
+    ref = reloaded(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    base = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    assert (ours - ref).abs().max().item() <= 1e-4
+    assert (ours - base).abs().max().item() > 1e-3  # the adapter changed something
+
+
+def test_checkpoint_restores_session_exactly():
+    model = tiny_gpt2(torch.float64)
+    key = b"K" * 32
+    settings = EnclaveSettings(dtype="float64", sealing_key=key, lora_dropout=0.1)
+    s = session_from_model(model, settings)
+    ch = s.enclave_channel
+    ch.call("configure_training", optimizer="adamw", lr=1e-2)
+    ch.call("train_step", **batch(seed=0))
+    ckpt = ch.call("state")
+    assert b"K" * 32 not in ckpt["sealed"] and s.enclave._secret not in ckpt["sealed"]
+    cont = [ch.call("train_step", **batch(seed=i))["loss"] for i in (1, 2)]
+
+    # a fresh trio (fresh session secret) restored from the checkpoint continues identically
+    from p3eft.obfuscatune.cloud import UntrustedCloud
+    from p3eft.obfuscatune.enclave import Enclave
+    from p3eft.obfuscatune.session import provision_model
+    from p3eft.runtime.channel import InProcessChannel
+
+    enclave = Enclave(
+        InProcessChannel(UntrustedCloud()),
+        EnclaveSettings(dtype="float64", sealing_key=key, lora_dropout=0.1),
+    )
+    ech = InProcessChannel(enclave)
+    ech.call("load_state", state=ckpt)
+    provision_model(ech, model)
+    again = [ech.call("train_step", **batch(seed=i))["loss"] for i in (1, 2)]
+    assert again == cont
+
+    wrong = Enclave(InProcessChannel(UntrustedCloud()), EnclaveSettings(sealing_key=b"X" * 32))
+    with pytest.raises(SecurityError):
+        wrong.load_state(ckpt)
+    with pytest.raises(ProtocolError):
+        ch.call("load_state", state={"sealed": _reseal_other(key)})
+
+
+def _reseal_other(key):
+    """A sealed state for another session secret (so it cannot apply to a provisioned enclave)."""
+    import os
+    import pickle
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    inner = {
+        "secret": b"z" * 32,
+        "epoch": 0,
+        "step": 0,
+        "rng": torch.get_rng_state().numpy().tobytes(),
+        "train_cfg": {"name": "sgd", "lr": 0.1, "weight_decay": 0.0, "momentum": 0.0, "max_grad_norm": 0.0},
+        "settings": {},
+    }
+    nonce = os.urandom(12)
+    return nonce + AESGCM(key).encrypt(nonce, pickle.dumps(inner), b"p3eft-enclave-state")
+
+
+def test_unprovisioned_enclave_refuses_clearly():
+    from p3eft.obfuscatune.cloud import UntrustedCloud
+    from p3eft.obfuscatune.enclave import Enclave
+    from p3eft.runtime.channel import InProcessChannel
+
+    ch = InProcessChannel(Enclave(InProcessChannel(UntrustedCloud())))
+    with pytest.raises(ProtocolError, match="provision"):
+        ch.call("train_step", **batch())
