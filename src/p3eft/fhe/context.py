@@ -1,0 +1,310 @@
+"""CKKS contexts, keys and ciphertexts over TenSEAL's bundled SEAL binding (``tenseal.sealapi``).
+
+Two objects, kept apart on purpose (DESIGN.md §2.1):
+
+* :class:`CkksContext` -- public: parameters, encoder, evaluator, public key, relinearisation key and
+  only the Galois keys the kernels need. The model owner holds this and nothing else.
+* :class:`SecretKey` -- the data owner's decryption key. It never enters a :class:`CkksContext`.
+
+A context has an id (SHA-256 over the parameter set and the public key). Every ciphertext carries the
+id of the context that made it, and every operation and loader refuses one from another context, so a
+ciphertext under a different key cannot be mixed in silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import tenseal.sealapi as sealapi
+
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe import serial
+from p3eft.fhe.params import ParamSet
+
+
+class LevelError(ValueError):
+    """An operation needs more multiplicative levels than the ciphertext has left."""
+
+
+@dataclass
+class Layout:
+    """How logical rows of values sit in the slots: row r occupies ``slots[r*block : r*block+length]``.
+
+    ``form`` says what fills the rest: ``"plain"`` (zeros), ``"replicated"`` (each row's block repeats
+    with period ``block`` through all slots) or ``"staggered"`` (copy c of the row, at offset c*block,
+    is rotated by c*shift; what the diagonal kernels take as input).
+    """
+
+    length: int
+    rows: int = 1
+    block: int = 0
+    form: str = "plain"
+    shift: int = 0
+
+    def __post_init__(self) -> None:
+        if self.block == 0:
+            self.block = self.length
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "length": self.length,
+            "rows": self.rows,
+            "block": self.block,
+            "form": self.form,
+            "shift": self.shift,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Layout:
+        try:
+            return cls(
+                int(d["length"]), int(d["rows"]), int(d["block"]), str(d["form"]), int(d.get("shift", 0))
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise ProtocolError(f"malformed ciphertext layout: {err}") from err
+
+
+@dataclass
+class Ciphertext:
+    """A SEAL ciphertext tagged with its context id and slot layout."""
+
+    seal: Any
+    context_id: bytes
+    layout: Layout
+
+
+@dataclass
+class CkksContext:
+    """Public CKKS state: everything an evaluator may hold (no secret key)."""
+
+    params: ParamSet
+    seal: Any
+    encoder: Any
+    evaluator: Any
+    public_key: Any
+    relin_keys: Any
+    galois_keys: Any
+    galois_steps: tuple[int, ...]
+    context_id: bytes
+    _encryptor: Any = None
+    _parms_ids: list[list[int]] = field(default_factory=list)
+
+    # ----- construction -----------------------------------------------------------------------
+    @staticmethod
+    def seal_context(params: ParamSet) -> Any:
+        params.check_secure()
+        p = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
+        p.set_poly_modulus_degree(params.poly_modulus_degree)
+        p.set_coeff_modulus(
+            sealapi.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+        )
+        ctx = sealapi.SEALContext(p, True, sealapi.SEC_LEVEL_TYPE.TC128)
+        if not ctx.parameters_set():
+            raise SecurityError(f"SEAL refused parameter set {params.name}: {ctx.parameters_error_message()}")
+        return ctx
+
+    @staticmethod
+    def compute_id(params: ParamSet, public_key_bytes: bytes) -> bytes:
+        return hashlib.sha256(params.to_json().encode() + public_key_bytes).digest()[:16]
+
+    def __post_init__(self) -> None:
+        ids = []
+        data = self.seal.first_context_data()
+        while data is not None:
+            ids.append(data.parms_id())
+            data = data.next_context_data()
+        self._parms_ids = list(reversed(ids))  # index = level
+        self._encryptor = sealapi.Encryptor(self.seal, self.public_key)
+
+    @classmethod
+    def from_payload(cls, payload: dict[str, bytes]) -> CkksContext:
+        """Rebuild the evaluator's context from :meth:`to_payload` bytes (what the data owner sends)."""
+        try:
+            params = ParamSet.from_json(payload["params"])
+            pk_env = serial.unpack(payload["public_key"], "public_key")
+        except KeyError as err:
+            raise ProtocolError(f"FHE key payload lacks {err}") from err
+        seal_ctx = cls.seal_context(params)
+        cid = cls.compute_id(params, pk_env.payload)
+        if pk_env.context_id != cid:
+            raise SecurityError("public key does not match its declared context id")
+        pk = serial.seal_from_bytes(sealapi.PublicKey(), seal_ctx, pk_env.payload, "public_key")
+        rk_env = serial.unpack(payload["relin_keys"], "relin_keys", cid)
+        rk = serial.seal_from_bytes(sealapi.RelinKeys(), seal_ctx, rk_env.payload, "relin_keys")
+        gk_env = serial.unpack(payload["galois_keys"], "galois_keys", cid)
+        gk = serial.seal_from_bytes(sealapi.GaloisKeys(), seal_ctx, gk_env.payload, "galois_keys")
+        steps = tuple(int(s) for s in gk_env.meta.get("steps", []))
+        return cls(
+            params,
+            seal_ctx,
+            sealapi.CKKSEncoder(seal_ctx),
+            sealapi.Evaluator(seal_ctx),
+            pk,
+            rk,
+            gk,
+            steps,
+            cid,
+        )
+
+    def to_payload(self) -> dict[str, bytes]:
+        """The public keys as separate checked byte strings, ready for a ``Channel`` call."""
+        return {
+            "params": self.params.to_json().encode(),
+            "public_key": self.key_bytes("public_key"),
+            "relin_keys": self.key_bytes("relin_keys"),
+            "galois_keys": self.key_bytes("galois_keys"),
+        }
+
+    def key_bytes(self, which: str) -> bytes:
+        obj = {"public_key": self.public_key, "relin_keys": self.relin_keys, "galois_keys": self.galois_keys}[
+            which
+        ]
+        meta = {"steps": list(self.galois_steps)} if which == "galois_keys" else {}
+        return serial.pack(which, self.context_id, serial.seal_to_bytes(obj), meta=meta)
+
+    # ----- levels ---------------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    @property
+    def top_level(self) -> int:
+        return len(self._parms_ids) - 1
+
+    def parms_id(self, level: int) -> list[int]:
+        if not 0 <= level <= self.top_level:
+            raise LevelError(f"level {level} outside 0..{self.top_level}")
+        return self._parms_ids[level]
+
+    def level(self, ct: Ciphertext | Any) -> int:
+        seal_ct = ct.seal if isinstance(ct, Ciphertext) else ct
+        return self.seal.get_context_data(seal_ct.parms_id()).chain_index()
+
+    def check(self, ct: Ciphertext) -> Ciphertext:
+        if not isinstance(ct, Ciphertext):
+            raise ProtocolError(f"expected a Ciphertext, got {type(ct).__name__}")
+        if ct.context_id != self.context_id:
+            raise SecurityError(
+                f"ciphertext from FHE context {ct.context_id.hex()[:12]} used in context {self.context_id.hex()[:12]}"
+            )
+        return ct
+
+    # ----- encoding, encryption --------------------------------------------------------------------
+    def encode(
+        self,
+        values: np.ndarray | Iterable[float] | float,
+        level: int | None = None,
+        scale: float | None = None,
+    ) -> Any:
+        """Encode a slot vector (zero-padded) or a scalar at ``level`` (default top) and ``scale``."""
+        pt = sealapi.Plaintext()
+        lvl = self.top_level if level is None else level
+        sc = self.params.scale if scale is None else scale
+        if np.isscalar(values):
+            self.encoder.encode(float(values), self.parms_id(lvl), sc, pt)
+        else:
+            arr = np.asarray(values, dtype=np.float64).ravel()
+            if arr.size > self.slots:
+                raise ValueError(f"{arr.size} values do not fit {self.slots} slots")
+            if not np.all(np.isfinite(arr)):
+                raise ValueError("cannot encode NaN or infinite values")
+            self.encoder.encode(arr.tolist(), self.parms_id(lvl), sc, pt)
+        return pt
+
+    def encrypt_slots(self, slots: np.ndarray, layout: Layout, level: int | None = None) -> Ciphertext:
+        """Encrypt a full slot vector under the public key (anyone holding the context may do this)."""
+        ct = sealapi.Ciphertext(self.seal)
+        self._encryptor.encrypt(self.encode(slots, level), ct)
+        return Ciphertext(ct, self.context_id, layout)
+
+    def decode(self, pt: Any) -> np.ndarray:
+        return np.asarray(self.encoder.decode_double(pt), dtype=np.float64)
+
+    # ----- bytes ------------------------------------------------------------------------------------
+    def ciphertext_to_bytes(self, ct: Ciphertext) -> bytes:
+        self.check(ct)
+        return serial.pack(
+            "ciphertext",
+            self.context_id,
+            serial.seal_to_bytes(ct.seal),
+            level=self.level(ct),
+            scale=ct.seal.scale,
+            meta={"layout": ct.layout.to_dict()},
+        )
+
+    def ciphertext_from_bytes(self, data: bytes) -> Ciphertext:
+        env = serial.unpack(data, "ciphertext", self.context_id)
+        layout = Layout.from_dict(env.meta.get("layout", {}))
+        if not 0 <= env.level <= self.top_level:
+            raise ProtocolError(
+                f"ciphertext declares level {env.level}, this context has 0..{self.top_level}"
+            )
+        ct = serial.seal_from_bytes(sealapi.Ciphertext(self.seal), self.seal, env.payload, "ciphertext")
+        if self.level(ct) != env.level or ct.scale != env.scale:
+            raise ProtocolError("ciphertext header disagrees with its payload (level or scale)")
+        return Ciphertext(ct, self.context_id, layout)
+
+
+@dataclass
+class SecretKey:
+    """The data owner's secret key, with the decryptor and a symmetric encryptor built from it.
+
+    It is bound to one context id and serialises on its own; it is never part of :class:`CkksContext`
+    nor of its payload, and nothing here logs it.
+    """
+
+    params: ParamSet
+    seal_context: Any
+    key: Any
+    context_id: bytes
+    _decryptor: Any = None
+
+    def __post_init__(self) -> None:
+        self._decryptor = sealapi.Decryptor(self.seal_context, self.key)
+
+    def __repr__(self) -> str:  # never print key material
+        return f"SecretKey(params={self.params.name}, context={self.context_id.hex()[:12]})"
+
+    def decrypt_slots(self, ctx: CkksContext, ct: Ciphertext) -> np.ndarray:
+        ctx.check(ct)
+        if ct.context_id != self.context_id:
+            raise SecurityError("secret key belongs to another FHE context")
+        pt = sealapi.Plaintext()
+        self._decryptor.decrypt(ct.seal, pt)
+        return ctx.decode(pt)
+
+    def to_bytes(self) -> bytes:
+        return serial.pack("secret_key", self.context_id, serial.seal_to_bytes(self.key))
+
+    @classmethod
+    def from_bytes(cls, params: ParamSet, data: bytes, context_id: bytes | None = None) -> SecretKey:
+        env = serial.unpack(data, "secret_key", context_id)
+        seal_ctx = CkksContext.seal_context(params)
+        key = serial.seal_from_bytes(sealapi.SecretKey(), seal_ctx, env.payload, "secret_key")
+        return cls(params, seal_ctx, key, env.context_id)
+
+
+def keygen(params: ParamSet, galois_steps: Iterable[int] = ()) -> tuple[CkksContext, SecretKey]:
+    """Generate a key pair: the public :class:`CkksContext` (with only the Galois keys for
+    ``galois_steps``) and the separate :class:`SecretKey`."""
+    seal_ctx = CkksContext.seal_context(params)
+    kg = sealapi.KeyGenerator(seal_ctx)
+    pk = sealapi.PublicKey()
+    kg.create_public_key(pk)
+    rk = sealapi.RelinKeys()
+    kg.create_relin_keys(rk)
+    steps = tuple(sorted({int(s) % params.slots for s in galois_steps} - {0}))
+    gk = sealapi.GaloisKeys()
+    if steps:
+        elts = seal_ctx.key_context_data().galois_tool().get_elts_from_steps(list(steps))
+        kg.create_galois_keys(elts, gk)
+    cid = CkksContext.compute_id(params, serial.seal_to_bytes(pk))
+    ctx = CkksContext(
+        params, seal_ctx, sealapi.CKKSEncoder(seal_ctx), sealapi.Evaluator(seal_ctx), pk, rk, gk, steps, cid
+    )
+    sk = SecretKey(params, seal_ctx, kg.secret_key(), cid)
+    return ctx, sk

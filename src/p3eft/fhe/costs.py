@@ -1,0 +1,204 @@
+"""Measured costs of each parameter set: the numbers the wireless optimiser consumes.
+
+Everything here is measured on the machine that runs it (one thread, median of ``repeats``); nothing
+is estimated. The JSON schema (``fhe_costs.json``) keeps the keys the optimiser reads:
+``poly_modulus_degree``, ``security_bits``, ``coeff_mod_bit_sizes``, ``slots``, the byte sizes and the
+per-ciphertext times, plus the matrix-product times (ours and TenSEAL's ``CKKSVector.mm``).
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from p3eft.fhe import tensor
+from p3eft.fhe.context import Layout, keygen
+from p3eft.fhe.linalg import BatchMatrix, StaggeredMatrix, staggered_steps
+from p3eft.fhe.params import ParamSet, get_param_set
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores and clock; the clock is the kernel's current reading (``cpu MHz``), not nominal."""
+    model, mhz = platform.processor() or "unknown", None
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name") and model in ("unknown", "", platform.processor()):
+                    model = line.split(":", 1)[1].strip()
+                elif line.startswith("cpu MHz") and mhz is None:
+                    mhz = float(line.split(":", 1)[1])
+    except OSError:
+        pass
+    return {
+        "cpu_model": model,
+        "cores": os.cpu_count(),
+        "cpu_hz": mhz * 1e6 if mhz else None,
+        "cpu_hz_source": "measured by the kernel (/proc/cpuinfo 'cpu MHz' at run time)"
+        if mhz
+        else "unavailable",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+    }
+
+
+def provenance(command: str, repeats: int) -> dict[str, Any]:
+    import tenseal
+
+    return {
+        "command": command,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": machine_info(),
+        "tenseal": tenseal.__version__,
+        "threads": 1,
+        "repeats": repeats,
+        "note": "times are medians over `repeats` runs, one thread, wall clock; the machine may be shared",
+    }
+
+
+def tenseal_mm_time(params: ParamSet, x: np.ndarray, weight_in_out: np.ndarray, repeats: int = 1) -> float:
+    """TenSEAL's built-in ``CKKSVector.mm`` (x^T W, W of shape n_in x n_out) on one thread."""
+    import tenseal as ts
+
+    ctx = ts.context(
+        ts.SCHEME_TYPE.CKKS,
+        poly_modulus_degree=params.poly_modulus_degree,
+        coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes),
+        n_threads=1,
+    )
+    ctx.global_scale = params.scale
+    ctx.generate_galois_keys()
+    v = ts.ckks_vector(ctx, x.tolist())
+    w_list = weight_in_out.tolist()
+    return _median_time(lambda: v.mm(w_list), repeats)
+
+
+def ours_matvec_time(params: ParamSet, n_out: int, n_in: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    """Time our BSGS product for a random n_out x n_in matrix (weights pre-encoded; product alone)."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(n_out, n_in)) / np.sqrt(n_in)
+    x = rng.uniform(-1, 1, n_in)
+    mat = StaggeredMatrix(weight, params.slots)
+    t0 = time.perf_counter()
+    ctx, sk = keygen(params, mat.galois_steps())
+    galois_s = time.perf_counter() - t0
+    xs = [
+        tensor.encrypt(ctx, xb, lay) for xb, lay in zip(mat.split_input(x), mat.input_layouts(), strict=True)
+    ]
+    t0 = time.perf_counter()
+    mat.prepare(ctx)
+    encode_s = time.perf_counter() - t0
+    out: list = []
+    secs = _median_time(lambda: out.append(mat(ctx, xs)), repeats)
+    y = np.concatenate([tensor.decrypt(sk, ctx, c) for c in out[-1]])
+    return {
+        "seconds": secs,
+        "max_abs_error": float(np.abs(y - weight @ x).max()),
+        "weight_encode_s": encode_s,
+        "keygen_with_galois_s": galois_s,
+        "galois_steps": len(ctx.galois_steps),
+        "galois_keys_bytes": len(ctx.key_bytes("galois_keys")),
+        "x": x,
+        "weight": weight,
+    }
+
+
+def ours_batch_time(params: ParamSet, rows: int, n: int, repeats: int, seed: int = 0) -> dict[str, Any]:
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(size=(n, n)) / np.sqrt(n)
+    x = rng.uniform(-1, 1, (rows, n))
+    mat = BatchMatrix(weight, params.slots)
+    ctx, sk = keygen(params, mat.galois_steps())
+    ct = tensor.encrypt(ctx, x, mat.input_layout(rows))
+    mat.prepare(ctx)
+    out: list = []
+    secs = _median_time(lambda: out.append(mat(ctx, ct)), repeats)
+    y = tensor.decrypt(sk, ctx, out[-1])
+    return {"seconds": secs, "max_abs_error": float(np.abs(y - x @ weight.T).max()), "x": x, "weight": weight}
+
+
+def _basic_costs(params: ParamSet, repeats: int) -> dict[str, Any]:
+    """Encryption, decryption and byte sizes of one fresh full ciphertext and of each key."""
+    rec: dict[str, Any] = {}
+    ctx, sk = keygen(params, [1])
+    rng = np.random.default_rng(1)
+    values = rng.uniform(-1, 1, params.slots)
+    layout = Layout(params.slots, 1, params.slots, "rows")
+    rec["encrypt_s"] = _median_time(lambda: tensor.encrypt(ctx, values, layout), repeats)
+    ct = tensor.encrypt(ctx, values, layout)
+    rec["decrypt_s"] = _median_time(lambda: tensor.decrypt(sk, ctx, ct), repeats)
+    rec["fresh_max_abs_error"] = float(np.abs(tensor.decrypt(sk, ctx, ct) - values).max())
+    rec["ciphertext_bytes"] = len(ctx.ciphertext_to_bytes(ct))
+    rec["public_key_bytes"] = len(ctx.key_bytes("public_key"))
+    rec["relin_keys_bytes"] = len(ctx.key_bytes("relin_keys"))
+    rec["galois_key_bytes_per_step"] = len(ctx.key_bytes("galois_keys"))
+    rec["secret_key_bytes"] = len(sk.to_bytes())
+    return rec
+
+
+def _galois_costs(params: ParamSet) -> dict[str, Any]:
+    """Key generation time and size of the Galois keys our 768x768 kernel needs (and only those)."""
+    steps = staggered_steps(768, 768, params.slots)
+    t0 = time.perf_counter()
+    keygen(params)
+    base = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    ctx, _sk = keygen(params, steps)
+    return {
+        "galois_keygen_768x768_s": max(0.0, time.perf_counter() - t0 - base),
+        "galois_keys_bytes": len(ctx.key_bytes("galois_keys")),
+        "galois_steps_768x768": len(steps),
+    }
+
+
+def measure_param_set(
+    name: str,
+    repeats: int = 3,
+    matvec: bool = True,
+    tenseal_mm: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """All cost figures for one named parameter set."""
+    say = progress or (lambda _msg: None)
+    params = get_param_set(name)
+    rec: dict[str, Any] = {
+        "poly_modulus_degree": params.poly_modulus_degree,
+        "security_bits": params.security_bits,
+        "coeff_mod_bit_sizes": list(params.coeff_mod_bit_sizes),
+        "total_modulus_bits": params.total_bits,
+        "scale_bits": params.scale_bits,
+        "depth": params.depth,
+        "slots": params.slots,
+    }
+    say(f"{name}: key generation")
+    rec["keygen_s"] = _median_time(lambda: keygen(params), repeats)
+    say(f"{name}: encrypt/decrypt and sizes")
+    rec.update(_basic_costs(params, repeats))
+    say(f"{name}: Galois keys for the 768x768 kernel")
+    rec.update(_galois_costs(params))
+    if matvec:
+        say(f"{name}: our 768x768 product")
+        res = ours_matvec_time(params, 768, 768, repeats)
+        rec["matvec_768x768_s"] = res["seconds"]
+        rec["matvec_768x768_max_abs_error"] = res["max_abs_error"]
+        rec["matvec_768x768_weight_encode_s"] = res["weight_encode_s"]
+        if tenseal_mm:
+            say(f"{name}: TenSEAL CKKSVector.mm 768x768 (slow)")
+            rec["tenseal_mm_768x768_s"] = tenseal_mm_time(params, res["x"], res["weight"].T, 1)
+            rec["speedup_768x768"] = rec["tenseal_mm_768x768_s"] / rec["matvec_768x768_s"]
+    return rec

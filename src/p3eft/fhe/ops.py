@@ -1,0 +1,158 @@
+"""Homomorphic arithmetic with level and scale management.
+
+Scale policy (ours): every ciphertext keeps the parameter set's nominal scale 2^40. Plaintext operands
+of a multiplication are encoded at the scale of the prime that the following rescale divides by, so a
+plaintext product comes back to exactly the input scale. A ciphertext product comes back to
+2^80 / q_l, which we relabel as 2^40; the relative error this adds is |q_l / 2^40 - 1| (below 1e-6 for
+SEAL's 40-bit primes, see :func:`scale_drift`). Operands at different levels are mod-switched down to
+the lower one before they meet.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tenseal.sealapi as sealapi
+
+from p3eft.fhe.context import Ciphertext, CkksContext, Layout, LevelError
+
+
+def prime_at(ctx: CkksContext, level: int) -> float:
+    """The prime q_level that a rescale from ``level`` removes."""
+    data = ctx.seal.get_context_data(ctx.parms_id(level))
+    return float(data.parms().coeff_modulus()[-1].value())
+
+
+def scale_drift(ctx: CkksContext) -> float:
+    """Largest relative gap between a scale prime and the nominal scale (the ct x ct relabel error)."""
+    return max(abs(prime_at(ctx, lvl) / ctx.params.scale - 1.0) for lvl in range(1, ctx.top_level + 1))
+
+
+def _new(ctx: CkksContext) -> sealapi.Ciphertext:
+    return sealapi.Ciphertext(ctx.seal)
+
+
+def copy(ctx: CkksContext, a: Ciphertext, layout: Layout | None = None) -> Ciphertext:
+    out = sealapi.Ciphertext(a.seal)
+    return Ciphertext(out, a.context_id, layout or a.layout)
+
+
+def need_levels(ctx: CkksContext, a: Ciphertext, k: int) -> None:
+    lvl = ctx.level(a)
+    if lvl < k:
+        raise LevelError(f"operation needs {k} level(s), ciphertext is at level {lvl}: refresh it first")
+
+
+def drop_to(ctx: CkksContext, a: Ciphertext, level: int) -> Ciphertext:
+    """Mod-switch down to ``level`` (no noise cost, no scale change)."""
+    cur = ctx.level(a)
+    if cur < level:
+        raise LevelError(f"cannot raise a ciphertext from level {cur} to {level} (that needs a refresh)")
+    if cur == level:
+        return a
+    out = _new(ctx)
+    ctx.evaluator.mod_switch_to(a.seal, ctx.parms_id(level), out)
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def align(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+    ctx.check(a)
+    ctx.check(b)
+    lvl = min(ctx.level(a), ctx.level(b))
+    return drop_to(ctx, a, lvl), drop_to(ctx, b, lvl)
+
+
+def add(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+    a, b = align(ctx, a, b)
+    out = _new(ctx)
+    ctx.evaluator.add(a.seal, b.seal, out)
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def sub(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+    a, b = align(ctx, a, b)
+    out = _new(ctx)
+    ctx.evaluator.sub(a.seal, b.seal, out)
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def add_plain(ctx: CkksContext, a: Ciphertext, values: np.ndarray | float) -> Ciphertext:
+    """a + values (slot vector or scalar), no level cost."""
+    ctx.check(a)
+    pt = ctx.encode(values, ctx.level(a), a.seal.scale)
+    out = _new(ctx)
+    ctx.evaluator.add_plain(a.seal, pt, out)
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def negate(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
+    out = _new(ctx)
+    ctx.evaluator.negate(ctx.check(a).seal, out)
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def rescale(ctx: CkksContext, raw: sealapi.Ciphertext, context_id: bytes, layout: Layout) -> Ciphertext:
+    ctx.evaluator.rescale_to_next_inplace(raw)
+    raw.scale = ctx.params.scale
+    return Ciphertext(raw, context_id, layout)
+
+
+def mul_plain(
+    ctx: CkksContext, a: Ciphertext, values: np.ndarray | float, layout: Layout | None = None
+) -> Ciphertext:
+    """a * values (slot vector or scalar), one level."""
+    ctx.check(a)
+    need_levels(ctx, a, 1)
+    lvl = ctx.level(a)
+    pt = ctx.encode(values, lvl, prime_at(ctx, lvl))
+    out = _new(ctx)
+    ctx.evaluator.multiply_plain(a.seal, pt, out)
+    return rescale(ctx, out, a.context_id, layout or a.layout)
+
+
+def multiply(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+    """Elementwise a * b with relinearisation and rescale, one level."""
+    a, b = align(ctx, a, b)
+    need_levels(ctx, a, 1)
+    out = _new(ctx)
+    if a.seal is b.seal:
+        ctx.evaluator.square(a.seal, out)
+    else:
+        ctx.evaluator.multiply(a.seal, b.seal, out)
+    ctx.evaluator.relinearize_inplace(out, ctx.relin_keys)
+    return rescale(ctx, out, a.context_id, a.layout)
+
+
+def square(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
+    return multiply(ctx, a, a)
+
+
+def rotate(ctx: CkksContext, a: Ciphertext, step: int) -> Ciphertext:
+    """Rotate the slots left by ``step``; needs the Galois key for that step."""
+    ctx.check(a)
+    step %= ctx.slots
+    if step == 0:
+        return a
+    if step not in ctx.galois_steps:
+        raise LevelError(f"no Galois key for rotation step {step}: generate keys with this step")
+    out = _new(ctx)
+    ctx.evaluator.rotate_vector(a.seal, step, ctx.galois_keys, out)
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def rotate_sum(ctx: CkksContext, a: Ciphertext, span: int, stride: int = 1) -> Ciphertext:
+    """Add ``a`` to its rotations by stride, 2*stride, ... (log2(span) rotations): slot t then holds the
+    sum of slots t, t+stride, ..., t+(span-1)*stride."""
+    out = a
+    step = stride
+    while step < span * stride:
+        out = add(ctx, out, rotate(ctx, out, step))
+        step *= 2
+    return out
+
+
+def rotate_sum_steps(span: int, stride: int = 1) -> list[int]:
+    steps, step = [], stride
+    while step < span * stride:
+        steps.append(step)
+        step *= 2
+    return steps

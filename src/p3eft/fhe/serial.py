@@ -1,0 +1,153 @@
+"""Byte forms of SEAL objects, wrapped in a checked header.
+
+SEAL's own loader trusts its input more than a network peer deserves, so nothing reaches it before we
+have checked a fixed header: magic, object kind, the context id it belongs to, level, scale, the exact
+payload length and a SHA-256 checksum of metadata and payload. Truncated, corrupted or foreign bytes
+therefore end as a :class:`~p3eft.errors.ProtocolError` or :class:`~p3eft.errors.SecurityError` with
+one clear line, never as a crash inside C++.
+
+Layout (little-endian)::
+
+    magic "P3FHE" | version u8 | kind u8 | context_id 16B | level u16 | scale f64 |
+    meta_len u32 | payload_len u64 | sha256(meta + payload)[:16] | meta (JSON) | payload (SEAL bytes)
+
+The binding only saves to and loads from file paths, so the SEAL part goes through a private temporary
+directory (in ``/dev/shm`` when it exists, i.e. memory, not disk).
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from p3eft.errors import ProtocolError, SecurityError
+
+MAGIC = b"P3FHE"
+VERSION = 1
+KINDS = {
+    "ciphertext": 1,
+    "public_key": 2,
+    "relin_keys": 3,
+    "galois_keys": 4,
+    "secret_key": 5,
+    "plaintext": 6,
+}
+_KIND_NAMES = {v: k for k, v in KINDS.items()}
+_HEAD = struct.Struct("<5sBB16sHdIQ16s")
+HEADER_BYTES = _HEAD.size
+MAX_PAYLOAD = 1 << 34  # 16 GiB: anything larger is not one of ours
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """A parsed, checked header plus its metadata and SEAL payload."""
+
+    kind: str
+    context_id: bytes
+    level: int
+    scale: float
+    meta: dict[str, Any]
+    payload: bytes
+
+
+def pack(
+    kind: str, context_id: bytes, payload: bytes, level: int = 0, scale: float = 0.0, meta: dict | None = None
+) -> bytes:
+    """Wrap SEAL bytes in our header."""
+    if len(context_id) != 16:
+        raise ValueError("context id must be 16 bytes")
+    meta_b = json.dumps(meta or {}, sort_keys=True, separators=(",", ":")).encode()
+    digest = hashlib.sha256(meta_b + payload).digest()[:16]
+    head = _HEAD.pack(
+        MAGIC, VERSION, KINDS[kind], context_id, level, scale, len(meta_b), len(payload), digest
+    )
+    return head + meta_b + payload
+
+
+def unpack(data: bytes, kind: str, context_id: bytes | None = None) -> Envelope:
+    """Check and parse ``data``; refuse wrong kind, foreign context, truncation or corruption."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(f"expected bytes for a {kind}, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < HEADER_BYTES:
+        raise ProtocolError(f"{kind} bytes truncated: {len(data)} bytes, the header alone is {HEADER_BYTES}")
+    magic, version, kind_code, ctx_id, level, scale, meta_len, payload_len, digest = _HEAD.unpack_from(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"not a p3eft FHE object (bad magic {magic!r})")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported FHE object version {version} (this build reads {VERSION})")
+    if kind_code != KINDS[kind]:
+        raise ProtocolError(f"expected a {kind}, got a {_KIND_NAMES.get(kind_code, f'kind {kind_code}')}")
+    if payload_len > MAX_PAYLOAD or meta_len > 1 << 20:
+        raise ProtocolError(f"{kind} header declares an implausible size")
+    want = HEADER_BYTES + meta_len + payload_len
+    if len(data) != want:
+        raise ProtocolError(
+            f"{kind} bytes truncated or padded: header declares {want} bytes, got {len(data)}"
+        )
+    body = data[HEADER_BYTES:]
+    if hashlib.sha256(body).digest()[:16] != digest:
+        raise ProtocolError(f"{kind} bytes corrupted: checksum mismatch")
+    if context_id is not None and ctx_id != context_id:
+        raise SecurityError(
+            f"{kind} belongs to FHE context {ctx_id.hex()[:12]}, not to this context {context_id.hex()[:12]}"
+        )
+    try:
+        meta = json.loads(body[:meta_len] or b"{}")
+    except ValueError as err:
+        raise ProtocolError(f"{kind} metadata is not JSON: {err}") from err
+    return Envelope(kind, ctx_id, level, scale, meta, body[meta_len:])
+
+
+# --- SEAL objects <-> bytes through a private temporary directory ------------------------------------
+
+_tmp_lock = threading.Lock()
+_tmp_dir: str | None = None
+_counter = 0
+
+
+def _tmp_path() -> str:
+    global _tmp_dir, _counter
+    with _tmp_lock:
+        if _tmp_dir is None or not os.path.isdir(_tmp_dir):
+            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+            _tmp_dir = tempfile.mkdtemp(prefix="p3eft-fhe-", dir=base)
+            os.chmod(_tmp_dir, 0o700)
+            atexit.register(shutil.rmtree, _tmp_dir, True)
+        _counter += 1
+        return os.path.join(_tmp_dir, f"{os.getpid()}-{threading.get_ident()}-{_counter}.bin")
+
+
+def seal_to_bytes(obj: Any) -> bytes:
+    """Serialise a SEAL object (ciphertext, key, plaintext) with SEAL's own compressed format."""
+    path = _tmp_path()
+    try:
+        obj.save(path)
+        with open(path, "rb") as fh:
+            return fh.read()
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+
+
+def seal_from_bytes(obj: Any, seal_context: Any, payload: bytes, kind: str) -> Any:
+    """Load checked payload bytes into an empty SEAL object; SEAL validates them against the context."""
+    path = _tmp_path()
+    try:
+        with open(path, "wb") as fh:
+            fh.write(payload)
+        obj.load(seal_context, path)
+    except (ValueError, RuntimeError) as err:
+        raise ProtocolError(f"{kind} payload rejected by SEAL: {err}") from err
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+    return obj
