@@ -62,9 +62,12 @@ def _dq(x: np.ndarray) -> np.ndarray:
 
 _ZG = np.logspace(-6, np.log10(_Z_MAX), 4000)
 _LKG = np.log(_k(_ZG))
+_LHG = np.log(_h(_ZG))
 _XG = np.logspace(-6, 10, 4000)
 _LQG = np.log(_q(_XG))
-assert np.all(np.diff(_LKG) > 0) and np.all(np.diff(_LQG) > 0), "k and Q must be increasing"
+assert np.all(np.diff(_LHG) > 0) and np.all(np.diff(_LKG) > 0) and np.all(np.diff(_LQG) > 0), (
+    "k and Q must be increasing"
+)
 
 
 def _kinv(kv: np.ndarray) -> np.ndarray:
@@ -74,6 +77,16 @@ def _kinv(kv: np.ndarray) -> np.ndarray:
     z = np.where(lk < _LKG[0], (2.0 * kv) ** (2.0 / 3.0), z)  # k ~ z^1.5 / 2 near 0
     for _ in range(2):
         z = np.clip(z - (_k(z) - kv) / _dk(z), 0.5 * z, np.minimum(2.0 * z, _Z_MAX))
+    return z
+
+
+def _hinv(hv: np.ndarray) -> np.ndarray:
+    """z with h(z) = z e^z - e^z + 1 = hv (fixed-bandwidth transmission)."""
+    lh = np.log(hv)
+    z = np.exp(np.interp(lh, _LHG, np.log(_ZG)))
+    z = np.where(lh < _LHG[0], np.sqrt(2.0 * hv), z)  # h ~ z^2 / 2 near 0
+    for _ in range(2):
+        z = np.clip(z - (_h(z) - hv) / (z * np.exp(z)), 0.5 * z, np.minimum(2.0 * z, _Z_MAX))
     return z
 
 
@@ -108,10 +121,11 @@ class ContinuousSolution:
     history: list[float] = field(default_factory=list)
 
 
-def check_user_deadlines(problem: Problem, costs: UserCosts) -> np.ndarray:
+def check_user_deadlines(problem: Problem, costs: UserCosts, fixed_b: np.ndarray | None = None) -> np.ndarray:
     """Users whose deadline is missed even with all bandwidth, p_max, f_max and all server capacity."""
     s = problem.scenario
-    rate = uplink_rate(np.array(s.bandwidth_hz), s.p_max_w, problem.g, problem.n0)
+    bw = np.full(problem.n_users, s.bandwidth_hz) if fixed_b is None else fixed_b
+    rate = uplink_rate(bw, s.p_max_w, problem.g, problem.n0)
     t_min = costs.enc_cycles / s.f_max_hz + costs.bits / rate + costs.server_cycles / s.server_hz
     return np.flatnonzero(t_min > np.array(s.deadlines_s) * (1 + 1e-12))
 
@@ -119,8 +133,18 @@ def check_user_deadlines(problem: Problem, costs: UserCosts) -> np.ndarray:
 class DualSolver:
     """Exact solver of the continuous stage by dual decomposition (see module docstring)."""
 
-    def __init__(self, problem: Problem, tol: float = 1e-10) -> None:
+    def __init__(
+        self,
+        problem: Problem,
+        tol: float = 1e-10,
+        fixed_b: np.ndarray | None = None,
+        fixed_p_max: bool = False,
+    ) -> None:
+        """``fixed_b`` pins each user's bandwidth and ``fixed_p_max`` every power at p_max (baselines);
+        the remaining resources are still optimal."""
         self.problem = problem
+        self.fixed_b = None if fixed_b is None else np.asarray(fixed_b, dtype=float)
+        self.fixed_p_max = fixed_p_max
         self.tol = tol
         s = problem.scenario
         self.w1, self.w2, _ = s.weights
@@ -144,15 +168,37 @@ class DualSolver:
             fs = np.minimum(fs, np.sqrt(lc / m))
             for _ in range(8):
                 fs = fs - (fs**3 + m * fs * fs - lc) / (3.0 * fs * fs + 2.0 * m * fs)
+        cd = LN2 * c.bits
+        if self.fixed_b is not None:
+            # fixed bandwidth: d/dt [w1 N0 b t (e^z - 1)/g + lambda t] = 0  <=>  h(z) = lambda g / (w1 N0 b)
+            b = self.fixed_b.copy()
+            z = _hinv(lam * pr.g / (w1 * pr.n0 * b))
+            tx = cd / (b * z)
+            p = pr.n0 * b * np.expm1(z) / pr.g
+            cap = p > s.p_max_w
+            if self.fixed_p_max:
+                cap[:] = True
+            p[cap] = s.p_max_w
+            tx[cap] = cd[cap] / (b[cap] * np.log1p(s.p_max_w * pr.g[cap] / (pr.n0 * b[cap])))
+            return {
+                "f": f,
+                "f_s": fs,
+                "b": b,
+                "p": p,
+                "t_enc": c.enc_cycles / f,
+                "t_tx": tx,
+                "t_srv": c.server_cycles / fs,
+            }
         # transmission: unconstrained power first
         a = w1 * pr.n0 / pr.g
-        cd = LN2 * c.bits
         z = _kinv(np.sqrt(nu * lam) / (a * np.sqrt(cd)))
         u = cd / z
         b = np.sqrt(lam * u / nu)
         tx = np.sqrt(nu * u / lam)
         p = pr.n0 * b * np.expm1(z) / pr.g
         cap = p > s.p_max_w
+        if self.fixed_p_max:
+            cap[:] = True
         if cap.any():
             amp = s.p_max_w * pr.g[cap] / pr.n0
             x = _qinv(nu * amp**2 / ((w1 * s.p_max_w + lam[cap]) * c.bits[cap] * LN2))
@@ -186,6 +232,8 @@ class DualSolver:
 
     def _nu_for(self, c: UserCosts, mu: float) -> tuple[float, np.ndarray]:
         bw = self.problem.scenario.bandwidth_hz
+        if self.fixed_b is not None:
+            return 0.0, self._lam_for(c, 0.0, mu)
 
         def excess(nu: np.ndarray) -> np.ndarray:
             lam = self._lam_for(c, float(nu[0]), mu)
@@ -209,11 +257,34 @@ class DualSolver:
             "cycles/s (listed: the users with the largest upload rate demand)",
         )
 
+    def user_lagrangian(self, costs: UserCosts, nu: float, mu: float) -> np.ndarray:
+        """Per-user Lagrangian cost at fixed prices (inf where the user alone misses its deadline).
+
+        l_n = min over the user's own resources of w1 (E_enc + E_tx) + w2 E_s + nu b_n + mu f_s,n,
+        subject to its deadline; sum_n l_n - nu B - mu F_s bounds the optimum from below (weak duality).
+        """
+        late = check_user_deadlines(self.problem, costs, self.fixed_b)
+        ok = np.ones(self.problem.n_users, dtype=bool)
+        ok[late] = False
+
+        def slack(lam: np.ndarray) -> np.ndarray:
+            r = self._response(costs, lam, nu, mu)
+            return r["t_enc"] + r["t_tx"] + r["t_srv"] - self.T
+
+        lam, _, found = root_decreasing(slack, np.ones_like(self.T), ftol=self.tol * self.T)
+        r = self._response(costs, lam, nu, mu)
+        s = self.problem.scenario
+        e = (
+            self.w1 * (s.kappa_device * costs.enc_cycles * r["f"] ** 2 + r["p"] * r["t_tx"])
+            + self.w2 * s.kappa_server * costs.server_cycles * r["f_s"] ** 2
+        )
+        return np.where(ok & found, e + nu * r["b"] * (self.fixed_b is None) + mu * r["f_s"], np.inf)
+
     # -- the full solve -----------------------------------------------------------------------------
     def solve(self, costs: UserCosts) -> ContinuousSolution:
         """Optimal continuous resources for the given per-user workloads (raises if infeasible)."""
         pr, s = self.problem, self.problem.scenario
-        late = check_user_deadlines(pr, costs)
+        late = check_user_deadlines(pr, costs, self.fixed_b)
         if late.size:
             raise InfeasibleScenarioError(
                 "deadline", late, "missed even with all bandwidth, p_max, f_max and all server capacity"
