@@ -104,3 +104,26 @@ def refresh_local(
 def key_holder_view(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> np.ndarray:
     """What the key holder learns from one refresh request: the decrypted, masked slots."""
     return sk.decrypt_slots(ctx, masked)
+
+
+@dataclass
+class LocalRefresher:
+    """A :class:`~p3eft.fhe.nonlinear.Refresher` whose key holder lives in this process (tests, demos).
+
+    The networked version sends :meth:`RefreshMasker.mask`'s bytes to the data owner's remote method
+    that runs :func:`refresh_respond_bytes`; the arithmetic is the same.
+    """
+
+    ctx: CkksContext
+    sk: SecretKey
+    bound: float
+    lam: int = DEFAULT_LAMBDA
+    calls: int = 0
+
+    @property
+    def min_level(self) -> int:
+        return min_refresh_level(self.ctx, self.bound, self.lam)
+
+    def __call__(self, ct: Ciphertext) -> Ciphertext:
+        self.calls += 1
+        return refresh_local(self.ctx, self.sk, ct, self.bound, self.lam)
