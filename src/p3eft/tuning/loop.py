@@ -8,11 +8,13 @@ progress, loss history and checkpoints (so resume works the same for every schem
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -82,6 +84,11 @@ def train_loop(
     if not named:
         raise P3eftError("nothing to train: no trainable parameters")
     optimizer = torch.optim.AdamW(named.values(), lr=config.lr, weight_decay=config.weight_decay)
+    # A run's randomness (dropout) depends only on its seed, never on what the process did before;
+    # a resumed run then replaces these states with the checkpoint's.
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed % 2**32)
     meta = {"config": config.resume_key(), **(state or {})}
     losses: list[float] = []
     tokens = 0

@@ -1,0 +1,121 @@
+"""The plain LoRA reference: loss goes down on real data, exact resume, PEFT export reloads in plain peft."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from p3eft.data import load_task
+from p3eft.errors import P3eftError
+from p3eft.models import load_causal_lm
+from p3eft.tuning import (
+    StepBatches,
+    TrainConfig,
+    attach_lora,
+    build_lm_training_examples,
+    collate_lm,
+    finetune_plain,
+    save_adapter,
+    train_loop,
+    trainable_parameters,
+)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = {"batch_size": 2, "max_steps": 6, "max_len": 48, "checkpoint_every": 2, "lr": 5e-3, "seed": 3}
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resume_after_kill_equals_uninterrupted(tiny_gpt2_dir, tmp_path):
+    """A run stopped after step 3 (last checkpoint at 2) and resumed ends with the same adapter and losses."""
+    whole = finetune_plain(str(tiny_gpt2_dir), "piqa", tmp_path / "a", _cfg(), limit=8, progress=False)
+    part = finetune_plain(
+        str(tiny_gpt2_dir), "piqa", tmp_path / "b", _cfg(), limit=8, progress=False, stop_after=3
+    )
+    assert part["result"]["steps"] == 3 and "adapter" not in part  # killed: no final adapter yet
+    with pytest.raises(P3eftError, match="--resume"):
+        finetune_plain(str(tiny_gpt2_dir), "piqa", tmp_path / "b", _cfg(), limit=8, progress=False)
+    with pytest.raises(P3eftError, match="different settings"):
+        finetune_plain(
+            str(tiny_gpt2_dir), "piqa", tmp_path / "b", _cfg(lr=1e-3), limit=8, progress=False, resume=True
+        )
+    resumed = finetune_plain(
+        str(tiny_gpt2_dir), "piqa", tmp_path / "b", _cfg(), limit=8, progress=False, resume=True
+    )
+    assert resumed["result"]["resumed_from"] == 2
+    assert resumed["result"]["losses"] == whole["result"]["losses"]
+    a = load_file(Path(whole["adapter"]) / "adapter_model.safetensors")
+    b = load_file(Path(resumed["adapter"]) / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_B.weight") and a[k].abs().sum() > 0 for k in a)  # it did learn something
+    latest = (tmp_path / "b" / "checkpoints" / "LATEST").read_text()
+    assert latest == "step-00000006" and not list(
+        (tmp_path / "b" / "checkpoints").glob(".*")
+    )  # no temp leftovers
+
+
+@pytest.mark.parametrize("fixture", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_adapter_reloads_in_plain_peft_with_identical_logits(fixture, request, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    folder = request.getfixturevalue(fixture)
+    loaded = load_causal_lm(folder)
+    cfg = _cfg(max_steps=3)
+    peft_model = attach_lora(loaded, cfg)
+    items = build_lm_training_examples(
+        loaded.tokenizer, load_task("obqa", "train", limit=4).examples, cfg.max_len
+    )
+    batches = StepBatches(items, 2, 0, lambda b: collate_lm(b, loaded.tokenizer.pad_token_id))
+    peft_model.train()
+    train_loop(lambda b: peft_model(**b).loss, trainable_parameters(peft_model), batches, cfg, progress=False)
+    peft_model.eval()
+    save_adapter(peft_model, tmp_path / "adapter", {"model": loaded.spec.name})
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+    ids = torch.tensor([loaded.tokenizer("The sun is responsible for plants growing")["input_ids"]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+        base = AutoModelForCausalLM.from_pretrained(folder)
+        plain_base = base(input_ids=ids).logits
+        reloaded = PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval()
+        got = reloaded(input_ids=ids).logits
+    assert torch.equal(got, expected)
+    assert not torch.allclose(plain_base, expected)  # the adapter changes the model
+
+
+@pytest.mark.slow
+def test_real_smollm2_loss_goes_down_on_real_data():
+    """A few LoRA steps on real SmolLM2-135M and real OpenBookQA lower the loss on those examples.
+
+    lr is 2e-3 here instead of the paper's 3e-5 so that 6 tiny steps move the loss measurably.
+    """
+    loaded = load_causal_lm("smollm2-135m")
+    assert not loaded.weights_random
+    cfg = TrainConfig(lr=2e-3, batch_size=4, max_steps=6, max_len=64, seed=0)
+    peft_model = attach_lora(loaded, cfg)
+    items = build_lm_training_examples(
+        loaded.tokenizer, load_task("obqa", "train", limit=4).examples, cfg.max_len
+    )
+    fixed = collate_lm(items, loaded.tokenizer.pad_token_id)
+
+    def eval_loss() -> float:
+        peft_model.eval()
+        with torch.no_grad():
+            loss = float(peft_model(**fixed).loss)
+        peft_model.train()
+        return loss
+
+    before = eval_loss()
+    batches = StepBatches(
+        items, cfg.batch_size, cfg.seed, lambda b: collate_lm(b, loaded.tokenizer.pad_token_id)
+    )
+    res = train_loop(
+        lambda b: peft_model(**b).loss, trainable_parameters(peft_model), batches, cfg, progress=False
+    )
+    after = eval_loss()
+    assert res.steps == 6 and res.tokens > 0
+    assert after < before - 0.2, (before, after, res.losses)
