@@ -48,7 +48,7 @@ def solve_slsqp(problem: Problem, costs: UserCosts, starts: int = 8, seed: int =
         + [(1e-6, s.server_hz / GHZ)] * u
     )
     rng = np.random.default_rng(seed)
-    scale0 = None
+    scale = [0.0]  # objective scale fixed by the first start
     best: tuple[float, np.ndarray] | None = None
     for _ in range(starts):
         x0 = np.concatenate(
@@ -59,9 +59,9 @@ def solve_slsqp(problem: Problem, costs: UserCosts, starts: int = 8, seed: int =
                 rng.dirichlet(np.ones(u)) * s.server_hz / GHZ * 0.99,
             ]
         )
-        scale0 = scale0 or max(energy(x0), 1e-9)
+        scale[0] = scale[0] or max(energy(x0), 1e-9)
         res = minimize(
-            lambda x: energy(x) / scale0,
+            lambda x: energy(x) / scale[0],
             x0,
             method="SLSQP",
             bounds=bounds,

@@ -51,7 +51,7 @@ class Scenario:
     kappa_server: float = 1e-28
     noise_psd_dbm_hz: float = -174.0
     server_products: float = 1.0  # plaintext x ciphertext products per uploaded ciphertext
-    weights: tuple[float, float, float] = (1.0, 1.0, 0.05)
+    weights: tuple[float, float, float] = (1.0, 1.0, 0.002)
     allowed_sets: list[str] = field(default_factory=lambda: ["N8192", "N16384", "N32768"])
     seed: int | None = None
 
