@@ -1,5 +1,87 @@
-"""`p3eft serve`: placeholder until its capability lands."""
+"""`p3eft serve cloud|enclave`: run one party as its own process (thin: parse, call the runtime)."""
 
-from p3eft.cli.pending import pending_group
+from __future__ import annotations
 
-app = pending_group("serve", "the networked-parties capability")
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+_CERTS = typer.Option(..., "--certs", help="Folder from `p3eft keys init`.")
+_HOST = typer.Option("127.0.0.1", "--host", help="Address to bind.")
+_PORT = typer.Option(0, "--port", help="Port to bind (0: a free one, announced on stdout).")
+_READY = typer.Option(None, "--ready-file", help="Write {party,pid,port,url} as JSON here once serving.")
+_MAXMB = typer.Option(256, "--max-message-mb", help="Largest payload accepted, in MiB.")
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
+
+
+@app.command("cloud")
+def cloud(
+    certs: Path = _CERTS,
+    host: str = _HOST,
+    port: int = _PORT,
+    ready_file: Path | None = _READY,
+    max_message_mb: int = _MAXMB,
+    device: str | None = typer.Option(None, "--device", help="torch device (default: cuda if present)."),
+    factory: str | None = typer.Option(
+        None, "--factory", help="Role factory MODULE:NAME (default ObfuscaTune)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the untrusted cloud: only obfuscated weights and masked tensors reach it."""
+    from p3eft.runtime.launch import run_cloud
+    from p3eft.runtime.obfuscatune_roles import CLOUD_FACTORY
+
+    _logging(verbose)
+    kwargs = {"device": device} if factory is None else {}
+    run_cloud(certs, factory or CLOUD_FACTORY, host, port, ready_file, max_message_mb * 2**20, kwargs)
+
+
+@app.command("enclave")
+def enclave(
+    certs: Path = _CERTS,
+    cloud_url: str = typer.Option(..., "--cloud", help="HOST:PORT of `p3eft serve cloud`."),
+    state_dir: Path = typer.Option(..., "--state-dir", help="Where sealed model and checkpoints live."),
+    checkpoint_every: int = typer.Option(1, "--checkpoint-every", help="Seal a checkpoint every K steps."),
+    host: str = _HOST,
+    port: int = _PORT,
+    ready_file: Path | None = _READY,
+    max_message_mb: int = _MAXMB,
+    settings: str = typer.Option(
+        "{}", "--settings", help="JSON of enclave settings (mode, masks, lora_r...)."
+    ),
+    factory: str | None = typer.Option(
+        None, "--factory", help="Role factory MODULE:NAME (default ObfuscaTune)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve the enclave (simulated TEE): attests, holds the masks, seals its checkpoints."""
+    from p3eft.errors import P3eftError
+    from p3eft.runtime.launch import run_enclave
+    from p3eft.runtime.obfuscatune_roles import ENCLAVE_FACTORY
+
+    _logging(verbose)
+    try:
+        role_kwargs = json.loads(settings)
+    except json.JSONDecodeError as err:
+        raise P3eftError(f"--settings is not JSON: {err}") from err
+    run_enclave(
+        certs,
+        cloud_url,
+        state_dir,
+        factory or ENCLAVE_FACTORY,
+        host,
+        port,
+        ready_file,
+        checkpoint_every,
+        max_message_mb * 2**20,
+        role_kwargs,
+    )

@@ -1,0 +1,115 @@
+"""Versioned binary frames: the one message type that crosses a network link (ours).
+
+A frame is a fixed header followed by the method name and the payload::
+
+    magic "P3FT" | version u16 | kind u8 | flags u8 | session id 16 B | sequence u64
+    | method length u16 | payload length u64 | CRC-32 of method+payload u32 | method | payload
+
+The header lets a server refuse a bad message before it decodes anything: a wrong magic or
+version, a frame shorter or longer than its stated lengths, a checksum mismatch, an unknown
+session or a sequence number it has already seen. The CRC catches corruption and truncation; the
+integrity against an attacker comes from TLS (and, on attested enclave sessions, from AES-GCM over
+the payload, flag ``ENCRYPTED``).
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+import zlib
+from dataclasses import dataclass
+
+from p3eft.errors import ProtocolError
+
+MAGIC = b"P3FT"
+VERSION = 1
+SESSION_ID_BYTES = 16
+NO_SESSION = bytes(SESSION_ID_BYTES)
+
+_HEADER = struct.Struct("<4sHBB16sQHQI")
+HEADER_BYTES = _HEADER.size
+MAX_METHOD_BYTES = 256
+
+
+class Kind(enum.IntEnum):
+    """What a frame is: a call, its result, or the error it raised."""
+
+    REQUEST = 1
+    RESPONSE = 2
+    ERROR = 3
+
+
+class Flag(enum.IntFlag):
+    """Per-frame options."""
+
+    NONE = 0
+    ENCRYPTED = 1  # payload is AES-GCM under the attested session key
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One message on a link."""
+
+    kind: Kind
+    session: bytes
+    seq: int
+    method: str
+    payload: bytes
+    flags: Flag = Flag.NONE
+
+    def pack(self) -> bytes:
+        """Serialise the frame with its header and checksum."""
+        method = self.method.encode("utf-8")
+        if len(method) > MAX_METHOD_BYTES:
+            raise ProtocolError(f"method name longer than {MAX_METHOD_BYTES} bytes")
+        if len(self.session) != SESSION_ID_BYTES:
+            raise ProtocolError("session id must be 16 bytes")
+        crc = zlib.crc32(self.payload, zlib.crc32(method))
+        header = _HEADER.pack(
+            MAGIC,
+            VERSION,
+            int(self.kind),
+            int(self.flags),
+            self.session,
+            self.seq,
+            len(method),
+            len(self.payload),
+            crc,
+        )
+        return b"".join((header, method, self.payload))
+
+
+def unpack(data: bytes, max_payload: int) -> Frame:
+    """Parse and check a frame; anything malformed is a :class:`ProtocolError` with the reason."""
+    if len(data) < HEADER_BYTES:
+        raise ProtocolError(f"truncated frame: {len(data)} bytes, the header alone needs {HEADER_BYTES}")
+    magic, version, kind, flags, session, seq, mlen, plen, crc = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise ProtocolError("not a p3eft frame (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"unsupported frame version {version} (this side speaks {VERSION})")
+    try:
+        kind = Kind(kind)
+    except ValueError as err:
+        raise ProtocolError(f"unknown frame kind {kind}") from err
+    if flags & ~int(Flag.ENCRYPTED):
+        raise ProtocolError(f"unknown frame flags {flags:#x}")
+    if plen > max_payload:
+        raise ProtocolError(f"payload of {plen} bytes exceeds the limit of {max_payload} bytes")
+    if mlen > MAX_METHOD_BYTES:
+        raise ProtocolError(f"method name longer than {MAX_METHOD_BYTES} bytes")
+    expected = HEADER_BYTES + mlen + plen
+    if len(data) < expected:
+        raise ProtocolError(f"truncated frame: {len(data)} bytes, header announces {expected}")
+    if len(data) > expected:
+        raise ProtocolError(f"frame has {len(data) - expected} bytes beyond its announced length")
+    body = memoryview(data)
+    method_raw = body[HEADER_BYTES : HEADER_BYTES + mlen]
+    payload = body[HEADER_BYTES + mlen :]
+    if zlib.crc32(payload, zlib.crc32(method_raw)) != crc:
+        raise ProtocolError("frame checksum mismatch (corrupted in transit)")
+    try:
+        method = str(method_raw, "utf-8")
+    except UnicodeDecodeError as err:
+        raise ProtocolError("method name is not valid UTF-8") from err
+    return Frame(kind, bytes(session), seq, method, bytes(payload), Flag(flags))

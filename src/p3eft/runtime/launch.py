@@ -1,0 +1,289 @@
+"""Running parties as processes: serve loops, ready files, and a supervisor for child processes.
+
+A party server binds port 0 (the OS picks a free port, so there is no race between choosing and
+binding) and then writes a small JSON *ready file* ``{"party", "pid", "port", "url"}`` atomically;
+whoever started it waits for that file. Children get ``PR_SET_PDEATHSIG`` so they die with their
+parent, and :class:`PartyGroup` stops every child on exit, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from p3eft.errors import MissingResourceError, P3eftError
+from p3eft.runtime.attestation import SimulatedAttestor, SimulatedVerifier
+from p3eft.runtime.client import NetworkChannel
+from p3eft.runtime.enclave_host import EnclaveHost, HostPolicy
+from p3eft.runtime.errors import PartyUnavailableError
+from p3eft.runtime.pki import load_identity, read_key_file
+from p3eft.runtime.sealing import Sealer, sealing_key
+from p3eft.runtime.server import DEFAULT_MAX_MESSAGE, PartyServer, ServerConfig
+
+log = logging.getLogger("p3eft.runtime.launch")
+
+
+def load_factory(spec: str) -> Callable[..., Any]:
+    """``module:attr`` or ``/path/to/file.py:attr`` -> the callable (role factories)."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep:
+        raise P3eftError(f"bad factory {spec!r}: expected MODULE:NAME or FILE.py:NAME")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise MissingResourceError(f"factory file {path} not found")
+        mod_spec = importlib.util.spec_from_file_location(f"p3eft_factory_{path.stem}", path)
+        assert mod_spec is not None and mod_spec.loader is not None
+        module = importlib.util.module_from_spec(mod_spec)
+        mod_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(target)
+    fn = getattr(module, attr, None)
+    if fn is None:
+        raise P3eftError(f"{target} has no {attr!r}")
+    return fn
+
+
+def write_ready(path: str | Path, info: dict[str, Any]) -> None:
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(info))
+    os.replace(tmp, p)
+
+
+def _serve(server: PartyServer, party: str, host: str, ready_file: str | Path | None) -> None:
+    """Start, announce, and block until SIGTERM/SIGINT."""
+    port = server.start()
+    info = {"party": party, "pid": os.getpid(), "port": port, "url": f"{host}:{port}"}
+    if ready_file:
+        write_ready(ready_file, info)
+    print(json.dumps(info), flush=True)
+    _watch_parent()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    while not stop.wait(0.5):
+        pass
+    server.stop(grace=1.0)
+
+
+PARENT_ENV = "P3EFT_PARENT_PID"
+
+
+def _watch_parent() -> None:
+    """Exit when the supervising process is gone (a second line behind PR_SET_PDEATHSIG)."""
+    want = os.environ.get(PARENT_ENV)
+    if not want:
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(want):
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
+def run_cloud(
+    certs: str | Path,
+    factory: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: str | Path | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    role_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Serve the untrusted cloud role; only the enclave may call it."""
+    role = load_factory(factory)(**(role_kwargs or {}))
+    config = ServerConfig(host, port, max_message_bytes, allowed_peers=frozenset({"enclave"}))
+    _serve(PartyServer(role, load_identity(certs, "cloud"), config), "cloud", host, ready_file)
+
+
+def enclave_sealer(certs: str | Path, measurement: bytes) -> Sealer:
+    return Sealer(sealing_key(read_key_file(certs, "platform-seal.key"), measurement))
+
+
+def run_enclave(
+    certs: str | Path,
+    cloud_url: str,
+    state_dir: str | Path,
+    factory: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: str | Path | None = None,
+    checkpoint_every: int = 1,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    role_kwargs: dict[str, Any] | None = None,
+    cloud_wait_s: float = 60.0,
+) -> None:
+    """Serve the enclave: attested, sealed state, restored from its checkpoint on restart."""
+    attestor = SimulatedAttestor(read_key_file(certs, "platform-attest.key"))
+    identity = load_identity(certs, "enclave")
+    make = load_factory(factory)
+    kwargs = role_kwargs or {}
+
+    def connect_cloud() -> NetworkChannel:
+        return NetworkChannel(cloud_url, identity, "cloud", max_message_bytes=max_message_bytes)
+
+    host_obj = EnclaveHost(
+        lambda cloud, seed: make(cloud, seed, **kwargs),
+        connect_cloud,
+        state_dir,
+        enclave_sealer(certs, attestor.measurement),
+        checkpoint_every=checkpoint_every,
+        policy=HostPolicy(),
+        cloud_wait_s=cloud_wait_s,
+    )
+    config = ServerConfig(
+        host, port, max_message_bytes, allowed_peers=frozenset({"model-owner", "data-owner"})
+    )
+    server = PartyServer(host_obj, identity, config, attestor=attestor, resolver=host_obj.resolve)
+    _serve(server, "enclave", host, ready_file)
+
+
+def connect_attested(
+    url: str,
+    certs: str | Path,
+    party: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    expected_measurement: bytes | None = None,
+) -> NetworkChannel:
+    """An attested, encrypted channel from ``party`` to the enclave at ``url``."""
+    verifier = SimulatedVerifier(read_key_file(certs, "platform-attest.pub"), expected_measurement)
+    return NetworkChannel(
+        url, load_identity(certs, party), "enclave", verifier=verifier, max_message_bytes=max_message_bytes
+    )
+
+
+# -- supervising child processes --------------------------------------------------------------
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+class PartyProcess:
+    """One party running as a child process, announced by its ready file."""
+
+    def __init__(
+        self, name: str, argv: Sequence[str], workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.argv = list(argv)
+        self.workdir = workdir
+        self.env = env
+        self.ready_file = workdir / f"{name}.ready.json"
+        self.log_path = workdir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, Any] = {}
+
+    def start(self, wait_ready: bool = True, timeout_s: float = 120.0) -> PartyProcess:
+        self.ready_file.unlink(missing_ok=True)
+        argv = [a.replace("{ready}", str(self.ready_file)) for a in self.argv]
+        env = {**os.environ, **(self.env or {}), PARENT_ENV: str(os.getpid())}
+        # PDEATHSIG fires when the *thread* that forked exits, so only the main thread may use it;
+        # children started from other threads rely on the parent watch alone.
+        pre = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+        with open(self.log_path, "ab") as logf:
+            self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, preexec_fn=pre)
+        if wait_ready:
+            self.wait_ready(timeout_s)
+        return self
+
+    def wait_ready(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while not self.ready_file.is_file():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise PartyUnavailableError(
+                    f"{self.name} exited with code {self.proc.returncode} before it was ready; "
+                    f"last log lines:\n{self.tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise PartyUnavailableError(f"{self.name} not ready after {timeout_s:.0f} s:\n{self.tail()}")
+            time.sleep(0.05)
+        self.info = json.loads(self.ready_file.read_text())
+        return self.info
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def tail(self, n: int = 20) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def kill(self) -> None:
+        """SIGKILL (``kill -9``): no cleanup, no goodbye; what the fault tests do."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def wait(self, timeout_s: float | None = None) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired as err:
+            raise PartyUnavailableError(
+                f"{self.name} still running after {timeout_s} s:\n{self.tail()}"
+            ) from err
+
+
+class PartyGroup:
+    """Starts parties and guarantees they are all stopped when the block ends, however it ends."""
+
+    def __init__(self, workdir: str | Path) -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.parties: dict[str, PartyProcess] = {}
+
+    def start(self, name: str, argv: Sequence[str], wait_ready: bool = True, **kw: Any) -> PartyProcess:
+        p = PartyProcess(name, argv, self.workdir, kw.pop("env", None))
+        self.parties[name] = p
+        return p.start(wait_ready=wait_ready, **kw)
+
+    def stop_all(self) -> None:
+        for p in reversed(list(self.parties.values())):
+            p.stop()
+
+    def __enter__(self) -> PartyGroup:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def p3eft_argv(*args: str) -> list[str]:
+    """The command line that runs ``p3eft ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "p3eft.cli.main", *args]
