@@ -89,6 +89,7 @@ def test_checkpoint_restores_session_exactly():
     ch.call("configure_training", optimizer="adamw", lr=1e-2)
     ch.call("train_step", **batch(seed=0))
     ckpt = ch.call("state")
+    assert set(ckpt) == {"sealed", "step"}
     assert b"K" * 32 not in ckpt["sealed"] and s.enclave._secret not in ckpt["sealed"]
     cont = [ch.call("train_step", **batch(seed=i))["loss"] for i in (1, 2)]
 

@@ -390,13 +390,38 @@ class Enclave:
         }
         return {"config": config, "tensors": tensors}
 
+    @remote
+    def import_adapter(self, tensors: dict) -> dict:
+        """Load a plain-coordinate PEFT adapter (same keys as :meth:`export_adapter`) into the cloud,
+        mapped into obfuscated coordinates: ``A* = R_in^-1 A``, ``B* = B R_out``."""
+        split = self._require_ready()
+        obf = {}
+        for g in split.groups:
+            b = self._boundaries[g.layer]
+            for k, part in enumerate(g.parts):
+                prefix = f"base_model.model.{part.path}"
+                try:
+                    a = tensors[f"{prefix}.lora_A.weight"].to(self.dtype).T
+                    bb = tensors[f"{prefix}.lora_B.weight"].to(self.dtype).T
+                except KeyError:
+                    raise ProtocolError(f"adapter has no LoRA weights for {part.path}") from None
+                obf[f"{g.layer}/{k}/A"] = (
+                    b.mask_in.right_inv_t(a.T).T if b.mask_in is not None else a
+                ).contiguous()
+                obf[f"{g.layer}/{k}/B"] = (
+                    b.masks_out[k].right(bb) if b.masks_out[k] is not None else bb
+                ).contiguous()
+        self.cloud.call("set_adapters", tensors=obf)
+        return {"imported": len(obf)}
+
     # ----------------------------------------------------------------- checkpoints
     @remote
-    def state(self, include_cloud: bool = True) -> dict:
-        """Sealed (AES-GCM, enclave sealing key) enclave state, plus the cloud's obfuscated state.
+    def state(self) -> dict:
+        """A checkpoint sealed with the enclave's sealing key (AES-GCM), as a TEE would seal it.
 
-        The session secret is inside the sealed blob: only an enclave holding the same sealing key can
-        restore it, and a restored session draws the same masks.
+        It holds the session secret, mask epoch, step, RNG state, training settings and the cloud's
+        state (adapters + optimizer state in obfuscated coordinates), so only an enclave with the same
+        sealing key can restore it, and nobody outside learns masks or obfuscated adapters from it.
         """
         inner = {
             "secret": self._secret,
@@ -405,20 +430,19 @@ class Enclave:
             "rng": torch.get_rng_state().numpy().tobytes(),
             "train_cfg": self._train_cfg,
             "settings": self.settings.public(),
+            "cloud": self.cloud.call("state") if self.split is not None else None,
         }
         nonce = os.urandom(12)
         blob = nonce + AESGCM(self._sealing_key).encrypt(nonce, pickle.dumps(inner), b"p3eft-enclave-state")
-        out: dict[str, Any] = {"sealed": blob}
-        if include_cloud and self.split is not None:
-            out["cloud"] = self.cloud.call("state")
-        return out
+        return {"sealed": blob, "step": self._step}
 
     @remote
     def load_state(self, state: dict) -> dict:
-        """Restore a sealed state. Before ``provision(done=True)`` it sets the session secret (so the
-        masks match the checkpoint); after it, the secret must be the one in use."""
+        """Restore a sealed checkpoint. Call it before ``provision(done=True)``: it sets the session
+        secret so the masks match the checkpoint. After provisioning, only the same session is accepted."""
         blob = state["sealed"]
         try:
+            # the blob was made by an enclave holding this sealing key, so unpickling it is trusted
             inner = pickle.loads(
                 AESGCM(self._sealing_key).decrypt(blob[:12], blob[12:], b"p3eft-enclave-state")
             )
@@ -433,11 +457,11 @@ class Enclave:
         self.configure_training(
             **{("optimizer" if k == "name" else k): v for k, v in inner["train_cfg"].items()}
         )
-        if "cloud" in state:
+        if inner.get("cloud") is not None:
             if self.split is None:
-                self._cloud_state_pending = state["cloud"]
+                self._cloud_state_pending = inner["cloud"]
             else:
-                self.cloud.call("load_state", state=state["cloud"])
+                self.cloud.call("load_state", state=inner["cloud"])
         return {"step": self._step, "epoch": self.epoch}
 
     @remote

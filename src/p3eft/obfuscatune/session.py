@@ -75,18 +75,26 @@ def session_from_model(
     weights_random: bool = False,
     cloud_device: str | None = None,
     loaded: LoadedModel | None = None,
+    restore: dict | None = None,
 ) -> ObfuscaTuneSession:
-    """Trio around an already loaded model (the model owner's copy is left untouched)."""
+    """Trio around an already loaded model (the model owner's copy is left untouched). ``restore`` is a
+    sealed enclave checkpoint, applied before provisioning so that the session's masks are the saved ones."""
     cloud = UntrustedCloud(device=cloud_device)
     cloud_channel = InProcessChannel(cloud)
     enclave = Enclave(cloud_channel, settings or EnclaveSettings())
     enclave_channel = InProcessChannel(enclave)
+    if restore is not None:
+        enclave_channel.call("load_state", state=restore)
     provision_model(enclave_channel, model, name=name, weights_random=weights_random)
     return ObfuscaTuneSession(enclave_channel, enclave, cloud, cloud_channel, loaded)
 
 
 def in_process_session(
-    model_name: str, settings: EnclaveSettings | None = None, *, cloud_device: str | None = None
+    model_name: str,
+    settings: EnclaveSettings | None = None,
+    *,
+    cloud_device: str | None = None,
+    restore: dict | None = None,
 ) -> ObfuscaTuneSession:
     """Load ``model_name`` from the registry (random weights from its config when none are available,
     flagged) and build the trio around it."""
@@ -100,4 +108,5 @@ def in_process_session(
         weights_random=loaded.weights_random,
         cloud_device=cloud_device,
         loaded=loaded,
+        restore=restore,
     )

@@ -1,0 +1,359 @@
+"""What the ``p3eft obfuscatune`` commands do (the CLI only parses and prints).
+
+In-process runs build the trio here; with ``enclave_url`` the data owner talks to a networked enclave
+through :func:`p3eft.runtime.connect.open_enclave_channel` and this process holds no model at all.
+Checkpoints are the enclave's *sealed* state (``enclave_state.pt``); for in-process runs the
+simulated enclave's sealing key is kept in ``<out>/enclave-sealing.key`` (mode 0600; ours: a stand-in
+for the platform's sealing key, which never leaves a real TEE).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p3eft.data import load_task
+from p3eft.errors import MissingResourceError, P3eftError
+from p3eft.obfuscatune import driver
+from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.export import save_exported_adapter
+from p3eft.runtime.channel import Channel
+from p3eft.tuning import TrainConfig
+
+SEALING_KEY_FILE = "enclave-sealing.key"
+STATE_FILE = "enclave_state.pt"
+
+
+def open_remote_enclave(url: str, certs: str | Path | None) -> Channel:
+    """A channel to a networked enclave (the runtime's transport, imported lazily)."""
+    try:
+        from p3eft.runtime.connect import open_enclave_channel
+    except ImportError as err:
+        raise P3eftError(
+            f"--enclave needs the networked runtime (p3eft.runtime.connect), not available: {err}"
+        ) from None
+    return open_enclave_channel(url, certs)
+
+
+def data_owner_tokenizer(model: str) -> Any:
+    """The tokenizer alone (the data owner holds no model weights when the enclave is remote)."""
+    from p3eft.models import loading
+
+    spec = loading.resolve_spec(model)
+    where, _ = loading._weights_dir(spec)
+    return loading._load_tokenizer(spec, where)
+
+
+def _sealing_key(out: Path) -> bytes:
+    path = out / SEALING_KEY_FILE
+    if path.is_file():
+        key = path.read_bytes()
+        if len(key) != 32:
+            raise P3eftError(f"{path} is not a 32-byte sealing key")
+        return key
+    out.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_bytes(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(key)
+    return key
+
+
+def _checkpoints(out: Path) -> list[tuple[int, Path]]:
+    root = out / "checkpoints"
+    found = []
+    if root.is_dir():
+        for d in root.iterdir():
+            m = re.fullmatch(r"step-(\d+)", d.name)
+            if m and (d / STATE_FILE).is_file():
+                found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def _save_checkpoint(channel: Channel, out: Path, step: int, keep: int) -> Path:
+    d = out / "checkpoints" / f"step-{step}"
+    tmp = d.with_name(d.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    torch.save(channel.call("state"), tmp / STATE_FILE)
+    if d.exists():
+        for f in d.iterdir():
+            f.unlink()
+        d.rmdir()
+    tmp.rename(d)
+    for _, old in _checkpoints(out)[:-keep] if keep > 0 else []:
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    return d
+
+
+def _load_checkpoint(path: Path) -> dict:
+    return torch.load(path / STATE_FILE, weights_only=False)  # our own file: sealed bytes + step
+
+
+def finetune(
+    model: str,
+    dataset: str,
+    out: str | Path,
+    config: TrainConfig,
+    settings: EnclaveSettings,
+    *,
+    optimizer: str = "adamw",
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    resume: bool = False,
+    enclave_url: str | None = None,
+    certs: str | Path | None = None,
+    progress: bool = True,
+    stop_after: int | None = None,
+) -> dict[str, Any]:
+    """Obfuscated LoRA fine-tuning; writes ``adapter/`` (plain PEFT), checkpoints and ``results.json``."""
+    out = Path(out)
+    task = load_task(dataset, "train", data_dir=data_dir, limit=limit)
+    existing = _checkpoints(out)
+    if existing and not resume:
+        raise P3eftError(f"{out} already holds checkpoints: pass --resume, or choose another --out")
+    restore = _load_checkpoint(existing[-1][1]) if (resume and existing) else None
+    start = int(restore["step"]) if restore else 0
+    if enclave_url:
+        channel = open_remote_enclave(enclave_url, certs)
+        tokenizer = data_owner_tokenizer(model)
+        if restore is not None:
+            channel.call("load_state", state=restore)
+    else:
+        from p3eft.obfuscatune.session import in_process_session
+
+        settings = replace(
+            settings,
+            sealing_key=_sealing_key(out),
+            lora_r=config.rank,
+            lora_alpha=config.alpha,
+            lora_dropout=config.dropout,
+        )
+        session = in_process_session(model, settings, restore=restore)
+        channel, tokenizer = session.enclave_channel, session.loaded.tokenizer
+    every = config.checkpoint_every
+    stop = config.max_steps if stop_after is None else min(config.max_steps, start + stop_after)
+
+    def on_step(done: int) -> None:
+        if (every and done % every == 0) or done == config.max_steps:
+            _save_checkpoint(channel, out, done, config.keep_checkpoints)
+
+    run_cfg = replace(config, max_steps=stop)
+    result = driver.finetune(
+        channel,
+        tokenizer,
+        task,
+        run_cfg,
+        optimizer=optimizer,
+        progress=progress,
+        start_step=start,
+        on_step=on_step,
+    )
+    info = channel.call("info")
+    payload: dict[str, Any] = {
+        "scheme": "obfuscatune",
+        "model": model,
+        "weights_random": info.get("weights_random"),
+        "enclave": info,
+        "train": task.describe(),
+        "notes": [n for n in [task.note] if n],
+        "config": config.to_dict(),
+        "optimizer": optimizer,
+        "result": result,
+    }
+    if stop >= config.max_steps:
+        export = channel.call("export_adapter")
+        adapter = save_exported_adapter(
+            export,
+            out / "adapter",
+            meta={
+                "model": model,
+                "dataset": task.name,
+                "weights_random": info.get("weights_random"),
+                "steps": config.max_steps,
+                "mode": info["settings"]["mode"],
+                "masks": info["settings"]["masks"],
+            },
+        )
+        payload["adapter"] = str(adapter)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    return payload
+
+
+def read_adapter_tensors(folder: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(adapter_config, tensors) of a PEFT adapter folder, validated by the foundation's checks."""
+    from safetensors.torch import load_file
+
+    from p3eft.tuning import check_adapter_dir
+
+    cfg = check_adapter_dir(folder)
+    return cfg, load_file(str(Path(folder) / "adapter_model.safetensors"))
+
+
+def evaluate(
+    model: str,
+    dataset: str,
+    settings: EnclaveSettings,
+    *,
+    adapter: str | Path | None = None,
+    limit: int | None = None,
+    data_dir: str | Path | None = None,
+    batch_size: int = 8,
+    max_length: int = 1024,
+    enclave_url: str | None = None,
+    certs: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``model`` (optionally with a plain PEFT adapter, imported into obfuscated coordinates)."""
+    task = load_task(dataset, "eval", data_dir=data_dir, limit=limit)
+    tensors = None
+    if adapter is not None:
+        cfg, tensors = read_adapter_tensors(adapter)
+        settings = replace(settings, lora_r=int(cfg["r"]), lora_alpha=float(cfg["lora_alpha"]))
+    if enclave_url:
+        channel = open_remote_enclave(enclave_url, certs)
+        tokenizer = data_owner_tokenizer(model)
+    else:
+        from p3eft.obfuscatune.session import in_process_session
+
+        session = in_process_session(model, settings)
+        channel, tokenizer = session.enclave_channel, session.loaded.tokenizer
+    if tensors is not None:
+        channel.call("import_adapter", tensors=tensors)
+    metrics = driver.evaluate(
+        channel, tokenizer, task, batch_size=batch_size, max_length=max_length, progress=progress
+    )
+    info = channel.call("info")
+    notes = [n for n in [task.note] if n]
+    if info.get("weights_random"):
+        notes.append(f"{model} has random weights here: accuracy is meaningless")
+    return {
+        "scheme": "obfuscatune",
+        "model": model,
+        "weights_random": info.get("weights_random"),
+        "enclave": info,
+        "adapter": str(adapter) if adapter else None,
+        "eval": task.describe(),
+        "metric": task.metric,
+        **metrics,
+        "notes": notes,
+    }
+
+
+def export(run_dir: str | Path, out: str | Path) -> Path:
+    """Re-export the adapter of an in-process run from its latest sealed checkpoint."""
+    run_dir = Path(run_dir)
+    found = _checkpoints(run_dir)
+    results = run_dir / "results.json"
+    if not found or not results.is_file() or not (run_dir / SEALING_KEY_FILE).is_file():
+        raise MissingResourceError(
+            f"{run_dir} has no ObfuscaTune checkpoint (checkpoints/, results.json, sealing key)"
+        )
+    meta = json.loads(results.read_text())
+    s = meta["enclave"]["settings"]
+    cfg = meta["config"]
+    settings = EnclaveSettings(
+        mode=s["mode"],
+        masks=s["masks"],
+        lora_r=cfg["rank"],
+        lora_alpha=cfg["alpha"],
+        lora_dropout=cfg["dropout"],
+        dtype=s["dtype"],
+        sealing_key=_sealing_key(run_dir),
+    )
+    from p3eft.obfuscatune.session import in_process_session
+
+    session = in_process_session(meta["model"], settings, restore=_load_checkpoint(found[-1][1]))
+    return save_exported_adapter(
+        session.enclave_channel.call("export_adapter"),
+        out,
+        meta={"model": meta["model"], "steps": found[-1][0]},
+    )
+
+
+def verification_batch(tokenizer, n: int = 8, data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
+    """One batch of real text: OpenBookQA questions with their gold answers."""
+    task = load_task("obqa", "eval", data_dir=data_dir, limit=n)
+    texts = [ex.context + ex.continuation(ex.label) for ex in task.examples]
+    enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+
+def verify(
+    model: str,
+    *,
+    mode: str = "strict",
+    data_dir: str | Path | None = None,
+    extra_masks: tuple[str, ...] = ("kron", "blockperm"),
+) -> dict[str, Any]:
+    """Plain vs obfuscated logits on one batch of real text (fp32), and the split's parameter shares."""
+    from p3eft.models import load_causal_lm
+    from p3eft.obfuscatune.session import session_from_model
+
+    loaded = load_causal_lm(model, dtype=torch.float32, allow_random=True)
+    batch = verification_batch(loaded.tokenizer, data_dir=data_dir)
+    with torch.no_grad():
+        ref = loaded.model(**batch).logits
+    valid = batch["attention_mask"].bool()
+    diffs: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    info: dict[str, Any] = {}
+    for masks in ("orthogonal", "naive", *extra_masks):
+        t0 = time.perf_counter()
+        s = session_from_model(
+            loaded.model,
+            EnclaveSettings(mode=mode, masks=masks),
+            name=loaded.spec.name,
+            weights_random=loaded.weights_random,
+        )
+        logits = s.enclave_channel.call("logits", **batch)
+        diffs[masks] = float((logits - ref)[valid].abs().max())
+        seconds[masks] = time.perf_counter() - t0
+        if masks == "orthogonal":
+            info = s.enclave_channel.call("info")
+        del s
+    return {
+        "model": loaded.spec.name,
+        "weights_random": loaded.weights_random,
+        "source": loaded.source,
+        "mode": mode,
+        "dtype": "float32",
+        "tokens": int(batch["attention_mask"].sum()),
+        "max_abs_logit_diff": diffs["orthogonal"],
+        "naive_max_abs_logit_diff": diffs["naive"],
+        "naive_over_orthogonal": diffs["naive"] / max(diffs["orthogonal"], 1e-30),
+        "max_abs_logit_diff_by_masks": diffs,
+        "logit_scale": float(ref[valid].abs().max()),
+        "enclave_param_share": info["enclave_param_share"],
+        "untrusted_param_share": info["untrusted_param_share"],
+        "enclave_parameters": info["enclave_parameters"],
+        "untrusted_parameters": info["untrusted_parameters"],
+        "seconds_by_masks": seconds,
+    }
+
+
+def info(
+    model: str, *, mode: str = "strict", masks: str = "orthogonal", context: int = 128
+) -> dict[str, Any]:
+    """Parameter and arithmetic accounting from the model's split, built on the meta device."""
+    from p3eft.models import loading
+    from p3eft.obfuscatune.accounting import model_accounting
+    from p3eft.obfuscatune.masks import parse_masks
+
+    spec = loading.resolve_spec(model)
+    cfg = spec.hf_config()
+    acc = model_accounting(cfg, mode=mode, masks=masks, context=context)
+    d = int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
+    acc["model"] = spec.name
+    acc["mask_randomness_per_width_d"] = parse_masks(masks).randomness(d)
+    return acc
