@@ -213,9 +213,10 @@ class StaggeredMatrix(_DiagonalKernel):
         return results
 
     @staticmethod
-    def restagger_steps(layout: Layout, slots: int) -> list[int]:
-        lay = staggered_layout(layout.length, slots, layout.block)
-        return [c * lay.shift for c in range(1, layout.block // lay.shift)]
+    def restagger_steps_for(length: int, slots: int, window: int | None = None) -> list[int]:
+        """Rotation steps :meth:`restagger` needs for a replicated vector of ``length`` in ``window``."""
+        lay = staggered_layout(length, slots, window)
+        return [c * lay.shift for c in range(1, lay.block // lay.shift)]
 
     @staticmethod
     def restagger(ctx: CkksContext, y: Ciphertext) -> Ciphertext:

@@ -9,6 +9,8 @@ level. These functions build the plaintext slot vectors; :mod:`p3eft.fhe.tensor`
 * ``staggered``  -- one row, padded to window ``block``; copy c (at ``c*block``) is the row rotated left
   by ``c*shift``. This is the input of the square/tall BSGS kernel: one rotation then reaches a
   different column in each copy, so the spare slots do useful work (ours).
+* ``rows_cyc``   -- like ``rows``, with the whole row group stored twice, so that a rotation by whole
+  rows is cyclic (what attention's row rotations need).
 * ``rows_rep``   -- several rows, each repeated with period ``length`` inside its own ``block``; the
   input of the batched kernel.
 """
@@ -39,6 +41,11 @@ def pack(values: np.ndarray, layout: Layout, slots: int) -> np.ndarray:
     if layout.form == "rows":
         for r in range(layout.rows):
             out[r * layout.block : r * layout.block + layout.length] = x[r]
+    elif layout.form == "rows_cyc":
+        if 2 * layout.rows * layout.block > slots:
+            raise ValueError(f"rows_cyc layout needs {2 * layout.rows * layout.block} slots, only {slots}")
+        for r in range(2 * layout.rows):
+            out[r * layout.block : r * layout.block + layout.length] = x[r % layout.rows]
     elif layout.form == "rows_rep":
         reps = -(-layout.block // layout.length)
         for r in range(layout.rows):

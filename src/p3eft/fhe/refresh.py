@@ -23,7 +23,7 @@ mask's rounding; a coefficient-domain mask with smudging noise would also cover 
 from __future__ import annotations
 
 import math
-import secrets
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +60,10 @@ class RefreshMasker:
 
     def _draw(self) -> np.ndarray:
         # uniform in [-2^lam B, 2^lam B] from the OS CSPRNG, 53 random bits per slot
-        rng = np.random.Generator(np.random.PCG64(secrets.randbits(128)))
+        raw = np.frombuffer(os.urandom(8 * self.ctx.slots), dtype=np.uint64) >> np.uint64(11)
+        unit = raw.astype(np.float64) / float(1 << 53)
         width = 2.0**self.lam * self.bound
-        return rng.uniform(-width, width, self.ctx.slots)
+        return (2.0 * unit - 1.0) * width
 
     def mask(self, ct: Ciphertext) -> Ciphertext:
         self.ctx.check(ct)

@@ -1,0 +1,68 @@
+"""Non-linear functions under encryption: against the same approximation in plaintext (CKKS error
+only) and against the exact function on the stated range (approximation error)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p3eft.fhe import nonlinear, refresh, tensor
+from p3eft.fhe.context import LevelError, keygen
+from p3eft.fhe.params import ParamSet
+
+# stated approximation error on the default range: (kind, bound); "rel" = relative to |f(x)|
+STATED = {
+    "exp": ("rel", 3e-4),
+    "reciprocal": ("rel", 1e-4),
+    "inv_sqrt": ("rel", 1e-4),
+    "gelu": ("abs", 2e-2),
+    "tanh": ("abs", 2.5e-2),
+}
+CKKS_REL = 1e-4  # encrypted vs plaintext approximation, relative to max |value| (measured ~1e-6..5e-5)
+
+
+@pytest.fixture(scope="module")
+def deep():
+    """N=16384 with depth 7 (400 bits, 128-bit secure): enough for every default function but inv_sqrt."""
+    return keygen(ParamSet.for_depth(16384, 7))
+
+
+@pytest.mark.parametrize("name", list(STATED))
+def test_approximation_error_on_range(name):
+    approx = nonlinear.default_catalogue()[name]
+    kind, bound = STATED[name]
+    err = approx.max_rel_error() if kind == "rel" else approx.max_error()
+    assert err <= bound, f"{name}: {kind} error {err:.2e} above the stated {bound:.0e}"
+    assert approx.depth == {"exp": 6, "reciprocal": 6, "inv_sqrt": 8, "gelu": 4, "tanh": 4}[name]
+
+
+@pytest.mark.parametrize("name", list(STATED))
+def test_encrypted_matches_plain_approximation_and_exact(deep, rng, name):
+    ctx, sk = deep
+    approx = nonlinear.default_catalogue()[name]
+    x = np.concatenate([[approx.lo, approx.hi], rng.uniform(approx.lo, approx.hi, 62)])
+    refresher = refresh.LocalRefresher(ctx, sk, bound=8.0) if approx.depth > ctx.top_level else None
+    y = tensor.decrypt(sk, ctx, approx.encrypted(ctx, tensor.encrypt(ctx, x), refresher))
+    plain = approx.plain(x)
+    scale = np.max(np.abs(plain))
+    assert np.max(np.abs(y - plain)) <= CKKS_REL * scale
+    kind, bound = STATED[name]
+    exact = approx.exact(x)
+    err = np.abs(y - exact) / (np.abs(exact) if kind == "rel" else 1.0)
+    assert np.max(err) <= bound + CKKS_REL * scale / (np.min(np.abs(exact)) if kind == "rel" else 1.0)
+    if refresher is not None:
+        assert refresher.calls >= 1
+
+
+def test_too_few_levels_without_refresher_is_a_clear_error(deep):
+    ctx, _ = deep
+    with pytest.raises(LevelError, match="refresher"):
+        nonlinear.inv_sqrt().encrypted(ctx, tensor.encrypt(ctx, np.ones(4)))
+
+
+def test_eval_poly_generic(deep, rng):
+    ctx, sk = deep
+    coeffs = np.array([0.5, -1.0, 0.25, 0.0, 0.125, 0.0, 0.0, -0.01])
+    x = rng.uniform(-1.5, 1.5, 32)
+    y = tensor.decrypt(sk, ctx, nonlinear.eval_poly(ctx, tensor.encrypt(ctx, x), coeffs))
+    np.testing.assert_allclose(y, np.polynomial.polynomial.polyval(x, coeffs), atol=1e-5)
