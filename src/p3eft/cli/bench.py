@@ -24,7 +24,10 @@ def _group() -> None:
 def fhe(
     json_path: Path = typer.Option(..., "--json", help="Where to write the cost JSON."),
     sets: str = typer.Option(DEFAULT_SETS, "--sets", help="Comma-separated parameter sets."),
-    quick: bool = typer.Option(False, "--quick", help="One repeat; TenSEAL's slow mm only at N8192."),
+    quick: bool = typer.Option(False, "--quick", help="One repeat per timing."),
+    tenseal_sets: str = typer.Option(
+        "N8192", "--tenseal-sets", help="Sets on which to time TenSEAL's slow built-in mm ('all' or a list)."
+    ),
     repeats: int = typer.Option(3, "--repeats", min=1, help="Repeats per timing (median)."),
     no_matvec: bool = typer.Option(False, "--no-matvec", help="Skip the matrix-product timings."),
 ) -> None:
@@ -48,7 +51,7 @@ def fhe(
             name,
             repeats=reps,
             matvec=not no_matvec,
-            tenseal_mm=not quick or name == "N8192",
+            tenseal_mm=tenseal_sets == "all" or name in tenseal_sets.split(","),
             progress=lambda msg: typer.echo(msg, err=True),
         )
         rec = out[name]
