@@ -136,8 +136,13 @@ class CkksContext:
         rk_env = serial.unpack(payload["relin_keys"], "relin_keys", cid)
         rk = serial.seal_from_bytes(sealapi.RelinKeys(), seal_ctx, rk_env.payload, "relin_keys")
         gk_env = serial.unpack(payload["galois_keys"], "galois_keys", cid)
-        gk = serial.seal_from_bytes(sealapi.GaloisKeys(), seal_ctx, gk_env.payload, "galois_keys")
         steps = tuple(int(s) for s in gk_env.meta.get("steps", []))
+        gk = sealapi.GaloisKeys()
+        if steps:
+            serial.seal_from_bytes(gk, seal_ctx, gk_env.payload, "galois_keys")
+            tool = seal_ctx.key_context_data().galois_tool()
+            if not all(gk.has_key(e) for e in tool.get_elts_from_steps(list(steps))):
+                raise ProtocolError("Galois keys do not cover the rotation steps they declare")
         return cls(
             params,
             seal_ctx,
@@ -164,6 +169,8 @@ class CkksContext:
             which
         ]
         meta = {"steps": list(self.galois_steps)} if which == "galois_keys" else {}
+        if which == "galois_keys" and not self.galois_steps:
+            return serial.pack(which, self.context_id, b"", meta=meta)  # SEAL cannot load an empty key set
         return serial.pack(which, self.context_id, serial.seal_to_bytes(obj), meta=meta)
 
     # ----- levels ---------------------------------------------------------------------------------
