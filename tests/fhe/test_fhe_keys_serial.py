@@ -101,3 +101,15 @@ def test_valid_envelope_around_bad_seal_bytes_is_refused_by_seal_check(n8192):
         forged = serial.pack("ciphertext", ctx.context_id, payload, env.level, env.scale, env.meta)
         with pytest.raises(ProtocolError):
             ctx.ciphertext_from_bytes(forged)
+
+
+def test_seeded_upload_is_half_size_and_decrypts(n8192, rng):
+    ctx, sk = n8192
+    x = rng.uniform(-1, 1, (8, 100))
+    lay = Layout(100, 8, 128, "rows")
+    seeded = tensor.encrypt_seeded_bytes(sk, ctx, x, lay)
+    full = ctx.ciphertext_to_bytes(tensor.encrypt(ctx, x, lay))
+    assert len(seeded) < 0.6 * len(full)
+    back = ctx.ciphertext_from_bytes(seeded)
+    assert ctx.level(back) == ctx.top_level and back.layout == lay
+    np.testing.assert_allclose(tensor.decrypt(sk, ctx, back), x, atol=1e-6)

@@ -284,6 +284,23 @@ class SecretKey:
         self._decryptor.decrypt(ct.seal, pt)
         return ctx.decode(pt)
 
+    def encrypt_seeded_bytes(self, ctx: CkksContext, slots: np.ndarray, layout: Layout) -> bytes:
+        """Encrypt under the secret key and serialise with SEAL's seed compression: the second
+        polynomial is replaced by its PRNG seed, so the upload is about half a public-key ciphertext.
+        Only the key holder can do this; the receiver loads it with ``ciphertext_from_bytes``."""
+        if ctx.context_id != self.context_id:
+            raise SecurityError("secret key belongs to another FHE context")
+        enc = sealapi.Encryptor(self.seal_context, self.key)
+        seeded = enc.encrypt_symmetric(ctx.encode(slots))
+        return serial.pack(
+            "ciphertext",
+            self.context_id,
+            serial.seal_to_bytes(seeded),
+            level=ctx.top_level,
+            scale=ctx.params.scale,
+            meta={"layout": layout.to_dict()},
+        )
+
     def to_bytes(self) -> bytes:
         return serial.pack("secret_key", self.context_id, serial.seal_to_bytes(self.key))
 

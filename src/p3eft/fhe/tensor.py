@@ -19,6 +19,13 @@ def encrypt(
     return ctx.encrypt_slots(packing.pack(x, layout, ctx.slots), layout, level)
 
 
+def encrypt_seeded_bytes(sk: SecretKey, ctx: CkksContext, values: np.ndarray, layout: Layout) -> bytes:
+    """The data owner's compact upload: symmetric encryption, seed-compressed bytes (about half size)."""
+    return sk.encrypt_seeded_bytes(
+        ctx, packing.pack(np.asarray(values, dtype=np.float64), layout, ctx.slots), layout
+    )
+
+
 def encrypt_rows(ctx: CkksContext, rows: np.ndarray) -> list[Ciphertext]:
     """Encrypt a matrix with as many rows per ciphertext as fit (block = next power of two of the width)."""
     x = np.atleast_2d(np.asarray(rows, dtype=np.float64))
