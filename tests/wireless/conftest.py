@@ -7,8 +7,10 @@ the packaged file measured on the reference machine.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +76,9 @@ def cost_file(tmp_path: Path) -> Path:
     p = tmp_path / "fhe_costs.json"
     p.write_text(json.dumps(TEST_COSTS))
     return p
+
+
+@pytest.fixture
+def costs_raw() -> dict[str, Any]:
+    """A fresh copy of the test cost dict (to mutate in validation tests)."""
+    return copy.deepcopy(TEST_COSTS)

@@ -70,14 +70,21 @@ assert np.all(np.diff(_LHG) > 0) and np.all(np.diff(_LKG) > 0) and np.all(np.dif
 )
 
 
+_LZG = np.log(_ZG)
+
+
 def _kinv(kv: np.ndarray) -> np.ndarray:
-    """z with k(z) = kv (table inversion in log-log, then two Newton steps)."""
+    """z with k(z) = kv (table inversion in log-log, then one fused Newton step)."""
     lk = np.log(kv)
-    z = np.exp(np.interp(lk, _LKG, np.log(_ZG)))
-    z = np.where(lk < _LKG[0], (2.0 * kv) ** (2.0 / 3.0), z)  # k ~ z^1.5 / 2 near 0
-    for _ in range(2):
-        z = np.clip(z - (_k(z) - kv) / _dk(z), 0.5 * z, np.minimum(2.0 * z, _Z_MAX))
-    return z
+    z = np.exp(np.interp(lk, _LKG, _LZG))
+    if lk.min() < _LKG[0]:
+        z = np.where(lk < _LKG[0], (2.0 * kv) ** (2.0 / 3.0), z)  # k ~ z^1.5 / 2 near 0
+    em1 = np.expm1(z)
+    h = z * (em1 + 1.0) - em1
+    sz = np.sqrt(z)
+    k = h / sz
+    dk = (2.0 * z * z * (em1 + 1.0) - h) / (2.0 * z * sz)
+    return np.minimum(np.maximum(z - (k - kv) / dk, 0.5 * z), np.minimum(2.0 * z, _Z_MAX))
 
 
 def _hinv(hv: np.ndarray) -> np.ndarray:
@@ -159,7 +166,7 @@ class DualSolver:
         pr, s = self.problem, self.problem.scenario
         w1, w2 = self.w1, self.w2
         # device frequency from dE/df = deadline price (KKT), clipped to the CPU range
-        f = np.clip(np.cbrt(lam / (2.0 * w1 * s.kappa_device)), s.f_min_hz, s.f_max_hz)
+        f = np.minimum(np.maximum(np.cbrt(lam / (2.0 * w1 * s.kappa_device)), s.f_min_hz), s.f_max_hz)
         # server share: positive root of fs^3 + m fs^2 - l = 0 (Newton from an upper bound)
         lc = lam / (2.0 * w2 * s.kappa_server)
         fs = np.cbrt(lc)
@@ -240,7 +247,7 @@ class DualSolver:
             return np.array([self._response(c, lam, float(nu[0]), mu)["b"].sum() - bw])
 
         x0 = np.array([self._nu_guess if self._nu_guess else 1e-7])
-        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=40)
+        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=16)
         if not ok.all():
             raise self._shared_infeasible(c)
         self._nu_guess = float(nu[0])
@@ -289,6 +296,11 @@ class DualSolver:
             raise InfeasibleScenarioError(
                 "deadline", late, "missed even with all bandwidth, p_max, f_max and all server capacity"
             )
+        # necessary condition (cheap): even with all the bandwidth each, the server shares must fit
+        bw = np.full(pr.n_users, s.bandwidth_hz) if self.fixed_b is None else self.fixed_b
+        t_left = self.T - costs.enc_cycles / s.f_max_hz - costs.bits / uplink_rate(bw, s.p_max_w, pr.g, pr.n0)
+        if np.sum(costs.server_cycles / t_left) > s.server_hz:
+            raise self._shared_infeasible(costs)
         self.evals = 0
         nu, lam = self._nu_for(costs, 0.0)
         mu = 0.0
@@ -300,7 +312,7 @@ class DualSolver:
                 return np.array([self._response(costs, lam, nu, float(mu_arr[0]))["f_s"].sum() - s.server_hz])
 
             x0 = np.array([self._mu_guess if self._mu_guess else 1e-12])
-            mu_arr, _, ok = root_decreasing(excess, x0, ftol=self.tol * s.server_hz, max_expand=40)
+            mu_arr, _, ok = root_decreasing(excess, x0, ftol=self.tol * s.server_hz, max_expand=16)
             if not ok.all():
                 raise self._shared_infeasible(costs)
             mu = float(mu_arr[0])

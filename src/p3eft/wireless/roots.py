@@ -17,13 +17,13 @@ def root_decreasing(
     ftol: np.ndarray | float,
     rtol: float = 1e-12,
     maxiter: int = 200,
-    max_expand: int = 60,
+    max_expand: int = 20,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Solve ``fun(x) = 0`` elementwise for x > 0, where ``fun`` is non-increasing in each x.
 
     Returns ``(x_hi, f_hi, ok)``: ``x_hi`` is on the feasible side (``fun(x_hi) <= 0``), within
     ``ftol`` of zero or a relative bracket ``rtol``; ``ok`` is False where no sign change was found
-    even after expanding the bracket by 8^max_expand (the equation has no root there).
+    even after max_expand growing expansion steps (the equation has no root there).
     """
     x0 = np.asarray(x0, dtype=float)
     ftol = np.broadcast_to(np.asarray(ftol, dtype=float), x0.shape)
@@ -31,17 +31,19 @@ def root_decreasing(
     flo = fun(lo)
     fhi = flo.copy()
     ok = np.ones(x0.shape, dtype=bool)
+    step = 1.25  # grows geometrically: cheap for warm starts, still reaches far brackets
     for _ in range(max_expand):
         need_lo = flo < 0
         need_hi = fhi > 0
         if not (need_lo.any() or need_hi.any()):
             break
         if need_lo.any():
-            lo = np.where(need_lo, lo / 8.0, lo)
+            lo = np.where(need_lo, lo / step, lo)
             flo = np.where(need_lo, fun(lo), flo)
         if need_hi.any():
-            hi = np.where(need_hi, hi * 8.0, hi)
+            hi = np.where(need_hi, hi * step, hi)
             fhi = np.where(need_hi, fun(hi), fhi)
+        step = min(step * step, 1e6)
     else:
         ok = (flo >= 0) & (fhi <= 0)
     a, b = np.log(lo), np.log(hi)
@@ -54,7 +56,7 @@ def root_decreasing(
             break
         with np.errstate(invalid="ignore", divide="ignore"):
             c = (a * gb - b * ga) / (gb - ga)
-        bad = ~np.isfinite(c) | (c <= a) | (c >= b) | (it % 3 == 2)
+        bad = ~np.isfinite(c) | (c <= a) | (c >= b) | (it % 4 == 3)
         c = np.where(bad, 0.5 * (a + b), c)
         c = np.where(done, b, c)
         fc = fun(np.exp(c))

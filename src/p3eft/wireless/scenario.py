@@ -29,6 +29,12 @@ def dbm_per_hz_to_w_per_hz(dbm: float) -> float:
     return 10.0 ** (dbm / 10.0) / 1000.0
 
 
+_FLOAT_FIELDS = (
+    "bandwidth_hz", "p_max_w", "f_min_hz", "f_max_hz", "server_hz", "kappa_device", "kappa_server",
+    "noise_psd_dbm_hz", "server_products",
+)
+
+
 @dataclass
 class Scenario:
     """Everything the optimiser needs except the FHE costs (which come from the cost file).
@@ -56,7 +62,16 @@ class Scenario:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+        # YAML 1.1 reads "1e-28" (no dot) as a string: coerce every numeric field explicitly
+        try:
+            for name in _FLOAT_FIELDS:
+                setattr(self, name, float(getattr(self, name)))
+            for name in ("distances_m", "fading", "deadlines_s", "privacy_floor_bits"):
+                setattr(self, name, [float(x) for x in getattr(self, name)])
+            self.data_values = [int(x) for x in self.data_values]
+            self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
+        except (TypeError, ValueError) as err:
+            raise ScenarioError(f"scenario has a non-numeric value: {err}") from err
         self.validate()
 
     @property
@@ -147,8 +162,9 @@ class Scenario:
         if not p.is_file():
             raise ScenarioError(f"scenario file {p} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text())  # YAML is a superset of JSON
-        except yaml.YAMLError as err:
+            text = p.read_text()
+            raw = json.loads(text) if p.suffix == ".json" else yaml.safe_load(text)
+        except (yaml.YAMLError, json.JSONDecodeError) as err:
             raise ScenarioError(f"scenario file {p} is not valid YAML/JSON: {err}") from err
         return cls.from_dict(raw)
 

@@ -1,0 +1,85 @@
+"""Continuous stage: the fast dual method against a general solver (SLSQP) and against the paper's
+fractional-programming method (quadratic transform, cvxpy inner steps)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p3eft.wireless import generate_scenario, load_costs
+from p3eft.wireless.continuous import DualSolver
+from p3eft.wireless.fractional import solve_fractional
+from p3eft.wireless.model import Problem
+from p3eft.wireless.reference import solve_slsqp
+
+# (users, parameter set, scenario overrides): unconstrained server, binding server capacity, p_max binding
+CASES = [
+    (3, 0, {}),
+    (4, 2, {"server_hz": 2.45e9}),
+    (4, 1, {"p_max_w": 0.002, "bandwidth_hz": 40e6}),
+]
+
+
+def _feasible(pr, costs, sol, rtol=1e-6):
+    s = pr.scenario
+    t = sol.t_enc + sol.t_tx + sol.t_srv
+    return (
+        sol.b.sum() <= s.bandwidth_hz * (1 + rtol)
+        and sol.f_s.sum() <= s.server_hz * (1 + rtol)
+        and np.all(sol.p <= s.p_max_w * (1 + rtol))
+        and np.all(t <= np.array(s.deadlines_s) * (1 + rtol))
+        and np.all((sol.f >= s.f_min_hz * (1 - rtol)) & (sol.f <= s.f_max_hz * (1 + rtol)))
+    )
+
+
+@pytest.mark.parametrize("users, k, over", CASES)
+def test_dual_matches_slsqp_within_half_percent(cost_file, users, k, over):
+    pr = Problem.build(generate_scenario(users, seed=users, **over), load_costs(cost_file))
+    costs = pr.user_costs(np.full(users, k))
+    dual = DualSolver(pr).solve(costs)
+    ref = solve_slsqp(pr, costs, starts=6)
+    assert _feasible(pr, costs, dual)
+    assert dual.energy <= ref.energy * 1.005
+    assert abs(dual.energy - ref.energy) <= 0.005 * ref.energy
+    if "server_hz" in over:
+        assert dual.prices["mu"] > 0  # the case really exercises the server price
+    if "p_max_w" in over:
+        assert np.any(np.isclose(dual.p, pr.scenario.p_max_w))
+
+
+@pytest.mark.parametrize("users, k, over", CASES[:2])
+def test_fractional_programming_agrees_and_never_increases(cost_file, users, k, over):
+    pr = Problem.build(generate_scenario(users, seed=users, **over), load_costs(cost_file))
+    costs = pr.user_costs(np.full(users, k))
+    dual = DualSolver(pr).solve(costs)
+    fp = solve_fractional(pr, costs, eps=1e-6)
+    h = np.array(fp.history)
+    assert len(h) >= 2
+    assert np.all(np.diff(h) <= 1e-7 * abs(h[0]))  # quadratic transform: monotone descent
+    assert _feasible(pr, costs, fp, rtol=1e-5)
+    assert abs(fp.energy - dual.energy) <= 0.005 * dual.energy
+
+
+def test_fixed_bandwidth_and_max_power_modes_match_slsqp_restricted(cost_file):
+    """The baselines' restricted continuous problems: check against SLSQP with the same pins."""
+    pr = Problem.build(generate_scenario(3, seed=7), load_costs(cost_file))
+    costs = pr.user_costs(np.zeros(3, dtype=int))
+    b = np.full(3, pr.scenario.bandwidth_hz / 3)
+    eq = DualSolver(pr, fixed_b=b).solve(costs)
+    free = DualSolver(pr).solve(costs)
+    mp = DualSolver(pr, fixed_p_max=True).solve(costs)
+    assert np.allclose(eq.b, b) and np.allclose(mp.p, pr.scenario.p_max_w)
+    assert free.energy <= eq.energy * (1 + 1e-9) and free.energy <= mp.energy * (1 + 1e-9)
+    assert _feasible(pr, costs, eq) and _feasible(pr, costs, mp)
+    # perturbing any single user's frequency along the deadline cannot lower the pinned energy
+    for sol in (eq, mp):
+        assert np.all(np.isclose(sol.t_enc + sol.t_tx + sol.t_srv, pr.scenario.deadlines_s, rtol=1e-6))
+
+
+def test_device_frequency_is_the_kkt_closed_form(cost_file):
+    pr = Problem.build(generate_scenario(4, seed=2, f_min_hz=1e7), load_costs(cost_file))
+    sol = DualSolver(pr).solve(pr.user_costs(np.full(4, 1)))
+    w1 = pr.scenario.weights[0]
+    f_kkt = np.clip(np.cbrt(sol.lam / (2 * w1 * pr.scenario.kappa_device)), pr.scenario.f_min_hz,
+                    pr.scenario.f_max_hz)
+    assert np.allclose(sol.f, f_kkt)
