@@ -113,3 +113,20 @@ def test_seeded_upload_is_half_size_and_decrypts(n8192, rng):
     back = ctx.ciphertext_from_bytes(seeded)
     assert ctx.level(back) == ctx.top_level and back.layout == lay
     np.testing.assert_allclose(tensor.decrypt(sk, ctx, back), x, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"length": 10, "rows": 1000, "block": 16, "form": "rows"},
+        {"length": 32, "rows": 1, "block": 16, "form": "rows"},
+        {"length": 8, "rows": 1, "block": 8, "form": "bogus"},
+        {"rows": 1},
+    ],
+)
+def test_malformed_layout_metadata_is_refused(n8192, layout):
+    ctx, _ = n8192
+    env = serial.unpack(ctx.ciphertext_to_bytes(tensor.encrypt(ctx, np.ones(8))), "ciphertext")
+    forged = serial.pack("ciphertext", ctx.context_id, env.payload, env.level, env.scale, {"layout": layout})
+    with pytest.raises(ProtocolError, match="layout"):
+        ctx.ciphertext_from_bytes(forged)

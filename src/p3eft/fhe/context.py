@@ -30,6 +30,9 @@ class LevelError(ValueError):
     """An operation needs more multiplicative levels than the ciphertext has left."""
 
 
+LAYOUT_FORMS = ("plain", "rows", "rows_cyc", "rows_rep", "replicated", "staggered")
+
+
 @dataclass
 class Layout:
     """How logical rows of values sit in the slots: row r occupies ``slots[r*block : r*block+length]``.
@@ -246,6 +249,15 @@ class CkksContext:
     def ciphertext_from_bytes(self, data: bytes) -> Ciphertext:
         env = serial.unpack(data, "ciphertext", self.context_id)
         layout = Layout.from_dict(env.meta.get("layout", {}))
+        span = layout.rows * layout.block * (2 if layout.form == "rows_cyc" else 1)
+        if (
+            layout.form not in LAYOUT_FORMS
+            or min(layout.length, layout.rows, layout.block) < 1
+            or layout.length > layout.block
+            or span > self.slots
+            or layout.shift < 0
+        ):
+            raise ProtocolError(f"ciphertext layout {layout.to_dict()} does not fit {self.slots} slots")
         if not 0 <= env.level <= self.top_level:
             raise ProtocolError(
                 f"ciphertext declares level {env.level}, this context has 0..{self.top_level}"

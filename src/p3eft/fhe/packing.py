@@ -38,7 +38,7 @@ def pack(values: np.ndarray, layout: Layout, slots: int) -> np.ndarray:
     if layout.rows * layout.block > slots or layout.length > layout.block:
         raise ValueError(f"layout needs {layout.rows}x{layout.block} slots, only {slots} available")
     out = np.zeros(slots)
-    if layout.form == "rows":
+    if layout.form in ("rows", "plain"):
         for r in range(layout.rows):
             out[r * layout.block : r * layout.block + layout.length] = x[r]
     elif layout.form == "rows_cyc":
