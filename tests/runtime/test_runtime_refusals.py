@@ -18,7 +18,7 @@ from p3eft.runtime.client import NetworkChannel
 from p3eft.runtime.enclave_host import EnclaveHost
 from p3eft.runtime.errors import PartyUnavailableError
 from p3eft.runtime.frame import Frame, Kind, unpack
-from p3eft.runtime.launch import connect_attested, enclave_sealer
+from p3eft.runtime.launch import connect_attested, enclave_sealing_key
 from p3eft.runtime.pki import init_keys, load_identity, read_key_file
 from p3eft.runtime.sealing import Sealer, sealing_key
 from p3eft.runtime.server import PartyServer, ServerConfig
@@ -46,12 +46,15 @@ def net(tmp_path_factory):
     cport = cloud.start()
     ident = load_identity(certs, "enclave")
     attestor = SimulatedAttestor(read_key_file(certs, "platform-attest.key"))
+    key = enclave_sealing_key(certs, attestor.measurement)
     host = EnclaveHost(
         toy.make_enclave,
         lambda: NetworkChannel(f"127.0.0.1:{cport}", ident, "cloud", max_message_bytes=LIMIT),
         d / "state",
-        enclave_sealer(certs, attestor.measurement),
+        Sealer(key),
+        key,
         checkpoint_every=2,
+        policy=toy.make_enclave.host_policy,
     )
     enclave = PartyServer(
         host, ident, ServerConfig(max_message_bytes=LIMIT), attestor=attestor, resolver=host.resolve

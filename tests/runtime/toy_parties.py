@@ -15,6 +15,7 @@ import time
 import torch
 
 from p3eft.runtime.channel import remote
+from p3eft.runtime.enclave_host import HostPolicy
 from p3eft.runtime.schema import expect_tensor
 
 D_IN, D_OUT, RANK = 8, 4, 2
@@ -143,8 +144,17 @@ def make_cloud() -> ToyCloud:
     return ToyCloud()
 
 
-def make_enclave(cloud, seed: bytes) -> ToyEnclave:
+def make_enclave(cloud, seed: bytes, sealing_key: bytes = b"") -> ToyEnclave:
     return ToyEnclave(cloud, seed)
+
+
+# The toy's state() leaves the cloud out and is restored after provisioning; state stays in the host.
+make_enclave.host_policy = HostPolicy(
+    restore_before_provision=False,
+    cloud_state_in_role_state=False,
+    host_only=frozenset({"state", "load_state"}),
+    replay_methods=frozenset({"train_step", "configure_training"}),
+)
 
 
 def model_chunks(seed: int = 7) -> list[dict]:

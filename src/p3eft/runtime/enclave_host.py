@@ -5,18 +5,18 @@ The host sits between the network and the scheme's enclave role object (for Obfu
 role itself should not care about:
 
 * **access rules** -- the model owner may only provision (and read ``info``); the data owner may
-  call everything else; ``state``/``load_state`` never cross the network (they hold the mask seed);
+  call everything else; a policy can keep methods host-only (never callable over the network);
 * **sealed model** -- every provisioning chunk is sealed to disk before the role sees it, so a
   restarted enclave can rebuild itself (and the cloud) without the model owner;
 * **sealed checkpoints** -- every ``checkpoint_every`` mutating calls (``train_step`` ...) the role's
-  state, the cloud's state (obfuscated coordinates) and the setup calls are sealed atomically;
+  state and the cloud's state (obfuscated coordinates) are sealed atomically;
 * **recovery** -- at start-up, or when the cloud fails mid-call, the host reconnects to the cloud,
-  builds a fresh role, replays the sealed model and setup, loads the checkpoint into both, and tells
+  builds a fresh role, replays the sealed model, loads the checkpoint into both, and tells
   the caller how many mutating calls that state includes (``runtime_status``), so the data owner's
   :class:`~p3eft.runtime.resilient.ResilientChannel` replays the rest.
 
-The role factory gets the cloud link and the enclave's persistent session seed (sealed on first
-start), so masks drawn after a restart are the masks drawn before it.
+The role factory gets the cloud link, the enclave's persistent session seed (sealed on first start,
+so masks drawn after a restart are the masks drawn before it) and the sealing key.
 """
 
 from __future__ import annotations
@@ -41,13 +41,23 @@ log = logging.getLogger("p3eft.runtime.enclave_host")
 
 @dataclass(frozen=True)
 class HostPolicy:
-    """Which methods do what, for the scheme the host serves (defaults: ObfuscaTune's contract)."""
+    """Which methods do what, for the scheme the host serves (defaults: ObfuscaTune's contract).
+
+    ``replay_methods`` are the calls that change the role's state; the host counts them, seals a
+    checkpoint every K of them, and the data owner's channel replays them after a restart.
+    ``restore_before_provision``: the role's ``load_state`` must run before the model is provisioned
+    (ObfuscaTune's enclave: the sealed state carries the mask secret); otherwise after.
+    ``cloud_state_in_role_state``: the role's own ``state()`` already includes the cloud's.
+    """
 
     provision_method: str = "provision"
-    replay_methods: frozenset[str] = frozenset({"train_step", "refresh_masks"})
-    setup_methods: frozenset[str] = frozenset({"configure_training"})
-    host_only: frozenset[str] = frozenset({"state", "load_state"})
+    replay_methods: frozenset[str] = frozenset(
+        {"train_step", "refresh_masks", "configure_training", "load_state", "import_adapter"}
+    )
+    host_only: frozenset[str] = frozenset()
     model_owner_methods: frozenset[str] = frozenset({"provision", "info"})
+    restore_before_provision: bool = True
+    cloud_state_in_role_state: bool = True
     peers: dict[str, str] = field(default_factory=lambda: {"model": "model-owner", "data": "data-owner"})
 
 
@@ -56,10 +66,11 @@ class EnclaveHost:
 
     def __init__(
         self,
-        make_role: Callable[[Any, bytes], object],
+        make_role: Callable[[Any, bytes, bytes], object],
         cloud_connect: Callable[[], Any],
         state_dir: str | Path,
         sealer: Sealer,
+        sealing_key: bytes,
         checkpoint_every: int = 1,
         policy: HostPolicy | None = None,
         cloud_wait_s: float = 60.0,
@@ -69,6 +80,7 @@ class EnclaveHost:
         self.make_role = make_role
         self.state_dir = Path(state_dir)
         self.sealer = sealer
+        self._sealing_key = sealing_key
         self.checkpoint_every = checkpoint_every
         self.policy = policy or HostPolicy()
         self.cloud_wait_s = cloud_wait_s
@@ -78,15 +90,17 @@ class EnclaveHost:
         self.calls = 0
         self.checkpoint_calls = 0
         self.last_result: Any = None
-        self.setup: list[tuple[str, dict[str, Any]]] = []
         self.checkpoints_written = 0
         self.restores = 0
         self._parts = 0
         self.seed = self._load_or_make_seed()
         self.cloud.reconnect(cloud_wait_s)
-        self.role = make_role(self.cloud, self.seed)
+        self.role = self._new_role()
         if self._model_complete():
             self.restore()
+
+    def _new_role(self) -> object:
+        return self.make_role(self.cloud, self.seed, self._sealing_key)
 
     # -- persistent identity -----------------------------------------------------------------
     def _load_or_make_seed(self) -> bytes:
@@ -135,6 +149,7 @@ class EnclaveHost:
             "last_result": self.last_result,
             "checkpoint_every": self.checkpoint_every,
             "restores": self.restores,
+            "replay_methods": sorted(self.policy.replay_methods),
         }
 
     def _invoke(self, method: str, kwargs: dict[str, Any]) -> Any:
@@ -149,10 +164,7 @@ class EnclaveHost:
                 f"the cloud restarted during {method!r}; the enclave resumed from its checkpoint "
                 f"after call {self.calls}; replay from there"
             ) from err
-        if method in p.setup_methods:
-            self.setup = [(m, kw) for m, kw in self.setup if m != method] + [(method, kwargs)]
-            self.checkpoint()
-        elif method in p.replay_methods:
+        if method in p.replay_methods:
             self.calls += 1
             self.last_result = result
             if self.calls % self.checkpoint_every == 0:
@@ -166,8 +178,8 @@ class EnclaveHost:
             self.store.path.unlink(missing_ok=True)
             self._parts = 0
             self.calls = self.checkpoint_calls = 0
-            self.last_result, self.setup = None, []
-            self.role = self.make_role(self.cloud, self.seed)
+            self.last_result = None
+            self.role = self._new_role()
         elif self._parts == 0 and not self._model_complete():
             raise ProtocolError("provisioning must start with a call that carries the model config")
         self.sealer.write(self.model_dir / f"part-{self._parts:06d}.sealed", kwargs, "p3eft-model-part")
@@ -185,14 +197,14 @@ class EnclaveHost:
 
     # -- checkpoints and recovery ------------------------------------------------------------
     def checkpoint(self) -> None:
-        """Seal role state, cloud state and setup calls; replace the checkpoint atomically."""
+        """Seal the role's state (and the cloud's, if the role's does not hold it); atomic replace."""
         state = {
             "calls": self.calls,
             "last_result": self.last_result,
-            "setup": [[m, kw] for m, kw in self.setup],
             "enclave": resolve_remote_or_attr(self.role, "state")(),
-            "cloud": self.cloud.call("state"),
         }
+        if not self.policy.cloud_state_in_role_state:
+            state["cloud"] = self.cloud.call("state")
         self.store.save(state)
         self.checkpoint_calls = self.calls
         self.checkpoints_written += 1
@@ -200,21 +212,23 @@ class EnclaveHost:
 
     def restore(self) -> None:
         """Rebuild role and cloud from the sealed model and the last checkpoint."""
+        p = self.policy
         manifest = self.sealer.read(self.model_dir / "manifest.sealed", "p3eft-model")
-        self.role = self.make_role(self.cloud, self.seed)
-        provision = resolve_remote(self.role, self.policy.provision_method)
+        ckpt = self.store.load()
+        self.role = self._new_role()
+        if ckpt is not None and p.restore_before_provision:
+            resolve_remote_or_attr(self.role, "load_state")(state=ckpt["enclave"])
+        provision = resolve_remote(self.role, p.provision_method)
         for i in range(int(manifest["parts"])):
             provision(**self.sealer.read(self.model_dir / f"part-{i:06d}.sealed", "p3eft-model-part"))
         self._parts = int(manifest["parts"])
-        ckpt = self.store.load()
         self.calls = self.checkpoint_calls = 0
-        self.last_result, self.setup = None, []
+        self.last_result = None
         if ckpt is not None:
-            self.setup = [(m, kw) for m, kw in ckpt["setup"]]
-            for method, kwargs in self.setup:
-                resolve_remote(self.role, method)(**kwargs)
-            resolve_remote_or_attr(self.role, "load_state")(state=ckpt["enclave"])
-            self.cloud.call("load_state", state=ckpt["cloud"])
+            if not p.restore_before_provision:
+                resolve_remote_or_attr(self.role, "load_state")(state=ckpt["enclave"])
+            if "cloud" in ckpt:
+                self.cloud.call("load_state", state=ckpt["cloud"])
             self.calls = self.checkpoint_calls = int(ckpt["calls"])
             self.last_result = ckpt["last_result"]
         self.restores += 1

@@ -112,8 +112,13 @@ def run_cloud(
     _serve(PartyServer(role, load_identity(certs, "cloud"), config), "cloud", host, ready_file)
 
 
+def enclave_sealing_key(certs: str | Path, measurement: bytes) -> bytes:
+    """The simulated enclave's sealing key (platform secret + code measurement)."""
+    return sealing_key(read_key_file(certs, "platform-seal.key"), measurement)
+
+
 def enclave_sealer(certs: str | Path, measurement: bytes) -> Sealer:
-    return Sealer(sealing_key(read_key_file(certs, "platform-seal.key"), measurement))
+    return Sealer(enclave_sealing_key(certs, measurement))
 
 
 def run_enclave(
@@ -138,13 +143,15 @@ def run_enclave(
     def connect_cloud() -> NetworkChannel:
         return NetworkChannel(cloud_url, identity, "cloud", max_message_bytes=max_message_bytes)
 
+    key = enclave_sealing_key(certs, attestor.measurement)
     host_obj = EnclaveHost(
-        lambda cloud, seed: make(cloud, seed, **kwargs),
+        lambda cloud, seed, sealing_key: make(cloud, seed, sealing_key, **kwargs),
         connect_cloud,
         state_dir,
-        enclave_sealer(certs, attestor.measurement),
+        Sealer(key),
+        key,
         checkpoint_every=checkpoint_every,
-        policy=HostPolicy(),
+        policy=getattr(make, "host_policy", None) or HostPolicy(),
         cloud_wait_s=cloud_wait_s,
     )
     config = ServerConfig(

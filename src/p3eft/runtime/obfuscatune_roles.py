@@ -21,8 +21,8 @@ def make_cloud(device: str | None = None) -> Any:
     return UntrustedCloud(device=device)
 
 
-def make_enclave(cloud: Any, seed: bytes, **settings: Any) -> Any:
-    """The enclave role, bound to its cloud link and to the host's sealed session seed."""
+def make_enclave(cloud: Any, seed: bytes, sealing_key: bytes, **settings: Any) -> Any:
+    """The enclave role, bound to its cloud link, the host's sealed session seed and sealing key."""
     from p3eft.obfuscatune.enclave import Enclave, EnclaveSettings
 
-    return Enclave(cloud, EnclaveSettings(**{**settings, "session_seed": seed}))
+    return Enclave(cloud, EnclaveSettings(**{**settings, "session_seed": seed, "sealing_key": sealing_key}))

@@ -93,18 +93,21 @@ class ResilientChannel:
     def __init__(
         self,
         connect: Callable[[], Channel],
-        replay_methods: frozenset[str] = frozenset({"train_step", "refresh_masks"}),
         wait_s: float = 120.0,
         prune_every: int = 16,
     ) -> None:
         self.link = ReconnectingLink(connect, "enclave")
-        self.replay_methods = replay_methods
         self.wait_s = wait_s
         self.prune_every = prune_every
         self._log: list[tuple[int, str, dict[str, Any]]] = []  # (index, method, kwargs)
         self._done = 0  # mutating calls acknowledged by the enclave
         self.recoveries = 0
         self.link.reconnect(wait_s=0.0)
+        # Count and number our calls as the host does: it says which methods mutate its state and
+        # how many such calls it has applied so far.
+        status = self._status()
+        self._done = int(status["calls"])
+        self.replay_methods = frozenset(status.get("replay_methods", ()))
 
     @property
     def inner(self) -> Channel | None:
@@ -150,8 +153,8 @@ class ResilientChannel:
                 applied = int(status["calls"])
                 if pending is not None and applied >= pending:
                     return True, status.get("last_result")
-                known = [e[0] for e in self._log]
-                if applied < self._done and (not known or known[0] > applied + 1):
+                first = self._log[0][0] if self._log else (pending or self._done + 1)
+                if applied + 1 < first:
                     raise ProtocolError(
                         f"cannot resume: the enclave rolled back to call {applied}, "
                         "older than this driver's replay log"
