@@ -80,6 +80,7 @@ def test_device_frequency_is_the_kkt_closed_form(cost_file):
     pr = Problem.build(generate_scenario(4, seed=2, f_min_hz=1e7), load_costs(cost_file))
     sol = DualSolver(pr).solve(pr.user_costs(np.full(4, 1)))
     w1 = pr.scenario.weights[0]
-    f_kkt = np.clip(np.cbrt(sol.lam / (2 * w1 * pr.scenario.kappa_device)), pr.scenario.f_min_hz,
-                    pr.scenario.f_max_hz)
+    f_kkt = np.clip(
+        np.cbrt(sol.lam / (2 * w1 * pr.scenario.kappa_device)), pr.scenario.f_min_hz, pr.scenario.f_max_hz
+    )
     assert np.allclose(sol.f, f_kkt)

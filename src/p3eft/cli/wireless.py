@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import json
 import shlex
-import sys
 from pathlib import Path
 
+import click
 import typer
 
 from p3eft.errors import P3eftError
@@ -19,12 +19,22 @@ app = typer.Typer(
 )
 
 
-def _command_line() -> str:
-    return "p3eft " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else "p3eft wireless"
+def _command_line(ctx: click.Context) -> str:
+    """The command as given (rebuilt from the parsed options, so it is right however we were invoked)."""
+    parts = ["p3eft", "wireless", ctx.info_name or ""]
+    for param in ctx.command.params:
+        val = ctx.params.get(param.name)
+        if val is None or val is False or not param.opts:
+            continue
+        parts.append(param.opts[0])
+        if val is not True:
+            parts.append(shlex.quote(str(val)))
+    return " ".join(parts)
 
 
 @app.command()
 def run(
+    ctx: typer.Context,
     scenario: Path = typer.Option(None, "--scenario", help="Scenario file (YAML or JSON)."),
     users: int = typer.Option(None, "--users", help="Generate a scenario with this many users."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
@@ -56,7 +66,7 @@ def run(
     table = load_costs(costs)
     res = solve(sc, table)
     out = {
-        "command": _command_line(),
+        "command": _command_line(ctx),
         "scenario": sc.to_dict(),
         "result": res.to_json_dict(),
         "violations": check_allocation(sc, table, res),
@@ -97,15 +107,17 @@ def run(
 
 @app.command()
 def figures(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("docs/results/wireless"), "--out", help="Output directory."),
     costs: Path = typer.Option(None, "--costs", help="FHE cost JSON (default: packaged)."),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
+    users: int = typer.Option(10, "--users", help="Users in the base scenario of the sweeps."),
 ) -> None:
     """Energy vs privacy weight / users / bandwidth / max power, and chosen privacy vs weight."""
     from p3eft.wireless import load_costs
     from p3eft.wireless.experiments import make_figures
 
     table = load_costs(costs)
-    for p in make_figures(out, table, _command_line(), seed=seed, quick=quick):
+    for p in make_figures(out, table, _command_line(ctx), seed=seed, quick=quick, users=users):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")

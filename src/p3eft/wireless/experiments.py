@@ -61,7 +61,7 @@ def default_sweeps(seed: int = 0, users: int = 10, quick: bool = False) -> list[
         return generate_scenario(n, **args)
 
     w3s = [0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]
-    us = [2, 4, 6, 8, 10, 12, 14, 16, 20]
+    us = sorted({2, 4, 6, 8, users, 12, 16, 20, 30})
     bws = [5e6, 10e6, 20e6, 40e6, 80e6]
     pms = [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
     if quick:
@@ -160,12 +160,13 @@ def make_figures(
     seed: int = 0,
     quick: bool = False,
     progress: bool = True,
+    users: int = 10,
 ) -> list[Path]:
     """Run every sweep; write PNG + JSON + the command beside each figure; return the PNG paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for sw in default_sweeps(seed=seed, quick=quick):
+    for sw in default_sweeps(seed=seed, users=users, quick=quick):
         data = run_sweep(sw, table, seed=seed, progress=progress)
         data.update(
             {
@@ -183,7 +184,9 @@ def make_figures(
             )
         for name, key, ylabel in figs:
             png = out / f"{name}.png"
-            title = f"{ylabel.split(' (')[0]} vs {sw.xlabel.split(' (')[0]}"
+            title = f"{ylabel.split(',')[0].split(' (')[0].capitalize()} vs {sw.xlabel.split(' (')[0]}"
+            if sw.name != "energy_vs_users":
+                title += f" ({users} users)"
             _plot(data, key, ylabel, title, png, sw.xscale)
             (out / f"{name}.json").write_text(json.dumps({**data, "plotted": key}, indent=1))
             (out / f"{name}.command.txt").write_text(command + "\n")

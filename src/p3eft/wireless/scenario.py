@@ -30,8 +30,15 @@ def dbm_per_hz_to_w_per_hz(dbm: float) -> float:
 
 
 _FLOAT_FIELDS = (
-    "bandwidth_hz", "p_max_w", "f_min_hz", "f_max_hz", "server_hz", "kappa_device", "kappa_server",
-    "noise_psd_dbm_hz", "server_products",
+    "bandwidth_hz",
+    "p_max_w",
+    "f_min_hz",
+    "f_max_hz",
+    "server_hz",
+    "kappa_device",
+    "kappa_server",
+    "noise_psd_dbm_hz",
+    "server_products",
 )
 
 
