@@ -67,7 +67,7 @@ def main() -> None:
                 row["baselines"][name] = {"infeasible": str(err)}
         rows.append(row)
 
-    print("\nSolve time of the proposed method (median of %d)" % args.repeats)
+    print(f"\nSolve time of the proposed method (median of {args.repeats})")
     print(
         f"{'users':>6} | {'solve (s)':>9} | {'alt.':>4} | {'B&B nodes':>9} | {'leaves':>6} | {'energy (J)':>10} | "
         f"{'mean P (bits)':>13} | {'objective':>10}"
