@@ -119,3 +119,48 @@ def test_real_smollm2_loss_goes_down_on_real_data():
     after = eval_loss()
     assert res.steps == 6 and res.tokens > 0
     assert after < before - 0.2, (before, after, res.losses)
+
+
+def test_sigkilled_cli_run_resumes_exactly(tiny_gpt2_dir, tmp_path):
+    """A real `p3eft finetune` process killed with SIGKILL after a checkpoint resumes to the same adapter."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    args = ["--model", str(tiny_gpt2_dir), "--dataset", "piqa", "--limit", "8", "--batch-size", "2"]
+    args += ["--max-len", "48", "--lr", "5e-3", "--seed", "3", "--checkpoint-every", "2", "--no-progress"]
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "p3eft.cli.main",
+            "finetune",
+            *args,
+            "--max-steps",
+            "100000",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    latest = out / "checkpoints" / "LATEST"
+    deadline = time.monotonic() + 120
+    while not (latest.is_file() and latest.read_text() >= "step-00000004"):
+        assert proc.poll() is None, proc.stderr.read().decode()
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = int((out / "checkpoints" / "LATEST").read_text().split("-")[1])
+    total = killed_at + 3
+    cfg = _cfg(max_steps=total, checkpoint_every=2, max_len=48)
+    resumed = finetune_plain(str(tiny_gpt2_dir), "piqa", out, cfg, limit=8, progress=False, resume=True)
+    whole = finetune_plain(str(tiny_gpt2_dir), "piqa", tmp_path / "whole", cfg, limit=8, progress=False)
+    assert resumed["result"]["resumed_from"] >= 4
+    assert resumed["result"]["losses"] == whole["result"]["losses"]
+    a = load_file(Path(whole["adapter"]) / "adapter_model.safetensors")
+    b = load_file(Path(resumed["adapter"]) / "adapter_model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -34,7 +34,8 @@ def _summary(res: dict) -> str:
     if "accuracy" in res:
         score = f"accuracy={res['accuracy']:.4f}"
     else:
-        score = f"acc={res['acc']:.4f} acc_norm={res['acc_norm']:.4f} exact_match={res['exact_match']:.4f}"
+        names = [res["metric"]] + [m for m in ("acc", "acc_norm", "exact_match") if m != res["metric"]]
+        score = " ".join(f"{m}={res[m]:.4f}" for m in names)
     return f"{ev['dataset']} {ev['split']} (n={res['n']}, metric {res['metric']}): {score} [{res['model']}, {weights}]"
 
 
@@ -149,4 +150,5 @@ def register(app: typer.Typer) -> None:
         if json_out:
             typer.echo(f"results: {write_json(json_out, res)}")
         else:
-            typer.echo(json.dumps({k: res[k] for k in ("acc", "acc_norm", "accuracy", "n") if k in res}))
+            keys = ("acc", "acc_norm", "exact_match", "accuracy", "n", "weights_random")
+            typer.echo(json.dumps({k: res[k] for k in keys if k in res}))

@@ -47,6 +47,17 @@ def _check_pair(model: str, task_kind: str) -> None:
         )
 
 
+def _notes(task: Task, loaded: LoadedModel) -> list[str]:
+    """Caveats every output repeats: dataset notes (PIQA split) and random weights."""
+    notes = [task.note] if task.note else []
+    if loaded.weights_random:
+        notes.append(
+            f"{loaded.spec.name} has random weights here ({loaded.source}): fine for exactness and timing, "
+            "meaningless for accuracy"
+        )
+    return notes
+
+
 def write_json(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write JSON atomically-enough for results (temp file, then rename)."""
     path = Path(path)
@@ -114,7 +125,7 @@ def finetune_plain(
         **facts,
         "trainable_parameters": sum(p.numel() for p in trainable_parameters(peft_model).values()),
         "train": task.describe(),
-        "notes": [n for n in [task.note] if n],
+        "notes": _notes(task, loaded),
         "config": config.to_dict(),
         "result": result.to_dict(),
     }
@@ -174,9 +185,7 @@ def evaluate(
             progress=progress,
             max_length=max_length,
         )
-    notes = [n for n in [task.note] if n]
-    if loaded.weights_random:
-        notes.append(f"{loaded.spec.name} has random weights here ({loaded.source}): accuracy is meaningless")
+    notes = _notes(task, loaded)
     return {
         "scheme": "plain",
         **facts,
