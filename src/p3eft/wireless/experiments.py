@@ -53,6 +53,7 @@ class Sweep:
 def default_sweeps(seed: int = 0, users: int = 10, quick: bool = False) -> list[Sweep]:
     """The four sweeps of the issue (our parameter ranges)."""
     base = {"n_users": users, "seed": seed}
+    us = sorted({2, 4, 6, 8, users, 12, 16, 20, 30})
 
     def sc(**kw: Any) -> Scenario:
         args = dict(base)
@@ -61,11 +62,12 @@ def default_sweeps(seed: int = 0, users: int = 10, quick: bool = False) -> list[
         return generate_scenario(n, **args)
 
     w3s = [0.0, 0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.02]
-    us = sorted({2, 4, 6, 8, users, 12, 16, 20, 30})
     bws = [5e6, 10e6, 20e6, 40e6, 80e6]
     pms = [0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
     if quick:
-        w3s, us, bws, pms = w3s[::3], us[::3], bws[::2], pms[::2]
+        w3s, us, bws, pms = w3s[::3], [2, max(3, users)], bws[::2], pms[::2]
+    # one population for the user sweep: U users = the first U of it, so curves are nested
+    population = generate_scenario(max(us), seed=seed)
     return [
         Sweep(
             "energy_vs_privacy_weight",
@@ -73,7 +75,7 @@ def default_sweeps(seed: int = 0, users: int = 10, quick: bool = False) -> list[
             w3s,
             lambda w: sc(weights=(1.0, 1.0, w)),
         ),
-        Sweep("energy_vs_users", "number of users U", us, lambda u: sc(n_users=int(u))),
+        Sweep("energy_vs_users", "number of users U", us, lambda u: population.subset(list(range(int(u))))),
         Sweep(
             "energy_vs_bandwidth",
             "total bandwidth B (MHz)",
@@ -116,38 +118,53 @@ def run_sweep(sweep: Sweep, table: FheCostTable, seed: int = 0, progress: bool =
     return data
 
 
-def _plot(
-    data: dict[str, Any],
-    key: str,
-    ylabel: str,
-    title: str,
-    path: Path,
-    xscale: str,
-    methods: Sequence[str] = METHODS,
-) -> None:
-    import matplotlib
+def _draw(ax: Any, data: dict[str, Any], key: str, ylabel: str, xscale: str, logy: bool) -> None:
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
     markers = dict(zip(METHODS, "os^vDx", strict=True))
-    for m in methods:
+    for m in METHODS:
         ys = np.array([np.nan if v is None else v for v in data["methods"][m][key]], dtype=float)
         ax.plot(
             data["x"],
             ys,
             marker=markers[m],
-            lw=2.2 if m == "proposed" else 1.3,
+            lw=2.4 if m == "proposed" else 1.3,
             ls="-" if m == "proposed" else "--",
             label=LABELS[m],
+            zorder=3 if m == "proposed" else 2,
         )
     ax.set_xscale(xscale)
+    if xscale == "log":  # label the swept values themselves, no overlapping minor labels
+        ax.set_xticks(data["x"])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
-    ax.set_title(title)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+
+
+def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, path: Path, xscale: str) -> None:
+    """Energy figures get a second panel with the objective actually minimised (energy - w3 privacy)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if key == "energy_total_j":
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12.5, 4.8), dpi=110)
+        _draw(ax, data, key, ylabel, xscale, logy=True)
+        _draw(ax2, data, "objective", "objective w1 E_dev + w2 E_srv - w3 sum P (J)", xscale, logy=False)
+        ax.set_title("total energy (log scale)")
+        ax2.set_title("objective minimised (lower is better)")
+        ax.legend(fontsize=8, loc="best")
+        fig.suptitle(title)
+    else:
+        fig, ax = plt.subplots(figsize=(7.0, 4.6), dpi=120)
+        _draw(ax, data, key, ylabel, xscale, logy=False)
+        ax.set_title(title)
+        ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
