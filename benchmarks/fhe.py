@@ -80,7 +80,8 @@ def main() -> None:
         )
     print(
         f"\n{speed['jobs']} x 768x768 in 1 process: {speed['one_process_s']:.2f} s; in {speed['workers']} processes: "
-        f"{speed['pool_s']:.2f} s; speed-up {speed['speedup']:.2f}x (1-min load average {speed['load_average_1min']:.1f})"
+        f"{speed['pool_s']:.2f} s; speed-up {speed['speedup']:.2f}x (1-min load average {speed['load_average_1min']:.1f}; "
+        f"CPU cores obtained: {speed['cpu_share_one_process']:.2f} alone, {speed['cpu_share_pool']:.2f} as a pool)"
     )
     for lam, r in refresh.items():
         print(

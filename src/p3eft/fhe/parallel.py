@@ -9,6 +9,7 @@ then serves ciphertext bytes in, ciphertext bytes out.
 from __future__ import annotations
 
 import multiprocessing as mp
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -27,11 +28,13 @@ def _init_worker(payload: dict[str, bytes], weight: np.ndarray) -> None:
     _WORKER["ctx"], _WORKER["mat"] = ctx, mat
 
 
-def _run(blocks: list[bytes]) -> list[bytes]:
+def _run(blocks: list[bytes]) -> tuple[list[bytes], float]:
     ctx: CkksContext = _WORKER["ctx"]
     mat: StaggeredMatrix = _WORKER["mat"]
+    cpu0 = time.process_time()
     xs = [ctx.ciphertext_from_bytes(b) for b in blocks]
-    return [ctx.ciphertext_to_bytes(y) for y in mat(ctx, xs)]
+    out = [ctx.ciphertext_to_bytes(y) for y in mat(ctx, xs)]
+    return out, time.process_time() - cpu0
 
 
 def _ping(_: int) -> bool:
@@ -44,6 +47,7 @@ class MatvecPool:
     def __init__(self, ctx: CkksContext, weight: np.ndarray, workers: int = 2) -> None:
         self.ctx = ctx
         self.workers = workers
+        self.last_worker_cpu_s = 0.0  # CPU seconds the workers spent in the last map (diagnostics)
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
         self._pool = ProcessPoolExecutor(
             max_workers=workers,
@@ -59,7 +63,9 @@ class MatvecPool:
     def map(self, inputs: list[list[Ciphertext]]) -> list[list[Ciphertext]]:
         """Apply the matrix to each input (a list of column-block ciphertexts); order is kept."""
         jobs = [[self.ctx.ciphertext_to_bytes(c) for c in blocks] for blocks in inputs]
-        return [[self.ctx.ciphertext_from_bytes(b) for b in out] for out in self._pool.map(_run, jobs)]
+        results = list(self._pool.map(_run, jobs))
+        self.last_worker_cpu_s = sum(cpu for _, cpu in results)
+        return [[self.ctx.ciphertext_from_bytes(b) for b in out] for out, _ in results]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
