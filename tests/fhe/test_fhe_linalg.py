@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from p3eft.fhe import ops, tensor
+from p3eft.fhe import ops, packing, tensor
 from p3eft.fhe.context import LevelError
 from p3eft.fhe.linalg import BatchMatrix, StaggeredMatrix, staggered_steps
 from p3eft.fhe.packing import staggered_layout
@@ -47,6 +47,9 @@ def test_output_is_replicated_and_restagger_feeds_the_next_layer(n8192, rng):
     np.testing.assert_allclose(slots.reshape(-1, 64), np.tile(w1 @ x, (ctx.slots // 64, 1)), atol=TOL)
     z_in = StaggeredMatrix.restagger(ctx, y)
     assert z_in.layout == staggered_layout(64, ctx.slots)
+    np.testing.assert_allclose(
+        sk.decrypt_slots(ctx, z_in), packing.pack(w1 @ x, z_in.layout, ctx.slots), atol=TOL
+    )
     with pytest.raises(LevelError):  # N8192 has depth 2: two products and a restagger need a refresh
         StaggeredMatrix(w2, ctx.slots)(ctx, z_in)
 
@@ -83,3 +86,19 @@ def test_wrong_layout_and_missing_keys_are_refused(n8192, rng):
     missing = next(s for s in range(3, ctx.slots) if s not in ctx.galois_steps)
     with pytest.raises(LevelError, match="Galois key"):
         ops.rotate(ctx, tensor.encrypt(ctx, np.ones(4)), missing)
+
+
+def test_two_layers_chain_at_n16384(rng):
+    # product -> restagger -> product: three levels, within N16384's four
+    from p3eft.fhe.context import keygen
+    from p3eft.fhe.params import get_param_set
+
+    ps = get_param_set("N16384")
+    w1, w2 = rng.normal(size=(96, 96)) / 10, rng.normal(size=(96, 96)) / 10
+    m1, m2 = StaggeredMatrix(w1, ps.slots), StaggeredMatrix(w2, ps.slots)
+    ctx, sk = keygen(ps, m1.galois_steps() + StaggeredMatrix.restagger_steps_for(96, ps.slots))
+    x = rng.uniform(-1, 1, 96)
+    (y,) = m1(ctx, tensor.encrypt(ctx, x, m1.input_layouts()[0]))
+    (z,) = m2(ctx, StaggeredMatrix.restagger(ctx, y))
+    assert ctx.level(z) == ctx.top_level - 3
+    np.testing.assert_allclose(tensor.decrypt(sk, ctx, z), w2 @ (w1 @ x), atol=TOL)
