@@ -281,6 +281,12 @@ def measure_param_set(
     rec["keygen_s"] = _median_time(lambda: keygen(params), repeats)
     say(f"{name}: encrypt/decrypt and sizes")
     rec.update(_basic_costs(params, repeats))
+    say(f"{name}: client-aided refresh (lambda=30)")
+    ref = refresh_precision(params, (30,))["lambda_30"]
+    rec["refresh_lambda"] = 30
+    rec["refresh_round_trip_s"] = ref["round_trip_s"]
+    rec["refresh_max_abs_error"] = ref["max_abs_error"]
+    rec["refresh_message_bound"] = ref["bound"]
     say(f"{name}: Galois keys for the 768x768 kernel")
     rec.update(_galois_costs(params))
     if matvec:
