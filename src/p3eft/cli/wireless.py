@@ -44,6 +44,11 @@ def run(
     costs: Path = typer.Option(
         None, "--costs", help="FHE cost JSON from `p3eft bench fhe` (default: packaged)."
     ),
+    continuous: str = typer.Option(
+        "dual",
+        "--continuous",
+        help="Continuous stage: dual (fast, exact) or fractional (quadratic transform + cvxpy).",
+    ),
     check_exhaustive: bool = typer.Option(
         False, "--check-exhaustive", help="Also enumerate all choices (<= 8 users)."
     ),
@@ -52,7 +57,14 @@ def run(
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
 ) -> None:
     """Solve one scenario with the proposed method (optionally baselines and exhaustive check)."""
-    from p3eft.wireless import InfeasibleScenarioError, Scenario, generate_scenario, load_costs, solve
+    from p3eft.wireless import (
+        InfeasibleScenarioError,
+        Scenario,
+        SolveOptions,
+        generate_scenario,
+        load_costs,
+        solve,
+    )
     from p3eft.wireless.baselines import BASELINES, run_baseline
     from p3eft.wireless.optimizer import check_allocation, solve_exhaustive
 
@@ -64,7 +76,9 @@ def run(
     if save_scenario is not None:
         sc.save(save_scenario)
     table = load_costs(costs)
-    res = solve(sc, table)
+    if continuous not in ("dual", "fractional"):
+        raise P3eftError(f"--continuous must be 'dual' or 'fractional', not {continuous!r}")
+    res = solve(sc, table, SolveOptions(continuous=continuous))
     out = {
         "command": _command_line(ctx),
         "scenario": sc.to_dict(),
