@@ -1,5 +1,32 @@
-"""`p3eft model-owner`: placeholder until its capability lands."""
+"""`p3eft model-owner upload`: attest the enclave, then provision it with a model."""
 
-from p3eft.cli.pending import pending_group
+from __future__ import annotations
 
-app = pending_group("model-owner", "the networked-parties capability")
+import json
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(no_args_is_help=True)
+
+
+@app.command("upload")
+def upload(
+    model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
+    enclave: str = typer.Option(..., "--enclave", help="HOST:PORT of `p3eft serve enclave`."),
+    certs: Path = typer.Option(..., "--certs", help="Folder from `p3eft keys init`."),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64 (must match the enclave)."),
+    chunk_mb: int = typer.Option(32, "--chunk-mb", help="State-dict bytes per provisioning message."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the upload summary here."),
+) -> None:
+    """Verify the enclave's attestation, then stream the model's weights to it (never to the cloud)."""
+    from p3eft.runtime.model_owner import upload as do_upload
+
+    summary = do_upload(model, enclave, certs, dtype=dtype, chunk_mb=chunk_mb)
+    typer.echo(
+        f"provisioned {summary['model']} ({summary['bytes_sent'] / 2**20:.1f} MiB sent to the attested enclave "
+        f"in {summary['seconds']:.1f} s)"
+    )
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=2, default=str))

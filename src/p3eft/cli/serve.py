@@ -61,6 +61,9 @@ def enclave(
     factory: str | None = typer.Option(
         None, "--factory", help="Role factory MODULE:NAME (default ObfuscaTune)."
     ),
+    session_seed: str | None = typer.Option(
+        None, "--session-seed", help="64 hex digits pinning the mask seed (reproducibility checks only)."
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the enclave (simulated TEE): attests, holds the masks, seals its checkpoints."""
@@ -73,6 +76,14 @@ def enclave(
         role_kwargs = json.loads(settings)
     except json.JSONDecodeError as err:
         raise P3eftError(f"--settings is not JSON: {err}") from err
+    seed = None
+    if session_seed is not None:
+        try:
+            seed = bytes.fromhex(session_seed)
+        except ValueError:
+            seed = b""
+        if len(seed) != 32:
+            raise P3eftError("--session-seed must be 64 hex digits (32 bytes)")
     run_enclave(
         certs,
         cloud_url,
@@ -84,4 +95,5 @@ def enclave(
         checkpoint_every,
         max_message_mb * 2**20,
         role_kwargs,
+        session_seed=seed,
     )

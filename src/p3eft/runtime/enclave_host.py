@@ -54,6 +54,7 @@ class HostPolicy:
     replay_methods: frozenset[str] = frozenset(
         {"train_step", "refresh_masks", "configure_training", "load_state", "import_adapter"}
     )
+    step_methods: frozenset[str] = frozenset({"train_step"})  # the K of "checkpoint every K steps"
     host_only: frozenset[str] = frozenset()
     model_owner_methods: frozenset[str] = frozenset({"provision", "info"})
     restore_before_provision: bool = True
@@ -74,6 +75,7 @@ class EnclaveHost:
         checkpoint_every: int = 1,
         policy: HostPolicy | None = None,
         cloud_wait_s: float = 60.0,
+        session_seed: bytes | None = None,
     ) -> None:
         if checkpoint_every < 1:
             raise ProtocolError("checkpoint_every must be at least 1")
@@ -88,12 +90,13 @@ class EnclaveHost:
         self.store = CheckpointStore(self.state_dir, sealer)
         self.model_dir = self.state_dir / "model"
         self.calls = 0
+        self.steps = 0
         self.checkpoint_calls = 0
         self.last_result: Any = None
         self.checkpoints_written = 0
         self.restores = 0
         self._parts = 0
-        self.seed = self._load_or_make_seed()
+        self.seed = self._load_or_make_seed(session_seed)
         self.cloud.reconnect(cloud_wait_s)
         self.role = self._new_role()
         if self._model_complete():
@@ -103,11 +106,16 @@ class EnclaveHost:
         return self.make_role(self.cloud, self.seed, self._sealing_key)
 
     # -- persistent identity -----------------------------------------------------------------
-    def _load_or_make_seed(self) -> bytes:
+    def _load_or_make_seed(self, fixed: bytes | None) -> bytes:
+        """The session seed: sealed on first start, read back after a restart. ``fixed`` (tests and
+        the demo's in-process comparison only) pins it, so another process can draw the same masks."""
         path = self.state_dir / "host.sealed"
         if path.is_file():
-            return self.sealer.read(path, "p3eft-host")["session_seed"]
-        seed = secrets.token_bytes(32)
+            seed = self.sealer.read(path, "p3eft-host")["session_seed"]
+            if fixed is not None and fixed != seed:
+                raise SecurityError(f"{self.state_dir} belongs to an enclave session with another seed")
+            return seed
+        seed = fixed if fixed is not None else secrets.token_bytes(32)
         self.sealer.write(path, {"session_seed": seed}, "p3eft-host")
         return seed
 
@@ -167,8 +175,10 @@ class EnclaveHost:
         if method in p.replay_methods:
             self.calls += 1
             self.last_result = result
-            if self.calls % self.checkpoint_every == 0:
-                self.checkpoint()
+            if method in p.step_methods:
+                self.steps += 1
+                if self.steps % self.checkpoint_every == 0:
+                    self.checkpoint()
         return result
 
     # -- provisioning ------------------------------------------------------------------------
@@ -177,7 +187,7 @@ class EnclaveHost:
             shutil.rmtree(self.model_dir, ignore_errors=True)
             self.store.path.unlink(missing_ok=True)
             self._parts = 0
-            self.calls = self.checkpoint_calls = 0
+            self.calls = self.checkpoint_calls = self.steps = 0
             self.last_result = None
             self.role = self._new_role()
         elif self._parts == 0 and not self._model_complete():
@@ -200,6 +210,7 @@ class EnclaveHost:
         """Seal the role's state (and the cloud's, if the role's does not hold it); atomic replace."""
         state = {
             "calls": self.calls,
+            "steps": self.steps,
             "last_result": self.last_result,
             "enclave": resolve_remote_or_attr(self.role, "state")(),
         }
@@ -222,7 +233,7 @@ class EnclaveHost:
         for i in range(int(manifest["parts"])):
             provision(**self.sealer.read(self.model_dir / f"part-{i:06d}.sealed", "p3eft-model-part"))
         self._parts = int(manifest["parts"])
-        self.calls = self.checkpoint_calls = 0
+        self.calls = self.checkpoint_calls = self.steps = 0
         self.last_result = None
         if ckpt is not None:
             if not p.restore_before_provision:
@@ -230,6 +241,7 @@ class EnclaveHost:
             if "cloud" in ckpt:
                 self.cloud.call("load_state", state=ckpt["cloud"])
             self.calls = self.checkpoint_calls = int(ckpt["calls"])
+            self.steps = int(ckpt["steps"])
             self.last_result = ckpt["last_result"]
         self.restores += 1
         log.info("restored enclave state after %d calls", self.calls)

@@ -133,6 +133,7 @@ def run_enclave(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     role_kwargs: dict[str, Any] | None = None,
     cloud_wait_s: float = 60.0,
+    session_seed: bytes | None = None,
 ) -> None:
     """Serve the enclave: attested, sealed state, restored from its checkpoint on restart."""
     attestor = SimulatedAttestor(read_key_file(certs, "platform-attest.key"))
@@ -153,6 +154,7 @@ def run_enclave(
         checkpoint_every=checkpoint_every,
         policy=getattr(make, "host_policy", None) or HostPolicy(),
         cloud_wait_s=cloud_wait_s,
+        session_seed=session_seed,
     )
     config = ServerConfig(
         host, port, max_message_bytes, allowed_peers=frozenset({"model-owner", "data-owner"})

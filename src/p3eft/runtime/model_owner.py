@@ -1,0 +1,51 @@
+"""The model owner's side: verify the enclave, then stream the model to it.
+
+The weights leave this process only on an attested session (every payload AES-GCM-encrypted to the
+key the enclave's quote vouched for); the cloud never sees them. The upload itself is ObfuscaTune's
+:func:`p3eft.obfuscatune.session.provision_model` (config first, then state-dict slices of bounded
+size), so the networked and in-process uploads are the same code.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p3eft.runtime.launch import connect_attested
+from p3eft.runtime.server import DEFAULT_MAX_MESSAGE
+
+
+def upload(
+    model: str,
+    enclave_url: str,
+    certs: str | Path,
+    dtype: str = "float32",
+    chunk_mb: int = 32,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+) -> dict[str, Any]:
+    """Load ``model`` (registry name or folder), attest the enclave, provision it; return a summary."""
+    from p3eft.models import load_causal_lm
+    from p3eft.obfuscatune.session import provision_model
+
+    loaded = load_causal_lm(model, dtype=torch.float64 if dtype == "float64" else torch.float32)
+    t0 = time.perf_counter()
+    with connect_attested(enclave_url, certs, "model-owner", max_message_bytes) as channel:
+        info = provision_model(
+            channel,
+            loaded.model,
+            name=loaded.spec.name,
+            weights_random=loaded.weights_random,
+            chunk_bytes=chunk_mb * 2**20,
+        )
+        sent = channel.stats.bytes_sent
+    return {
+        "model": loaded.spec.name,
+        "weights_random": loaded.weights_random,
+        "source": loaded.source,
+        "bytes_sent": sent,
+        "seconds": time.perf_counter() - t0,
+        "enclave": info,
+    }
