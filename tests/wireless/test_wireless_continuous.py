@@ -61,19 +61,21 @@ def test_fractional_programming_agrees_and_never_increases(cost_file, users, k, 
 
 
 def test_fixed_bandwidth_and_max_power_modes_match_slsqp_restricted(cost_file):
-    """The baselines' restricted continuous problems: check against SLSQP with the same pins."""
+    """The baselines' restricted continuous problems, against SLSQP with the same pins."""
     pr = Problem.build(generate_scenario(3, seed=7), load_costs(cost_file))
     costs = pr.user_costs(np.zeros(3, dtype=int))
     b = np.full(3, pr.scenario.bandwidth_hz / 3)
     eq = DualSolver(pr, fixed_b=b).solve(costs)
-    free = DualSolver(pr).solve(costs)
     mp = DualSolver(pr, fixed_p_max=True).solve(costs)
+    free = DualSolver(pr).solve(costs)
     assert np.allclose(eq.b, b) and np.allclose(mp.p, pr.scenario.p_max_w)
     assert free.energy <= eq.energy * (1 + 1e-9) and free.energy <= mp.energy * (1 + 1e-9)
     assert _feasible(pr, costs, eq) and _feasible(pr, costs, mp)
-    # perturbing any single user's frequency along the deadline cannot lower the pinned energy
-    for sol in (eq, mp):
-        assert np.all(np.isclose(sol.t_enc + sol.t_tx + sol.t_srv, pr.scenario.deadlines_s, rtol=1e-6))
+    ref_eq = solve_slsqp(pr, costs, starts=4, fixed_b=b)
+    ref_mp = solve_slsqp(pr, costs, starts=4, fixed_p_max=True)
+    assert np.allclose(ref_eq.b, b) and np.allclose(ref_mp.p, pr.scenario.p_max_w)
+    assert abs(eq.energy - ref_eq.energy) <= 0.005 * ref_eq.energy
+    assert abs(mp.energy - ref_mp.energy) <= 0.005 * ref_mp.energy
 
 
 def test_device_frequency_is_the_kkt_closed_form(cost_file):

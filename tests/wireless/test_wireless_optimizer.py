@@ -20,7 +20,7 @@ from p3eft.wireless.baselines import BASELINES, run_baseline
 from p3eft.wireless.model import Problem, uplink_rate
 
 # (users, seed, w3): mixed choices appear around w3 ~ 0.002-0.01 J/bit with the test costs
-BB_CASES = [(4, 0, 0.002), (4, 1, 0.005), (4, 2, 0.0), (5, 3, 0.003), (6, 4, 0.004)]
+BB_CASES = [(4, 0, 0.006), (4, 1, 0.005), (4, 2, 0.0), (5, 3, 0.003), (6, 4, 0.004)]
 
 
 @pytest.mark.parametrize("users, seed, w3", BB_CASES)

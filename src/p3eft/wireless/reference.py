@@ -15,8 +15,17 @@ from p3eft.wireless.model import Problem, UserCosts, uplink_rate
 GHZ = 1e9
 
 
-def solve_slsqp(problem: Problem, costs: UserCosts, starts: int = 8, seed: int = 0) -> ContinuousSolution:
-    """Best feasible SLSQP result over random starts (variables scaled to order one)."""
+def solve_slsqp(
+    problem: Problem,
+    costs: UserCosts,
+    starts: int = 8,
+    seed: int = 0,
+    fixed_b: np.ndarray | None = None,
+    fixed_p_max: bool = False,
+) -> ContinuousSolution:
+    """Best feasible SLSQP result over random starts (variables scaled to order one).
+
+    ``fixed_b`` / ``fixed_p_max`` pin bandwidths / powers (the baselines' restricted problems)."""
     s = problem.scenario
     u = problem.n_users
     w1, w2, _ = s.weights
@@ -41,9 +50,10 @@ def solve_slsqp(problem: Problem, costs: UserCosts, starts: int = 8, seed: int =
         {"type": "ineq", "fun": lambda x: float(u) - np.sum(x[:u])},
         {"type": "ineq", "fun": lambda x: s.server_hz / GHZ - np.sum(x[3 * u :])},
     ]
+    b_bounds = [(1e-6, float(u))] * u if fixed_b is None else [(x * u / s.bandwidth_hz,) * 2 for x in fixed_b]
     bounds = (
-        [(1e-6, float(u))] * u
-        + [(1e-6, 1.0)] * u
+        b_bounds
+        + ([(1.0, 1.0)] * u if fixed_p_max else [(1e-6, 1.0)] * u)
         + [(s.f_min_hz / GHZ, s.f_max_hz / GHZ)] * u
         + [(1e-6, s.server_hz / GHZ)] * u
     )
@@ -52,13 +62,14 @@ def solve_slsqp(problem: Problem, costs: UserCosts, starts: int = 8, seed: int =
     best: tuple[float, np.ndarray] | None = None
     for _ in range(starts):
         x0 = np.concatenate(
-            [
+            [  # pinned coordinates are clipped onto their bounds below
                 rng.dirichlet(np.ones(u)) * u * 0.99,
                 rng.uniform(0.05, 1.0, u),
                 rng.uniform(s.f_min_hz, s.f_max_hz, u) / GHZ,
                 rng.dirichlet(np.ones(u)) * s.server_hz / GHZ * 0.99,
             ]
         )
+        x0 = np.clip(x0, [lo for lo, _ in bounds], [hi for _, hi in bounds])
         scale[0] = scale[0] or max(energy(x0), 1e-9)
         res = minimize(
             lambda x: energy(x) / scale[0],
