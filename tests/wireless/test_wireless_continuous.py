@@ -86,3 +86,12 @@ def test_device_frequency_is_the_kkt_closed_form(cost_file):
         np.cbrt(sol.lam / (2 * w1 * pr.scenario.kappa_device)), pr.scenario.f_min_hz, pr.scenario.f_max_hz
     )
     assert np.allclose(sol.f, f_kkt)
+
+
+def test_fractional_path_frequencies_satisfy_the_kkt_closed_form(cost_file):
+    """In the cvxpy inner step, f equals clip((lambda / (2 w1 kappa))^(1/3)) with lambda the deadline dual."""
+    pr = Problem.build(generate_scenario(3, seed=3, f_min_hz=1e7), load_costs(cost_file))
+    fp = solve_fractional(pr, pr.user_costs(np.full(3, 1)), eps=1e-6)
+    s = pr.scenario
+    f_kkt = np.clip(np.cbrt(fp.lam / (2 * s.weights[0] * s.kappa_device)), s.f_min_hz, s.f_max_hz)
+    assert np.allclose(fp.f, f_kkt, rtol=1e-3)

@@ -70,8 +70,9 @@ def solve_fractional(
         f >= s.f_min_hz / GHZ,
         f <= s.f_max_hz / GHZ,
         cp.sum(fs) <= s.server_hz / GHZ,
-        deadline <= np.array(s.deadlines_s),
     ]
+    deadline_con = deadline <= np.array(s.deadlines_s)
+    cons.append(deadline_con)
     prob = cp.Problem(cp.Minimize(w1 * (e_enc + fp_term) + w2 * e_srv), cons)
 
     if start is None:  # equal bandwidth, full power: only used to set the first transform point
@@ -99,7 +100,10 @@ def solve_fractional(
         p0 = np.clip(p.value, 1e-12, s.p_max_w)
         f0 = np.clip(f.value * GHZ, s.f_min_hz, s.f_max_hz)
         fs0 = np.maximum(fs.value, 1e-9) * GHZ
-        sol = make_solution(problem, costs, b0, p0, f0, fs0)
+        # the deadline multipliers (J/s) let callers check f against its KKT closed form
+        sol = make_solution(
+            problem, costs, b0, p0, f0, fs0, lam=np.asarray(deadline_con.dual_value, dtype=float)
+        )
         hist.append(sol.energy)
         if len(hist) > 1 and abs(hist[-2] - hist[-1]) <= eps * abs(hist[-1]):
             break
