@@ -5,13 +5,17 @@ attention and MLP linears) and AdamW; batches are real PIQA text packed to exact
 tokens so every step does the same work. Warm-up steps are not timed.
 
     .venv/bin/python benchmarks/plain_lora.py [--models smollm2-135m,gpt2] [--batch-size 4]
-        [--seq-len 128] [--steps 5] [--warmup 1] [--device auto] [--json FILE]
+        [--seq-len 128] [--steps 5] [--warmup 1] [--device auto] [--threads N] [--json FILE]
+
+On a machine whose cores are shared with other busy processes, ``--threads 1`` is much faster than an
+oversubscribed default (OpenMP threads then wait on each other); the table prints the thread count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import time
@@ -88,8 +92,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     rows = []
     for name in [m.strip() for m in args.models.split(",") if m.strip()]:
@@ -99,8 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "machine": platform.machine(),
+        "load_average_1min_at_end": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
     }
-    print(f"plain LoRA fine-tuning, {env['device']}, {env['torch_threads']} threads, rank 16, fp32")
+    print(
+        f"plain LoRA fine-tuning, {env['device']}, {env['torch_threads']} threads of {env['cpu_count']} cores "
+        f"(1-min load {env['load_average_1min_at_end']:.1f}), rank 16, fp32"
+    )
     head = f"{'model':<14} {'weights':<7} {'params':>13} {'trainable':>11} {'batch x seq':>11} {'step s':>14} {'tokens/s':>9}"
     print(head)
     print("-" * len(head))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -65,6 +66,7 @@ def test_subprocess_bad_input_has_no_traceback():
         [sys.executable, "-m", "p3eft.cli.main", "evaluate", "--model", "smollm2-135m", "--dataset", "nope"],
         capture_output=True,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "Traceback" not in out.stderr
@@ -124,6 +126,7 @@ def test_cli_evaluate_smollm2_piqa_limit_40(tmp_path):
         + ["--limit", "40", "--json", str(report)],
         capture_output=True,
         text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert out.returncode == 0, out.stderr
     data = json.loads(report.read_text())

@@ -89,16 +89,16 @@ def test_adapter_reloads_in_plain_peft_with_identical_logits(fixture, request, t
 
 @pytest.mark.slow
 def test_real_smollm2_loss_goes_down_on_real_data():
-    """A few LoRA steps on real SmolLM2-135M and real OpenBookQA lower the loss on those examples.
+    """Four LoRA steps on real SmolLM2-135M and two real OpenBookQA examples lower the loss on them.
 
-    lr is 2e-3 here instead of the paper's 3e-5 so that 6 tiny steps move the loss measurably.
+    lr is 3e-3 here instead of the paper's 3e-5 so that 4 tiny steps move the loss measurably.
     """
     loaded = load_causal_lm("smollm2-135m")
     assert not loaded.weights_random
-    cfg = TrainConfig(lr=2e-3, batch_size=4, max_steps=6, max_len=64, seed=0)
+    cfg = TrainConfig(lr=3e-3, batch_size=2, max_steps=4, max_len=40, seed=0)
     peft_model = attach_lora(loaded, cfg)
     items = build_lm_training_examples(
-        loaded.tokenizer, load_task("obqa", "train", limit=4).examples, cfg.max_len
+        loaded.tokenizer, load_task("obqa", "train", limit=2).examples, cfg.max_len
     )
     fixed = collate_lm(items, loaded.tokenizer.pad_token_id)
 
@@ -117,12 +117,13 @@ def test_real_smollm2_loss_goes_down_on_real_data():
         lambda b: peft_model(**b).loss, trainable_parameters(peft_model), batches, cfg, progress=False
     )
     after = eval_loss()
-    assert res.steps == 6 and res.tokens > 0
-    assert after < before - 0.2, (before, after, res.losses)
+    assert res.steps == 4 and res.tokens > 0
+    assert after < 0.7 * before, (before, after, res.losses)
 
 
 def test_sigkilled_cli_run_resumes_exactly(tiny_gpt2_dir, tmp_path):
     """A real `p3eft finetune` process killed with SIGKILL after a checkpoint resumes to the same adapter."""
+    import os
     import signal
     import subprocess
     import sys
@@ -145,6 +146,7 @@ def test_sigkilled_cli_run_resumes_exactly(tiny_gpt2_dir, tmp_path):
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
     )
     latest = out / "checkpoints" / "LATEST"
     deadline = time.monotonic() + 120

@@ -15,7 +15,13 @@ import torch
 from p3eft.data import Task, load_task
 from p3eft.errors import P3eftError
 from p3eft.models import LoadedModel, load_causal_lm, load_sequence_classifier
-from p3eft.tuning.adapters import attach_lora, load_adapter, save_adapter, trainable_parameters
+from p3eft.tuning.adapters import (
+    attach_lora,
+    check_adapter_dir,
+    load_adapter,
+    save_adapter,
+    trainable_parameters,
+)
 from p3eft.tuning.checkpoint import Checkpointer
 from p3eft.tuning.config import TrainConfig
 from p3eft.tuning.lm_data import (
@@ -159,6 +165,8 @@ def evaluate(
     """Score ``model`` (optionally with a LoRA adapter) on ``dataset``'s eval split; JSON-ready result."""
     task = load_task(dataset, "eval", data_dir=data_dir, limit=limit)
     _check_pair(model, task.kind)
+    if adapter:
+        check_adapter_dir(adapter)  # fail fast, before loading the model
     loaded = load_for_task(model, task)
     facts = loaded.describe()
     net = load_adapter(loaded, adapter) if adapter else loaded.model
