@@ -201,7 +201,8 @@ def make_figures(
             )
         for name, key, ylabel in figs:
             png = out / f"{name}.png"
-            title = f"{ylabel.split(',')[0].split(' (')[0].capitalize()} vs {sw.xlabel.split(' (')[0]}"
+            head = ylabel.split(",")[0].split(" (")[0]
+            title = f"{head[0].upper() + head[1:]} vs {sw.xlabel.split(' (')[0]}"
             if sw.name != "energy_vs_users":
                 title += f" ({users} users)"
             _plot(data, key, ylabel, title, png, sw.xscale)
