@@ -51,7 +51,7 @@ def fhe(
             name,
             repeats=reps,
             matvec=not no_matvec,
-            tenseal_mm=tenseal_sets == "all" or name in tenseal_sets.split(","),
+            with_tenseal=tenseal_sets == "all" or name in tenseal_sets.split(","),
             progress=lambda msg: typer.echo(msg, err=True),
         )
         rec = out[name]

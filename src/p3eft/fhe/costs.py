@@ -262,7 +262,7 @@ def measure_param_set(
     name: str,
     repeats: int = 3,
     matvec: bool = True,
-    tenseal_mm: bool = True,
+    with_tenseal: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """All cost figures for one named parameter set."""
@@ -295,7 +295,7 @@ def measure_param_set(
         rec["matvec_768x768_s"] = res["seconds"]
         rec["matvec_768x768_max_abs_error"] = res["max_abs_error"]
         rec["matvec_768x768_weight_encode_s"] = res["weight_encode_s"]
-        if tenseal_mm:
+        if with_tenseal:
             say(f"{name}: TenSEAL CKKSVector.mm 768x768 (slow)")
             ts_res = tenseal_mm(params, res["x"], res["weight"].T, 1)
             rec["tenseal_mm_768x768_s"] = ts_res["seconds"]
