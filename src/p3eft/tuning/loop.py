@@ -104,6 +104,10 @@ def train_loop(
                         f"cannot resume: the checkpoint was made with different settings ({', '.join(diff)})"
                     )
                 start = int(restored["step"])
+                if start > config.max_steps:
+                    raise P3eftError(
+                        f"the checkpoint is at step {start}, beyond --max-steps {config.max_steps}"
+                    )
                 losses = list(restored.get("losses", []))
                 tokens = int(restored.get("tokens", 0))
         elif checkpointer.exists():
