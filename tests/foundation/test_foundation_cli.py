@@ -41,6 +41,8 @@ def corrupt_adapter(tmp_path):
         (["evaluate", "--data-dir", "/nonexistent/data", "--limit", "2"], "does not exist"),
         (["finetune", "--scheme", "obfuscatune", "--out", "OUT"], "p3eft obfuscatune finetune"),
         (["finetune", "--scheme", "magic", "--out", "OUT"], "unknown scheme"),
+        (["finetune", "--max-steps", "0", "--out", "OUT"], "max_steps must be positive"),
+        (["finetune", "--dropout", "1.5", "--out", "OUT"], "dropout must be in"),
         (["models", "info", "gpt5"], "unknown model"),
     ],
 )

@@ -91,3 +91,14 @@ def test_minilm_classifier_real_body():
     m = load_sequence_classifier("minilm-l6")
     assert not m.weights_random and m.spec.family == "bert"
     assert count_parameters(m.model.bert) == 22_713_216
+
+
+def test_offline_unless_the_user_allows_the_hub():
+    import os
+
+    import huggingface_hub.constants
+
+    import p3eft.models  # noqa: F401  (importing sets the flags)
+
+    if os.environ.get("P3EFT_ALLOW_HUB") != "1":
+        assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.HF_HUB_OFFLINE

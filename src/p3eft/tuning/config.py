@@ -46,11 +46,13 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("lr", "rank", "batch_size", "max_steps", "max_len"):
-            if getattr(self, name) <= 0:
-                from p3eft.errors import P3eftError
+        from p3eft.errors import P3eftError
 
+        for name in ("lr", "rank", "alpha", "batch_size", "max_steps", "max_len"):
+            if getattr(self, name) <= 0:
                 raise P3eftError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise P3eftError(f"dropout must be in [0, 1), got {self.dropout}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
