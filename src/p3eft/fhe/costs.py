@@ -14,6 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,13 +25,29 @@ from p3eft.fhe.linalg import BatchMatrix, StaggeredMatrix, staggered_steps
 from p3eft.fhe.params import ParamSet, get_param_set
 
 
-def _median_time(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
+@dataclass
+class Timing:
+    """Median wall-clock and CPU seconds over repeats. On a shared machine the wall time includes
+    waiting for a core; the CPU time of this single-threaded work does not, so it is the better
+    estimate of cycles (cycles ~ cpu_s x clock)."""
+
+    wall_s: float
+    cpu_s: float
+    min_wall_s: float
+
+
+def _timing(fn: Callable[[], Any], repeats: int) -> Timing:
+    walls, cpus = [], []
     for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        walls.append(time.perf_counter() - t0)
+        cpus.append(time.process_time() - c0)
+    return Timing(statistics.median(walls), statistics.median(cpus), min(walls))
+
+
+def _median_time(fn: Callable[[], Any], repeats: int) -> float:
+    return _timing(fn, repeats).wall_s
 
 
 def machine_info() -> dict[str, Any]:
@@ -91,9 +108,13 @@ def tenseal_mm(
     vecs = [ts.ckks_vector(ctx, r.tolist()) for r in rows]
     w_list = weight_in_out.tolist()
     out: list = []
-    secs = _median_time(lambda: out.append([v.mm(w_list) for v in vecs]), repeats)
+    tm = _timing(lambda: out.append([v.mm(w_list) for v in vecs]), repeats)
     got = np.array([r.decrypt() for r in out[-1]])
-    return {"seconds": secs, "max_abs_error": float(np.abs(got - rows @ weight_in_out).max())}
+    return {
+        "seconds": tm.wall_s,
+        "cpu_seconds": tm.cpu_s,
+        "max_abs_error": float(np.abs(got - rows @ weight_in_out).max()),
+    }
 
 
 def tenseal_mm_time(params: ParamSet, x: np.ndarray, weight_in_out: np.ndarray, repeats: int = 1) -> float:
@@ -188,10 +209,13 @@ def ours_matvec_time(params: ParamSet, n_out: int, n_in: int, repeats: int, seed
     mat.prepare(ctx)
     encode_s = time.perf_counter() - t0
     out: list = []
-    secs = _median_time(lambda: out.append(mat(ctx, xs)), repeats)
+    tm = _timing(lambda: out.append(mat(ctx, xs)), repeats)
+    secs = tm.wall_s
     y = np.concatenate([tensor.decrypt(sk, ctx, c) for c in out[-1]])
     return {
         "seconds": secs,
+        "cpu_seconds": tm.cpu_s,
+        "min_seconds": tm.min_wall_s,
         "max_abs_error": float(np.abs(y - weight @ x).max()),
         "weight_encode_s": encode_s,
         "keygen_with_galois_s": galois_s,
@@ -211,9 +235,16 @@ def ours_batch_time(params: ParamSet, rows: int, n: int, repeats: int, seed: int
     ct = tensor.encrypt(ctx, x, mat.input_layout(rows))
     mat.prepare(ctx)
     out: list = []
-    secs = _median_time(lambda: out.append(mat(ctx, ct)), repeats)
+    tm = _timing(lambda: out.append(mat(ctx, ct)), repeats)
     y = tensor.decrypt(sk, ctx, out[-1])
-    return {"seconds": secs, "max_abs_error": float(np.abs(y - x @ weight.T).max()), "x": x, "weight": weight}
+    return {
+        "seconds": tm.wall_s,
+        "cpu_seconds": tm.cpu_s,
+        "min_seconds": tm.min_wall_s,
+        "max_abs_error": float(np.abs(y - x @ weight.T).max()),
+        "x": x,
+        "weight": weight,
+    }
 
 
 def _basic_costs(params: ParamSet, repeats: int) -> dict[str, Any]:
@@ -223,9 +254,11 @@ def _basic_costs(params: ParamSet, repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(1)
     values = rng.uniform(-1, 1, params.slots)
     layout = Layout(params.slots, 1, params.slots, "rows")
-    rec["encrypt_s"] = _median_time(lambda: tensor.encrypt(ctx, values, layout), repeats)
+    enc = _timing(lambda: tensor.encrypt(ctx, values, layout), repeats)
+    rec["encrypt_s"], rec["encrypt_cpu_s"] = enc.wall_s, enc.cpu_s
     ct = tensor.encrypt(ctx, values, layout)
-    rec["decrypt_s"] = _median_time(lambda: tensor.decrypt(sk, ctx, ct), repeats)
+    dec = _timing(lambda: tensor.decrypt(sk, ctx, ct), repeats)
+    rec["decrypt_s"], rec["decrypt_cpu_s"] = dec.wall_s, dec.cpu_s
     rec["fresh_max_abs_error"] = float(np.abs(tensor.decrypt(sk, ctx, ct) - values).max())
     rec["ciphertext_bytes"] = len(ctx.ciphertext_to_bytes(ct))
     # the key holder's compact upload (symmetric, seed-compressed): what a data owner really sends
@@ -278,7 +311,8 @@ def measure_param_set(
         "slots": params.slots,
     }
     say(f"{name}: key generation")
-    rec["keygen_s"] = _median_time(lambda: keygen(params), repeats)
+    kg = _timing(lambda: keygen(params), repeats)
+    rec["keygen_s"], rec["keygen_cpu_s"] = kg.wall_s, kg.cpu_s
     say(f"{name}: encrypt/decrypt and sizes")
     rec.update(_basic_costs(params, repeats))
     say(f"{name}: client-aided refresh (lambda=30)")
@@ -293,12 +327,15 @@ def measure_param_set(
         say(f"{name}: our 768x768 product")
         res = ours_matvec_time(params, 768, 768, repeats)
         rec["matvec_768x768_s"] = res["seconds"]
+        rec["matvec_768x768_cpu_s"] = res["cpu_seconds"]
+        rec["matvec_768x768_min_s"] = res["min_seconds"]
         rec["matvec_768x768_max_abs_error"] = res["max_abs_error"]
         rec["matvec_768x768_weight_encode_s"] = res["weight_encode_s"]
         if with_tenseal:
             say(f"{name}: TenSEAL CKKSVector.mm 768x768 (slow)")
             ts_res = tenseal_mm(params, res["x"], res["weight"].T, 1)
             rec["tenseal_mm_768x768_s"] = ts_res["seconds"]
+            rec["tenseal_mm_768x768_cpu_s"] = ts_res["cpu_seconds"]
             rec["tenseal_mm_768x768_max_abs_error"] = ts_res["max_abs_error"]
             rec["speedup_768x768"] = rec["tenseal_mm_768x768_s"] / rec["matvec_768x768_s"]
     return rec
