@@ -1,12 +1,60 @@
-"""`p3eft demo`: placeholder until the networked demo lands."""
+"""`p3eft demo`: the networked ObfuscaTune demo, every party its own process on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import typer
 
-from p3eft.errors import P3eftError
-
 
 def register(app: typer.Typer) -> None:
-    @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def demo() -> None:
-        """Run the main job end to end on the bundled defaults."""
-        raise P3eftError("`p3eft demo` waits for the networked ObfuscaTune demo (parties as processes).")
+    @app.command()
+    def demo(
+        json_out: Path | None = typer.Option(None, "--json", help="Also write the summary JSON here."),
+        out: Path = typer.Option(
+            Path("runs/demo"), "--out", help="Folder for keys, logs, adapters, results."
+        ),
+        model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
+        dataset: str = typer.Option("obqa", "--dataset", help="webqs, obqa, piqa or sciq."),
+        steps: int = typer.Option(4, "--steps", help="Fine-tuning steps."),
+        limit: int = typer.Option(32, "--limit", help="Training examples used."),
+        eval_limit: int = typer.Option(8, "--eval-limit", help="Evaluation questions scored."),
+        in_process: bool = typer.Option(
+            True, "--in-process/--no-in-process", help="Also run in-process to compare the final loss."
+        ),
+    ) -> None:
+        """Run the networked ObfuscaTune demo (cloud, enclave, model owner, data owner as processes)."""
+        from p3eft.runtime.demo import DemoConfig, run_demo
+
+        cfg = DemoConfig(
+            model=model,
+            dataset=dataset,
+            steps=steps,
+            limit=limit,
+            eval_limit=eval_limit,
+            out=str(out),
+            in_process=in_process,
+        )
+        s = run_demo(cfg, echo=typer.echo)
+        weights = "RANDOM weights" if s.get("weights_random") else "real weights"
+        typer.echo(
+            f"\nnetworked: {s['steps']} steps on {s['model']} ({weights}), final loss {s['final_loss']:.6f}"
+        )
+        if "in_process_final_loss" in s:
+            typer.echo(
+                f"in-process: final loss {s['in_process_final_loss']:.6f}; "
+                f"equal: {s['final_loss'] == s['in_process_final_loss']}, "
+                f"adapters bit-identical: {s['adapters_bit_identical']}"
+            )
+        ev = s["eval"]
+        typer.echo(
+            f"evaluation ({ev['n']} {s['dataset']} questions): acc {ev['acc']:.3f}, acc_norm {ev['acc_norm']:.3f}"
+        )
+        typer.echo(f"parties (pid): {', '.join(f'{k} {v}' for k, v in s['parties'].items())}")
+        typer.echo(f"adapter (plain PEFT): {s['adapter']}")
+        typer.echo(f"results: {s['results']}, {s['eval_results']}, {Path(cfg.out) / 'demo.json'}")
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(s, indent=2))
+            typer.echo(f"summary: {json_out}")
