@@ -66,3 +66,23 @@ def test_eval_poly_generic(deep, rng):
     x = rng.uniform(-1.5, 1.5, 32)
     y = tensor.decrypt(sk, ctx, nonlinear.eval_poly(ctx, tensor.encrypt(ctx, x), coeffs))
     np.testing.assert_allclose(y, np.polynomial.polynomial.polyval(x, coeffs), atol=1e-5)
+
+
+def test_softmax_over_score_diagonals(deep, rng):
+    from p3eft.fhe import ccops
+    from p3eft.fhe.context import Layout
+
+    ctx, sk = deep
+    s = 4
+    scores = rng.uniform(-2, 2, (s, s))
+    lay = Layout(1, s, 16, "rows")
+    diags = [
+        tensor.encrypt(ctx, np.array([[scores[i, (i + d) % s]] for i in range(s)]), lay) for d in range(s)
+    ]
+    exp_a = nonlinear.exp(-2.0, 2.0, squarings=2)
+    recip_a = nonlinear.reciprocal(s * np.exp(-2.0) * 0.9, s * np.exp(2.0) * 1.1)
+    refresher = refresh.LocalRefresher(ctx, sk, bound=64.0)
+    probs = ccops.softmax_diagonals(ctx, diags, exp_a, recip_a, refresher)
+    got = np.array([[tensor.decrypt(sk, ctx, probs[(j - i) % s])[i, 0] for j in range(s)] for i in range(s)])
+    want = np.exp(scores) / np.exp(scores).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(got, want, atol=2e-3)

@@ -21,6 +21,7 @@ import numpy as np
 
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
+from p3eft.fhe.nonlinear import Approximation, Refresher
 
 
 def dot_rows_steps(block: int) -> list[int]:
@@ -107,3 +108,31 @@ def lora_branch(ctx: CkksContext, a_rows: Ciphertext, x_rep: Ciphertext, b_cols:
     ax = dot_rows(ctx, a_rows, x_rep)
     ax_b = broadcast_rows(ctx, ax, b_cols.layout.length)
     return sum_rows(ctx, ops.multiply(ctx, ax_b, b_cols))
+
+
+def softmax_diagonals(
+    ctx: CkksContext,
+    diags: list[Ciphertext],
+    exp_approx: Approximation,
+    recip_approx: Approximation,
+    refresher: Refresher | None = None,
+) -> list[Ciphertext]:
+    """Row-wise softmax of scores held as diagonals (see :func:`score_diagonals`), all under encryption.
+
+    exp of each diagonal, their sum (row i's denominator sits in slot i*block of every diagonal),
+    one reciprocal, one product per diagonal. Scores must lie in ``exp_approx``'s range and the row
+    sums of exps in ``recip_approx``'s; the caller picks both (no max-subtraction is possible under
+    encryption, so the score range is an assumption to state, ours).
+    """
+    exps = [exp_approx.encrypted(ctx, d, refresher) for d in diags]
+    denom = exps[0]
+    for e in exps[1:]:
+        denom = ops.add(ctx, denom, e)
+    inv = recip_approx.encrypted(ctx, denom, refresher)
+    out = []
+    for e in exps:
+        if refresher is not None and min(ctx.level(e), ctx.level(inv)) - 1 < refresher.min_level:
+            e = refresher(e) if ctx.level(e) - 1 < refresher.min_level else e
+            inv = refresher(inv) if ctx.level(inv) - 1 < refresher.min_level else inv
+        out.append(ops.multiply(ctx, e, inv))
+    return out
