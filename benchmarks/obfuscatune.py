@@ -1,0 +1,329 @@
+"""ObfuscaTune costs: who computes what, step time and throughput vs plain, obfuscation time, memory.
+
+Prints tables and (with --json) writes everything measured. Sections:
+  1. arithmetic per token from each model's actual split (meta device): the enclave's share split into
+     masking, norms/nonlinearities, attention products and the LM head, per mode and mask family;
+  2. fine-tuning step time and inference tokens/s, obfuscated vs plain PEFT, both on this CPU;
+  3. obfuscation time (mask draws + W* = R_in^-1 W R_out) per model size, per layer measured;
+  4. memory: peak RSS, and bytes resident in the enclave vs on the untrusted side.
+
+Run:  .venv/bin/python benchmarks/obfuscatune.py --json docs/results/obfuscatune/benchmark.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import time
+import warnings
+
+import torch
+
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
+    head = "| " + " | ".join(c[1] for c in cols) + " |"
+    sep = "|" + "|".join("---" for _ in cols) + "|"
+    body = [
+        "| " + " | ".join(format(r[c[0]], c[2]) if c[2] else str(r[c[0]]) for c in cols) + " |" for r in rows
+    ]
+    return "\n".join([head, sep, *body])
+
+
+def arithmetic_section(models: list[str], context: int) -> list[dict]:
+    from p3eft.models import get_spec
+    from p3eft.obfuscatune.accounting import model_accounting
+
+    rows = []
+    for name in models:
+        cfg = get_spec(name).hf_config()
+        for mode, masks in [
+            ("strict", "orthogonal"),
+            ("strict", "kron"),
+            ("strict", "blockperm:32"),
+            ("paper", "orthogonal"),
+            ("paper", "kron"),
+        ]:
+            acc = model_accounting(cfg, mode=mode, masks=masks, context=context)
+            a = acc["arithmetic"]
+            rows.append(
+                {
+                    "model": name,
+                    "mode": mode,
+                    "masks": masks,
+                    "enclave_params": acc["enclave_param_share"],
+                    "enclave_arith": a["enclave_share"],
+                    "masking": a["masking_share"],
+                    "norms": a["norms_nonlinear_share"],
+                    "attention": a["attention_share"],
+                    "lm_head": a["lm_head_share"],
+                    "mask_vs_acc": a["masking_vs_accelerator"],
+                    "acc_mflop": a["accelerator_flops_per_token"] / 1e6,
+                }
+            )
+    return rows
+
+
+def _batch(vocab: int, b: int, t: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (b, t), generator=g)
+    labels = ids.clone()
+    labels[:, : t // 2] = -100
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+
+def speed_section(
+    model_name: str, masks_list: list[str], b: int, t: int, steps: int
+) -> tuple[list[dict], dict]:
+    from p3eft.models import load_causal_lm
+    from p3eft.obfuscatune.enclave import EnclaveSettings
+    from p3eft.obfuscatune.session import session_from_model
+    from p3eft.tuning import TrainConfig, attach_lora, trainable_parameters
+
+    loaded = load_causal_lm(model_name, dtype=torch.float32)
+    vocab = loaded.model.config.vocab_size
+    data = [_batch(vocab, b, t, seed=i) for i in range(steps + 1)]
+    tokens = b * t
+
+    # plain PEFT reference: AdamW step with clipping, as the foundation's loop does
+    import copy
+
+    work = copy.copy(loaded)
+    work.model = copy.deepcopy(loaded.model)
+    peft_model = attach_lora(work, TrainConfig())
+    params = list(trainable_parameters(peft_model).values())
+    opt = torch.optim.AdamW(params, lr=3e-5)
+
+    def plain_step(d):
+        peft_model.train()
+        opt.zero_grad(set_to_none=True)
+        loss = peft_model(**d).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+
+    def plain_infer(d):
+        peft_model.eval()
+        with torch.no_grad():
+            peft_model(input_ids=d["input_ids"], attention_mask=d["attention_mask"])
+
+    def timed(fn) -> float:
+        fn(data[0])  # warm-up
+        t0 = time.perf_counter()
+        for d in data[1:]:
+            fn(d)
+        return (time.perf_counter() - t0) / steps
+
+    rows = []
+    plain_train, plain_inf = timed(plain_step), timed(plain_infer)
+    rows.append(
+        {
+            "variant": "plain PEFT",
+            "step_s": plain_train,
+            "step_ratio": 1.0,
+            "infer_tok_s": tokens / plain_inf,
+            "infer_ratio": 1.0,
+            "setup_s": 0.0,
+        }
+    )
+    memory = {}
+    for masks in masks_list:
+        t0 = time.perf_counter()
+        s = session_from_model(loaded.model, EnclaveSettings(masks=masks), name=model_name)
+        setup = time.perf_counter() - t0
+        ch = s.enclave_channel
+        ch.call("configure_training", optimizer="adamw", lr=3e-5, max_grad_norm=1.0)
+        train = timed(lambda d, ch=ch: ch.call("train_step", **d))
+        infer = timed(
+            lambda d, ch=ch: ch.call("logits", input_ids=d["input_ids"], attention_mask=d["attention_mask"])
+        )
+        rows.append(
+            {
+                "variant": f"ObfuscaTune strict/{masks}",
+                "step_s": train,
+                "step_ratio": train / plain_train,
+                "infer_tok_s": tokens / infer,
+                "infer_ratio": (tokens / infer) / (tokens / plain_inf),
+                "setup_s": setup,
+            }
+        )
+        if not memory:
+            memory = resident_bytes(s)
+        del s
+    return rows, memory
+
+
+def resident_bytes(session) -> dict:
+    """Bytes of tensors each side holds in a live session."""
+    enclave_model = session.enclave.split.enclave_model
+    seen, enc = set(), 0
+    for p in list(enclave_model.parameters()) + list(enclave_model.buffers()):
+        if id(p) not in seen:
+            seen.add(id(p))
+            enc += p.numel() * p.element_size()
+    masks = sum(t.numel() * t.element_size() for t in session.enclave.mask_tensors())
+    cloud = 0
+    for parts in session.cloud.layers.values():
+        for p in parts:
+            cloud += p.weight.numel() * p.weight.element_size()
+            for t in (p.a, p.b):
+                if t is not None:
+                    cloud += 3 * t.numel() * t.element_size()  # parameter + AdamW moments
+    return {"enclave_model_mb": enc / 2**20, "enclave_masks_mb": masks / 2**20, "untrusted_mb": cloud / 2**20}
+
+
+def obfuscation_section(models: list[str], masks_list: list[str], layers: int) -> list[dict]:
+    """Time the enclave's obfuscation of ``layers`` blocks per model (all blocks have the same shapes)."""
+    from p3eft.models import get_spec
+    from p3eft.obfuscatune.accounting import meta_split
+    from p3eft.obfuscatune.enclave import obfuscate_weight
+    from p3eft.obfuscatune.masks import parse_masks
+    from p3eft.obfuscatune.split import hidden_size, mask_sides
+
+    rows = []
+    secret = b"bench".ljust(32, b".")
+    for name in models:
+        split = meta_split(get_spec(name).hf_config())
+        n_layers = len({g.block for g in split.groups})
+        d = hidden_size(split.enclave_model)
+        for masks in masks_list:
+            fam = parse_masks(masks).with_chunk(d)
+            t_total = 0.0
+            timed_layers = min(layers, n_layers)
+            for g in [g for g in split.groups if g.block < timed_layers]:
+                ws = [torch.randn(p.d_in, p.d_out) for p in g.parts]  # stand-in weights (timing only)
+                t0 = time.perf_counter()
+                sides = mask_sides("strict", g.role)
+                m_in = fam.make(secret, f"{g.layer}/in", g.d_in, torch.float32) if sides.input else None
+                for k, (p, w) in enumerate(zip(g.parts, ws, strict=True)):
+                    m_out = (
+                        fam.make(secret, f"{g.layer}/out{k}", p.d_out, torch.float32)
+                        if sides.output
+                        else None
+                    )
+                    obfuscate_weight(w, m_in, m_out)
+                t_total += time.perf_counter() - t0
+            per_layer = t_total / timed_layers
+            rows.append(
+                {
+                    "model": name,
+                    "masks": masks,
+                    "layers": n_layers,
+                    "timed_layers": timed_layers,
+                    "s_per_layer": per_layer,
+                    "total_s": per_layer * n_layers,
+                    "untrusted_params_m": split.untrusted_parameters() / 1e6,
+                }
+            )
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--json", help="write all measurements here")
+    ap.add_argument("--model", default="smollm2-135m", help="model for the step-time / throughput section")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--context", type=int, default=128, help="context length for the attention arithmetic")
+    ap.add_argument("--obf-layers", type=int, default=2, help="blocks timed per model for obfuscation time")
+    ap.add_argument("--skip-speed", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    out: dict = {
+        "machine": {
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": torch.get_num_threads(),
+            "cuda": torch.cuda.is_available(),
+        },
+        "args": vars(args),
+    }
+    sizes = ["gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "smollm2-135m"]
+
+    print(f"\n## 1. Arithmetic per token from the split (context {args.context}; shares of all arithmetic)\n")
+    rows = arithmetic_section(sizes, args.context)
+    out["arithmetic"] = rows
+    print(
+        table(
+            rows,
+            [
+                ("model", "model", ""),
+                ("mode", "mode", ""),
+                ("masks", "masks", ""),
+                ("enclave_params", "enclave params", ".1%"),
+                ("enclave_arith", "enclave arithmetic", ".1%"),
+                ("masking", "masking", ".1%"),
+                ("norms", "norms+nonlin", ".2%"),
+                ("attention", "attention", ".1%"),
+                ("lm_head", "LM head", ".1%"),
+                ("mask_vs_acc", "masking / accelerator", ".1%"),
+            ],
+        )
+    )
+
+    if not args.skip_speed:
+        print(
+            f"\n## 2. Fine-tuning step and inference, {args.model}, batch {args.batch} x {args.seq} tokens, CPU "
+            f"(enclave and accelerator share {torch.get_num_threads()} threads)\n"
+        )
+        speed, memory = speed_section(args.model, ["orthogonal", "kron"], args.batch, args.seq, args.steps)
+        out["speed"] = speed
+        out["resident_memory"] = memory
+        print(
+            table(
+                speed,
+                [
+                    ("variant", "variant", ""),
+                    ("step_s", "train step s", ".3f"),
+                    ("step_ratio", "step time / plain", ".2f"),
+                    ("infer_tok_s", "inference tok/s", ".0f"),
+                    ("infer_ratio", "tok/s / plain", ".2f"),
+                    ("setup_s", "provision s", ".1f"),
+                ],
+            )
+        )
+
+    print(
+        f"\n## 3. Obfuscation time (mask draws + W*), strict mode, fp32, measured on {args.obf_layers} blocks\n"
+    )
+    obf = obfuscation_section(sizes, ["orthogonal", "kron"], args.obf_layers)
+    out["obfuscation"] = obf
+    print(
+        table(
+            obf,
+            [
+                ("model", "model", ""),
+                ("masks", "masks", ""),
+                ("untrusted_params_m", "untrusted params (M)", ".1f"),
+                ("layers", "blocks", "d"),
+                ("s_per_layer", "s / block", ".3f"),
+                ("total_s", "total s (x blocks)", ".1f"),
+            ],
+        )
+    )
+
+    out["peak_rss_mb"] = peak_rss_mb()
+    print("\n## 4. Memory\n")
+    if "resident_memory" in out:
+        m = out["resident_memory"]
+        print(
+            f"{args.model} session (strict/orthogonal): enclave model {m['enclave_model_mb']:.1f} MiB + masks "
+            f"{m['enclave_masks_mb']:.1f} MiB; untrusted side {m['untrusted_mb']:.1f} MiB (weights + LoRA + AdamW)"
+        )
+    print(f"peak RSS of this process: {out['peak_rss_mb']:.0f} MiB")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=2)
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

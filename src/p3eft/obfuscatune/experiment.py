@@ -1,0 +1,280 @@
+"""The paper's two tables on our data.
+
+Table 1: test accuracy after LoRA fine-tuning for *Unprotected* (plain PEFT, the foundation's loop),
+*ObfuscaTune* (orthogonal masks) and *naive* random masks (Gaussian, numeric inverse). All three start
+from the same LoRA initialisation (the plain one, imported into obfuscated coordinates) and see the
+same batches; AdamW runs on the untrusted side in obfuscated coordinates, where it is not equivalent to
+plain AdamW (its per-coordinate scaling does not commute with a rotation; SGD would), so small
+differences are expected (ours: noted in every result).
+
+Table 2: condition-number sweep (cond:K for each K, and naive): max |logit difference| against the
+plain model on a batch of real text, and test accuracy with the Unprotected run's adapter imported
+through masks of that condition number (ours: inference-time sweep, one fine-tuning per dataset).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from p3eft.data import load_task
+from p3eft.models import load_causal_lm
+from p3eft.obfuscatune import driver
+from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.session import session_from_model
+from p3eft.tuning import (
+    StepBatches,
+    TrainConfig,
+    attach_lora,
+    build_lm_training_examples,
+    collate_lm,
+    score_multiple_choice,
+    train_loop,
+    trainable_parameters,
+)
+
+
+@dataclass
+class ExperimentConfig:
+    models: list[str] = field(default_factory=lambda: ["smollm2-135m"])
+    datasets: list[str] = field(default_factory=lambda: ["webqs", "obqa", "piqa", "sciq"])
+    limit: int | None = 300
+    eval_limit: int | None = 100
+    max_steps: int = 20
+    lr: float = 3e-5
+    batch_size: int = 8
+    max_len: int = 128
+    mode: str = "strict"
+    kappas: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0, 1000.0])
+    data_dir: str | None = None
+    seed: int = 0
+
+
+def _train_config(cfg: ExperimentConfig) -> TrainConfig:
+    return TrainConfig(
+        lr=cfg.lr, batch_size=cfg.batch_size, max_steps=cfg.max_steps, max_len=cfg.max_len, seed=cfg.seed
+    )
+
+
+def _pad(tok) -> int:
+    return int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
+
+
+def _plain_run(loaded, train_task, eval_task, tcfg: TrainConfig, progress: bool) -> tuple[dict, Any, dict]:
+    """Unprotected: the foundation's PEFT LoRA reference on a copy of the model."""
+    work = copy.copy(loaded)
+    work.model = copy.deepcopy(loaded.model)
+    peft_model = attach_lora(work, tcfg)
+    from peft import get_peft_model_state_dict
+
+    init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    items = build_lm_training_examples(loaded.tokenizer, train_task.examples, tcfg.max_len)
+    pad = _pad(loaded.tokenizer)
+    batches = StepBatches(items, tcfg.batch_size, tcfg.seed, lambda b: collate_lm(b, pad))
+    peft_model.train()
+    t0 = time.perf_counter()
+    result = train_loop(
+        lambda b: peft_model(**b).loss, trainable_parameters(peft_model), batches, tcfg, progress=progress
+    )
+    train_s = time.perf_counter() - t0
+    peft_model.eval()
+
+    def logits_fn(ids, mask):
+        return peft_model(input_ids=ids, attention_mask=mask).logits
+
+    t0 = time.perf_counter()
+    metrics = score_multiple_choice(
+        logits_fn, loaded.tokenizer, eval_task.examples, progress=progress, pad_token_id=pad
+    )
+    final = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    rec = {
+        "train": {"losses": result.losses, "seconds": train_s},
+        "eval": metrics,
+        "eval_seconds": time.perf_counter() - t0,
+    }
+    return rec, init, final
+
+
+def _obf_run(loaded, settings, init, train_task, eval_task, tcfg, progress) -> dict:
+    s = session_from_model(
+        loaded.model, settings, name=loaded.spec.name, weights_random=loaded.weights_random
+    )
+    ch = s.enclave_channel
+    ch.call("import_adapter", tensors=init)
+    t0 = time.perf_counter()
+    train = driver.finetune(ch, loaded.tokenizer, train_task, tcfg, optimizer="adamw", progress=progress)
+    train_s = time.perf_counter() - t0
+    metrics = driver.evaluate(ch, loaded.tokenizer, eval_task, progress=progress)
+    return {
+        "train": {"losses": train["losses"], "seconds": train_s},
+        "eval": metrics,
+        "eval_seconds": metrics["seconds"],
+    }
+
+
+def _sweep_point(loaded, settings, adapter, batch, ref, eval_task, progress) -> dict:
+    s = session_from_model(
+        loaded.model, settings, name=loaded.spec.name, weights_random=loaded.weights_random
+    )
+    ch = s.enclave_channel
+    logits = ch.call("logits", **batch)
+    valid = batch["attention_mask"].bool()
+    err = float((logits - ref)[valid].abs().max())
+    ch.call("import_adapter", tensors=adapter)
+    metrics = driver.evaluate(ch, loaded.tokenizer, eval_task, progress=progress)
+    return {"max_abs_logit_diff": err, "eval": metrics}
+
+
+def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
+    """Run both tables; write ``results.json``, ``tables.md`` and ``obfuscatune.png`` under ``out``."""
+    from p3eft.obfuscatune.run import verification_batch
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    tcfg = _train_config(cfg)
+    records: list[dict[str, Any]] = []
+    for model_name in cfg.models:
+        loaded = load_causal_lm(model_name, dtype=torch.float32, allow_random=True)
+        batch = verification_batch(loaded.tokenizer, data_dir=cfg.data_dir)
+        with torch.no_grad():
+            ref = loaded.model(**batch).logits
+        for ds in cfg.datasets:
+            train_task = load_task(ds, "train", data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
+            eval_task = load_task(ds, "eval", data_dir=cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
+            base = dict(
+                model=model_name,
+                dataset=ds,
+                metric=eval_task.metric,
+                weights_random=loaded.weights_random,
+                n_train=len(train_task.examples),
+                n_eval=len(eval_task.examples),
+                notes=[n for n in (train_task.note, eval_task.note) if n],
+            )
+            plain, init, final = _plain_run(loaded, train_task, eval_task, tcfg, progress)
+            table1 = {"unprotected": plain}
+            for label, masks in (("obfuscatune", "orthogonal"), ("naive", "naive")):
+                settings = EnclaveSettings(mode=cfg.mode, masks=masks, lora_dropout=tcfg.dropout)
+                table1[label] = _obf_run(loaded, settings, init, train_task, eval_task, tcfg, progress)
+            table2 = {}
+            for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]:
+                settings = EnclaveSettings(
+                    mode=cfg.mode, masks=spec, session_seed=b"table2-fixed-seed".ljust(32, b".")
+                )
+                table2[spec] = _sweep_point(loaded, settings, final, batch, ref, eval_task, progress)
+            records.append({**base, "table1": table1, "table2": table2})
+            _write(out, cfg, records, time.perf_counter() - t_start)
+    return _write(out, cfg, records, time.perf_counter() - t_start)
+
+
+def _acc(rec: dict, metric: str) -> float:
+    return float(rec["eval"][metric])
+
+
+def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
+    lines = [
+        "## Table 1: test accuracy (Unprotected / ObfuscaTune / naive random masks)",
+        "",
+        "| model | dataset | metric | n train | n eval | Unprotected | ObfuscaTune (orthogonal) | naive random |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in records:
+        t = r["table1"]
+        m = r["metric"]
+        lines.append(
+            f"| {r['model']}{' (RANDOM weights)' if r['weights_random'] else ''} | {r['dataset']} | {m} | "
+            f"{r['n_train']} | {r['n_eval']} | {_acc(t['unprotected'], m):.3f} | "
+            f"{_acc(t['obfuscatune'], m):.3f} | {_acc(t['naive'], m):.3f} |"
+        )
+    specs = list(records[0]["table2"]) if records else []
+    lines += [
+        "",
+        "## Table 2: condition-number sweep (fp32; max |logit diff| on real text / test accuracy)",
+        "",
+        "| model | dataset | " + " | ".join(specs) + " |",
+        "|---|---|" + "---|" * len(specs),
+    ]
+    for r in records:
+        cells = [
+            f"{r['table2'][s]['max_abs_logit_diff']:.2e} / {_acc(r['table2'][s], r['metric']):.3f}"
+            for s in specs
+        ]
+        lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Settings: mode {cfg.mode}, {cfg.max_steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, "
+        f"max_len {cfg.max_len}, LoRA r16/alpha32/dropout0.05, AdamW; wall time {wall / 60:.1f} min.",
+    ]
+    notes = sorted({n for r in records for n in r["notes"]})
+    lines += [f"Note: {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def _plot(records: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    labels = [f"{r['dataset']}\n({r['metric']})" for r in records]
+    x = np.arange(len(records))
+    for k, (key, name) in enumerate(
+        (
+            ("unprotected", "Unprotected"),
+            ("obfuscatune", "ObfuscaTune (orthogonal)"),
+            ("naive", "naive random"),
+        )
+    ):
+        vals = [_acc(r["table1"][key], r["metric"]) for r in records]
+        axes[0].bar(x + (k - 1) * 0.27, vals, width=0.27, label=name)
+    axes[0].set_xticks(x, labels)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].set_title("Table 1: accuracy after LoRA fine-tuning")
+    axes[0].legend(fontsize=8)
+    specs = list(records[0]["table2"]) if records else []
+    xs = np.arange(len(specs))
+    for r in records:
+        axes[1].semilogy(xs, [r["table2"][s]["max_abs_logit_diff"] for s in specs], "o-", label=r["dataset"])
+        axes[2].plot(xs, [_acc(r["table2"][s], r["metric"]) for s in specs], "o-", label=r["dataset"])
+    for ax, title in (
+        (axes[1], "Table 2: max |logit diff| vs plain (fp32)"),
+        (axes[2], "Table 2: test accuracy"),
+    ):
+        ax.set_xticks(xs, [s.replace("cond:", "κ=") for s in specs])
+        ax.set_title(title)
+        ax.legend(fontsize=8)
+    axes[2].set_ylabel("test accuracy")
+    model = ", ".join(sorted({r["model"] for r in records}))
+    fig.suptitle(f"ObfuscaTune on {model}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _write(out: Path, cfg: ExperimentConfig, records: list[dict], wall: float) -> dict[str, Any]:
+    md = _markdown(records, cfg, wall)
+    payload = {
+        "config": asdict(cfg),
+        "wall_seconds": wall,
+        "machine": {
+            "cpus": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+        },
+        "records": records,
+        "markdown": md,
+    }
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
+    (out / "tables.md").write_text(md)
+    if records:
+        _plot(records, out / "obfuscatune.png")
+    return payload
