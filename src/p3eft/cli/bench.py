@@ -10,14 +10,16 @@ import typer
 
 from p3eft.errors import P3eftError
 
-app = typer.Typer(help="Measure costs (FHE parameter sets, ...) and write JSON.", no_args_is_help=True)
+app = typer.Typer(help="Measure costs (FHE parameter sets, ...) and write JSON.")
 
 DEFAULT_SETS = "N8192,N16384,N32768"
 
 
-@app.callback()
-def _group() -> None:
+@app.callback(invoke_without_command=True)
+def _group(ctx: typer.Context) -> None:
     """Measure costs and write JSON."""
+    if ctx.invoked_subcommand is None:  # bare `p3eft bench`: show the commands, exit cleanly
+        typer.echo(ctx.get_help())
 
 
 @app.command("fhe")
