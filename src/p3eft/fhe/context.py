@@ -102,10 +102,13 @@ class CkksContext:
         params.check_secure()
         p = sealapi.EncryptionParameters(sealapi.SCHEME_TYPE.CKKS)
         p.set_poly_modulus_degree(params.poly_modulus_degree)
-        p.set_coeff_modulus(
-            sealapi.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
-        )
-        ctx = sealapi.SEALContext(p, True, sealapi.SEC_LEVEL_TYPE.TC128)
+        try:
+            p.set_coeff_modulus(
+                sealapi.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes))
+            )
+            ctx = sealapi.SEALContext(p, True, sealapi.SEC_LEVEL_TYPE.TC128)
+        except (ValueError, RuntimeError) as err:
+            raise SecurityError(f"SEAL cannot build parameter set {params.name}: {err}") from err
         if not ctx.parameters_set():
             raise SecurityError(f"SEAL refused parameter set {params.name}: {ctx.parameters_error_message()}")
         return ctx
