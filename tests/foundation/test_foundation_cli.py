@@ -145,3 +145,27 @@ def test_minilm_sst2_evaluates(capsys):
     )
     out = capsys.readouterr().out
     assert "sst2 eval (n=16, metric accuracy)" in out and "real weights" in out
+
+
+def test_cli_sst2_classifier_finetune_and_evaluate(capsys, tmp_path):
+    """The classification path (bert-tiny here for speed; minilm-l6 is the same code): head trained and reloaded."""
+    out = tmp_path / "sst"
+    argv = ["finetune", "--model", "bert-tiny", "--dataset", "sst2", "--limit", "16", "--max-steps", "2"]
+    assert main([*argv, "--batch-size", "4", "--lr", "1e-2", "--out", str(out), "--no-progress"]) == 0
+    assert "RANDOM weights" in capsys.readouterr().out
+    report = tmp_path / "sst.json"
+    argv = [
+        "evaluate",
+        "--model",
+        "bert-tiny",
+        "--dataset",
+        "sst2",
+        "--limit",
+        "8",
+        "--adapter",
+        str(out / "adapter"),
+    ]
+    assert main([*argv, "--json", str(report), "--no-progress"]) == 0
+    data = json.loads(report.read_text())
+    assert data["n"] == 8 and 0 <= data["accuracy"] <= 1 and data["weights_random"] is True
+    assert any("random weights" in n for n in data["notes"])

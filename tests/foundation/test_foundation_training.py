@@ -166,3 +166,22 @@ def test_sigkilled_cli_run_resumes_exactly(tiny_gpt2_dir, tmp_path):
     a = load_file(Path(whole["adapter"]) / "adapter_model.safetensors")
     b = load_file(Path(resumed["adapter"]) / "adapter_model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    ("which", "per_layer"), [("tiny_gpt2_dir", 4), ("tiny_llama_dir", 7), ("bert-tiny", 6)]
+)
+def test_lora_targets_every_attention_and_mlp_linear(which, per_layer, request):
+    from p3eft.models import load_sequence_classifier
+
+    if which == "bert-tiny":
+        loaded = load_sequence_classifier("bert-tiny")
+    else:
+        loaded = load_causal_lm(request.getfixturevalue(which))
+    layers = loaded.model.config.num_hidden_layers
+    peft_model = attach_lora(loaded, TrainConfig())
+    wrapped = {n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_parameters() if ".lora_A." in n}
+    assert len(wrapped) == per_layer * layers, sorted(wrapped)
+    assert not any("pooler" in n or "lm_head" in n or "wte" in n for n in wrapped)
+    names = trainable_parameters(peft_model)
+    assert all("lora_" in n or "classifier" in n for n in names)  # base weights stay frozen
