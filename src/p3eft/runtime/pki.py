@@ -69,8 +69,23 @@ def _name(cn: str) -> x509.Name:
     )
 
 
-def init_keys(directory: str | Path, parties: tuple[str, ...] = PARTIES, force: bool = False) -> list[Path]:
-    """Create the development CA, one certificate per party and the simulated platform keys."""
+def _san_entry(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def init_keys(
+    directory: str | Path,
+    parties: tuple[str, ...] = PARTIES,
+    force: bool = False,
+    hosts: tuple[str, ...] = (),
+) -> list[Path]:
+    """Create the development CA, one certificate per party and the simulated platform keys.
+
+    ``hosts`` adds DNS names or IP addresses to every certificate, for parties on other machines.
+    """
     out = Path(directory)
     if (out / "ca.key").exists() and not force:
         raise P3eftError(f"{out} already holds a CA (ca.key); pass --force to replace every key in it")
@@ -102,6 +117,7 @@ def init_keys(directory: str | Path, parties: tuple[str, ...] = PARTIES, force: 
                 x509.DNSName(party),
                 x509.DNSName("localhost"),
                 x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                *(_san_entry(h) for h in hosts if h not in (party, "localhost", "127.0.0.1")),
             ]
         )
         cert = (
