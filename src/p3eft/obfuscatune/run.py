@@ -286,6 +286,10 @@ def verification_batch(tokenizer, n: int = 8, data_dir: str | Path | None = None
     task = load_task("obqa", "eval", data_dir=data_dir, limit=n)
     texts = [ex.context + ex.continuation(ex.label) for ex in task.examples]
     enc = tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+    if enc["input_ids"].numel() == 0:
+        raise P3eftError(
+            "the model's tokenizer turned real text into no tokens (is its tokenizer folder complete?)"
+        )
     return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
 
