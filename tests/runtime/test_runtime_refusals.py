@@ -175,6 +175,9 @@ def test_client_without_a_valid_certificate(net, ch, tmp_path):
     forged = type(rogue)(rogue.name, genuine_ca, rogue.cert_pem, rogue.key_pem)
     with pytest.raises(PartyUnavailableError, match="cannot reach enclave|TLS"):
         NetworkChannel(net["url"], forged, "enclave", connect_timeout_s=2)
+    anonymous = type(rogue)(rogue.name, genuine_ca, None, None)  # no client certificate at all
+    with pytest.raises(PartyUnavailableError, match="cannot reach enclave|TLS|failed"):
+        NetworkChannel(net["url"], anonymous, "enclave", connect_timeout_s=2)
     # a valid certificate of a party the cloud does not serve
     with pytest.raises(SecurityError, match="'data-owner' may not call cloud"):
         NetworkChannel(net["cloud_url"], load_identity(net["certs"], "data-owner"), "cloud")

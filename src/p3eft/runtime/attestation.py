@@ -30,30 +30,46 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from p3eft.errors import SecurityError
 
-# The code whose hash is "the enclave": everything the enclave process runs that touches secrets.
-ENCLAVE_PACKAGES = ("p3eft.runtime", "p3eft.obfuscatune")
+# The code whose hash is "the enclave": the p3eft modules the enclave process runs (the host, the
+# transport it serves on, ObfuscaTune's enclave role). Data-owner and cloud code are not in it.
+ENCLAVE_MODULES = (
+    "p3eft.errors",
+    "p3eft.runtime.attestation",
+    "p3eft.runtime.channel",
+    "p3eft.runtime.client",
+    "p3eft.runtime.codec",
+    "p3eft.runtime.enclave_host",
+    "p3eft.runtime.errors",
+    "p3eft.runtime.frame",
+    "p3eft.runtime.launch",
+    "p3eft.runtime.obfuscatune_roles",
+    "p3eft.runtime.pki",
+    "p3eft.runtime.resilient",
+    "p3eft.runtime.sealing",
+    "p3eft.runtime.server",
+    "p3eft.runtime.session",
+    "p3eft.obfuscatune.enclave",
+    "p3eft.obfuscatune.masks",
+    "p3eft.obfuscatune.split",
+)
 _DOMAIN = b"p3eft-simulated-quote-v1"
 NONCE_BYTES = 32
 DEFAULT_MAX_AGE_S = 300.0
 
 
-def code_measurement(packages: tuple[str, ...] = ENCLAVE_PACKAGES) -> bytes:
-    """SHA-256 over the enclave packages' source files (relative path and content, sorted).
+def code_measurement(modules: tuple[str, ...] = ENCLAVE_MODULES) -> bytes:
+    """SHA-256 over the enclave modules' source files (module name, length and content, in order).
 
     Real TEEs measure the loaded binary pages; hashing the sources is the simulated analogue, and
-    like MRENCLAVE it changes whenever the enclave code changes.
+    like MRENCLAVE it changes whenever the enclave code changes. A module that is not installed
+    counts as absent (its name is still hashed).
     """
-    h = hashlib.sha256(b"p3eft-measurement-v1")
-    for package in packages:
-        spec = importlib.util.find_spec(package)
-        if spec is None or not spec.submodule_search_locations:
-            continue
-        root = Path(next(iter(spec.submodule_search_locations)))
-        for path in sorted(root.rglob("*.py")):
-            rel = path.relative_to(root).as_posix()
-            data = path.read_bytes()
-            h.update(f"{package}/{rel}\0{len(data)}\0".encode())
-            h.update(data)
+    h = hashlib.sha256(b"p3eft-measurement-v2")
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        data = Path(spec.origin).read_bytes() if spec is not None and spec.origin else b""
+        h.update(f"{name}\0{len(data)}\0".encode())
+        h.update(data)
     return h.digest()
 
 

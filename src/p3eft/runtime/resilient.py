@@ -146,8 +146,13 @@ class ResilientChannel:
 
     def _recover(self, pending: int | None) -> tuple[bool, Any]:
         """Reconnect, replay what the enclave lost; True if the pending call is already applied."""
+        deadline = time.monotonic() + self.wait_s
         while True:
-            self.link.reconnect(self.wait_s)
+            if time.monotonic() > deadline:
+                raise PartyUnavailableError(
+                    f"gave up after {self.wait_s:.0f} s: the enclave (or the cloud behind it) did not come back"
+                )
+            self.link.reconnect(max(0.0, deadline - time.monotonic()))
             try:
                 status = self._status()
                 applied = int(status["calls"])
