@@ -7,7 +7,7 @@ progress, loss history and checkpoints (so resume works the same for every schem
 
 from __future__ import annotations
 
-import math
+import json
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -89,7 +89,8 @@ def train_loop(
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     np.random.seed(config.seed % 2**32)
-    meta = {"config": config.resume_key(), **(state or {})}
+    # JSON round trip so tuples/lists compare equal to what a checkpoint gives back.
+    meta = json.loads(json.dumps({"config": config.resume_key(), **(state or {})}, default=str))
     losses: list[float] = []
     tokens = 0
     start = 0
@@ -124,7 +125,9 @@ def train_loop(
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(batch)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss became {loss.item()} at step {step}")
+            raise P3eftError(
+                f"training diverged: loss became {loss.item()} at step {step} (try a lower --lr)"
+            )
         loss.backward()
         if config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(named.values(), config.grad_clip)
@@ -149,6 +152,4 @@ def train_loop(
         checkpoints=saved,
         tokens_this_run=tokens - tokens_before,
     )
-    if losses and not math.isfinite(losses[-1]):
-        raise FloatingPointError("training diverged")
     return result
