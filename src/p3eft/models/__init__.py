@@ -10,6 +10,7 @@ from p3eft.models.loading import (
     count_parameters,
     load_causal_lm,
     load_sequence_classifier,
+    load_tokenizer,
     parameter_count_from_config,
     resolve_spec,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "list_models",
     "load_causal_lm",
     "load_sequence_classifier",
+    "load_tokenizer",
     "parameter_count_from_config",
     "real_weights_location",
     "resolve_spec",

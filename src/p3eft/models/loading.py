@@ -132,6 +132,18 @@ def _load_tokenizer(spec: ModelSpec, weights_dir: Path | str | None) -> Any:
     return _fix_tokenizer(tok)
 
 
+def load_tokenizer(name_or_path: str | Path) -> Any:
+    """Only the tokenizer of a registry model or local folder (with a pad token), without loading weights.
+
+    For ``smollm2-135m`` the first call still converts the GGUF once (the tokenizer lives in that cache).
+    """
+    sources.ensure_offline()
+    sources.quiet_transformers()
+    spec = resolve_spec(name_or_path)
+    where, _ = _weights_dir(spec)
+    return _load_tokenizer(spec, where)
+
+
 def _fix_tokenizer(tok: Any) -> Any:
     """Decoder tokenizers often lack a pad token; batching needs one (it is always masked out)."""
     if tok.pad_token is None:
