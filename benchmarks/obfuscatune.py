@@ -16,6 +16,7 @@ import argparse
 import json
 import platform
 import resource
+import statistics
 import time
 import warnings
 
@@ -114,49 +115,55 @@ def speed_section(
         with torch.no_grad():
             peft_model(input_ids=d["input_ids"], attention_mask=d["attention_mask"])
 
-    def timed(fn) -> float:
-        fn(data[0])  # warm-up
-        t0 = time.perf_counter()
-        for d in data[1:]:
-            fn(d)
-        return (time.perf_counter() - t0) / steps
-
-    rows = []
-    plain_train, plain_inf = timed(plain_step), timed(plain_infer)
-    rows.append(
-        {
-            "variant": "plain PEFT",
-            "step_s": plain_train,
-            "step_ratio": 1.0,
-            "infer_tok_s": tokens / plain_inf,
-            "infer_ratio": 1.0,
-            "setup_s": 0.0,
-        }
-    )
-    memory = {}
+    variants: dict[str, tuple] = {"plain PEFT": (plain_step, plain_infer, 0.0)}
+    memory: dict = {}
+    sessions = []
     for masks in masks_list:
         t0 = time.perf_counter()
         s = session_from_model(loaded.model, EnclaveSettings(masks=masks), name=model_name)
         setup = time.perf_counter() - t0
         ch = s.enclave_channel
         ch.call("configure_training", optimizer="adamw", lr=3e-5, max_grad_norm=1.0)
-        train = timed(lambda d, ch=ch: ch.call("train_step", **d))
-        infer = timed(
-            lambda d, ch=ch: ch.call("logits", input_ids=d["input_ids"], attention_mask=d["attention_mask"])
+        sessions.append(s)
+        if not memory:
+            memory = resident_bytes(s)
+        variants[f"ObfuscaTune strict/{masks}"] = (
+            lambda d, ch=ch: ch.call("train_step", **d),
+            lambda d, ch=ch: ch.call("logits", input_ids=d["input_ids"], attention_mask=d["attention_mask"]),
+            setup,
         )
+
+    # Interleave the variants step by step and keep the median, and measure process CPU time beside
+    # wall time: on a shared machine other jobs inflate wall time by different amounts over a run.
+    keys = ("train_cpu", "train_wall", "infer_cpu", "infer_wall")
+    times: dict[str, dict[str, list[float]]] = {v: {k: [] for k in keys} for v in variants}
+    for i, d in enumerate(data):
+        for name, (train, infer, _) in variants.items():
+            for kind, fn in (("train", train), ("infer", infer)):
+                c0, w0 = time.process_time(), time.perf_counter()
+                fn(d)
+                if i > 0:  # the first round is warm-up
+                    times[name][f"{kind}_cpu"].append(time.process_time() - c0)
+                    times[name][f"{kind}_wall"].append(time.perf_counter() - w0)
+    med = {v: {k: statistics.median(x) for k, x in t.items()} for v, t in times.items()}
+    base = med["plain PEFT"]
+    rows = []
+    for name, (_, _, setup) in variants.items():
+        m = med[name]
         rows.append(
             {
-                "variant": f"ObfuscaTune strict/{masks}",
-                "step_s": train,
-                "step_ratio": train / plain_train,
-                "infer_tok_s": tokens / infer,
-                "infer_ratio": (tokens / infer) / (tokens / plain_inf),
+                "variant": name,
+                "step_cpu_s": m["train_cpu"],
+                "step_wall_s": m["train_wall"],
+                "step_ratio_cpu": m["train_cpu"] / base["train_cpu"],
+                "step_ratio_wall": m["train_wall"] / base["train_wall"],
+                "infer_tok_s_cpu": tokens / m["infer_cpu"],
+                "infer_ratio_cpu": base["infer_cpu"] / m["infer_cpu"],
+                "infer_ratio_wall": base["infer_wall"] / m["infer_wall"],
                 "setup_s": setup,
             }
         )
-        if not memory:
-            memory = resident_bytes(s)
-        del s
+    del sessions
     return rows, memory
 
 
@@ -199,7 +206,7 @@ def obfuscation_section(models: list[str], masks_list: list[str], layers: int) -
             timed_layers = min(layers, n_layers)
             for g in [g for g in split.groups if g.block < timed_layers]:
                 ws = [torch.randn(p.d_in, p.d_out) for p in g.parts]  # stand-in weights (timing only)
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 sides = mask_sides("strict", g.role)
                 m_in = fam.make(secret, f"{g.layer}/in", g.d_in, torch.float32) if sides.input else None
                 for k, (p, w) in enumerate(zip(g.parts, ws, strict=True)):
@@ -209,7 +216,7 @@ def obfuscation_section(models: list[str], masks_list: list[str], layers: int) -
                         else None
                     )
                     obfuscate_weight(w, m_in, m_out)
-                t_total += time.perf_counter() - t0
+                t_total += time.process_time() - t0
             per_layer = t_total / timed_layers
             rows.append(
                 {
@@ -231,12 +238,16 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m", help="model for the step-time / throughput section")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=5, help="timed rounds (after one warm-up round)")
+    ap.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: stable timings on a shared CPU)"
+    )
     ap.add_argument("--context", type=int, default=128, help="context length for the attention arithmetic")
     ap.add_argument("--obf-layers", type=int, default=2, help="blocks timed per model for obfuscation time")
     ap.add_argument("--skip-speed", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
+    torch.set_num_threads(args.threads)
     out: dict = {
         "machine": {
             "platform": platform.platform(),
@@ -282,17 +293,19 @@ def main() -> None:
                 speed,
                 [
                     ("variant", "variant", ""),
-                    ("step_s", "train step s", ".3f"),
-                    ("step_ratio", "step time / plain", ".2f"),
-                    ("infer_tok_s", "inference tok/s", ".0f"),
-                    ("infer_ratio", "tok/s / plain", ".2f"),
+                    ("step_cpu_s", "train step CPU s", ".3f"),
+                    ("step_ratio_cpu", "step / plain (CPU)", ".2f"),
+                    ("step_ratio_wall", "step / plain (wall)", ".2f"),
+                    ("infer_tok_s_cpu", "inference tok/CPU-s", ".0f"),
+                    ("infer_ratio_cpu", "tok/s / plain (CPU)", ".2f"),
+                    ("infer_ratio_wall", "tok/s / plain (wall)", ".2f"),
                     ("setup_s", "provision s", ".1f"),
                 ],
             )
         )
 
     print(
-        f"\n## 3. Obfuscation time (mask draws + W*), strict mode, fp32, measured on {args.obf_layers} blocks\n"
+        f"\n## 3. Obfuscation CPU time (mask draws + W*), strict mode, fp32, measured on {args.obf_layers} blocks\n"
     )
     obf = obfuscation_section(sizes, ["orthogonal", "kron"], args.obf_layers)
     out["obfuscation"] = obf
@@ -304,8 +317,8 @@ def main() -> None:
                 ("masks", "masks", ""),
                 ("untrusted_params_m", "untrusted params (M)", ".1f"),
                 ("layers", "blocks", "d"),
-                ("s_per_layer", "s / block", ".3f"),
-                ("total_s", "total s (x blocks)", ".1f"),
+                ("s_per_layer", "CPU s / block", ".3f"),
+                ("total_s", "total CPU s (x blocks)", ".1f"),
             ],
         )
     )

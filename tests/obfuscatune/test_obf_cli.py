@@ -148,3 +148,39 @@ def test_remote_enclave_without_runtime_is_clear(tiny_dir, tmp_path, monkeypatch
         == 2
     )
     assert "networked runtime" in capsys.readouterr().err
+
+
+def test_experiment_smoke(tiny_dir, tmp_path):
+    out = tmp_path / "exp"
+    assert (
+        main(
+            [
+                "obfuscatune",
+                "experiment",
+                "--models",
+                str(tiny_dir),
+                "--datasets",
+                "obqa",
+                "--limit",
+                "8",
+                "--eval-limit",
+                "4",
+                "--max-steps",
+                "1",
+                "--batch-size",
+                "4",
+                "--kappas",
+                "1,100",
+                "--out",
+                str(out),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    res = json.loads((out / "results.json").read_text())
+    rec = res["records"][0]
+    assert set(rec["table1"]) == {"unprotected", "obfuscatune", "naive"}
+    assert set(rec["table2"]) == {"cond:1", "cond:100", "naive"}
+    assert rec["table2"]["cond:1"]["max_abs_logit_diff"] < rec["table2"]["naive"]["max_abs_logit_diff"]
+    assert (out / "obfuscatune.png").stat().st_size > 10_000 and "Table 1" in (out / "tables.md").read_text()

@@ -251,6 +251,9 @@ def experiment(
     kappas: str = typer.Option(
         "1,10,100,1000", "--kappas", help="Condition numbers for Table 2 (plus naive)."
     ),
+    sweep_datasets: str | None = typer.Option(
+        None, "--sweep-datasets", help="Table-2 accuracy only on these datasets (default: all)."
+    ),
     data_dir: Path | None = typer.Option(None, "--data-dir"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
@@ -270,6 +273,7 @@ def experiment(
         mode=mode,
         kappas=[float(k) for k in kappas.split(",") if k],
         data_dir=str(data_dir) if data_dir else None,
+        sweep_datasets=[d for d in sweep_datasets.split(",") if d] if sweep_datasets else None,
     )
     res = run_experiment(cfg, out, progress=progress)
     typer.echo(res["markdown"])

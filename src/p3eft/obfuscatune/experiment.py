@@ -55,6 +55,7 @@ class ExperimentConfig:
     kappas: list[float] = field(default_factory=lambda: [1.0, 10.0, 100.0, 1000.0])
     data_dir: str | None = None
     seed: int = 0
+    sweep_datasets: list[str] | None = None  # Table-2 accuracy only on these (None: all); errors are global
 
 
 def _train_config(cfg: ExperimentConfig) -> TrainConfig:
@@ -102,16 +103,19 @@ def _plain_run(loaded, train_task, eval_task, tcfg: TrainConfig, progress: bool)
     return rec, init, final
 
 
-def _obf_run(loaded, settings, init, train_task, eval_task, tcfg, progress) -> dict:
-    s = session_from_model(
+def _session(loaded, settings):
+    return session_from_model(
         loaded.model, settings, name=loaded.spec.name, weights_random=loaded.weights_random
     )
-    ch = s.enclave_channel
+
+
+def _obf_run(ch, tokenizer, init, train_task, eval_task, tcfg, progress) -> dict:
+    """One Table-1 run on a live session: adapters reset to the plain initialisation, fresh optimizer."""
     ch.call("import_adapter", tensors=init)
     t0 = time.perf_counter()
-    train = driver.finetune(ch, loaded.tokenizer, train_task, tcfg, optimizer="adamw", progress=progress)
+    train = driver.finetune(ch, tokenizer, train_task, tcfg, optimizer="adamw", progress=progress)
     train_s = time.perf_counter() - t0
-    metrics = driver.evaluate(ch, loaded.tokenizer, eval_task, progress=progress)
+    metrics = driver.evaluate(ch, tokenizer, eval_task, progress=progress)
     return {
         "train": {"losses": train["losses"], "seconds": train_s},
         "eval": metrics,
@@ -119,21 +123,12 @@ def _obf_run(loaded, settings, init, train_task, eval_task, tcfg, progress) -> d
     }
 
 
-def _sweep_point(loaded, settings, adapter, batch, ref, eval_task, progress) -> dict:
-    s = session_from_model(
-        loaded.model, settings, name=loaded.spec.name, weights_random=loaded.weights_random
-    )
-    ch = s.enclave_channel
-    logits = ch.call("logits", **batch)
-    valid = batch["attention_mask"].bool()
-    err = float((logits - ref)[valid].abs().max())
-    ch.call("import_adapter", tensors=adapter)
-    metrics = driver.evaluate(ch, loaded.tokenizer, eval_task, progress=progress)
-    return {"max_abs_logit_diff": err, "eval": metrics}
-
-
 def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = True) -> dict[str, Any]:
-    """Run both tables; write ``results.json``, ``tables.md`` and ``obfuscatune.png`` under ``out``."""
+    """Run both tables; write ``results.json``, ``tables.md`` and ``obfuscatune.png`` under ``out``.
+
+    Sessions (mask draws + obfuscation) do not depend on the dataset, so each mask setting is
+    provisioned once per model and reused across datasets (adapters and optimizer reset per run).
+    """
     from p3eft.obfuscatune.run import verification_batch
 
     out = Path(out)
@@ -143,13 +138,19 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
     records: list[dict[str, Any]] = []
     for model_name in cfg.models:
         loaded = load_causal_lm(model_name, dtype=torch.float32, allow_random=True)
-        batch = verification_batch(loaded.tokenizer, data_dir=cfg.data_dir)
+        tok = loaded.tokenizer
+        batch = verification_batch(tok, data_dir=cfg.data_dir)
+        valid = batch["attention_mask"].bool()
         with torch.no_grad():
             ref = loaded.model(**batch).logits
+        tasks, adapters, recs = {}, {}, {}
         for ds in cfg.datasets:
             train_task = load_task(ds, "train", data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
             eval_task = load_task(ds, "eval", data_dir=cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
-            base = dict(
+            tasks[ds] = (train_task, eval_task)
+            plain, init, final = _plain_run(loaded, train_task, eval_task, tcfg, progress)
+            adapters[ds] = (init, final)
+            recs[ds] = dict(
                 model=model_name,
                 dataset=ds,
                 metric=eval_task.metric,
@@ -157,25 +158,39 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 n_train=len(train_task.examples),
                 n_eval=len(eval_task.examples),
                 notes=[n for n in (train_task.note, eval_task.note) if n],
+                table1={"unprotected": plain},
+                table2={},
             )
-            plain, init, final = _plain_run(loaded, train_task, eval_task, tcfg, progress)
-            table1 = {"unprotected": plain}
-            for label, masks in (("obfuscatune", "orthogonal"), ("naive", "naive")):
-                settings = EnclaveSettings(mode=cfg.mode, masks=masks, lora_dropout=tcfg.dropout)
-                table1[label] = _obf_run(loaded, settings, init, train_task, eval_task, tcfg, progress)
-            table2 = {}
-            for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]:
-                settings = EnclaveSettings(
-                    mode=cfg.mode, masks=spec, session_seed=b"table2-fixed-seed".ljust(32, b".")
+        for label, masks in (("obfuscatune", "orthogonal"), ("naive", "naive")):
+            s = _session(loaded, EnclaveSettings(mode=cfg.mode, masks=masks, lora_dropout=tcfg.dropout))
+            for ds in cfg.datasets:
+                train_task, eval_task = tasks[ds]
+                recs[ds]["table1"][label] = _obf_run(
+                    s.enclave_channel, tok, adapters[ds][0], train_task, eval_task, tcfg, progress
                 )
-                table2[spec] = _sweep_point(loaded, settings, final, batch, ref, eval_task, progress)
-            records.append({**base, "table1": table1, "table2": table2})
+                records = [r for r in records if r["model"] != model_name] + list(recs.values())
+                _write(out, cfg, records, time.perf_counter() - t_start)
+            del s
+        for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]:
+            s = _session(loaded, EnclaveSettings(mode=cfg.mode, masks=spec))
+            ch = s.enclave_channel
+            err = float((ch.call("logits", **batch) - ref)[valid].abs().max())
+            for ds in [d for d in cfg.datasets if cfg.sweep_datasets is None or d in cfg.sweep_datasets]:
+                ch.call("import_adapter", tensors=adapters[ds][1])
+                metrics = driver.evaluate(ch, tok, tasks[ds][1], progress=progress)
+                recs[ds]["table2"][spec] = {"max_abs_logit_diff": err, "eval": metrics}
+            del s
+            records = [r for r in records if r["model"] != model_name] + list(recs.values())
             _write(out, cfg, records, time.perf_counter() - t_start)
     return _write(out, cfg, records, time.perf_counter() - t_start)
 
 
-def _acc(rec: dict, metric: str) -> float:
-    return float(rec["eval"][metric])
+def _acc(rec: dict | None, metric: str) -> float:
+    return float(rec["eval"][metric]) if rec else float("nan")
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "–" if value != value else format(value, spec)
 
 
 def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
@@ -188,12 +203,12 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
     for r in records:
         t = r["table1"]
         m = r["metric"]
+        cells = " | ".join(_fmt(_acc(t.get(k), m), ".3f") for k in ("unprotected", "obfuscatune", "naive"))
+        weights = " (RANDOM weights)" if r["weights_random"] else ""
         lines.append(
-            f"| {r['model']}{' (RANDOM weights)' if r['weights_random'] else ''} | {r['dataset']} | {m} | "
-            f"{r['n_train']} | {r['n_eval']} | {_acc(t['unprotected'], m):.3f} | "
-            f"{_acc(t['obfuscatune'], m):.3f} | {_acc(t['naive'], m):.3f} |"
+            f"| {r['model']}{weights} | {r['dataset']} | {m} | {r['n_train']} | {r['n_eval']} | {cells} |"
         )
-    specs = list(records[0]["table2"]) if records else []
+    specs = list(dict.fromkeys(s for r in records for s in r["table2"]))
     lines += [
         "",
         "## Table 2: condition-number sweep (fp32; max |logit diff| on real text / test accuracy)",
@@ -204,6 +219,8 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
     for r in records:
         cells = [
             f"{r['table2'][s]['max_abs_logit_diff']:.2e} / {_acc(r['table2'][s], r['metric']):.3f}"
+            if s in r["table2"]
+            else "–"
             for s in specs
         ]
         lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(cells) + " |")
@@ -234,17 +251,20 @@ def _plot(records: list[dict], path: Path) -> None:
             ("naive", "naive random"),
         )
     ):
-        vals = [_acc(r["table1"][key], r["metric"]) for r in records]
+        vals = [_acc(r["table1"].get(key), r["metric"]) for r in records]
         axes[0].bar(x + (k - 1) * 0.27, vals, width=0.27, label=name)
     axes[0].set_xticks(x, labels)
     axes[0].set_ylabel("test accuracy")
     axes[0].set_title("Table 1: accuracy after LoRA fine-tuning")
     axes[0].legend(fontsize=8)
-    specs = list(records[0]["table2"]) if records else []
+    specs = list(dict.fromkeys(s for r in records for s in r["table2"]))
     xs = np.arange(len(specs))
+    nan = float("nan")
+    if records and specs:
+        errs = [records[0]["table2"].get(s, {}).get("max_abs_logit_diff", nan) for s in specs]
+        axes[1].semilogy(xs, errs, "o-", color="black", label="same masks for every dataset")
     for r in records:
-        axes[1].semilogy(xs, [r["table2"][s]["max_abs_logit_diff"] for s in specs], "o-", label=r["dataset"])
-        axes[2].plot(xs, [_acc(r["table2"][s], r["metric"]) for s in specs], "o-", label=r["dataset"])
+        axes[2].plot(xs, [_acc(r["table2"].get(s), r["metric"]) for s in specs], "o-", label=r["dataset"])
     for ax, title in (
         (axes[1], "Table 2: max |logit diff| vs plain (fp32)"),
         (axes[2], "Table 2: test accuracy"),
