@@ -143,3 +143,26 @@ def test_unprovisioned_enclave_refuses_clearly():
     ch = InProcessChannel(Enclave(InProcessChannel(UntrustedCloud())))
     with pytest.raises(ProtocolError, match="provision"):
         ch.call("train_step", **batch())
+
+
+def test_mask_refresh_keeps_the_model_and_changes_the_coordinates():
+    from p3eft.obfuscatune.session import provision_model
+
+    model = tiny_gpt2(torch.float64)
+    s = session_from_model(model, EnclaveSettings(dtype="float64", lora_dropout=0.0))
+    ch = s.enclave_channel
+    ch.call("configure_training", optimizer="sgd", lr=0.5)
+    for i in range(2):
+        ch.call("train_step", **batch(seed=i))
+    data = batch(seed=7)
+    before = ch.call("logits", input_ids=data["input_ids"], attention_mask=data["attention_mask"])
+    w_before = s.cloud.layers["h.0.attn_in"][0].weight.clone()
+    a_before = ch.call("export_adapter")["tensors"]
+    provision_model(ch, model, refresh=True)
+    assert s.enclave.epoch == 1
+    after = ch.call("logits", input_ids=data["input_ids"], attention_mask=data["attention_mask"])
+    assert (after - before).abs().max().item() <= 1e-9  # same function (adapters carried over exactly)
+    assert not torch.allclose(s.cloud.layers["h.0.attn_in"][0].weight, w_before)  # new coordinates
+    a_after = ch.call("export_adapter")["tensors"]
+    assert all((a_after[k] - a_before[k]).abs().max().item() <= 1e-9 for k in a_before)
+    ch.call("train_step", **batch(seed=3))  # training goes on under the new masks

@@ -165,6 +165,7 @@ class Enclave:
         self.anchor = torch.zeros((), requires_grad=True)  # makes autograd call every boundary's backward
         self._meta: dict[str, Any] = {}
         self._cloud_state_pending: dict | None = None
+        self._refresh_adapters: dict | None = None
 
     # ----------------------------------------------------------------- model owner
     @remote
@@ -174,14 +175,24 @@ class Enclave:
         tensors: dict | None = None,
         done: bool = False,
         meta: dict | None = None,
+        refresh: bool = False,
     ) -> dict:
         """Receive the plaintext model (config first, then state-dict slices); ``done`` splits and uploads.
 
-        ``meta`` may carry ``{"name": str, "weights_random": bool}`` for reports.
+        ``meta`` may carry ``{"name": str, "weights_random": bool}`` for reports. ``refresh=True`` on a
+        provisioned enclave re-provisions the same model under a fresh mask epoch (the enclave keeps no
+        plaintext weights, so the model owner sends them again): the trained adapters are carried over
+        exactly (mapped through plain coordinates); the optimizer state starts afresh (ours).
         """
         if config is not None:
+            if self.split is not None and not refresh:
+                raise ProtocolError(
+                    "this enclave is already provisioned (pass refresh=True to draw new masks)"
+                )
             if self.split is not None:
-                raise ProtocolError("this enclave is already provisioned")
+                self._refresh_adapters = self.export_adapter()["tensors"]
+                self.split, self._boundaries = None, {}
+                self.epoch += 1
             self._config, self._pending = dict(config), {}
         if self._config is None:
             raise ProtocolError("provision: send the config first")
@@ -215,6 +226,9 @@ class Enclave:
         model.eval()
         self.split = split_model(model)
         self._obfuscate_and_upload()
+        if self._refresh_adapters is not None:
+            self.import_adapter(self._refresh_adapters)
+            self._refresh_adapters = None
 
     def _masks_for(self, g: BoundaryGroup) -> _Boundary:
         sides = mask_sides(self.settings.mode, g.role)

@@ -37,11 +37,16 @@ def provision_model(
     name: str = "",
     weights_random: bool = False,
     chunk_bytes: int = PROVISION_CHUNK_BYTES,
+    refresh: bool = False,
 ) -> dict:
-    """The model owner's upload: config, then the state dict in slices of at most ``chunk_bytes``."""
+    """The model owner's upload: config, then the state dict in slices of at most ``chunk_bytes``.
+    ``refresh`` re-provisions a live enclave under fresh masks (its adapters are carried over)."""
     cfg = model.config.to_dict()
     enclave.call(
-        "provision", config=_jsonable(cfg), meta={"name": name, "weights_random": bool(weights_random)}
+        "provision",
+        config=_jsonable(cfg),
+        meta={"name": name, "weights_random": bool(weights_random)},
+        refresh=refresh,
     )
     batch: dict[str, torch.Tensor] = {}
     size = 0
