@@ -7,7 +7,10 @@ same mask seed. Batches are real PIQA text packed to ``--seq-len`` tokens. Bytes
 the wire above TLS (TLS records add a few percent more). Warm-up steps are not timed.
 
     .venv/bin/python benchmarks/runtime.py [--model tiny|smollm2-135m|FOLDER] [--batch-size 2]
-        [--seq-len 64] [--steps 5] [--warmup 1] [--json FILE]
+        [--seq-len 64] [--steps 5] [--warmup 1] [--threads 1] [--json FILE]
+
+Every process (this one, the cloud, the enclave) gets ``--threads`` intra-op threads: on a shared
+2-core machine two OpenMP threads per process are pathologically slow (see ``runtime.demo``).
 
 ``tiny`` is a GPT-2 architecture (4 layers, width 256, GPT-2 vocabulary) with random weights: the
 transport costs depend on shapes, not on what the weights learned.
@@ -33,6 +36,7 @@ from p3eft.models import load_causal_lm
 from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.session import provision_model, session_from_model
 from p3eft.runtime.connect import open_enclave_channel
+from p3eft.runtime.demo import thread_env
 from p3eft.runtime.launch import PartyGroup, connect_attested, p3eft_argv
 from p3eft.runtime.pki import init_keys
 
@@ -87,8 +91,11 @@ def main() -> int:
     ap.add_argument("--seq-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="intra-op threads in every process (default 1)")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    env = thread_env(args.threads)
 
     work = Path(tempfile.mkdtemp(prefix="p3eft-bench-runtime-"))
     try:
@@ -104,7 +111,9 @@ def main() -> int:
 
         with PartyGroup(work / "logs") as group:
             cloud = group.start(
-                "cloud", p3eft_argv("serve", "cloud", "--certs", str(certs), "--ready-file", "{ready}")
+                "cloud",
+                p3eft_argv("serve", "cloud", "--certs", str(certs), "--ready-file", "{ready}"),
+                env=env,
             )
             enclave = group.start(
                 "enclave",
@@ -165,7 +174,7 @@ def main() -> int:
         "weights_random": loaded.weights_random or args.model == "tiny",
         "batch": [args.batch_size, args.seq_len],
         "steps_timed": args.steps,
-        "threads": torch.get_num_threads(),
+        "threads": args.threads,
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
         "platform": platform.platform(),

@@ -23,6 +23,7 @@ def register(app: typer.Typer) -> None:
         in_process: bool = typer.Option(
             True, "--in-process/--no-in-process", help="Also run in-process to compare the final loss."
         ),
+        threads: int = typer.Option(1, "--threads", help="Intra-op threads per party process."),
     ) -> None:
         """Run the networked ObfuscaTune demo (cloud, enclave, model owner, data owner as processes)."""
         from p3eft.runtime.demo import DemoConfig, run_demo
@@ -35,6 +36,7 @@ def register(app: typer.Typer) -> None:
             eval_limit=eval_limit,
             out=str(out),
             in_process=in_process,
+            threads=threads,
         )
         s = run_demo(cfg, echo=typer.echo)
         weights = "RANDOM weights" if s.get("weights_random") else "real weights"

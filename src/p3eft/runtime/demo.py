@@ -49,11 +49,19 @@ class DemoConfig:
     checkpoint_every: int = 2
     out: str = "runs/demo"
     in_process: bool = True
+    threads: int = 1  # per process; see run_demo
 
 
-def _run_child(group: PartyGroup, name: str, argv: list[str], timeout_s: float) -> int:
+def thread_env(threads: int) -> dict[str, str]:
+    """Intra-op threads per party process. Default 1 (ours): the parties take turns, and on a busy
+    2-core machine two OpenMP threads per process made a SmolLM2 step ~10x slower (measured 20 s vs
+    2.1 s in-process), while one thread each loses little when the machine is idle."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def _run_child(group: PartyGroup, name: str, argv: list[str], timeout_s: float, env: dict[str, str]) -> int:
     """Run a one-shot party process to completion; its pid is returned for the report."""
-    proc = group.start(name, argv, wait_ready=False)
+    proc = group.start(name, argv, wait_ready=False, env=env)
     code = proc.wait(timeout_s)
     if code != 0:
         raise P3eftError(f"the {name} process failed (exit {code}); log {proc.log_path}:\n{proc.tail(8)}")
@@ -78,10 +86,11 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
     ]  # fmt: skip
     t0 = time.perf_counter()
     parties: dict[str, int] = {}
+    env = thread_env(cfg.threads)
     with PartyGroup(out / "logs") as group:
         echo(f"[demo] dev keys in {certs}; starting the cloud and the enclave on 127.0.0.1 (free ports)")
         cloud = group.start(
-            "cloud", p3eft_argv("serve", "cloud", "--certs", str(certs), "--ready-file", "{ready}")
+            "cloud", p3eft_argv("serve", "cloud", "--certs", str(certs), "--ready-file", "{ready}"), env=env
         )
         enclave = group.start(
             "enclave",
@@ -102,7 +111,8 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 seed.hex(),
                 "--ready-file",
                 "{ready}",
-            ),  # fmt: skip
+            ),
+            env=env,
         )
         parties["cloud"], parties["enclave"] = cloud.pid, enclave.pid
         echo(f"[demo] cloud pid {cloud.pid} at {cloud.url}; enclave pid {enclave.pid} at {enclave.url}")
@@ -123,6 +133,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 str(out / "upload.json"),
             ),  # fmt: skip
             timeout_s=900,
+            env=env,
         )
         echo(f"[demo] data owner: attest the enclave, fine-tune {cfg.steps} steps on {cfg.dataset}")
         parties["data-owner"] = _run_child(
@@ -143,6 +154,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 *train_args,
             ),  # fmt: skip
             timeout_s=1800,
+            env=env,
         )
         echo(
             f"[demo] data owner: evaluate the fine-tuned enclave on {cfg.eval_limit} {cfg.dataset} questions"
@@ -170,6 +182,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 "--no-progress",
             ),  # fmt: skip
             timeout_s=900,
+            env=env,
         )
         status = _enclave_status(enclave.url, certs)
     networked = json.loads((out / "networked.json").read_text())
@@ -220,6 +233,7 @@ def _in_process(cfg: DemoConfig, seed: bytes, out: Path, net_adapter: Path) -> d
     from p3eft.obfuscatune.enclave import EnclaveSettings
     from p3eft.tuning import TrainConfig
 
+    torch.set_num_threads(cfg.threads)  # the same intra-op threads as each networked party
     t0 = time.perf_counter()
     train = TrainConfig(
         lr=cfg.lr,
