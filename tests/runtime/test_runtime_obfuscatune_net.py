@@ -152,6 +152,29 @@ def test_networked_run_equals_in_process(world, reference):
     _assert_same_adapter(adapter, reference["adapter"])
 
 
+def test_mask_refresh_from_the_model_owner_process(world):
+    """`model-owner upload --refresh` makes the live enclave draw a new mask epoch; the trained
+    adapter carries over (up to float32 rounding through the masks) and the new epoch is sealed."""
+    with PartyGroup(world["dir"] / "refresh") as group:
+        _, enclave = _start(world, group, "refresh", k=100)
+        ch = open_enclave_channel(enclave.url, world["certs"])
+        cfg = TrainConfig(max_steps=2, **CONFIG)
+        driver.finetune(ch, world["tokenizer"], world["train"], cfg, progress=False)
+        before = ch.call("export_adapter")
+        argv = ["model-owner", "upload", "--model", str(world["folder"]), "--enclave", enclave.url]
+        up = subprocess.run(
+            p3eft_argv(*argv, "--certs", str(world["certs"]), "--refresh"), capture_output=True, text=True
+        )
+        assert up.returncode == 0, up.stderr
+        after = ch.call("export_adapter")
+        status = ch.call("runtime_status")
+        ch.close()
+    assert status["checkpoint_calls"] == status["calls"]  # sealed right after the refresh
+    for key, t in before["tensors"].items():
+        assert torch.allclose(after["tensors"][key], t, atol=1e-5), key
+    assert (world["dir"] / "refresh" / "state" / "checkpoint.sealed").is_file()
+
+
 def test_kill_cloud_then_enclave_resumes_to_the_same_adapter(world, reference):
     with PartyGroup(world["dir"] / "faults") as group:
         cloud, enclave = _start(world, group, "faults", k=2)

@@ -18,11 +18,14 @@ def upload(
     dtype: str = typer.Option("float32", "--dtype", help="float32 or float64 (must match the enclave)."),
     chunk_mb: int = typer.Option(32, "--chunk-mb", help="State-dict bytes per provisioning message."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the upload summary here."),
+    refresh: bool = typer.Option(
+        False, "--refresh", help="Re-provision a live enclave so it draws fresh masks (adapters kept)."
+    ),
 ) -> None:
     """Verify the enclave's attestation, then stream the model's weights to it (never to the cloud)."""
     from p3eft.runtime.model_owner import upload as do_upload
 
-    summary = do_upload(model, enclave, certs, dtype=dtype, chunk_mb=chunk_mb)
+    summary = do_upload(model, enclave, certs, dtype=dtype, chunk_mb=chunk_mb, refresh=refresh)
     typer.echo(
         f"provisioned {summary['model']} ({summary['bytes_sent'] / 2**20:.1f} MiB sent to the attested enclave "
         f"in {summary['seconds']:.1f} s)"

@@ -96,6 +96,7 @@ class EnclaveHost:
         self.checkpoints_written = 0
         self.restores = 0
         self._parts = 0
+        self._refreshing = False
         self.seed = self._load_or_make_seed(session_seed)
         self.cloud.reconnect(cloud_wait_s)
         self.role = self._new_role()
@@ -191,6 +192,12 @@ class EnclaveHost:
 
     # -- provisioning ------------------------------------------------------------------------
     def _provision(self, kwargs: dict[str, Any]) -> Any:
+        if kwargs.get("refresh"):
+            self._refreshing = True
+        elif kwargs.get("config") is not None:
+            self._refreshing = False
+        if self._refreshing:
+            return self._refresh(kwargs)
         if kwargs.get("config") is not None:  # a new upload starts a new model and a new job
             shutil.rmtree(self.model_dir, ignore_errors=True)
             self.store.path.unlink(missing_ok=True)
@@ -211,6 +218,26 @@ class EnclaveHost:
             ) from err
         if kwargs.get("done"):
             self.sealer.write(self.model_dir / "manifest.sealed", {"parts": self._parts}, "p3eft-model")
+        return result
+
+    def _refresh(self, kwargs: dict[str, Any]) -> Any:
+        """A mask refresh (ObfuscaTune: the model owner re-sends the same model with ``refresh=True``).
+
+        The sealed model parts stay as they are (same model); the role draws the next mask epoch. A
+        checkpoint is sealed as soon as the refresh completes, so a restart restores the new epoch.
+        """
+        if not self._model_complete():
+            raise ProtocolError("refresh needs a provisioned enclave")
+        try:
+            result = resolve_remote(self.role, self.policy.provision_method)(**kwargs)
+        except PartyUnavailableError as err:
+            self._recover_cloud(err)
+            raise PartyUnavailableError(
+                f"the cloud failed during the refresh ({err}); refresh again"
+            ) from err
+        if kwargs.get("done"):
+            self._refreshing = False
+            self.checkpoint()
         return result
 
     # -- checkpoints and recovery ------------------------------------------------------------

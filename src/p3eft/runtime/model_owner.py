@@ -25,8 +25,13 @@ def upload(
     dtype: str = "float32",
     chunk_mb: int = 32,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    refresh: bool = False,
 ) -> dict[str, Any]:
-    """Load ``model`` (registry name or folder), attest the enclave, provision it; return a summary."""
+    """Load ``model`` (registry name or folder), attest the enclave, provision it; return a summary.
+
+    ``refresh`` re-provisions a live enclave so that it draws a new mask epoch (ObfuscaTune keeps no
+    plaintext weights in the enclave, so the model owner sends them again; adapters carry over).
+    """
     from p3eft.models import load_causal_lm
     from p3eft.obfuscatune.session import provision_model
 
@@ -39,6 +44,7 @@ def upload(
             name=loaded.spec.name,
             weights_random=loaded.weights_random,
             chunk_bytes=chunk_mb * 2**20,
+            refresh=refresh,
         )
         sent = channel.stats.bytes_sent
     return {
