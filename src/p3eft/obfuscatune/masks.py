@@ -203,10 +203,10 @@ class _PermutedOrthogonal(Mask):
         raise NotImplementedError
 
     def right(self, x):
-        return self._k(x[..., self.p1], False)[..., self.p2]
+        return self._k(x.index_select(-1, self.p1), False).index_select(-1, self.p2)
 
     def right_inv(self, x):  # R^-1 = P2^T K^T P1^T
-        return self._k(x[..., self.p2_inv], True)[..., self.p1_inv]
+        return self._k(x.index_select(-1, self.p2_inv), True).index_select(-1, self.p1_inv)
 
     right_inv_t = right  # orthogonal: R^-T = R
 
@@ -222,12 +222,18 @@ class KronMask(_PermutedOrthogonal):
         self.sizes = [f.shape[0] for f in factors]
 
     def _k(self, x, transpose):
+        # one batched matmul per factor on a (pre, f, post) view: no axis moves, no extra copies
         lead = x.shape[:-1]
-        y = x.reshape(*lead, *self.sizes)
-        nd = y.dim()
+        y = x.reshape(-1, self.n)
+        rows = y.shape[0]
         for i, f in enumerate(self.factors):
-            axis = nd - len(self.sizes) + i
-            y = torch.movedim(torch.movedim(y, axis, -1) @ (f.T if transpose else f), -1, axis)
+            fi = self.sizes[i]
+            post = math.prod(self.sizes[i + 1 :])
+            m = f.T if transpose else f
+            if post == 1:
+                y = y.reshape(-1, fi) @ m
+            else:
+                y = m.T @ y.reshape(rows * math.prod(self.sizes[:i]), fi, post)
         return y.reshape(*lead, self.n)
 
     def macs_per_row(self) -> int:
@@ -246,9 +252,9 @@ class BlockPermMask(_PermutedOrthogonal):
 
     def _k(self, x, transpose):
         m, b, _ = self.blocks.shape
-        y = x.reshape(*x.shape[:-1], m, 1, b)
+        y = x.reshape(-1, m, b).transpose(0, 1)  # (m, rows, b): one bmm over the blocks
         w = self.blocks.transpose(-1, -2) if transpose else self.blocks
-        return (y @ w).reshape(*x.shape[:-1], self.n)
+        return torch.bmm(y, w).transpose(0, 1).reshape(*x.shape[:-1], self.n)
 
     def macs_per_row(self) -> int:
         return self.n * self.blocks.shape[1]
