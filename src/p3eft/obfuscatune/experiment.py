@@ -271,7 +271,8 @@ def _plot(records: list[dict], path: Path) -> None:
     ):
         ax.set_xticks(xs, [s.replace("cond:", "κ=") for s in specs])
         ax.set_title(title)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
     axes[2].set_ylabel("test accuracy")
     model = ", ".join(sorted({r["model"] for r in records}))
     fig.suptitle(f"ObfuscaTune on {model}")
