@@ -35,9 +35,10 @@ def upload(
     from p3eft.models import load_causal_lm
     from p3eft.obfuscatune.session import provision_model
 
-    loaded = load_causal_lm(model, dtype=torch.float64 if dtype == "float64" else torch.float32)
-    t0 = time.perf_counter()
+    # attest first: a wrong address or a failed quote should not wait for the model to load
     with connect_attested(enclave_url, certs, "model-owner", max_message_bytes) as channel:
+        loaded = load_causal_lm(model, dtype=torch.float64 if dtype == "float64" else torch.float32)
+        t0 = time.perf_counter()
         info = provision_model(
             channel,
             loaded.model,
