@@ -60,24 +60,21 @@ _register()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; return the exit code (0 on success, 2 on a user error)."""
+    """Run the CLI; return the exit code (0 on success, 2 on a user error).
+
+    Click's standalone mode handles usage errors, ``--help`` and bare groups (it exits through
+    ``SystemExit``); our own user errors are caught here so that they print one line, not a traceback.
+    """
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="p3eft")
     except P3eftError as err:
         print(f"p3eft: error: {err}", file=sys.stderr)
         return 2
-    except typer.Exit as ex:
-        return ex.exit_code
-    except typer.Abort:
-        print("p3eft: aborted", file=sys.stderr)
+    except SystemExit as ex:
+        if ex.code is None or isinstance(ex.code, int):
+            return ex.code or 0
+        print(ex.code, file=sys.stderr)
         return 1
-    except Exception as err:  # click usage errors carry their own message and exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            return err.exit_code
-        raise
     return 0
 
 
