@@ -285,7 +285,9 @@ def main() -> None:
             f"\n## 2. Fine-tuning step and inference, {args.model}, batch {args.batch} x {args.seq} tokens, CPU "
             f"(enclave and accelerator share {torch.get_num_threads()} threads)\n"
         )
-        speed, memory = speed_section(args.model, ["orthogonal", "kron"], args.batch, args.seq, args.steps)
+        speed, memory = speed_section(
+            args.model, ["orthogonal", "kron", "blockperm:32"], args.batch, args.seq, args.steps
+        )
         out["speed"] = speed
         out["resident_memory"] = memory
         print(
