@@ -216,7 +216,7 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
         "| model | dataset | " + " | ".join(specs) + " |",
         "|---|---|" + "---|" * len(specs),
     ]
-    for r in records:
+    for r in [r for r in records if r["table2"]]:
         cells = [
             f"{r['table2'][s]['max_abs_logit_diff']:.2e} / {_acc(r['table2'][s], r['metric']):.3f}"
             if s in r["table2"]
@@ -263,7 +263,7 @@ def _plot(records: list[dict], path: Path) -> None:
     if records and specs:
         errs = [records[0]["table2"].get(s, {}).get("max_abs_logit_diff", nan) for s in specs]
         axes[1].semilogy(xs, errs, "o-", color="black", label="same masks for every dataset")
-    for r in records:
+    for r in [r for r in records if r["table2"]]:
         axes[2].plot(xs, [_acc(r["table2"].get(s), r["metric"]) for s in specs], "o-", label=r["dataset"])
     for ax, title in (
         (axes[1], "Table 2: max |logit diff| vs plain (fp32)"),
