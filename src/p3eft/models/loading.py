@@ -112,10 +112,17 @@ def parameter_count_from_config(spec: ModelSpec) -> int:
     return count_parameters(model)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.model", "spiece.model")
+
+
 def _load_tokenizer(spec: ModelSpec, weights_dir: Path | str | None) -> Any:
     sources.ensure_offline()
     from transformers import AutoTokenizer, BertTokenizerFast, GPT2TokenizerFast
 
+    if isinstance(weights_dir, Path) and not any((weights_dir / f).is_file() for f in _TOKENIZER_FILES):
+        # transformers 5 builds an *empty* tokenizer from a folder without tokenizer files (every text
+        # becomes zero tokens), so such a folder falls back to the family's shipped tokenizer.
+        weights_dir = None
     if weights_dir is not None:
         try:
             tok = AutoTokenizer.from_pretrained(weights_dir)

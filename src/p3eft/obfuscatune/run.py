@@ -45,11 +45,9 @@ def open_remote_enclave(url: str, certs: str | Path | None) -> Channel:
 
 def data_owner_tokenizer(model: str) -> Any:
     """The tokenizer alone (the data owner holds no model weights when the enclave is remote)."""
-    from p3eft.models import loading
+    from p3eft.models import load_tokenizer
 
-    spec = loading.resolve_spec(model)
-    where, _ = loading._weights_dir(spec)
-    return loading._load_tokenizer(spec, where)
+    return load_tokenizer(model)
 
 
 def _sealing_key(out: Path) -> bytes:
