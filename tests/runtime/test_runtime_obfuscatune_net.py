@@ -47,7 +47,7 @@ def world(tmp_path_factory):
     d = tmp_path_factory.mktemp("obfnet")
     torch.manual_seed(0)
     cfg = transformers.GPT2Config(
-        n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0
+        n_embd=32, n_layer=2, n_head=2, n_positions=64, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1
     )
     model = transformers.GPT2LMHeadModel(cfg).eval()
     folder = d / "tiny-gpt2"

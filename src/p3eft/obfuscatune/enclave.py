@@ -326,7 +326,11 @@ class Enclave:
         self._calls = 0
         self.cloud.call("zero_grad")
         try:
-            with torch.enable_grad():
+            # The enclave's own dropout (GPT-2's attention/residual dropout) draws from a generator
+            # seeded by the session secret and the step, not from whatever the process-global RNG
+            # went through: in-process, networked and resumed runs then see the same draws.
+            with torch.random.fork_rng(devices=[]), torch.enable_grad():
+                torch.manual_seed(self._dropout_seed())
                 out = model(
                     input_ids=input_ids.long(), attention_mask=attention_mask.long(), labels=labels.long()
                 )
@@ -337,6 +341,12 @@ class Enclave:
             model.eval()
         self.cloud.call("step")
         return {"loss": float(out.loss.detach()), "step": self._step}
+
+    def _dropout_seed(self) -> int:
+        digest = hashlib.blake2b(
+            self._secret + self._step.to_bytes(8, "little"), digest_size=8, person=b"p3eft-dropout"
+        ).digest()
+        return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
     @remote
     def logits(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
