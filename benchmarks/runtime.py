@@ -37,7 +37,7 @@ from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.session import provision_model, session_from_model
 from p3eft.runtime.connect import open_enclave_channel
 from p3eft.runtime.demo import thread_env
-from p3eft.runtime.launch import PartyGroup, connect_attested, p3eft_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, connect_attested, enclave_argv
 from p3eft.runtime.pki import init_keys
 
 SEED = bytes(range(32))
@@ -110,31 +110,13 @@ def main() -> int:
         init_keys(certs)
 
         with PartyGroup(work / "logs") as group:
-            cloud = group.start(
-                "cloud",
-                p3eft_argv("serve", "cloud", "--certs", str(certs), "--ready-file", "{ready}"),
-                env=env,
-            )
+            cloud = group.start("cloud", cloud_argv(certs), env=env)
             enclave = group.start(
                 "enclave",
-                p3eft_argv(
-                    "serve",
-                    "enclave",
-                    "--certs",
-                    str(certs),
-                    "--cloud",
-                    cloud.url,
-                    "--state-dir",
-                    str(work / "state"),
-                    "--checkpoint-every",
-                    str(10**6),
-                    "--settings",
-                    json.dumps(LORA),
-                    "--session-seed",
-                    SEED.hex(),
-                    "--ready-file",
-                    "{ready}",
-                ),  # fmt: skip
+                enclave_argv(
+                    certs, cloud.url, work / "state", checkpoint_every=10**6, settings=LORA, session_seed=SEED
+                ),
+                env=env,
             )
             t0 = time.perf_counter()
             with connect_attested(enclave.url, certs, "model-owner") as mo:

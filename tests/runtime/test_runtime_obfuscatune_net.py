@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import socket
 import subprocess
@@ -24,7 +23,7 @@ from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.run import data_owner_tokenizer
 from p3eft.obfuscatune.session import session_from_model
 from p3eft.runtime.connect import open_enclave_channel
-from p3eft.runtime.launch import PartyGroup, p3eft_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, p3eft_argv
 from p3eft.runtime.pki import init_keys
 from p3eft.tuning import TrainConfig
 
@@ -82,31 +81,17 @@ def reference(world):
 
 def _start(world, group: PartyGroup, name: str, k: int):
     certs, cport, eport = world["certs"], _free_port(), _free_port()
-    cloud = group.start(
-        "cloud",
-        p3eft_argv("serve", "cloud", "--certs", str(certs), "--port", str(cport), "--ready-file", "{ready}"),
-    )
+    cloud = group.start("cloud", cloud_argv(certs, port=cport))
     enclave = group.start(
         "enclave",
-        p3eft_argv(
-            "serve",
-            "enclave",
-            "--certs",
-            str(certs),
-            "--cloud",
+        enclave_argv(
+            certs,
             cloud.url,
-            "--port",
-            str(eport),
-            "--state-dir",
-            str(world["dir"] / name / "state"),
-            "--checkpoint-every",
-            str(k),
-            "--settings",
-            json.dumps(LORA),
-            "--session-seed",
-            SEED.hex(),
-            "--ready-file",
-            "{ready}",
+            world["dir"] / name / "state",
+            checkpoint_every=k,
+            settings=LORA,
+            session_seed=SEED,
+            port=eport,
         ),
     )
     up = subprocess.run(

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from p3eft.errors import P3eftError
-from p3eft.runtime.launch import PartyGroup, p3eft_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, p3eft_argv
 from p3eft.runtime.pki import init_keys
 
 
@@ -89,28 +89,16 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
     env = thread_env(cfg.threads)
     with PartyGroup(out / "logs") as group:
         echo(f"[demo] dev keys in {certs}; starting the cloud and the enclave on 127.0.0.1 (free ports)")
-        cloud = group.start(
-            "cloud", p3eft_argv("serve", "cloud", "--certs", str(certs), "--ready-file", "{ready}"), env=env
-        )
+        cloud = group.start("cloud", cloud_argv(certs), env=env)
         enclave = group.start(
             "enclave",
-            p3eft_argv(
-                "serve",
-                "enclave",
-                "--certs",
-                str(certs),
-                "--cloud",
+            enclave_argv(
+                certs,
                 cloud.url,
-                "--state-dir",
-                str(out / "state"),
-                "--checkpoint-every",
-                str(cfg.checkpoint_every),
-                "--settings",
-                json.dumps(settings),
-                "--session-seed",
-                seed.hex(),
-                "--ready-file",
-                "{ready}",
+                out / "state",
+                checkpoint_every=cfg.checkpoint_every,
+                settings=settings,
+                session_seed=seed,
             ),
             env=env,
         )

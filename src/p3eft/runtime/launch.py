@@ -296,3 +296,30 @@ class PartyGroup:
 def p3eft_argv(*args: str) -> list[str]:
     """The command line that runs ``p3eft ARGS`` with this interpreter."""
     return [sys.executable, "-m", "p3eft.cli.main", *args]
+
+
+def cloud_argv(certs: str | Path, *, port: int = 0) -> list[str]:
+    """``p3eft serve cloud`` on a given port (0: the OS picks a free one), announcing itself when ready."""
+    return p3eft_argv("serve", "cloud", "--certs", str(certs), "--port", str(port), "--ready-file", "{ready}")
+
+
+def enclave_argv(
+    certs: str | Path,
+    cloud_url: str,
+    state_dir: str | Path,
+    *,
+    checkpoint_every: int,
+    settings: dict[str, Any],
+    session_seed: bytes | None = None,
+    port: int = 0,
+) -> list[str]:
+    """``p3eft serve enclave`` wired to a cloud, with its sealed state folder and LoRA settings.
+
+    ``session_seed`` fixes the mask seed; only reproducibility checks (demo, tests, benchmarks) pass it.
+    """
+    argv = ["serve", "enclave", "--certs", str(certs), "--cloud", cloud_url, "--port", str(port)]
+    argv += ["--state-dir", str(state_dir), "--checkpoint-every", str(checkpoint_every)]
+    argv += ["--settings", json.dumps(settings), "--ready-file", "{ready}"]
+    if session_seed is not None:
+        argv += ["--session-seed", session_seed.hex()]
+    return p3eft_argv(*argv)
