@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -45,30 +46,22 @@ def finetune(
     out: Path = typer.Option(
         ..., "--out", help="Output folder: adapter/ (plain PEFT), checkpoints/, results.json."
     ),
-    model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
+    model: str = opt.MODEL,
     dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa or sciq."),
-    max_steps: int = typer.Option(
-        100, "--max-steps", help="Optimiser steps in total (a resumed run counts earlier ones)."
-    ),
-    limit: int | None = typer.Option(None, "--limit", help="Use only the first N training examples."),
-    checkpoint_every: int = typer.Option(
-        0, "--checkpoint-every", help="Checkpoint every K steps (0: only at the end)."
-    ),
+    max_steps: int = opt.MAX_STEPS,
+    limit: int | None = opt.TRAIN_LIMIT,
+    checkpoint_every: int = opt.CHECKPOINT_EVERY,
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the latest sealed checkpoint in --out."
     ),
-    data_dir: Path | None = typer.Option(
-        None, "--data-dir", help="Dataset folder (default: $P3EFT_DATA, ../shared/data)."
-    ),
-    lr: float = typer.Option(3e-5, "--lr"),
-    rank: int = typer.Option(16, "--rank"),
-    alpha: float = typer.Option(32.0, "--alpha"),
-    dropout: float = typer.Option(0.05, "--dropout"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_len: int = typer.Option(
-        256, "--max-len", help="Longest training sequence in tokens (cut from the left)."
-    ),
-    seed: int = typer.Option(0, "--seed"),
+    data_dir: Path | None = opt.DATA_DIR,
+    lr: float = opt.LR,
+    rank: int = opt.RANK,
+    alpha: float = opt.ALPHA,
+    dropout: float = opt.DROPOUT,
+    batch_size: int = opt.BATCH_SIZE,
+    max_len: int = opt.MAX_LEN,
+    seed: int = opt.SEED,
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (runs on the untrusted side)."),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
     masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
@@ -79,16 +72,17 @@ def finetune(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
     certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
-    json_out: Path | None = typer.Option(None, "--json", help="Also write the results JSON here."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    json_out: Path | None = opt.JSON_OUT,
+    progress: bool = opt.PROGRESS,
 ) -> None:
     """Fine-tune with LoRA through the enclave/untrusted-accelerator split; export a plain PEFT adapter."""
     from p3eft.obfuscatune import run
-    from p3eft.tuning import TrainConfig
 
     if optimizer not in ("adamw", "sgd"):
         raise P3eftError(f"--optimizer must be adamw or sgd, not {optimizer!r}")
-    cfg = TrainConfig(
+    cfg = opt.train_config(
+        out,
+        limit=limit,
         lr=lr,
         rank=rank,
         alpha=alpha,
@@ -98,7 +92,6 @@ def finetune(
         max_len=max_len,
         seed=seed,
         checkpoint_every=checkpoint_every,
-        out_dir=str(out),
     )
     res = run.finetune(
         model,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli import options as opt
 from p3eft.errors import P3eftError, UnknownNameError
 
 _OTHER_SCHEMES = {
@@ -46,57 +47,46 @@ def register(app: typer.Typer) -> None:
         scheme: str = typer.Option(
             "plain", "--scheme", help="plain (here); obfuscatune/privtuner have their own groups."
         ),
-        model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
+        model: str = opt.MODEL,
         dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa, sciq or sst2."),
-        max_steps: int = typer.Option(
-            100, "--max-steps", help="Optimiser steps in total (a resumed run counts earlier ones)."
-        ),
-        limit: int | None = typer.Option(None, "--limit", help="Use only the first N training examples."),
-        checkpoint_every: int = typer.Option(
-            0, "--checkpoint-every", help="Checkpoint every K steps (0: only at the end)."
-        ),
+        max_steps: int = opt.MAX_STEPS,
+        limit: int | None = opt.TRAIN_LIMIT,
+        checkpoint_every: int = opt.CHECKPOINT_EVERY,
         resume: bool = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out."),
-        data_dir: Path | None = typer.Option(
-            None, "--data-dir", help="Dataset folder (default: $P3EFT_DATA, ../shared/data)."
-        ),
-        lr: float = typer.Option(3e-5, "--lr"),
-        rank: int = typer.Option(16, "--rank"),
-        alpha: float = typer.Option(32.0, "--alpha"),
-        dropout: float = typer.Option(0.05, "--dropout"),
-        batch_size: int = typer.Option(8, "--batch-size"),
-        max_len: int = typer.Option(
-            256, "--max-len", help="Longest training sequence in tokens (cut from the left)."
-        ),
-        seed: int = typer.Option(0, "--seed"),
+        data_dir: Path | None = opt.DATA_DIR,
+        lr: float = opt.LR,
+        rank: int = opt.RANK,
+        alpha: float = opt.ALPHA,
+        dropout: float = opt.DROPOUT,
+        batch_size: int = opt.BATCH_SIZE,
+        max_len: int = opt.MAX_LEN,
+        seed: int = opt.SEED,
         target_modules: str | None = typer.Option(
             None,
             "--target-modules",
             help="Comma-separated module names (default: all attention and MLP linears).",
         ),
-        json_out: Path | None = typer.Option(None, "--json", help="Also write the results JSON here."),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        json_out: Path | None = opt.JSON_OUT,
+        progress: bool = opt.PROGRESS,
     ) -> None:
         """Fine-tune with LoRA (plain reference; the schemes have their own command groups)."""
         _check_scheme(scheme)
-        from p3eft.tuning import TrainConfig, finetune_plain
+        from p3eft.tuning import finetune_plain
         from p3eft.tuning.plain import write_json
 
-        if limit is not None and limit <= 0:
-            raise P3eftError(f"--limit must be a positive number of examples, got {limit}")
-        if checkpoint_every < 0:
-            raise P3eftError(f"--checkpoint-every must be >= 0, got {checkpoint_every}")
-        config = TrainConfig(
+        config = opt.train_config(
+            out,
             lr=lr,
             rank=rank,
             alpha=alpha,
             dropout=dropout,
-            target_modules=[m.strip() for m in target_modules.split(",")] if target_modules else None,
             batch_size=batch_size,
             max_steps=max_steps,
             max_len=max_len,
             seed=seed,
             checkpoint_every=checkpoint_every,
-            out_dir=str(out),
+            limit=limit,
+            target_modules=[m.strip() for m in target_modules.split(",")] if target_modules else None,
         )
         res = finetune_plain(
             model, dataset, out, config, limit=limit, data_dir=data_dir, resume=resume, progress=progress
