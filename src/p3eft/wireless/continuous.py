@@ -187,15 +187,7 @@ class DualSolver:
                 cap[:] = True
             p[cap] = s.p_max_w
             tx[cap] = cd[cap] / (b[cap] * np.log1p(s.p_max_w * pr.g[cap] / (pr.n0 * b[cap])))
-            return {
-                "f": f,
-                "f_s": fs,
-                "b": b,
-                "p": p,
-                "t_enc": c.enc_cycles / f,
-                "t_tx": tx,
-                "t_srv": c.server_cycles / fs,
-            }
+            return _resources(c, f, fs, b, p, tx)
         # transmission: unconstrained power first
         a = w1 * pr.n0 / pr.g
         z = _kinv(np.sqrt(nu * lam) / (a * np.sqrt(cd)))
@@ -212,15 +204,7 @@ class DualSolver:
             b[cap] = amp / x
             tx[cap] = c.bits[cap] * LN2 / (b[cap] * np.log1p(x))
             p[cap] = s.p_max_w
-        return {
-            "f": f,
-            "f_s": fs,
-            "b": b,
-            "p": p,
-            "t_enc": c.enc_cycles / f,
-            "t_tx": tx,
-            "t_srv": c.server_cycles / fs,
-        }
+        return _resources(c, f, fs, b, p, tx)
 
     def _lam_for(self, c: UserCosts, nu: float, mu: float) -> np.ndarray:
         self.evals += 1
@@ -365,3 +349,18 @@ def make_solution(
         energy=energy,
         **extra,  # type: ignore[arg-type]
     )
+
+
+def _resources(
+    c: UserCosts, f: np.ndarray, fs: np.ndarray, b: np.ndarray, p: np.ndarray, tx: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Per-user resources with the stage times they imply (encryption, upload, server)."""
+    return {
+        "f": f,
+        "f_s": fs,
+        "b": b,
+        "p": p,
+        "t_enc": c.enc_cycles / f,
+        "t_tx": tx,
+        "t_srv": c.server_cycles / fs,
+    }
