@@ -2,7 +2,7 @@
 
 The cloud and the enclave run as their own processes on 127.0.0.1 (mutual TLS, attested and
 encrypted enclave session); this script is the model owner (it uploads) and the data owner (it
-trains). The same steps then run through :class:`~p3eft.runtime.channel.InProcessChannel`, with the
+trains). The same steps then run through :class:`~p3eft.channel.InProcessChannel`, with the
 same mask seed. Batches are real PIQA text packed to ``--seq-len`` tokens. Bytes are frame bytes on
 the wire above TLS (TLS records add a few percent more). Warm-up steps are not timed.
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from p3eft.channel import InProcessChannel, remote_methods
 from p3eft.errors import ProtocolError
 from p3eft.fhe import nonlinear, ops, tensor
 from p3eft.fhe.context import CkksContext
 from p3eft.fhe.params import get_param_set
 from p3eft.fhe.roles import KeyHolder, RemoteRefresher
-from p3eft.runtime.channel import InProcessChannel, remote_methods
 
 
 def test_refresh_through_a_channel_drives_a_deep_function(rng):

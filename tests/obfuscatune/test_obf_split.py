@@ -51,9 +51,9 @@ def test_boundary_traffic_is_masked():
             return super().forward(layer, x, tag)
 
     Spy.forward.__p3eft_remote__ = True
+    from p3eft.channel import InProcessChannel
     from p3eft.obfuscatune.enclave import Enclave
     from p3eft.obfuscatune.session import provision_model
-    from p3eft.runtime.channel import InProcessChannel
 
     enclave = Enclave(InProcessChannel(Spy()), EnclaveSettings(dtype="float64"))
     provision_model(InProcessChannel(enclave), model)

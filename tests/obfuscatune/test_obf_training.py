@@ -94,10 +94,10 @@ def test_checkpoint_restores_session_exactly():
     cont = [ch.call("train_step", **batch(seed=i))["loss"] for i in (1, 2)]
 
     # a fresh trio (fresh session secret) restored from the checkpoint continues identically
+    from p3eft.channel import InProcessChannel
     from p3eft.obfuscatune.cloud import UntrustedCloud
     from p3eft.obfuscatune.enclave import Enclave
     from p3eft.obfuscatune.session import provision_model
-    from p3eft.runtime.channel import InProcessChannel
 
     enclave = Enclave(
         InProcessChannel(UntrustedCloud()),
@@ -136,9 +136,9 @@ def _reseal_other(key):
 
 
 def test_unprovisioned_enclave_refuses_clearly():
+    from p3eft.channel import InProcessChannel
     from p3eft.obfuscatune.cloud import UntrustedCloud
     from p3eft.obfuscatune.enclave import Enclave
-    from p3eft.runtime.channel import InProcessChannel
 
     ch = InProcessChannel(Enclave(InProcessChannel(UntrustedCloud())))
     with pytest.raises(ProtocolError, match="provision"):

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from p3eft.channel import InProcessChannel, remote, remote_methods
 from p3eft.errors import ProtocolError
-from p3eft.runtime.channel import InProcessChannel, remote, remote_methods
 
 
 class Holder:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from p3eft.runtime.channel import InProcessChannel
+from p3eft.channel import InProcessChannel
 from p3eft.runtime.connect import open_enclave_channel
 from p3eft.runtime.launch import PartyGroup, connect_attested, p3eft_argv
 from p3eft.runtime.pki import init_keys

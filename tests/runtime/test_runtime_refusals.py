@@ -103,7 +103,7 @@ def _error_of(ch, raw: bytes) -> str:
 
 
 def test_network_results_equal_in_process(net, ch):
-    from p3eft.runtime.channel import InProcessChannel
+    from p3eft.channel import InProcessChannel
 
     x = torch.randn(3, toy.D_IN, dtype=torch.float64)
     net_out = ch.call("logits", x=x)

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from p3eft.runtime.channel import remote
+from p3eft.channel import remote
 from p3eft.runtime.enclave_host import HostPolicy
 from p3eft.runtime.schema import expect_tensor
 

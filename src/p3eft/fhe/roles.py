@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from p3eft.channel import Channel, remote
 from p3eft.errors import SecurityError
 from p3eft.fhe.context import Ciphertext, CkksContext, SecretKey, keygen
 from p3eft.fhe.params import ParamSet
 from p3eft.fhe.refresh import DEFAULT_LAMBDA, RefreshMasker, min_refresh_level, refresh_respond_bytes
-from p3eft.runtime.channel import Channel, remote
 
 
 class KeyHolder:

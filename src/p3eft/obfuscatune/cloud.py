@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
+from p3eft.channel import remote
 from p3eft.errors import ProtocolError
-from p3eft.runtime.channel import remote
 
 _DTYPES = {
     "float32": torch.float32,

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from p3eft.channel import Channel
 from p3eft.data import Task
 from p3eft.errors import P3eftError
-from p3eft.runtime.channel import Channel
 from p3eft.tuning import (
     StepBatches,
     TrainConfig,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from p3eft.channel import Channel, remote
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.obfuscatune.masks import Mask, MaskFamily, parse_masks
 from p3eft.obfuscatune.split import (
@@ -32,7 +33,6 @@ from p3eft.obfuscatune.split import (
     mask_sides,
     split_model,
 )
-from p3eft.runtime.channel import Channel, remote
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 UPLOAD_CHUNK_BYTES = 16 * 2**20  # ours: each load_weight message carries at most this many bytes

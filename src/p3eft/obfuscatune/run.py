@@ -20,12 +20,12 @@ from typing import Any
 
 import torch
 
+from p3eft.channel import Channel
 from p3eft.data import load_task
 from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.obfuscatune import driver
 from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.export import save_exported_adapter
-from p3eft.runtime.channel import Channel
 from p3eft.tuning import TrainConfig
 
 SEALING_KEY_FILE = "enclave-sealing.key"

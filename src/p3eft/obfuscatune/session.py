@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
+from p3eft.channel import Channel, InProcessChannel
 from p3eft.models import LoadedModel, load_causal_lm
 from p3eft.obfuscatune.cloud import UntrustedCloud
 from p3eft.obfuscatune.enclave import Enclave, EnclaveSettings
-from p3eft.runtime.channel import Channel, InProcessChannel
 
 PROVISION_CHUNK_BYTES = 32 * 2**20  # ours: bytes of state-dict tensors per provision message
 

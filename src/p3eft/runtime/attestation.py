@@ -35,7 +35,7 @@ from p3eft.errors import SecurityError
 ENCLAVE_MODULES = (
     "p3eft.errors",
     "p3eft.runtime.attestation",
-    "p3eft.runtime.channel",
+    "p3eft.channel",
     "p3eft.runtime.client",
     "p3eft.runtime.codec",
     "p3eft.runtime.enclave_host",

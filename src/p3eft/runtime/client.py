@@ -1,6 +1,6 @@
-"""The network :class:`~p3eft.runtime.channel.Channel`: mutual TLS, sessions, attestation (ours).
+"""The network :class:`~p3eft.channel.Channel`: mutual TLS, sessions, attestation (ours).
 
-A :class:`NetworkChannel` behaves like :class:`~p3eft.runtime.channel.InProcessChannel` -- call a
+A :class:`NetworkChannel` behaves like :class:`~p3eft.channel.InProcessChannel` -- call a
 remote method by name with keyword payloads, get its payload back, bit-identical -- but the role
 object lives in another process. It opens a session, numbers every request, checks that each
 answer echoes that number, and, when given a :class:`~p3eft.runtime.attestation.Verifier`, refuses

@@ -1,6 +1,6 @@
 """Compact binary codec for channel payloads (ours).
 
-The payload types of :mod:`p3eft.runtime.channel` -- tensors, arrays, numbers, strings, bytes and
+The payload types of :mod:`p3eft.channel` -- tensors, arrays, numbers, strings, bytes and
 lists/dicts of those -- are written as a tagged, length-prefixed byte string. Tensors and arrays
 travel as their raw little-endian bytes with a dtype code and a shape, never as text, so a tensor
 that crosses the network is bit-identical to the one the in-process channel would hand over.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from p3eft.runtime.channel import Channel
+from p3eft.channel import Channel
 from p3eft.runtime.launch import connect_attested
 from p3eft.runtime.resilient import ResilientChannel
 from p3eft.runtime.server import DEFAULT_MAX_MESSAGE

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from p3eft.channel import remote, resolve_remote
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.runtime.channel import remote, resolve_remote
 from p3eft.runtime.errors import PartyUnavailableError
 from p3eft.runtime.resilient import STATUS_METHOD, ReconnectingLink, RolledBackError
 from p3eft.runtime.sealing import CheckpointStore, Sealer

@@ -24,8 +24,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from p3eft.channel import Channel
 from p3eft.errors import ProtocolError
-from p3eft.runtime.channel import Channel
 from p3eft.runtime.errors import PartyUnavailableError, RemoteError, register_error
 
 log = logging.getLogger("p3eft.runtime.resilient")

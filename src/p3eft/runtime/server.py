@@ -23,10 +23,10 @@ from typing import Any
 
 import grpc
 
+from p3eft.channel import resolve_remote
 from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.runtime import codec
 from p3eft.runtime.attestation import Attestor
-from p3eft.runtime.channel import resolve_remote
 from p3eft.runtime.errors import error_payload
 from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, unpack
 from p3eft.runtime.pki import PartyIdentity

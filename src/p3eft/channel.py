@@ -1,4 +1,4 @@
-"""The one narrow interface through which parties talk.
+"""The one narrow interface through which parties talk (below every scheme and the runtime).
 
 Every party (model owner, data owner, cloud, enclave) is a *role object*. The methods another party
 may call are marked with :func:`remote`; a :class:`Channel` calls them by name with keyword
