@@ -234,6 +234,11 @@ class CkksContext:
         self._encryptor.encrypt(self.encode(slots, level), ct)
         return Ciphertext(ct, self.context_id, layout)
 
+    def encrypt_zero(self, out: Any, level: int, scale: float) -> None:
+        """A fresh public-key encryption of zero at ``level``, labelled with ``scale``."""
+        self._encryptor.encrypt_zero(self.parms_id(level), out)
+        out.scale = scale
+
     def decode(self, pt: Any) -> np.ndarray:
         return np.asarray(self.encoder.decode_double(pt), dtype=np.float64)
 
@@ -291,13 +296,17 @@ class SecretKey:
     def __repr__(self) -> str:  # never print key material
         return f"SecretKey(params={self.params.name}, context={self.context_id.hex()[:12]})"
 
-    def decrypt_slots(self, ctx: CkksContext, ct: Ciphertext) -> np.ndarray:
+    def decrypt_plaintext(self, ctx: CkksContext, ct: Ciphertext) -> Any:
+        """The decrypted SEAL plaintext (NTT form, at the ciphertext's level); stays with the owner."""
         ctx.check(ct)
         if ct.context_id != self.context_id:
             raise SecurityError("secret key belongs to another FHE context")
         pt = sealapi.Plaintext()
         self._decryptor.decrypt(ct.seal, pt)
-        return ctx.decode(pt)
+        return pt
+
+    def decrypt_slots(self, ctx: CkksContext, ct: Ciphertext) -> np.ndarray:
+        return ctx.decode(self.decrypt_plaintext(ctx, ct))
 
     def encrypt_seeded_bytes(self, ctx: CkksContext, slots: np.ndarray, layout: Layout) -> bytes:
         """Encrypt under the secret key and serialise with SEAL's seed compression: the second

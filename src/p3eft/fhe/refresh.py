@@ -1,23 +1,32 @@
-"""Client-aided refresh: restore a ciphertext to the top level without bootstrapping (DESIGN.md §2.1).
+"""Client-aided refresh: bring a ciphertext back to the top level without bootstrapping.
 
-This is the refresh of multiparty CKKS (Mouchet et al., PoPETs 2021) in its two-party form, with the
-mask in the *slots* (ours; the public encode/encrypt API suffices):
+The two-party form of the collective refresh of multiparty CKKS (Mouchet et al., "Multiparty
+homomorphic encryption from ring-learning-with-errors", PoPETs 2021): the mask is an *integer
+polynomial in the coefficient domain* of the plaintext, so no floating point touches the masked value.
 
-1. the evaluator (model owner) draws a mask r, uniform in [-2^lambda * B, 2^lambda * B] per slot
-   where B bounds |message|, and sends ct + r (:meth:`RefreshMasker.mask`);
-2. the key holder (data owner) decrypts, sees only m + r, and re-encrypts it fresh at the top level
-   (:func:`refresh_respond`); it never sees m itself;
-3. the evaluator subtracts r (:meth:`RefreshMasker.unmask`).
+1. The evaluator (model owner) holds a ciphertext of the plaintext polynomial p = m * scale + e at a
+   level l. It draws r, each of the N coefficients uniform on the integers of [-W, W) with
+   W = 2^(lambda + ceil(log2 P)), P = (B + 1) * scale, and adds the trivial ciphertext (r, 0):
+   :meth:`RefreshMasker.mask`.
+2. The key holder (data owner) decrypts to the integer polynomial p + r (centred modulo q_0...q_l),
+   lifts those integers to every prime of the top level and encrypts them there under the public
+   key: :func:`refresh_respond`. It never sees p alone.
+3. The evaluator subtracts r at the top level: :meth:`RefreshMasker.unmask`. The result encrypts
+   p plus fresh encryption noise, at the scale the input had.
 
-Hiding is statistical: for two messages m, m' with |m|, |m'| <= B, the per-slot views m + r and
-m' + r differ in distribution by at most |m - m'| / (2^(lambda+1) * B) <= 2^-lambda. Cost in
-precision: the key holder decodes values of size 2^lambda * B in doubles (53-bit mantissa), so the
-refreshed value carries an absolute error of about 2^(lambda + log2 B - 53 + a few bits); we measure
-it (:func:`measure_refresh_error`, reported in docs/fhe.md and by the tests). The level at which
-one refreshes needs q_0...q_l > 2^(lambda+1) * B * scale: :func:`min_refresh_level` computes it.
+What P covers (ours): a slot vector with |slot| <= B encodes to coefficients of size <= B * scale
+(each coefficient is an average of the slot values times roots of unity), and evaluator noise with
+coefficients below one scale unit (a slot error below 1, beyond which the result is useless anyway).
 
-Not hidden by the slot mask: the CKKS noise of the evaluator's computation, which sits below the
-mask's rounding; a coefficient-domain mask with smudging noise would also cover it (future work).
+Guarantee (statistical hiding, per refresh): for two plaintext polynomials whose coefficients are
+bounded by P, the key holder's views p + r and p' + r differ in statistical distance by at most
+|p_i - p'_i| / (2W) <= 2^-lambda per coefficient, so at most N * 2^-lambda for the whole polynomial
+(2^-27 for N = 8192 and lambda = 40). Slots beyond B break the premise: their coefficients can
+exceed P and the bound no longer holds (see :func:`p3eft.fhe.nonlinear.range_flags`).
+
+Precision: only integers are added and subtracted, so the refresh adds nothing but the noise of a
+fresh encryption, whatever lambda. The level at which one refreshes needs
+log2(q_0...q_l) >= lambda + ceil(log2 P) + 2 + 4 bits of margin: :func:`min_refresh_level`.
 """
 
 from __future__ import annotations
@@ -27,66 +36,117 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import tenseal.sealapi as sealapi
 
-from p3eft.errors import SecurityError
-from p3eft.fhe import ops
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe import rawpoly
 from p3eft.fhe.context import Ciphertext, CkksContext, LevelError, SecretKey
 
-DEFAULT_LAMBDA = 30
+DEFAULT_LAMBDA = 40
+MIN_LAMBDA = 30
 _MARGIN_BITS = 4
 
 
+def coefficient_bound(bound: float, scale: float) -> int:
+    """P: the coefficient bound the mask must cover, (B + 1) * scale (message plus evaluator noise)."""
+    if not (math.isfinite(bound) and bound > 0):
+        raise ProtocolError(f"refresh bound must be a positive number, got {bound!r}")
+    return math.ceil((bound + 1.0) * scale)
+
+
+def mask_bits(bound: float, scale: float, lam: int = DEFAULT_LAMBDA) -> int:
+    """k with W = 2^k = 2^(lambda + ceil(log2 P)) >= 2^lambda * P."""
+    return lam + math.ceil(math.log2(coefficient_bound(bound, scale)))
+
+
 def min_refresh_level(ctx: CkksContext, bound: float, lam: int = DEFAULT_LAMBDA) -> int:
-    """Lowest level whose modulus exceeds 2^(lambda+1) * bound * scale with a few bits of margin."""
-    need = lam + 1 + math.log2(max(bound, 1e-300)) + ctx.params.scale_bits + _MARGIN_BITS
+    """Lowest level whose modulus holds p + r (|p + r| < 2W) with a sign bit and 4 bits of margin."""
+    need = mask_bits(bound, ctx.params.scale * (1 + 2**-20), lam) + 2 + _MARGIN_BITS
     for lvl in range(ctx.top_level + 1):
         if ctx.params.level_bits(lvl) >= need:
             return lvl
-    raise LevelError(f"no level of {ctx.params.name} has the {need:.0f} bits a lambda={lam} refresh needs")
+    raise LevelError(f"no level of {ctx.params.name} has the {need} bits a lambda={lam} refresh needs")
+
+
+def uniform_integers(width: int, count: int) -> np.ndarray:
+    """``count`` integers uniform on [-width, width) from the OS CSPRNG (object array of Python ints).
+
+    Rejection sampling on (2 width - 1).bit_length() random bits: exact, and never rejects when the
+    width is a power of two (the production case)."""
+    span = 2 * width
+    nbits = (span - 1).bit_length()
+    words = -(-nbits // 64)
+    out = np.empty(count, dtype=object)
+    todo = np.arange(count)
+    while todo.size:
+        raw = np.frombuffer(os.urandom(8 * words * todo.size), dtype=np.uint64).reshape(todo.size, words)
+        vals = np.zeros(todo.size, dtype=object)
+        for w in range(words):
+            vals = vals * (1 << 64) + raw[:, w].astype(object)
+        vals = vals >> (64 * words - nbits)
+        ok = vals < span
+        out[todo[ok]] = vals[ok] - width
+        todo = todo[~ok]
+    return out
 
 
 @dataclass
 class RefreshMasker:
-    """Evaluator side of one refresh: holds the mask between :meth:`mask` and :meth:`unmask`."""
+    """Evaluator side of one refresh: holds the integer mask between :meth:`mask` and :meth:`unmask`."""
 
     ctx: CkksContext
     bound: float
     lam: int = DEFAULT_LAMBDA
     _mask: np.ndarray | None = None
+    _scale: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.lam < 30:
-            raise SecurityError(f"refresh mask lambda={self.lam} is below the minimum of 30 bits")
+        if self.lam < MIN_LAMBDA:
+            raise SecurityError(f"refresh mask lambda={self.lam} is below the minimum of {MIN_LAMBDA} bits")
+        coefficient_bound(self.bound, self.ctx.params.scale)  # refuses a non-positive bound
 
-    def _draw(self) -> np.ndarray:
-        # uniform in [-2^lam B, 2^lam B] from the OS CSPRNG, 53 random bits per slot
-        raw = np.frombuffer(os.urandom(8 * self.ctx.slots), dtype=np.uint64) >> np.uint64(11)
-        unit = raw.astype(np.float64) / float(1 << 53)
-        width = 2.0**self.lam * self.bound
-        return (2.0 * unit - 1.0) * width
+    def mask_width(self, scale: float) -> int:
+        """W: the mask is uniform on the integers of [-W, W)."""
+        return 1 << mask_bits(self.bound, scale, self.lam)
 
     def mask(self, ct: Ciphertext) -> Ciphertext:
         self.ctx.check(ct)
+        if self._mask is not None:
+            raise SecurityError("this masker already holds a pending mask: one refresh per masker")
         lvl = self.ctx.level(ct)
         need = min_refresh_level(self.ctx, self.bound, self.lam)
         if lvl < need:
             raise LevelError(f"refresh with lambda={self.lam} needs level >= {need}, ciphertext is at {lvl}")
-        self._mask = self._draw()
-        return ops.add_plain(self.ctx, ct, self._mask)
+        self._scale = ct.seal.scale
+        self._mask = uniform_integers(self.mask_width(self._scale), self.ctx.params.poly_modulus_degree)
+        return Ciphertext(rawpoly.add_integer_poly(self.ctx, ct.seal, self._mask), ct.context_id, ct.layout)
 
     def unmask(self, fresh: Ciphertext) -> Ciphertext:
         if self._mask is None:
             raise SecurityError("unmask called without a pending mask")
         self.ctx.check(fresh)
-        out = ops.add_plain(self.ctx, fresh, -self._mask)
+        top = self.ctx.top_level
+        if self.ctx.level(fresh) != top:
+            raise SecurityError("refresh answer is not at the top level")
+        if fresh.seal.scale != self._scale:
+            raise SecurityError("refresh answer has another scale than the masked ciphertext")
+        out = rawpoly.add_integer_poly(self.ctx, fresh.seal, -self._mask)
         self._mask = None
-        return out
+        return Ciphertext(out, fresh.context_id, fresh.layout)
+
+
+def key_holder_coefficients(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> np.ndarray:
+    """What the key holder learns from one refresh request: the centred integer coefficients of the
+    decrypted, masked plaintext polynomial (object array of Python ints)."""
+    return rawpoly.plaintext_coefficients(ctx, sk.decrypt_plaintext(ctx, masked), ctx.level(masked))
 
 
 def refresh_respond(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> Ciphertext:
-    """Key holder's side: decrypt the masked ciphertext and re-encrypt the same slots at the top level."""
-    slots = sk.decrypt_slots(ctx, masked)
-    return ctx.encrypt_slots(slots, masked.layout)
+    """Key holder's side: decrypt to the integer polynomial and encrypt it again at the top level."""
+    coeffs = key_holder_coefficients(ctx, sk, masked)
+    zero = sealapi.Ciphertext(ctx.seal)
+    ctx.encrypt_zero(zero, ctx.top_level, masked.seal.scale)
+    return Ciphertext(rawpoly.add_integer_poly(ctx, zero, coeffs), ctx.context_id, masked.layout)
 
 
 def refresh_respond_bytes(ctx: CkksContext, sk: SecretKey, masked: bytes) -> bytes:
@@ -103,7 +163,7 @@ def refresh_local(
 
 
 def key_holder_view(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> np.ndarray:
-    """What the key holder learns from one refresh request: the decrypted, masked slots."""
+    """The key holder's view decoded to slots (real parts): what a slot-domain distinguisher reads."""
     return sk.decrypt_slots(ctx, masked)
 
 
