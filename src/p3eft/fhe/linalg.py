@@ -90,6 +90,9 @@ class _DiagonalKernel:
         lvl = min(ctx.level(x) for x in xs)
         ops.need_levels(ctx, xs[0], 1)
         xs = [ops.drop_to(ctx, x, lvl) for x in xs]
+        scale = xs[0].seal.scale  # diagonals are encoded at q_l, so the product keeps the input's scale
+        if not all(ops.same_scale(x.seal.scale, scale, 1e-9) for x in xs):
+            raise ValueError("input blocks of one product must share a scale (encrypt them alike)")
         ev = ctx.evaluator
         # baby steps, once per input block
         babies: list[list[Any]] = []
@@ -134,7 +137,7 @@ class _DiagonalKernel:
             if total is None:  # an all-zero block of the matrix
                 total = sealapi.Ciphertext(ctx.seal)
                 ev.multiply_plain(xs[0].seal, ctx.encode(0.0, lvl, ops.prime_at(ctx, lvl)), total)
-            outs.append(ops.rescale(ctx, total, xs[0].context_id, layout))
+            outs.append(ops.rescale(ctx, total, xs[0].context_id, layout, scale))
         return outs
 
 

@@ -65,7 +65,14 @@ def eval_poly(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext
                 powers[i] = ops.multiply(ctx, power(hi), power(i - hi))
         return powers[i]
 
-    terms = [ops.mul_plain(ctx, power(i), float(coeffs[i])) for i in range(1, degree + 1) if coeffs[i] != 0]
+    # every term lands on the nominal scale (the correction for each power's true scale is folded
+    # into its coefficient's encoding), so the terms add without relabelling
+    target = ctx.params.scale
+    terms = [
+        ops.mul_plain(ctx, power(i), float(coeffs[i]), scale=target)
+        for i in range(1, degree + 1)
+        if coeffs[i] != 0
+    ]
     if not terms:
         raise ValueError("constant polynomial: nothing to evaluate under encryption")
     low = min(ctx.level(t) for t in terms)
@@ -261,8 +268,8 @@ def inv_sqrt(
     target_rel: float = 1e-4,
     iters: int | None = None,
 ) -> Approximation:
-    """1/sqrt(x) on [lo, hi] (lo > 0): polynomial first guess, then Newton y <- (y/2)(3 - (x y) y).
-    Depth poly_depth(guess_degree) + 3 * iters."""
+    """1/sqrt(x) on [lo, hi] (lo > 0): polynomial first guess, then Newton y <- 1.5 y - (x y / 2) y^2.
+    Depth poly_depth(guess_degree) + 2 * iters (6 by default)."""
     if lo <= 0:
         raise ValueError("inv_sqrt needs a positive range")
     coeffs = _fit(lambda x: 1 / np.sqrt(x), lo, hi, guess_degree)
@@ -270,7 +277,7 @@ def inv_sqrt(
     def newton(x: np.ndarray, k: int) -> np.ndarray:
         y = np.polynomial.polynomial.polyval(x, coeffs)
         for _ in range(k):
-            y = (0.5 * y) * (3 - (x * y) * y)
+            y = 1.5 * y - (0.5 * x * y) * (y * y)
         return y
 
     grid = np.linspace(lo, hi, 2001)
@@ -282,16 +289,18 @@ def inv_sqrt(
     gdepth = poly_depth(guess_degree)
 
     def enc(ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
-        x = _ensure(ctx, ct, gdepth, refresher)
+        # Newton step in two levels (ours): y' = 1.5 y - (x y / 2) * y^2, with x/2 computed once,
+        # y^2 and (x/2) y side by side, then their product; 1.5 y is brought onto its scale for free
+        x = _ensure(ctx, ct, max(gdepth, 1), refresher)
+        hx = ops.mul_plain(ctx, x, 0.5)
         y = eval_poly(ctx, x, coeffs)
         for _ in range(n):
-            if refresher is not None and ctx.level(y) - 3 < refresher.min_level:
+            if refresher is not None and ctx.level(y) - 2 < refresher.min_level:
                 y = refresher(y)
-            if refresher is not None and ctx.level(x) - 1 < refresher.min_level:
-                x = refresher(x)
-            half = ops.mul_plain(ctx, y, 0.5)
-            xy2 = ops.multiply(ctx, ops.multiply(ctx, x, y), y)
-            y = ops.multiply(ctx, half, ops.add_plain(ctx, ops.negate(ctx, xy2), 3.0))
+            if refresher is not None and ctx.level(hx) - 2 < refresher.min_level:
+                hx = refresher(hx)
+            v = ops.multiply(ctx, ops.square(ctx, y), ops.multiply(ctx, hx, y))
+            y = ops.sub(ctx, ops.mul_plain(ctx, y, 1.5, scale=v.seal.scale), v)
         return y
 
     return Approximation(
@@ -299,7 +308,7 @@ def inv_sqrt(
         lo,
         hi,
         guess_degree,
-        gdepth + 3 * n,
+        gdepth + 2 * n,
         lambda x: 1 / np.sqrt(x),
         lambda x: newton(x, n),
         enc,

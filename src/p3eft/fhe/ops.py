@@ -1,11 +1,15 @@
 """Homomorphic arithmetic with level and scale management.
 
-Scale policy (ours): every ciphertext keeps the parameter set's nominal scale 2^40. Plaintext operands
-of a multiplication are encoded at the scale of the prime that the following rescale divides by, so a
-plaintext product comes back to exactly the input scale. A ciphertext product comes back to
-2^80 / q_l, which we relabel as 2^40; the relative error this adds is |q_l / 2^40 - 1| (below 1e-6 for
-SEAL's 40-bit primes, see :func:`scale_drift`). Operands at different levels are mod-switched down to
-the lower one before they meet.
+Scale policy (ours): every ciphertext carries its *true* scale (SEAL's ``scale`` field), never a
+relabelled one. A ciphertext product of scales s_a, s_b comes back at s_a * s_b / q_l; calling that
+2^40 would add the relative error |q_l / 2^40 - 1| per product (:func:`scale_drift`, up to ~1e-5),
+so we keep it. Plaintext operands of a multiplication are encoded at q_l * target / s_in, so a plaintext
+product lands exactly on the scale the caller wants (by default the input's): the correction is folded
+into the plaintext, at no cost in levels. Additions need equal scales: when the operands sit at
+different levels, the higher one is brought onto the other's scale by a product with 1 that costs
+nothing (it has levels to spare); at the same level with different scales (our kernels never do this)
+one operand is relabelled, which costs the relative gap in accuracy. Operands at different levels are
+mod-switched down to the lower one before they meet.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ def prime_at(ctx: CkksContext, level: int) -> float:
 
 
 def scale_drift(ctx: CkksContext) -> float:
-    """Largest relative gap between a scale prime and the nominal scale (the ct x ct relabel error)."""
+    """Largest relative gap between a scale prime and the nominal scale: what relabelling a ct x ct
+    product as 2^40 would cost per product (we track the true scale instead)."""
     return max(abs(prime_at(ctx, lvl) / ctx.params.scale - 1.0) for lvl in range(1, ctx.top_level + 1))
 
 
@@ -55,21 +60,52 @@ def drop_to(ctx: CkksContext, a: Ciphertext, level: int) -> Ciphertext:
 
 
 def align(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+    """Bring both operands to the lower level (mod-switching; scales unchanged)."""
     ctx.check(a)
     ctx.check(b)
     lvl = min(ctx.level(a), ctx.level(b))
     return drop_to(ctx, a, lvl), drop_to(ctx, b, lvl)
 
 
-def add(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+def same_scale(x: float, y: float, rel: float = 1e-12) -> bool:
+    return abs(x - y) <= rel * max(abs(x), abs(y))
+
+
+def relabel(a: Ciphertext, scale: float) -> Ciphertext:
+    """A copy of ``a`` that SEAL believes has ``scale`` (the value read changes by the ratio)."""
+    out = sealapi.Ciphertext(a.seal)
+    out.scale = scale
+    return Ciphertext(out, a.context_id, a.layout)
+
+
+def align_scales(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+    """Equal levels and equal scales for an addition (see the module's scale policy)."""
+    ctx.check(a)
+    ctx.check(b)
+    sa, sb = a.seal.scale, b.seal.scale
+    if not same_scale(sa, sb):
+        la, lb = ctx.level(a), ctx.level(b)
+        if la > lb:
+            a = mul_plain(ctx, a, 1.0, scale=sb)
+        elif lb > la:
+            b = mul_plain(ctx, b, 1.0, scale=sa)
+        else:
+            b = relabel(b, sa)
     a, b = align(ctx, a, b)
+    if a.seal.scale != b.seal.scale:  # equal up to rounding of the last bits
+        b = relabel(b, a.seal.scale)
+    return a, b
+
+
+def add(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+    a, b = align_scales(ctx, a, b)
     out = _new(ctx)
     ctx.evaluator.add(a.seal, b.seal, out)
     return Ciphertext(out, a.context_id, a.layout)
 
 
 def sub(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
-    a, b = align(ctx, a, b)
+    a, b = align_scales(ctx, a, b)
     out = _new(ctx)
     ctx.evaluator.sub(a.seal, b.seal, out)
     return Ciphertext(out, a.context_id, a.layout)
@@ -90,23 +126,45 @@ def negate(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
     return Ciphertext(out, a.context_id, a.layout)
 
 
-def rescale(ctx: CkksContext, raw: sealapi.Ciphertext, context_id: bytes, layout: Layout) -> Ciphertext:
+def rescale(
+    ctx: CkksContext,
+    raw: sealapi.Ciphertext,
+    context_id: bytes,
+    layout: Layout,
+    target: float | None = None,
+) -> Ciphertext:
+    """Rescale by the last prime. The scale stays the true one; ``target`` (what a plaintext product
+    was encoded to reach) snaps away the last-bit rounding of the double arithmetic, nothing more."""
     ctx.evaluator.rescale_to_next_inplace(raw)
-    raw.scale = ctx.params.scale
+    if target is not None and same_scale(raw.scale, target, 1e-9):
+        raw.scale = target
     return Ciphertext(raw, context_id, layout)
 
 
+def plain_scale_for(ctx: CkksContext, a: Ciphertext, target: float | None = None) -> float:
+    """The scale to encode a plaintext factor at so that ``a * pt`` rescales to ``target`` exactly
+    (default: ``a``'s own scale)."""
+    lvl = ctx.level(a)
+    q = prime_at(ctx, lvl)
+    return q if target is None else q * target / a.seal.scale
+
+
 def mul_plain(
-    ctx: CkksContext, a: Ciphertext, values: np.ndarray | float, layout: Layout | None = None
+    ctx: CkksContext,
+    a: Ciphertext,
+    values: np.ndarray | float,
+    layout: Layout | None = None,
+    scale: float | None = None,
 ) -> Ciphertext:
-    """a * values (slot vector or scalar), one level."""
+    """a * values (slot vector or scalar), one level; the result has ``scale`` (default: a's)."""
     ctx.check(a)
     need_levels(ctx, a, 1)
     lvl = ctx.level(a)
-    pt = ctx.encode(values, lvl, prime_at(ctx, lvl))
+    target = a.seal.scale if scale is None else scale
+    pt = ctx.encode(values, lvl, plain_scale_for(ctx, a, target))
     out = _new(ctx)
     ctx.evaluator.multiply_plain(a.seal, pt, out)
-    return rescale(ctx, out, a.context_id, layout or a.layout)
+    return rescale(ctx, out, a.context_id, layout or a.layout, target)
 
 
 def multiply(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
