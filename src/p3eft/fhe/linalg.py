@@ -83,7 +83,12 @@ class _DiagonalKernel:
             self._plaintexts(ctx, tile, lvl)
 
     def _apply(
-        self, ctx: CkksContext, xs: list[Ciphertext], out_blocks: int, layout: Layout
+        self,
+        ctx: CkksContext,
+        xs: list[Ciphertext],
+        out_blocks: int,
+        layout: Layout,
+        sum_copies: tuple[int, int] | None = None,
     ) -> list[Ciphertext]:
         for x in xs:
             ctx.check(x)
@@ -137,6 +142,16 @@ class _DiagonalKernel:
             if total is None:  # an all-zero block of the matrix
                 total = sealapi.Ciphertext(ctx.seal)
                 ev.multiply_plain(xs[0].seal, ctx.encode(0.0, lvl, ops.prime_at(ctx, lvl)), total)
+            if sum_copies is not None:
+                # add the copies up before the rescale (ours): the rotations' key-switching noise is then
+                # divided by q_l with everything else instead of landing at full size on the result
+                count, stride = sum_copies
+                step = stride
+                while step < count * stride:
+                    rot = sealapi.Ciphertext(ctx.seal)
+                    ev.rotate_vector(total, step, ctx.galois_keys, rot)
+                    ev.add_inplace(total, rot)
+                    step *= 2
             outs.append(ops.rescale(ctx, total, xs[0].context_id, layout, scale))
         return outs
 
@@ -207,13 +222,16 @@ class StaggeredMatrix(_DiagonalKernel):
         for x, lay in zip(xs, self.input_layouts(), strict=True):
             if x.layout.form != "staggered" or x.layout.block != lay.block or x.layout.shift != lay.shift:
                 raise ValueError(f"input layout {x.layout} does not match the kernel's {lay}")
-        outs = self._apply(ctx, xs, self.out_blocks, Layout(self.window, 1, self.window, "replicated"))
-        results = []
+        outs = self._apply(
+            ctx,
+            xs,
+            self.out_blocks,
+            Layout(self.window, 1, self.window, "replicated"),
+            sum_copies=(self.copies, self.window),
+        )
         for out, lay in zip(outs, self.output_layouts(), strict=True):
-            summed = ops.rotate_sum(ctx, out, self.copies, self.window)
-            summed.layout = lay
-            results.append(summed)
-        return results
+            out.layout = lay
+        return outs
 
     @staticmethod
     def restagger_steps_for(length: int, slots: int, window: int | None = None) -> list[int]:
