@@ -33,7 +33,43 @@ def test_secret_key_is_separate_and_each_key_serialises(small):
     sizes = {k: len(v) for k, v in payload.items()}
     sizes["secret_key"] = len(sk.to_bytes())
     assert all(s > 1000 for k, s in sizes.items() if k != "params")
-    assert "key" not in repr(sk).lower().replace("secretkey", "")  # repr shows no material
+    for text in (repr(sk), str(sk), f"{sk}"):
+        assert not _shows_key_material(text, sk), text
+
+
+def _shows_key_material(text: str, sk: SecretKey) -> bool:
+    """True when ``text`` contains any 8 consecutive bytes of the serialised secret key (as hex or
+    base64, either case) or any of its first 64 coefficient words in decimal."""
+    import base64
+
+    from p3eft.fhe import rawpoly
+
+    raw = serial.unpack(sk.to_bytes(), "secret_key").payload
+    low = text.lower()
+    for i in range(0, len(raw) - 8, 4):
+        window = raw[i : i + 8]
+        if window.hex() in low or base64.b64encode(window).decode()[:8] in text:
+            return True
+    words = rawpoly.read_words(sk.key.data(), 64)
+    return any(str(int(w)) in text or f"{int(w):x}" in low for w in words if w > 10**6)
+
+
+def test_key_material_detector_catches_a_leaky_repr(small):
+    # negative control: the check above flags a repr that prints part of the key, in any of the forms
+    import base64
+
+    from p3eft.fhe import rawpoly
+
+    _, sk = small
+    raw = serial.unpack(sk.to_bytes(), "secret_key").payload
+    mid = len(raw) // 2
+    word = int(next(w for w in rawpoly.read_words(sk.key.data(), 64) if w > 10**6))
+    for leaky in (
+        f"SecretKey(data={raw[mid : mid + 12].hex()})",
+        f"SecretKey({base64.b64encode(raw[mid : mid + 12]).decode()})",
+        f"SecretKey(s0={word})",
+    ):
+        assert _shows_key_material(leaky, sk), leaky
 
 
 def test_public_context_round_trip_keeps_id_and_works(small, rng):
@@ -130,3 +166,169 @@ def test_malformed_layout_metadata_is_refused(n8192, layout):
     forged = serial.pack("ciphertext", ctx.context_id, env.payload, env.level, env.scale, {"layout": layout})
     with pytest.raises(ProtocolError, match="layout"):
         ctx.ciphertext_from_bytes(forged)
+
+
+# --- key integrity (issue 9, finding 5) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["relin_keys", "galois_keys"])
+def test_swapped_evaluation_key_is_refused(small, which):
+    ctx, _ = small
+    other, _ = keygen(get_param_set("N8192"), [1, 2])  # same parameters, same steps, another key pair
+    payload = ctx.to_payload()
+    env = serial.unpack(other.key_bytes(which), which)
+    # re-wrapped under the victim's context id, so only a check of the key itself can catch it
+    payload[which] = serial.pack(which, ctx.context_id, env.payload, meta=env.meta)
+    with pytest.raises(SecurityError, match="does not belong"):
+        CkksContext.from_payload(payload)
+
+
+def test_context_id_covers_every_key(small):
+    ctx, _ = small
+    env = {k: serial.unpack(ctx.key_bytes(k), k).payload for k in ("public_key", "relin_keys", "galois_keys")}
+    base = CkksContext.compute_id(
+        ctx.params, env["public_key"], env["relin_keys"], env["galois_keys"], [1, 2]
+    )
+    assert base == ctx.context_id
+    assert CkksContext.compute_id(ctx.params, env["public_key"], env["relin_keys"], b"", [1, 2]) != base
+    assert CkksContext.compute_id(ctx.params, env["public_key"], b"", env["galois_keys"], [1, 2]) != base
+    assert (
+        CkksContext.compute_id(ctx.params, env["public_key"], env["relin_keys"], env["galois_keys"], [1])
+        != base
+    )
+
+
+# --- error types (issue 9, finding 6) -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("meta", [b"[]", b"3", b'"layout"', b"null"])
+def test_metadata_that_is_json_but_not_an_object(n8192, meta):
+    ctx, _ = n8192
+    env = serial.unpack(ctx.ciphertext_to_bytes(tensor.encrypt(ctx, np.ones(8))), "ciphertext")
+    import hashlib
+
+    head = serial._HEAD.pack(
+        serial.MAGIC,
+        serial.VERSION,
+        serial.KINDS["ciphertext"],
+        ctx.context_id,
+        env.level,
+        env.scale,
+        len(meta),
+        len(env.payload),
+        hashlib.sha256(meta + env.payload).digest()[:16],
+    )
+    with pytest.raises(ProtocolError, match="not an object"):
+        ctx.ciphertext_from_bytes(head + meta + env.payload)
+
+
+@pytest.mark.parametrize(
+    "steps", [["x"], [1.5], [True], [0], [-1], [1 << 40], [2, 1], [1, 1], "1,2", {"a": 1}]
+)
+def test_bad_galois_steps_are_a_protocol_error(small, steps):
+    ctx, _ = small
+    payload = ctx.to_payload()
+    env = serial.unpack(payload["galois_keys"], "galois_keys")
+    payload["galois_keys"] = serial.pack("galois_keys", ctx.context_id, env.payload, meta={"steps": steps})
+    with pytest.raises(ProtocolError, match="steps"):
+        CkksContext.from_payload(payload)
+
+
+def test_relabelled_ciphertext_of_another_parameter_set(n8192):
+    from p3eft.fhe import ops
+    from p3eft.fhe.params import ParamSet
+
+    ctx, _ = n8192
+    other, _ = keygen(ParamSet("alt", 8192, (50, 40, 40, 60)))
+    ct = tensor.encrypt(other, np.ones(8))
+    ct.context_id = ctx.context_id  # relabelled: the id matches, the parameters do not
+    for op in (lambda: ops.add(ctx, ct, ct), lambda: ctx.level(ct), lambda: ctx.ciphertext_to_bytes(ct)):
+        with pytest.raises(SecurityError, match="another parameter set"):
+            op()
+    env = serial.unpack(other.ciphertext_to_bytes(tensor.encrypt(other, np.ones(8))), "ciphertext")
+    forged = serial.pack("ciphertext", ctx.context_id, env.payload, env.level, env.scale, env.meta)
+    with pytest.raises(ProtocolError):
+        ctx.ciphertext_from_bytes(forged)
+
+
+def test_key_payload_that_is_not_a_dict(small):
+    with pytest.raises(ProtocolError, match="dict"):
+        CkksContext.from_payload([b"x"])  # type: ignore[arg-type]
+
+
+# --- secrets never on disk (issue 9, finding 7) ---------------------------------------------------
+
+_LOOPER = """
+import sys
+from p3eft.fhe import serial
+from p3eft.fhe.context import keygen
+from p3eft.fhe.params import get_param_set
+from p3eft.fhe import tensor
+import numpy as np
+ctx, sk = keygen(get_param_set("N8192"))
+ct = tensor.encrypt(ctx, np.ones(8))
+print("ready", flush=True)
+while True:
+    sk.to_bytes()
+    ctx.ciphertext_from_bytes(ctx.ciphertext_to_bytes(ct))
+"""
+
+
+def _named_scratch() -> set[str]:
+    import glob
+    import tempfile
+
+    found = set()
+    for base in {"/dev/shm", tempfile.gettempdir()}:
+        found.update(glob.glob(f"{base}/p3eft-fhe-*"))
+    return found
+
+
+@pytest.mark.skipif(not serial._MEMFD, reason="needs os.memfd_create (Linux)")
+def test_sigkill_mid_serialisation_leaves_nothing_behind():
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    before = _named_scratch()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    for delay in (0.05, 0.13, 0.31):
+        proc = subprocess.Popen([sys.executable, "-c", _LOOPER], stdout=subprocess.PIPE, env=env)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
+        time.sleep(delay)  # inside the loop: serialising the secret key or a ciphertext
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+    assert _named_scratch() - before == set()
+
+
+def test_secret_key_serialises_without_a_named_file(small, monkeypatch):
+    # every scratch file SEAL sees is an anonymous memfd (/proc/self/fd/N), never a path in a directory
+    _, sk = small
+    seen: list[str] = []
+    real = serial._scratch
+
+    def spy(secret):
+        cm = real(secret)
+
+        class Wrap:
+            def __enter__(self):
+                path, fd = cm.__enter__()
+                seen.append(path)
+                return path, fd
+
+            def __exit__(self, *exc):
+                return cm.__exit__(*exc)
+
+        return Wrap()
+
+    monkeypatch.setattr(serial, "_scratch", spy)
+    data = sk.to_bytes()
+    SecretKey.from_bytes(sk.params, data, sk.context_id)
+    assert len(seen) == 2 and all(p.startswith("/proc/self/fd/") for p in seen)
+    monkeypatch.setattr(serial, "_MEMFD", False)
+    monkeypatch.setattr(serial, "_scratch", real)
+    with pytest.raises(SecurityError, match="secret key"):
+        sk.to_bytes()

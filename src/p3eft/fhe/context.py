@@ -1,19 +1,22 @@
 """CKKS contexts, keys and ciphertexts over TenSEAL's bundled SEAL binding (``tenseal.sealapi``).
 
-Two objects, kept apart on purpose (DESIGN.md §2.1):
+Two objects, kept apart on purpose (the evaluator must never be able to decrypt):
 
 * :class:`CkksContext` -- public: parameters, encoder, evaluator, public key, relinearisation key and
   only the Galois keys the kernels need. The model owner holds this and nothing else.
 * :class:`SecretKey` -- the data owner's decryption key. It never enters a :class:`CkksContext`.
 
-A context has an id (SHA-256 over the parameter set and the public key). Every ciphertext carries the
-id of the context that made it, and every operation and loader refuses one from another context, so a
-ciphertext under a different key cannot be mixed in silently.
+A context has an id: SHA-256 over the parameter set, the public key, the relinearisation key, the
+Galois keys and their rotation steps, as serialised. Every ciphertext carries the id of the context
+that made it, every operation and loader refuses one from another context, and a context rebuilt from
+bytes recomputes the id from every key it received, so neither a ciphertext under a different key nor
+an evaluation key swapped in from another key pair can be mixed in silently.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -95,6 +98,7 @@ class CkksContext:
     context_id: bytes
     _encryptor: Any = None
     _parms_ids: list[list[int]] = field(default_factory=list)
+    _key_payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
 
     # ----- construction -----------------------------------------------------------------------
     @staticmethod
@@ -114,8 +118,20 @@ class CkksContext:
         return ctx
 
     @staticmethod
-    def compute_id(params: ParamSet, public_key_bytes: bytes) -> bytes:
-        return hashlib.sha256(params.to_json().encode() + public_key_bytes).digest()[:16]
+    def compute_id(
+        params: ParamSet,
+        public_key_bytes: bytes,
+        relin_keys_bytes: bytes = b"",
+        galois_keys_bytes: bytes = b"",
+        galois_steps: Iterable[int] = (),
+    ) -> bytes:
+        """16 bytes of SHA-256 over the parameter set and every public key (each length-prefixed)."""
+        h = hashlib.sha256()
+        steps = json.dumps(sorted(int(s) for s in galois_steps)).encode()
+        for part in (params.to_json().encode(), public_key_bytes, relin_keys_bytes, galois_keys_bytes, steps):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        return h.digest()[:16]
 
     def __post_init__(self) -> None:
         ids = []
@@ -128,28 +144,40 @@ class CkksContext:
 
     @classmethod
     def from_payload(cls, payload: dict[str, bytes]) -> CkksContext:
-        """Rebuild the evaluator's context from :meth:`to_payload` bytes (what the data owner sends)."""
+        """Rebuild the evaluator's context from :meth:`to_payload` bytes (what the data owner sends).
+
+        The context id is recomputed from every key received; each envelope must declare that id, so
+        a relinearisation or Galois key from another key pair is refused (:class:`SecurityError`)."""
+        if not isinstance(payload, dict):
+            raise ProtocolError(f"FHE key payload must be a dict of bytes, got {type(payload).__name__}")
         try:
             params = ParamSet.from_json(payload["params"])
-            pk_env = serial.unpack(payload["public_key"], "public_key")
+            envs = {k: serial.unpack(payload[k], k) for k in ("public_key", "relin_keys", "galois_keys")}
         except KeyError as err:
             raise ProtocolError(f"FHE key payload lacks {err}") from err
+        steps = _checked_steps(envs["galois_keys"].meta.get("steps", []), params.slots)
+        cid = cls.compute_id(
+            params,
+            envs["public_key"].payload,
+            envs["relin_keys"].payload,
+            envs["galois_keys"].payload,
+            steps,
+        )
+        for kind, env in envs.items():
+            if env.context_id != cid:
+                raise SecurityError(f"{kind} does not belong with the other keys (context id mismatch)")
         seal_ctx = cls.seal_context(params)
-        cid = cls.compute_id(params, pk_env.payload)
-        if pk_env.context_id != cid:
-            raise SecurityError("public key does not match its declared context id")
-        pk = serial.seal_from_bytes(sealapi.PublicKey(), seal_ctx, pk_env.payload, "public_key")
-        rk_env = serial.unpack(payload["relin_keys"], "relin_keys", cid)
-        rk = serial.seal_from_bytes(sealapi.RelinKeys(), seal_ctx, rk_env.payload, "relin_keys")
-        gk_env = serial.unpack(payload["galois_keys"], "galois_keys", cid)
-        steps = tuple(int(s) for s in gk_env.meta.get("steps", []))
+        pk = serial.seal_from_bytes(sealapi.PublicKey(), seal_ctx, envs["public_key"].payload, "public_key")
+        rk = serial.seal_from_bytes(sealapi.RelinKeys(), seal_ctx, envs["relin_keys"].payload, "relin_keys")
         gk = sealapi.GaloisKeys()
         if steps:
-            serial.seal_from_bytes(gk, seal_ctx, gk_env.payload, "galois_keys")
+            serial.seal_from_bytes(gk, seal_ctx, envs["galois_keys"].payload, "galois_keys")
             tool = seal_ctx.key_context_data().galois_tool()
             if not all(gk.has_key(e) for e in tool.get_elts_from_steps(list(steps))):
                 raise ProtocolError("Galois keys do not cover the rotation steps they declare")
-        return cls(
+        elif envs["galois_keys"].payload:
+            raise ProtocolError("Galois keys declare no rotation steps but carry key material")
+        ctx = cls(
             params,
             seal_ctx,
             sealapi.CKKSEncoder(seal_ctx),
@@ -160,6 +188,8 @@ class CkksContext:
             steps,
             cid,
         )
+        ctx._key_payloads = {k: env.payload for k, env in envs.items()}
+        return ctx
 
     def to_payload(self) -> dict[str, bytes]:
         """The public keys as separate checked byte strings, ready for a ``Channel`` call."""
@@ -171,13 +201,20 @@ class CkksContext:
         }
 
     def key_bytes(self, which: str) -> bytes:
-        obj = {"public_key": self.public_key, "relin_keys": self.relin_keys, "galois_keys": self.galois_keys}[
-            which
-        ]
+        """One public key in its checked envelope: the exact SEAL bytes the context id was computed over."""
+        if which not in ("public_key", "relin_keys", "galois_keys"):
+            raise ProtocolError(f"no public key called {which!r}")
         meta = {"steps": list(self.galois_steps)} if which == "galois_keys" else {}
-        if which == "galois_keys" and not self.galois_steps:
-            return serial.pack(which, self.context_id, b"", meta=meta)  # SEAL cannot load an empty key set
-        return serial.pack(which, self.context_id, serial.seal_to_bytes(obj), meta=meta)
+        if which not in self._key_payloads:  # a context assembled by hand: serialise on first use
+            obj = {
+                "public_key": self.public_key,
+                "relin_keys": self.relin_keys,
+                "galois_keys": self.galois_keys,
+            }
+            self._key_payloads[which] = (
+                serial.seal_to_bytes(obj[which]) if which != "galois_keys" or self.galois_steps else b""
+            )
+        return serial.pack(which, self.context_id, self._key_payloads[which], meta=meta)
 
     # ----- levels ---------------------------------------------------------------------------------
     @property
@@ -195,7 +232,10 @@ class CkksContext:
 
     def level(self, ct: Ciphertext | Any) -> int:
         seal_ct = ct.seal if isinstance(ct, Ciphertext) else ct
-        return self.seal.get_context_data(seal_ct.parms_id()).chain_index()
+        data = self.seal.get_context_data(seal_ct.parms_id())
+        if data is None:
+            raise SecurityError(f"ciphertext of another parameter set used in context {self.params.name}")
+        return data.chain_index()
 
     def check(self, ct: Ciphertext) -> Ciphertext:
         if not isinstance(ct, Ciphertext):
@@ -204,6 +244,8 @@ class CkksContext:
             raise SecurityError(
                 f"ciphertext from FHE context {ct.context_id.hex()[:12]} used in context {self.context_id.hex()[:12]}"
             )
+        if self.seal.get_context_data(ct.seal.parms_id()) is None:
+            raise SecurityError(f"ciphertext of another parameter set used in context {self.params.name}")
         return ct
 
     # ----- encoding, encryption --------------------------------------------------------------------
@@ -326,7 +368,7 @@ class SecretKey:
         )
 
     def to_bytes(self) -> bytes:
-        return serial.pack("secret_key", self.context_id, serial.seal_to_bytes(self.key))
+        return serial.pack("secret_key", self.context_id, serial.seal_to_bytes(self.key, secret=True))
 
     @classmethod
     def from_bytes(cls, params: ParamSet, data: bytes, context_id: bytes | None = None) -> SecretKey:
@@ -334,6 +376,15 @@ class SecretKey:
         seal_ctx = CkksContext.seal_context(params)
         key = serial.seal_from_bytes(sealapi.SecretKey(), seal_ctx, env.payload, "secret_key")
         return cls(params, seal_ctx, key, env.context_id)
+
+
+def _checked_steps(raw: Any, slots: int) -> tuple[int, ...]:
+    """Rotation steps from the wire: a list of distinct integers in 1..slots-1, sorted."""
+    if not isinstance(raw, list) or not all(isinstance(s, int) and not isinstance(s, bool) for s in raw):
+        raise ProtocolError("Galois key steps must be a list of integers")
+    if any(not 0 < s < slots for s in raw) or len(set(raw)) != len(raw) or raw != sorted(raw):
+        raise ProtocolError(f"Galois key steps must be distinct, sorted and within 1..{slots - 1}")
+    return tuple(raw)
 
 
 def keygen(params: ParamSet, galois_steps: Iterable[int] = ()) -> tuple[CkksContext, SecretKey]:
@@ -350,9 +401,17 @@ def keygen(params: ParamSet, galois_steps: Iterable[int] = ()) -> tuple[CkksCont
     if steps:
         elts = seal_ctx.key_context_data().galois_tool().get_elts_from_steps(list(steps))
         kg.create_galois_keys(elts, gk)
-    cid = CkksContext.compute_id(params, serial.seal_to_bytes(pk))
+    payloads = {
+        "public_key": serial.seal_to_bytes(pk),
+        "relin_keys": serial.seal_to_bytes(rk),
+        "galois_keys": serial.seal_to_bytes(gk) if steps else b"",  # SEAL cannot load an empty key set
+    }
+    cid = CkksContext.compute_id(
+        params, payloads["public_key"], payloads["relin_keys"], payloads["galois_keys"], steps
+    )
     ctx = CkksContext(
         params, seal_ctx, sealapi.CKKSEncoder(seal_ctx), sealapi.Evaluator(seal_ctx), pk, rk, gk, steps, cid
     )
+    ctx._key_payloads = payloads
     sk = SecretKey(params, seal_ctx, kg.secret_key(), cid)
     return ctx, sk

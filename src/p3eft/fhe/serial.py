@@ -11,20 +11,23 @@ Layout (little-endian)::
     magic "P3FHE" | version u8 | kind u8 | context_id 16B | level u16 | scale f64 |
     meta_len u32 | payload_len u64 | sha256(meta + payload)[:16] | meta (JSON) | payload (SEAL bytes)
 
-The binding only saves to and loads from file paths, so the SEAL part goes through a private temporary
-directory (in ``/dev/shm`` when it exists, i.e. memory, not disk).
+The binding only saves to and loads from file paths, so the SEAL part goes through an anonymous
+in-memory file (``os.memfd_create``, reached as ``/proc/self/fd/N``): it has no name in any
+directory, lives only as long as the descriptor, and vanishes with the process even on SIGKILL, so
+nothing is ever left behind. The secret key only ever takes this route; where anonymous files do not
+exist (not Linux), public objects fall back to a private temporary file deleted at once, and the
+secret key is refused (:class:`~p3eft.errors.SecurityError`).
 """
 
 from __future__ import annotations
 
-import atexit
+import contextlib
 import hashlib
 import json
 import os
-import shutil
 import struct
 import tempfile
-import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,50 +107,80 @@ def unpack(data: bytes, kind: str, context_id: bytes | None = None) -> Envelope:
         meta = json.loads(body[:meta_len] or b"{}")
     except ValueError as err:
         raise ProtocolError(f"{kind} metadata is not JSON: {err}") from err
+    if not isinstance(meta, dict):
+        raise ProtocolError(f"{kind} metadata is JSON but not an object (got {type(meta).__name__})")
     return Envelope(kind, ctx_id, level, scale, meta, body[meta_len:])
 
 
-# --- SEAL objects <-> bytes through a private temporary directory ------------------------------------
-
-_tmp_lock = threading.Lock()
-_tmp_dir: str | None = None
-_counter = 0
+# --- SEAL objects <-> bytes through an anonymous in-memory file --------------------------------------
 
 
-def _tmp_path() -> str:
-    global _tmp_dir, _counter
-    with _tmp_lock:
-        if _tmp_dir is None or not os.path.isdir(_tmp_dir):
-            base = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
-            _tmp_dir = tempfile.mkdtemp(prefix="p3eft-fhe-", dir=base)
-            os.chmod(_tmp_dir, 0o700)
-            atexit.register(shutil.rmtree, _tmp_dir, True)
-        _counter += 1
-        return os.path.join(_tmp_dir, f"{os.getpid()}-{threading.get_ident()}-{_counter}.bin")
-
-
-def seal_to_bytes(obj: Any) -> bytes:
-    """Serialise a SEAL object (ciphertext, key, plaintext) with SEAL's own compressed format."""
-    path = _tmp_path()
+def _memfd_available() -> bool:
+    if not hasattr(os, "memfd_create"):
+        return False
     try:
-        obj.save(path)
-        with open(path, "rb") as fh:
-            return fh.read()
+        fd = os.memfd_create("p3eft-fhe-probe", os.MFD_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.path.exists(f"/proc/self/fd/{fd}")
     finally:
-        if os.path.exists(path):
+        os.close(fd)
+
+
+_MEMFD = _memfd_available()
+
+
+@contextlib.contextmanager
+def _scratch(secret: bool) -> Iterator[tuple[str, int]]:
+    """(path, fd) of a scratch file for SEAL: anonymous in memory, or refused for a secret."""
+    if _MEMFD:
+        fd = os.memfd_create("p3eft-fhe", os.MFD_CLOEXEC)
+        try:
+            yield f"/proc/self/fd/{fd}", fd
+        finally:
+            os.close(fd)
+        return
+    if secret:
+        raise SecurityError(
+            "no anonymous in-memory files here (os.memfd_create): refusing to write a secret key"
+        )
+    fd, path = tempfile.mkstemp(prefix="p3eft-fhe-")  # mode 0600, removed before we return
+    try:
+        yield path, fd
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
             os.remove(path)
+
+
+def _read_all(fd: int) -> bytes:
+    size = os.fstat(fd).st_size
+    chunks, offset = [], 0
+    while offset < size:
+        chunk = os.pread(fd, size - offset, offset)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def seal_to_bytes(obj: Any, secret: bool = False) -> bytes:
+    """Serialise a SEAL object (ciphertext, key, plaintext) with SEAL's own compressed format."""
+    with _scratch(secret) as (path, fd):
+        obj.save(path)
+        return _read_all(fd)
 
 
 def seal_from_bytes(obj: Any, seal_context: Any, payload: bytes, kind: str) -> Any:
     """Load checked payload bytes into an empty SEAL object; SEAL validates them against the context."""
-    path = _tmp_path()
-    try:
-        with open(path, "wb") as fh:
-            fh.write(payload)
-        obj.load(seal_context, path)
-    except (ValueError, RuntimeError) as err:
-        raise ProtocolError(f"{kind} payload rejected by SEAL: {err}") from err
-    finally:
-        if os.path.exists(path):
-            os.remove(path)
+    with _scratch(kind == "secret_key") as (path, fd):
+        view = memoryview(payload)
+        while view:
+            view = view[os.write(fd, view) :]
+        try:
+            obj.load(seal_context, path)
+        except (ValueError, RuntimeError, TypeError) as err:
+            raise ProtocolError(f"{kind} payload rejected by SEAL: {err}") from err
     return obj
