@@ -3,12 +3,22 @@
 Every function is an :class:`Approximation`: the same arithmetic runs on NumPy (:meth:`plain`) and on
 ciphertexts (:meth:`encrypted`), so tests can check the encrypted result against the plaintext
 approximation (CKKS error only) and the plaintext approximation against the exact function on its
-range (approximation error only). Choices of range, degree and iteration count are ours (DESIGN.md
-§2.1); outside the stated range the approximations are not meant to hold.
+range (approximation error only). Choices of range, degree and iteration count are ours.
+
+Outside the range (ours): the value is that of the same construction, not of the function, but every
+approximation is built so that, on the *guard range* (``guard`` = 4 times the range: [4 lo, 4 hi] for
+a range around zero, (0, 4 hi] for a positive one), no intermediate value exceeds ``peak`` (stated
+per function). Under encryption a slot only disturbs the other slots if its value wraps modulo the
+ciphertext modulus; ``encrypted`` refuses to let a result whose ``peak`` would not fit the bottom
+prime land on level 0, so a slot anywhere in the guard range leaves the other slots within their
+stated error. Beyond the guard range nothing is promised: flag such inputs with
+:func:`range_flags` (plaintext) or :func:`range_indicator` (encrypted, two levels).
 
 * ``exp``: range reduction and repeated squaring, exp(x) = p(x)^(2^r) with p ~ exp(x / 2^r).
-* ``reciprocal``: Goldschmidt iterations y <- y(1+e), e <- e^2 from a linear first guess.
-* ``inv_sqrt``: Newton iterations y <- y(3 - x y^2)/2 from a polynomial first guess.
+* ``reciprocal``: Goldschmidt iterations y <- y(1+e), e <- e^2 from a linear first guess, fitted so
+  that 0 < x y0 < 2 on the guard range (the iterations then stay bounded there).
+* ``inv_sqrt``: Newton iterations y <- 1.5 y - (x y / 2) y^2 from a polynomial first guess, fitted so
+  that 0 < x y0^2 < 3 on the guard range (likewise bounded).
 * ``gelu``, ``tanh``: least-squares polynomials on Chebyshev points (tanh odd).
 
 Depth is consumed one level per multiplication. If a :class:`Refresher` is given, a function
@@ -113,15 +123,50 @@ class Approximation:
     plain: Callable[[np.ndarray], np.ndarray]
     _enc: Callable[[CkksContext, Ciphertext, Refresher | None], Ciphertext] = field(repr=False)
     note: str = ""
+    guard: float = 4.0
+    _trace: Callable[[np.ndarray], float] | None = field(default=None, repr=False)
+    outside: str = ""
+    _peak: float | None = field(default=None, repr=False)
+
+    @property
+    def guard_range(self) -> tuple[float, float]:
+        """Where the construction is bounded by :attr:`peak`: 4x the range (see the module doc)."""
+        return guard_range(self.lo, self.hi, self.guard)
+
+    @property
+    def peak(self) -> float:
+        """Largest |intermediate value| of the construction on the guard range (plaintext, measured)."""
+        if self._peak is None:
+            glo, ghi = self.guard_range
+            x = np.linspace(glo, ghi, 8001)
+            x = x[x != 0] if self.lo > 0 else x
+            self._peak = (
+                float(self._trace(x)) if self._trace is not None else float(np.max(np.abs(self.plain(x))))
+            )
+        return self._peak
+
+    def levels_needed(self, ctx: CkksContext) -> int:
+        """``depth``, plus one when the guard-range peak would not fit the bottom prime: the result must
+        then land on level 1 or above, so an out-of-range slot cannot wrap."""
+        return self.depth + (1 if self.peak > level0_headroom(ctx) else 0)
 
     def encrypted(self, ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None = None) -> Ciphertext:
-        """Evaluate under encryption; without a refresher the ciphertext needs ``depth`` levels."""
+        """Evaluate under encryption; without a refresher the ciphertext needs :meth:`levels_needed`."""
         ctx.check(ct)
-        if refresher is None and ctx.level(ct) < self.depth:
+        need = self.levels_needed(ctx)
+        if refresher is None and ctx.level(ct) < need:
+            extra = "" if need == self.depth else " (one to spare, so that out-of-range slots cannot wrap)"
             raise LevelError(
-                f"{self.name} needs {self.depth} levels, the ciphertext has {ctx.level(ct)}; pass a refresher"
+                f"{self.name} needs {need} levels{extra}, the ciphertext has {ctx.level(ct)}; pass a refresher"
             )
+        if refresher is not None and refresher.min_level < need - self.depth:
+            raise LevelError(f"{self.name} needs a refresher that keeps ciphertexts above level 0")
         return self._enc(ctx, ct, refresher)
+
+    def range_flags(self, x: np.ndarray) -> np.ndarray:
+        """Per value: 0 in range, 1 outside it but in the guard range (bounded, other slots safe),
+        2 beyond the guard range (may wrap and corrupt every slot of its ciphertext)."""
+        return range_flags(x, self.lo, self.hi, self.guard)
 
     def max_error(self, points: int = 2001) -> float:
         """Largest |approximation - exact| on the stated range (plaintext; the approximation's own error)."""
@@ -142,6 +187,85 @@ class Approximation:
             "max_abs_error_on_range": self.max_error(),
             "note": self.note,
         }
+
+
+def guard_range(lo: float, hi: float, guard: float) -> tuple[float, float]:
+    """[guard lo, guard hi] for a range around zero; (0, guard hi] for a positive range."""
+    return (guard * lo if lo < 0 else 0.0), (guard * hi if hi > 0 else 0.0)
+
+
+def range_flags(x: np.ndarray, lo: float, hi: float, guard: float = 4.0) -> np.ndarray:
+    """0 where lo <= x <= hi, 1 where x is in the guard range only, 2 beyond it (or not finite).
+
+    For the data owner, on values it decrypted (or on its own inputs before encrypting): the cheap way
+    to flag a slot instead of trusting a corrupted one (ours)."""
+    x = np.asarray(x, dtype=np.float64)
+    glo, ghi = guard_range(lo, hi, guard)
+    inside = (x >= lo) & (x <= hi)
+    guarded = (x >= glo) & (x <= ghi) & (x > 0 if lo > 0 else True)
+    return np.where(inside, 0, np.where(guarded & np.isfinite(x), 1, 2)).astype(np.int8)
+
+
+def range_indicator(ctx: CkksContext, ct: Ciphertext, lo: float, hi: float) -> Ciphertext:
+    """Encrypted ((2x - lo - hi) / (hi - lo))^2: at most 1 exactly where lo <= x <= hi, up to
+    ~(2 guard + 1)^2 in the guard range. Two levels; the key holder decrypts it beside the result and
+    flags the slots above 1 (ours)."""
+    centred = ops.add_plain(ctx, ct, -(lo + hi) / 2)
+    return ops.square(ctx, ops.mul_plain(ctx, centred, 2.0 / (hi - lo)))
+
+
+def level0_headroom(ctx: CkksContext) -> float:
+    """Largest |value| a level-0 result (and a product computed at level 1) holds without wrapping,
+    with one bit of margin: 2^(bits(q_0) - scale_bits - 2)."""
+    return 2.0 ** (ctx.params.coeff_mod_bit_sizes[0] - ctx.params.scale_bits - 2)
+
+
+def _poly_peak(coeffs: np.ndarray, x: np.ndarray) -> float:
+    """Largest |power|, |term| or |partial sum| that :func:`eval_poly` forms on ``x``."""
+    peak, total = 0.0, np.full_like(x, coeffs[0] if len(coeffs) else 0.0)
+    for i in range(1, len(coeffs)):
+        power = x**i
+        peak = max(peak, float(np.max(np.abs(power))))
+        if coeffs[i] != 0:
+            total = total + coeffs[i] * power
+            peak = max(peak, float(np.max(np.abs(coeffs[i] * power))), float(np.max(np.abs(total))))
+    return peak
+
+
+def _guarded_guess(
+    power: float,
+    upper: float,
+    lo: float,
+    hi: float,
+    degree: int,
+    guard: float,
+) -> tuple[np.ndarray, float]:
+    """First guess y0 = sum c_i x^i minimising max |x^power y0 - 1| on [lo, hi] subject to
+    0 <= x^power y0 <= upper on the guard range (0, guard hi]: a linear programme (ours).
+    Returns the coefficients and the worst relative error on [lo, hi]."""
+    from scipy.optimize import linprog
+
+    core = np.linspace(lo, hi, 400)
+    ext = np.linspace(hi / 200, guard * hi, 800)
+    basis = lambda x: np.stack([x**power * x**i for i in range(degree + 1)], axis=1)  # noqa: E731
+    bc, be = basis(core), basis(ext)
+    n = degree + 1
+    ones_c = np.ones((len(core), 1))
+    a_ub = np.vstack(
+        [
+            np.hstack([bc, -ones_c]),  # x^p y0 - 1 <= t
+            np.hstack([-bc, -ones_c]),  # 1 - x^p y0 <= t
+            np.hstack([be, np.zeros((len(ext), 1))]),  # x^p y0 <= upper
+            np.hstack([-be, np.zeros((len(ext), 1))]),  # x^p y0 >= 0
+        ]
+    )
+    b_ub = np.concatenate(
+        [np.ones(len(core)), -np.ones(len(core)), np.full(len(ext), upper), np.zeros(len(ext))]
+    )
+    res = linprog(np.r_[np.zeros(n), 1.0], A_ub=a_ub, b_ub=b_ub, bounds=[(None, None)] * n + [(0, None)])
+    if not res.success:
+        raise ValueError(f"no degree-{degree} first guess is bounded on the guard range: {res.message}")
+    return res.x[:n], float(res.x[n])
 
 
 def _fit(
@@ -184,6 +308,8 @@ def polynomial(
         lambda x: np.polynomial.polynomial.polyval(x, coeffs),
         enc,
         note="least-squares polynomial on Chebyshev points",
+        _trace=lambda x: _poly_peak(coeffs, x),
+        outside="the polynomial itself: it leaves the function at once and grows like x^degree",
     )
 
 
@@ -216,7 +342,22 @@ def exp(lo: float = -4.0, hi: float = 4.0, squarings: int = 3, degree: int = 4) 
             y = ops.square(ctx, _ensure(ctx, y, 1, refresher))
         return y
 
-    return Approximation("exp", lo, hi, degree, pdepth + r, np.exp, plain, enc, note=f"{r} squarings")
+    def trace(x: np.ndarray) -> float:
+        return max(_poly_peak(coeffs, x), float(np.max(np.abs(plain(x)))))
+
+    return Approximation(
+        "exp",
+        lo,
+        hi,
+        degree,
+        pdepth + r,
+        np.exp,
+        plain,
+        enc,
+        note=f"{r} squarings",
+        _trace=trace,
+        outside="p(x/2^r)^(2^r): close to exp just outside, then below exp (p is a polynomial)",
+    )
 
 
 def _goldschmidt_iters(delta: float, target: float) -> int:
@@ -227,24 +368,31 @@ def _goldschmidt_iters(delta: float, target: float) -> int:
 
 
 def reciprocal(
-    lo: float = 1.0, hi: float = 8.0, target_rel: float = 1e-4, iters: int | None = None
+    lo: float = 1.0,
+    hi: float = 8.0,
+    target_rel: float = 1e-4,
+    iters: int | None = None,
+    guard: float = 4.0,
 ) -> Approximation:
-    """1/x on [lo, hi] (lo > 0): linear first guess y0 (minimax for the relative error), then
-    Goldschmidt e0 = 1 - x y0, y <- y (1 + e), e <- e^2. Depth 2 + iters."""
+    """1/x on [lo, hi] (lo > 0): a linear first guess y0, then Goldschmidt e0 = 1 - x y0,
+    y <- y (1 + e), e <- e^2. Depth 2 + iters.
+
+    y0 minimises the relative error on [lo, hi] subject to 0 < x y0 < 2 on (0, guard hi] (a linear
+    programme, ours): then |e| < 1 on the whole guard range and every iterate stays bounded, at the
+    price of a first guess calibrated on a wider range (6 iterations instead of 4 by default)."""
     if lo <= 0:
         raise ValueError("reciprocal needs a positive range")
-    m = lo / hi
-    beta = 8.0 / ((1 + m) ** 2 + 4 * m)  # y0(z) = beta((1+m) - z) on z = x/hi in [m, 1]
-    delta = 1 - beta * m
+    (a0, a1), delta = _guarded_guess(1.0, 1.98, lo, hi, 1, guard)
     n = iters if iters is not None else _goldschmidt_iters(delta, target_rel)
-    a0, a1 = beta * (1 + m) / hi, -beta / hi**2  # y0 = a0 + a1 x
 
-    def plain(x: np.ndarray) -> np.ndarray:
+    def run(x: np.ndarray) -> tuple[np.ndarray, float]:
         y = a0 + a1 * x
         e = 1 - x * y
+        peak = float(max(np.max(np.abs(y)), np.max(np.abs(e)), np.max(np.abs(x * y))))
         for _ in range(n):
             y, e = y * (1 + e), e * e
-        return y
+            peak = max(peak, float(np.max(np.abs(y))))
+        return y, peak
 
     def enc(ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
         x = _ensure(ctx, ct, 2, refresher)
@@ -257,7 +405,19 @@ def reciprocal(
         return y
 
     return Approximation(
-        "reciprocal", lo, hi, 1, 2 + n, lambda x: 1.0 / x, plain, enc, note=f"{n} Goldschmidt iterations"
+        "reciprocal",
+        lo,
+        hi,
+        1,
+        2 + n,
+        lambda x: 1.0 / x,
+        lambda x: run(x)[0],
+        enc,
+        note=f"{n} Goldschmidt iterations",
+        guard=guard,
+        _trace=lambda x: run(x)[1],
+        outside="between 0 and the guard: the iterates converge more slowly, to a bounded value "
+        "(near 1/x just outside the range)",
     )
 
 
@@ -267,12 +427,17 @@ def inv_sqrt(
     guess_degree: int = 2,
     target_rel: float = 1e-4,
     iters: int | None = None,
+    guard: float = 4.0,
 ) -> Approximation:
     """1/sqrt(x) on [lo, hi] (lo > 0): polynomial first guess, then Newton y <- 1.5 y - (x y / 2) y^2.
-    Depth poly_depth(guess_degree) + 2 * iters (6 by default)."""
+    Depth poly_depth(guess_degree) + 2 * iters.
+
+    The guess minimises the relative error on [lo, hi] subject to 0 < x y0^2 < 3 on (0, guard hi]
+    (a linear programme, ours): Newton's map then keeps x y^2 in (0, 1] after one step, so every
+    iterate stays bounded on the guard range."""
     if lo <= 0:
         raise ValueError("inv_sqrt needs a positive range")
-    coeffs = _fit(lambda x: 1 / np.sqrt(x), lo, hi, guess_degree)
+    coeffs, _ = _guarded_guess(0.5, 1.7, lo, hi, guess_degree, guard)
 
     def newton(x: np.ndarray, k: int) -> np.ndarray:
         y = np.polynomial.polynomial.polyval(x, coeffs)
@@ -303,6 +468,15 @@ def inv_sqrt(
             y = ops.sub(ctx, ops.mul_plain(ctx, y, 1.5, scale=v.seal.scale), v)
         return y
 
+    def trace(x: np.ndarray) -> float:
+        y = np.polynomial.polynomial.polyval(x, coeffs)
+        peak = _poly_peak(coeffs, x)
+        for _ in range(n):
+            hxy, yy = 0.5 * x * y, y * y
+            y = 1.5 * y - hxy * yy
+            peak = max(peak, float(np.max(np.abs(hxy))), float(np.max(yy)), float(np.max(np.abs(y))))
+        return peak
+
     return Approximation(
         "inv_sqrt",
         lo,
@@ -313,6 +487,10 @@ def inv_sqrt(
         lambda x: newton(x, n),
         enc,
         note=f"{n} Newton iterations",
+        guard=guard,
+        _trace=trace,
+        outside="between 0 and the guard: Newton from a guess with 0 < x y0^2 < 3, bounded, converging "
+        "more slowly the further out",
     )
 
 
