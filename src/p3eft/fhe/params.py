@@ -7,7 +7,7 @@ Table for uniform ternary secrets, classical attacks) gives the largest total fo
 a set with the highest level its total satisfies and refuse anything below 128 bits, so no code path
 can run on a weak set by accident.
 
-The named sets and the chain layout are ours (DESIGN.md §2.1): the first prime is 60 bits so that the
+The named sets and the chain layout are ours: the first prime is 60 bits so that the
 level above it keeps the headroom the client-aided refresh needs, the middle primes are the scale (40
 bits), and the last is the 60-bit special prime. Depth per N was chosen so the three named sets cover
 128, 192 and 256 bits, which gives the wireless optimiser a privacy term that grows with N.
