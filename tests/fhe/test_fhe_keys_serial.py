@@ -46,7 +46,7 @@ def _shows_key_material(text: str, sk: SecretKey) -> bool:
 
     raw = serial.unpack(sk.to_bytes(), "secret_key").payload
     low = text.lower()
-    for i in range(0, len(raw) - 8, 4):
+    for i in range(len(raw) - 7):
         window = raw[i : i + 8]
         if window.hex() in low or base64.b64encode(window).decode()[:8] in text:
             return True
