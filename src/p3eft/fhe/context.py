@@ -331,9 +331,21 @@ class SecretKey:
     key: Any
     context_id: bytes
     _decryptor: Any = None
+    _encryptor: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self._decryptor = sealapi.Decryptor(self.seal_context, self.key)
+        self._encryptor = sealapi.Encryptor(self.seal_context, self.key)
+
+    def encrypt_zero(self, ctx: CkksContext, level: int, scale: float) -> Any:
+        """A fresh symmetric encryption of zero at ``level`` labelled ``scale`` (cheaper than the
+        public-key one, and as good for the key holder's own re-encryptions)."""
+        if ctx.context_id != self.context_id:
+            raise SecurityError("secret key belongs to another FHE context")
+        out = sealapi.Ciphertext(ctx.seal)
+        self._encryptor.encrypt_zero_symmetric(ctx.parms_id(level), out)
+        out.scale = scale
+        return out
 
     def __repr__(self) -> str:  # never print key material
         return f"SecretKey(params={self.params.name}, context={self.context_id.hex()[:12]})"
@@ -356,8 +368,7 @@ class SecretKey:
         Only the key holder can do this; the receiver loads it with ``ciphertext_from_bytes``."""
         if ctx.context_id != self.context_id:
             raise SecurityError("secret key belongs to another FHE context")
-        enc = sealapi.Encryptor(self.seal_context, self.key)
-        seeded = enc.encrypt_symmetric(ctx.encode(slots))
+        seeded = self._encryptor.encrypt_symmetric(ctx.encode(slots))
         return serial.pack(
             "ciphertext",
             self.context_id,

@@ -128,12 +128,15 @@ def add_integer_poly(ctx: Any, ct: sealapi.Ciphertext, values: np.ndarray) -> se
 
 
 def plaintext_coefficients(ctx: Any, pt: sealapi.Plaintext, level: int) -> np.ndarray:
-    """The centred integer coefficients of a decrypted (NTT-form) CKKS plaintext at ``level``."""
+    """The centred integer coefficients of a decrypted (NTT-form) CKKS plaintext at ``level``.
+
+    SEAL adds the plaintext to a carrier (0, 1) in NTT form and takes the sum out of NTT form, so the
+    words are read once, already as coefficients."""
     primes = primes_at(ctx, level)
     n = ctx.params.poly_modulus_degree
     polys = np.zeros((2, len(primes), n), dtype=np.uint64)
-    polys[0] = read_words(pt, len(primes) * n).reshape(len(primes), n)
     polys[1] = _ones_ntt(len(primes), n)  # not transparent, so SEAL transforms it; ignored below
     carrier = ciphertext_from_polys(ctx, level, polys, pt.scale, ntt_form=True)
+    ctx.evaluator.add_plain_inplace(carrier, pt)
     ctx.evaluator.transform_from_ntt_inplace(carrier)
     return centred(read_words(carrier, len(primes) * n).reshape(len(primes), n), primes)

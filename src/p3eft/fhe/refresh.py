@@ -9,8 +9,8 @@ polynomial in the coefficient domain* of the plaintext, so no floating point tou
    W = 2^(lambda + ceil(log2 P)), P = (B + 1) * scale, and adds the trivial ciphertext (r, 0):
    :meth:`RefreshMasker.mask`.
 2. The key holder (data owner) decrypts to the integer polynomial p + r (centred modulo q_0...q_l),
-   lifts those integers to every prime of the top level and encrypts them there under the public
-   key: :func:`refresh_respond`. It never sees p alone.
+   lifts those integers to every prime of the top level and encrypts them there (a fresh symmetric
+   encryption of zero plus the lifted polynomial): :func:`refresh_respond`. It never sees p alone.
 3. The evaluator subtracts r at the top level: :meth:`RefreshMasker.unmask`. The result encrypts
    p plus fresh encryption noise, at the scale the input had.
 
@@ -36,7 +36,6 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
-import tenseal.sealapi as sealapi
 
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe import rawpoly
@@ -144,8 +143,7 @@ def key_holder_coefficients(ctx: CkksContext, sk: SecretKey, masked: Ciphertext)
 def refresh_respond(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> Ciphertext:
     """Key holder's side: decrypt to the integer polynomial and encrypt it again at the top level."""
     coeffs = key_holder_coefficients(ctx, sk, masked)
-    zero = sealapi.Ciphertext(ctx.seal)
-    ctx.encrypt_zero(zero, ctx.top_level, masked.seal.scale)
+    zero = sk.encrypt_zero(ctx, ctx.top_level, masked.seal.scale)
     return Ciphertext(rawpoly.add_integer_poly(ctx, zero, coeffs), ctx.context_id, masked.layout)
 
 
