@@ -9,7 +9,8 @@ Two packings (ours):
 * :class:`StaggeredMatrix` (one vector; square, tall and wide matrices). The input sits in a window
   of w = next_pow2(n_in) slots, repeated in c = slots/w copies, copy q rotated left by q*K with
   K = w/c. One rotation by k < K then shows copy q the columns k + q*K, so K diagonals instead of w do
-  the work and every multiplication uses all slots; a log2(c) rotate-and-sum adds the copies up. The
+  the work and every multiplication uses all slots; a log2(c) rotate-and-sum adds the copies up,
+  before the rescale so that its key-switching noise is divided by q_l with the rest (ours). The
   output is *replicated* (every copy holds y). Matrices with more than w rows or columns are cut into
   w x w tiles; several input ciphertexts (column blocks) share the baby steps of each.
 * :class:`BatchMatrix` (several rows, e.g. 16 tokens of 128): each row in its own block, repeated
