@@ -46,6 +46,17 @@ def test_round_trip_over_bytes(n8192, rng):
         masker.unmask(out)
 
 
+def test_respond_with_view_for_an_audit(n8192, rng):
+    ctx, sk = n8192
+    x = rng.uniform(-4, 4, ctx.slots)
+    low = ops.mul_plain(ctx, tensor.encrypt(ctx, x), 1.0)
+    masker = refresh.RefreshMasker(ctx, bound=4.0)
+    fresh, view = refresh.refresh_respond_with_view(ctx, sk, masker.mask(low))
+    np.testing.assert_allclose(tensor.decrypt(sk, ctx, masker.unmask(fresh)), x, atol=REFRESH_TOL)
+    norm = refresh.normalised_view(view, 4.0, low.seal.scale)
+    assert np.all(np.abs(norm) <= 1.0) and stats.kstest(norm, "uniform", args=(-1, 2)).pvalue > 1e-4
+
+
 def test_lambda_below_30_bad_bound_and_too_low_level_are_refused(n8192):
     ctx, _ = n8192
     with pytest.raises(SecurityError):

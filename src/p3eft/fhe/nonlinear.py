@@ -145,22 +145,34 @@ class Approximation:
             )
         return self._peak
 
+    def floor_level(self, ctx: CkksContext) -> int:
+        """Lowest level the result may land on so that the guard-range peak cannot wrap there
+        (0 for most; 1 when the peak exceeds what the bottom prime holds)."""
+        for lvl in range(ctx.top_level + 1):
+            if self.peak <= level_headroom(ctx, lvl):
+                return lvl
+        raise LevelError(
+            f"{self.name}'s guard-range peak {self.peak:.1e} exceeds every level of {ctx.params.name}"
+        )
+
     def levels_needed(self, ctx: CkksContext) -> int:
-        """``depth``, plus one when the guard-range peak would not fit the bottom prime: the result must
-        then land on level 1 or above, so an out-of-range slot cannot wrap."""
-        return self.depth + (1 if self.peak > level0_headroom(ctx) else 0)
+        """``depth`` plus :meth:`floor_level`: the result must not land below the level whose modulus
+        holds the guard-range peak, so an out-of-range slot cannot wrap."""
+        return self.depth + self.floor_level(ctx)
 
     def encrypted(self, ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None = None) -> Ciphertext:
         """Evaluate under encryption; without a refresher the ciphertext needs :meth:`levels_needed`."""
         ctx.check(ct)
-        need = self.levels_needed(ctx)
+        need, floor = self.levels_needed(ctx), self.floor_level(ctx)
         if refresher is None and ctx.level(ct) < need:
-            extra = "" if need == self.depth else " (one to spare, so that out-of-range slots cannot wrap)"
+            extra = "" if floor == 0 else f" ({floor} to spare, so that out-of-range slots cannot wrap)"
             raise LevelError(
                 f"{self.name} needs {need} levels{extra}, the ciphertext has {ctx.level(ct)}; pass a refresher"
             )
-        if refresher is not None and refresher.min_level < need - self.depth:
-            raise LevelError(f"{self.name} needs a refresher that keeps ciphertexts above level 0")
+        if refresher is not None and refresher.min_level < floor:
+            raise LevelError(
+                f"{self.name} needs a refresher that keeps ciphertexts at level {floor} or above"
+            )
         return self._enc(ctx, ct, refresher)
 
     def range_flags(self, x: np.ndarray) -> np.ndarray:
@@ -214,10 +226,15 @@ def range_indicator(ctx: CkksContext, ct: Ciphertext, lo: float, hi: float) -> C
     return ops.square(ctx, ops.mul_plain(ctx, centred, 2.0 / (hi - lo)))
 
 
+def level_headroom(ctx: CkksContext, level: int) -> float:
+    """Largest |value| a result at ``level`` (and the product at level + 1 that made it) holds without
+    wrapping, with one bit of margin: 2^(bits(q_0...q_level) - scale_bits - 2)."""
+    return 2.0 ** (ctx.params.level_bits(level) - ctx.params.scale_bits - 2)
+
+
 def level0_headroom(ctx: CkksContext) -> float:
-    """Largest |value| a level-0 result (and a product computed at level 1) holds without wrapping,
-    with one bit of margin: 2^(bits(q_0) - scale_bits - 2)."""
-    return 2.0 ** (ctx.params.coeff_mod_bit_sizes[0] - ctx.params.scale_bits - 2)
+    """:func:`level_headroom` at level 0: 2^18 for our chains (60-bit q_0, 40-bit scale)."""
+    return level_headroom(ctx, 0)
 
 
 def _poly_peak(coeffs: np.ndarray, x: np.ndarray) -> float:

@@ -142,9 +142,25 @@ def key_holder_coefficients(ctx: CkksContext, sk: SecretKey, masked: Ciphertext)
 
 def refresh_respond(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> Ciphertext:
     """Key holder's side: decrypt to the integer polynomial and encrypt it again at the top level."""
+    return refresh_respond_with_view(ctx, sk, masked)[0]
+
+
+def refresh_respond_with_view(
+    ctx: CkksContext, sk: SecretKey, masked: Ciphertext
+) -> tuple[Ciphertext, np.ndarray]:
+    """:func:`refresh_respond`, also returning the key holder's view (the centred integer coefficients
+    it decrypted), for a key holder that keeps an audit record of what it saw."""
     coeffs = key_holder_coefficients(ctx, sk, masked)
     zero = sk.encrypt_zero(ctx, ctx.top_level, masked.seal.scale)
-    return Ciphertext(rawpoly.add_integer_poly(ctx, zero, coeffs), ctx.context_id, masked.layout)
+    fresh = Ciphertext(rawpoly.add_integer_poly(ctx, zero, coeffs), ctx.context_id, masked.layout)
+    return fresh, coeffs
+
+
+def normalised_view(coeffs: np.ndarray, bound: float, scale: float, lam: int = DEFAULT_LAMBDA) -> np.ndarray:
+    """A view divided by the mask width W (float64): uniform on [-1, 1) whatever the message, for
+    plaintext coefficients within P = (bound + 1) * scale (what an audit tests)."""
+    width = float(2 ** mask_bits(bound, scale, lam))
+    return np.array([float(c) for c in coeffs]) / width
 
 
 def refresh_respond_bytes(ctx: CkksContext, sk: SecretKey, masked: bytes) -> bytes:
