@@ -61,6 +61,11 @@ def fhe(
             f"{name}: {rec['security_bits']}-bit, ct {rec['ciphertext_bytes']} B, keygen {rec['keygen_s']:.3f}s, "
             f"enc {rec['encrypt_s'] * 1e3:.1f} ms, dec {rec['decrypt_s'] * 1e3:.1f} ms"
             + (f", matvec768 {rec['matvec_768x768_s']:.3f}s" if "matvec_768x768_s" in rec else "")
+            + (
+                f" ({rec['matvec_768x768_with_encode_s']:.3f}s with encoding)"
+                if "matvec_768x768_with_encode_s" in rec
+                else ""
+            )
             + (f", tenseal mm {rec['tenseal_mm_768x768_s']:.2f}s" if "tenseal_mm_768x768_s" in rec else "")
         )
     json_path.parent.mkdir(parents=True, exist_ok=True)
