@@ -144,6 +144,16 @@ def test_one_slot_at_four_times_the_range_leaves_the_others_alone(deep, rng, nam
     np.testing.assert_allclose(y[:2], approx.plain(x[:2]), rtol=1e-3, atol=1e-3)
 
 
+def test_negative_control_an_unguarded_reciprocal_corrupts_the_other_slots(deep, rng):
+    # the same input through a first guess calibrated on [1, 8] only (guard 1, the former construction):
+    # the far slot's iterates explode, wrap modulo q, and the in-range slots are lost with it
+    ctx, sk = deep
+    unguarded = nonlinear.reciprocal(guard=1.0)
+    x = np.concatenate([[32.0], rng.uniform(1.0, 8.0, 63)])
+    y = tensor.decrypt(sk, ctx, unguarded.encrypted(ctx, tensor.encrypt(ctx, x)))
+    assert np.max(np.abs(y[1:] - 1 / x[1:])) > 1.0
+
+
 def test_a_peak_above_the_bottom_prime_needs_a_spare_level(deep):
     ctx, _ = deep
     approx = nonlinear.exp()
