@@ -22,8 +22,21 @@ import torch
 SEED = 0  # every test starts from the same random state, whatever ran before
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _sealing_key_outside_home(tmp_path_factory):
+    """In-process ObfuscaTune runs keep their simulated platform sealing key in ~/.config/p3eft unless
+    ``P3EFT_SEALING_KEY`` names a file; the tests use a temporary one and never touch the user's."""
+    old = os.environ.get("P3EFT_SEALING_KEY")
+    os.environ["P3EFT_SEALING_KEY"] = str(tmp_path_factory.mktemp("sealing") / "enclave-sealing.key")
+    yield
+    if old is None:
+        os.environ.pop("P3EFT_SEALING_KEY", None)
+    else:
+        os.environ["P3EFT_SEALING_KEY"] = old
+
+
 @pytest.fixture(autouse=True)
-def _restore_process_state():
+def _restore_process_state(_sealing_key_outside_home):
     threads = torch.get_num_threads()
     torch_rng = torch.get_rng_state()
     np_rng = np.random.get_state()

@@ -36,13 +36,13 @@ def corrupt_adapter(tmp_path):
     [
         (["evaluate", "--model", "gpt5", "--limit", "2"], "unknown model 'gpt5'"),
         (["evaluate", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-        (["evaluate", "--limit", "0"], "--limit must be a positive"),
-        (["finetune", "--limit", "0", "--out", "OUT"], "--limit must be a positive"),
+        (["evaluate", "--limit", "0"], "'--limit'"),
+        (["finetune", "--limit", "0", "--out", "OUT"], "'--limit'"),
         (["evaluate", "--data-dir", "/nonexistent/data", "--limit", "2"], "does not exist"),
         (["finetune", "--scheme", "obfuscatune", "--out", "OUT"], "p3eft obfuscatune finetune"),
         (["finetune", "--scheme", "magic", "--out", "OUT"], "unknown scheme"),
-        (["finetune", "--max-steps", "0", "--out", "OUT"], "max_steps must be positive"),
-        (["finetune", "--dropout", "1.5", "--out", "OUT"], "dropout must be in"),
+        (["finetune", "--max-steps", "0", "--out", "OUT"], "'--max-steps'"),
+        (["finetune", "--dropout", "1.5", "--out", "OUT"], "'--dropout': 1.5 is not in the range 0<=x<1"),
         (["models", "info", "gpt5"], "unknown model"),
     ],
 )

@@ -260,7 +260,12 @@ class Enclave:
             seed=cloud_seed,
         )
         split = self.split
-        for g in tqdm(split.groups, desc="obfuscate+upload", disable=len(split.groups) < 16, leave=False):
+        for g in tqdm(
+            split.groups,
+            desc=f"obfuscate+upload ({s.masks} masks)",
+            disable=len(split.groups) < 16,
+            leave=False,
+        ):
             b = self._masks_for(g)
             for k, part in enumerate(g.parts):
                 w = split.weights.pop(part.path).to(self.dtype)

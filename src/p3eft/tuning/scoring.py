@@ -20,9 +20,25 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from p3eft.data.types import ClassificationExample, MultipleChoiceExample
+from p3eft.data.types import ClassificationExample, MultipleChoiceExample, Task
+from p3eft.errors import P3eftError
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_scoring_args(batch_size: int, max_length: int) -> None:
+    """Refuse sizes no scoring can use (``--batch-size 0`` would loop forever or pick option 0 silently)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise P3eftError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise P3eftError(f"max length must be an integer >= 2 tokens, got {max_length!r}")
+
+
+def meaningful_metrics(task: Task, metrics: dict) -> dict:
+    """Only the metrics that mean something for ``task`` (see :data:`p3eft.data.types.MEANINGFUL_METRICS`),
+    plus ``n`` and ``metrics`` (their names, headline first) so every printer shows the same ones."""
+    names = task.metrics
+    return {**{m: metrics[m] for m in names}, "n": metrics["n"], "metrics": list(names)}
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -91,6 +107,7 @@ def score_multiple_choice(
     """``acc``, ``acc_norm``, ``exact_match`` and ``n`` over ``examples`` (see module doc)."""
     if not examples:
         raise ValueError("no examples to score")
+    check_scoring_args(batch_size, max_length)
     pad = pad_token_id if pad_token_id is not None else (tokenizer.pad_token_id or 0)
     reqs = _requests(tokenizer, examples, max_length)
     order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i].tokens))  # less padding per batch
@@ -153,6 +170,7 @@ def classification_accuracy(
     """Accuracy of ``argmax logits_fn(ids, mask)[b]`` (``[B, num_labels]``) against the labels."""
     if not examples:
         raise ValueError("no examples to score")
+    check_scoring_args(batch_size, max_length)
     correct = 0
     batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
     with torch.no_grad():
