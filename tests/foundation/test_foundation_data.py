@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from p3eft.data import load_task, piqa_valid_split, resolve_data_dir
-from p3eft.data.loaders import parse_target_value, remove_prefix_answers
+from p3eft.data.formats import parse_target_value, remove_prefix_answers
 from p3eft.errors import MissingResourceError, P3eftError, UnknownNameError
 
 

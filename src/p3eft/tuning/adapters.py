@@ -16,6 +16,7 @@ import torch
 
 from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.models.loading import LoadedModel
+from p3eft.network import offline
 from p3eft.tuning.config import TrainConfig, default_target_modules
 
 ADAPTER_META = "p3eft_adapter.json"
@@ -102,7 +103,8 @@ def load_adapter(loaded: LoadedModel, folder: str | Path) -> Any:
     if base and base != loaded.spec.name:
         raise P3eftError(f"adapter {folder} was trained on {base!r}, not {loaded.spec.name!r}")
     try:
-        model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
+        with offline():
+            model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise P3eftError(f"adapter {folder} does not fit {loaded.spec.name}: {first[:300]}") from None
