@@ -38,7 +38,8 @@ def meaningful_metrics(task: Task, metrics: dict) -> dict:
     """Only the metrics that mean something for ``task`` (see :data:`p3eft.data.types.MEANINGFUL_METRICS`),
     plus ``n`` and ``metrics`` (their names, headline first) so every printer shows the same ones."""
     names = task.metrics
-    return {**{m: metrics[m] for m in names}, "n": metrics["n"], "metrics": list(names)}
+    extra = {k: metrics[k] for k in ("mean_gold_loglik",) if k in metrics}
+    return {**{m: metrics[m] for m in names}, **extra, "n": metrics["n"], "metrics": list(names)}
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -104,7 +105,11 @@ def score_multiple_choice(
     pad_token_id: int | None = None,
     return_details: bool = False,
 ) -> dict:
-    """``acc``, ``acc_norm``, ``exact_match`` and ``n`` over ``examples`` (see module doc)."""
+    """``acc``, ``acc_norm``, ``exact_match``, ``mean_gold_loglik`` and ``n`` over ``examples`` (module doc).
+
+    ``mean_gold_loglik`` is the mean log-likelihood of the best gold choice: a continuous number that
+    moves with any change of the model, where accuracies on a few questions may not.
+    """
     if not examples:
         raise ValueError("no examples to score")
     check_scoring_args(batch_size, max_length)
@@ -135,7 +140,7 @@ def score_multiple_choice(
     per_ex: dict[int, list[int]] = {}
     for k, r in enumerate(reqs):
         per_ex.setdefault(r.example, []).append(k)
-    acc = acc_norm = em = 0.0
+    acc = acc_norm = em = gold_ll = 0.0
     details = []
     for ei, ex in enumerate(examples):
         ks = per_ex[ei]
@@ -147,12 +152,19 @@ def score_multiple_choice(
         acc += pred in ex.golds
         acc_norm += pred_norm in ex.golds
         em += hit_em
+        gold_ll += max(ll[g] for g in ex.golds)
         if return_details:
             details.append(
                 {"id": ex.id, "logliks": ll, "pred": pred, "pred_norm": pred_norm, "golds": list(ex.golds)}
             )
     n = len(examples)
-    out = {"acc": acc / n, "acc_norm": acc_norm / n, "exact_match": em / n, "n": n}
+    out = {
+        "acc": acc / n,
+        "acc_norm": acc_norm / n,
+        "exact_match": em / n,
+        "mean_gold_loglik": gold_ll / n,  # continuous: shows any change of the model, unlike acc
+        "n": n,
+    }
     if return_details:
         out["details"] = details
     return out
