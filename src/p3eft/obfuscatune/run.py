@@ -188,7 +188,7 @@ def finetune(
             export,
             out / "adapter",
             meta={
-                "model": model,
+                "model": _model_name(model),
                 "dataset": task.name,
                 "weights_random": info.get("weights_random"),
                 "steps": config.max_steps,
@@ -305,8 +305,15 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     return save_exported_adapter(
         session.enclave_channel.call("export_adapter"),
         out,
-        meta={"model": meta["model"], "steps": step},
+        meta={"model": _model_name(meta["model"]), "steps": step},
     )
+
+
+def _model_name(model: str) -> str:
+    """The name adapters record (a folder's name for a local model), as the plain loader checks it."""
+    from p3eft.models.loading import resolve_spec
+
+    return resolve_spec(model).name
 
 
 def _adapter_step(folder: Path) -> int | None:
