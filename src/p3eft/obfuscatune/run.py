@@ -29,7 +29,7 @@ from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.obfuscatune import driver
 from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.export import save_exported_adapter
-from p3eft.tuning import TrainConfig
+from p3eft.tuning import LoraSettings, TrainConfig
 from p3eft.tuning.adapters import ADAPTER_META
 from p3eft.tuning.checkpoint import (
     CheckpointStore,
@@ -143,13 +143,7 @@ def finetune(
     else:
         from p3eft.obfuscatune.session import in_process_session
 
-        settings = replace(
-            settings,
-            sealing_key=_sealing_key(),
-            lora_r=config.rank,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-        )
+        settings = replace(settings.with_lora(config.lora), sealing_key=_sealing_key())
         session = in_process_session(model, settings, restore=restore)
         channel, tokenizer = session.enclave_channel, session.loaded.tokenizer
     every = config.checkpoint_every
@@ -232,7 +226,7 @@ def evaluate(
     tensors = None
     if adapter is not None:
         cfg, tensors = read_adapter_tensors(adapter)
-        settings = replace(settings, lora_r=int(cfg["r"]), lora_alpha=float(cfg["lora_alpha"]))
+        settings = settings.with_lora(LoraSettings.from_peft(cfg))
     if enclave_url:
         channel = open_remote_enclave(enclave_url, certs)
         tokenizer = data_owner_tokenizer(model)
@@ -290,15 +284,10 @@ def export(run_dir: str | Path, out: str | Path) -> Path:
     meta = json.loads(results.read_text())
     s = meta["enclave"]["settings"]
     cfg = meta["config"]
+    lora = LoraSettings(r=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"])
     settings = EnclaveSettings(
-        mode=s["mode"],
-        masks=s["masks"],
-        lora_r=cfg["rank"],
-        lora_alpha=cfg["alpha"],
-        lora_dropout=cfg["dropout"],
-        dtype=s["dtype"],
-        sealing_key=_sealing_key(),
-    )
+        mode=s["mode"], masks=s["masks"], dtype=s["dtype"], sealing_key=_sealing_key()
+    ).with_lora(lora)
     from p3eft.obfuscatune.session import in_process_session
 
     session = in_process_session(meta["model"], settings, restore=state)
