@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -42,113 +43,101 @@ def _write(payload: dict, json_out: Path | None) -> None:
         json_out.write_text(json.dumps(payload, indent=2, default=str))
 
 
+@dataclass(frozen=True)
+class MaskFlags:
+    """How the enclave obfuscates: the flags ``finetune`` and ``evaluate`` share."""
+
+    mode: str
+    masks: str
+    dtype: str
+
+    def settings(self):
+        return _settings(self.mode, self.masks, self.dtype)
+
+    def label(self) -> str:
+        return f", obfuscated {self.mode}/{self.masks}"
+
+
+with_mask_flags = opt.flag_group(
+    "obf",
+    MaskFlags,
+    (
+        ("mode", str, typer.Option("strict", "--mode", help=MODE_HELP)),
+        ("masks", str, typer.Option("orthogonal", "--masks", help=MASKS_HELP)),
+        ("dtype", str, typer.Option("float32", "--dtype", help=DTYPE_HELP)),
+    ),
+)
+
+
 @app.command()
+@with_mask_flags
+@opt.with_training_flags
 def finetune(
+    flags: opt.TrainingFlags,
+    obf: MaskFlags,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: adapter/ (plain PEFT), checkpoints/, results.json."
     ),
     model: str = opt.MODEL,
     dataset: str = opt.MC_DATASET,
-    max_steps: int = opt.MAX_STEPS,
-    limit: int | None = opt.TRAIN_LIMIT,
-    checkpoint_every: int = opt.CHECKPOINT_EVERY,
-    resume: bool = opt.RESUME,
-    data_dir: Path | None = opt.DATA_DIR,
-    lr: float = opt.LR,
-    rank: int = opt.RANK,
-    alpha: float = opt.ALPHA,
-    dropout: float = opt.DROPOUT,
-    batch_size: int = opt.BATCH_SIZE,
-    max_len: int = opt.MAX_LEN,
-    seed: int = opt.SEED,
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (runs on the untrusted side)."),
-    mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
-    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
     certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
-    json_out: Path | None = opt.JSON_OUT,
-    progress: bool = opt.PROGRESS,
 ) -> None:
     """Fine-tune with LoRA through the enclave/untrusted-accelerator split; export a plain PEFT adapter."""
     if optimizer not in ("adamw", "sgd"):
         raise P3eftError(f"--optimizer must be adamw or sgd, not {optimizer!r}")
-    opt.check_json_out(json_out)
+    settings = obf.settings()
+    opt.check_json_out(flags.json_out)
     from p3eft.obfuscatune import run
 
-    cfg = opt.train_config(
-        out,
-        lr=lr,
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        batch_size=batch_size,
-        max_steps=max_steps,
-        max_len=max_len,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-    )
     res = run.finetune(
         model,
         dataset,
         out,
-        cfg,
-        _settings(mode, masks, dtype),
+        flags.config(out),
+        settings,
         optimizer=optimizer,
-        limit=limit,
-        data_dir=data_dir,
-        resume=resume,
         enclave_url=enclave,
         certs=certs,
-        progress=progress,
+        **flags.run_kwargs(),
     )
-    _write(res, json_out)
-    typer.echo(opt.training_line(res, f", obfuscated {mode}/{masks}"))
+    _write(res, flags.json_out)
+    typer.echo(opt.training_line(res, obf.label()))
     if "adapter" in res:
         typer.echo(f"adapter (plain coordinates, PEFT): {res['adapter']}")
 
 
 @app.command()
+@with_mask_flags
+@opt.with_eval_flags
 def evaluate(
+    flags: opt.EvalFlags,
+    obf: MaskFlags,
     model: str = opt.MODEL,
     dataset: str = opt.MC_DATASET,
-    adapter: Path | None = opt.ADAPTER,
-    limit: int | None = opt.EVAL_LIMIT,
-    data_dir: Path | None = opt.DATA_DIR,
-    batch_size: int = opt.EVAL_BATCH_SIZE,
-    max_len: int = opt.EVAL_MAX_LEN,
-    mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
-    dtype: str = typer.Option("float32", "--dtype", help=DTYPE_HELP),
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
     certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
-    json_out: Path | None = opt.JSON_OUT,
-    progress: bool = opt.PROGRESS,
 ) -> None:
     """Score a model (optionally with an adapter) through the split, multiple-choice style."""
-    settings = _settings(mode, masks, dtype)
-    opt.check_json_out(json_out)
+    settings = obf.settings()
+    opt.check_json_out(flags.json_out)
     from p3eft.obfuscatune import run
 
     res = run.evaluate(
         model,
         dataset,
         settings,
-        adapter=adapter,
-        limit=limit,
-        data_dir=data_dir,
-        batch_size=batch_size,
-        max_length=max_len,
         enclave_url=enclave,
         certs=certs,
-        progress=progress,
+        **flags.run_kwargs(),
     )
-    _write(res, json_out)
-    typer.echo(opt.evaluation_line(res, f", obfuscated {mode}/{masks}"))
+    _write(res, flags.json_out)
+    typer.echo(opt.evaluation_line(res, obf.label()))
     for note in res["notes"]:
         typer.echo(f"note: {note}")
 

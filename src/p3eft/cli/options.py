@@ -10,8 +10,12 @@ The library checks the same limits again for callers that do not go through the 
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 
@@ -19,6 +23,8 @@ from p3eft.errors import P3eftError
 
 if TYPE_CHECKING:  # imported lazily below: keeps `p3eft --help` free of torch
     from p3eft.tuning import TrainConfig
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _positive_float(text: str) -> float:
@@ -86,36 +92,134 @@ JSON_OUT = typer.Option(None, "--json", help="Also write the results JSON here."
 PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
-def train_config(
-    out: Path,
-    *,
-    lr: float,
-    rank: int,
-    alpha: float,
-    dropout: float,
-    batch_size: int,
-    max_steps: int,
-    max_len: int,
-    seed: int,
-    checkpoint_every: int,
-    target_modules: list[str] | None = None,
-) -> TrainConfig:
-    """The training configuration from the shared flags (their ranges were checked while parsing)."""
-    from p3eft.tuning import TrainConfig
+def flag_group(arg: str, cls: type, specs: tuple[tuple[str, Any, Any], ...]) -> Callable[[F], F]:
+    """Give a command the flags in ``specs`` (name, type, typer option) and hand them to it bundled as
+    ``cls(**flags)`` in the parameter ``arg``, so that commands sharing flags do not repeat them."""
 
-    return TrainConfig(
-        lr=lr,
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        target_modules=target_modules,
-        batch_size=batch_size,
-        max_steps=max_steps,
-        max_len=max_len,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-        out_dir=str(out),
-    )
+    def decorate(fn: F) -> F:
+        sig = inspect.signature(fn, eval_str=True)
+        own = [p for p in sig.parameters.values() if p.name != arg]
+        added = [
+            inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, t, o in specs
+        ]
+
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            group = cls(**{n: kwargs.pop(n) for n, _, _ in specs})
+            return fn(**kwargs, **{arg: group})
+
+        command.__signature__ = sig.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in [*own, *added]}
+        del command.__wrapped__  # typer must see the new signature, not fn's
+        return command  # type: ignore[return-value]
+
+    return decorate
+
+
+@dataclass(frozen=True)
+class TrainingFlags:
+    """The training flags every scheme's ``finetune`` takes."""
+
+    max_steps: int
+    limit: int | None
+    checkpoint_every: int
+    resume: bool
+    data_dir: Path | None
+    lr: float
+    rank: int
+    alpha: float
+    dropout: float
+    batch_size: int
+    max_len: int
+    seed: int
+    json_out: Path | None
+    progress: bool
+
+    def config(self, out: Path, target_modules: list[str] | None = None) -> TrainConfig:
+        """The training configuration (the flags' ranges were checked while parsing)."""
+        from p3eft.tuning import TrainConfig
+
+        return TrainConfig(
+            lr=self.lr,
+            rank=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=target_modules,
+            batch_size=self.batch_size,
+            max_steps=self.max_steps,
+            max_len=self.max_len,
+            seed=self.seed,
+            checkpoint_every=self.checkpoint_every,
+            out_dir=str(out),
+        )
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments every scheme's ``finetune`` function takes from these flags."""
+        return {
+            "limit": self.limit,
+            "data_dir": self.data_dir,
+            "resume": self.resume,
+            "progress": self.progress,
+        }
+
+
+@dataclass(frozen=True)
+class EvalFlags:
+    """The evaluation flags every scheme's ``evaluate`` takes."""
+
+    adapter: Path | None
+    limit: int | None
+    data_dir: Path | None
+    batch_size: int
+    max_len: int
+    json_out: Path | None
+    progress: bool
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments every scheme's ``evaluate`` function takes from these flags."""
+        return {
+            "adapter": self.adapter,
+            "limit": self.limit,
+            "data_dir": self.data_dir,
+            "batch_size": self.batch_size,
+            "max_length": self.max_len,
+            "progress": self.progress,
+        }
+
+
+with_training_flags = flag_group(
+    "flags",
+    TrainingFlags,
+    (
+        ("max_steps", int, MAX_STEPS),
+        ("limit", int | None, TRAIN_LIMIT),
+        ("checkpoint_every", int, CHECKPOINT_EVERY),
+        ("resume", bool, RESUME),
+        ("data_dir", Path | None, DATA_DIR),
+        ("lr", float, LR),
+        ("rank", int, RANK),
+        ("alpha", float, ALPHA),
+        ("dropout", float, DROPOUT),
+        ("batch_size", int, BATCH_SIZE),
+        ("max_len", int, MAX_LEN),
+        ("seed", int, SEED),
+        ("json_out", Path | None, JSON_OUT),
+        ("progress", bool, PROGRESS),
+    ),
+)
+with_eval_flags = flag_group(
+    "flags",
+    EvalFlags,
+    (
+        ("adapter", Path | None, ADAPTER),
+        ("limit", int | None, EVAL_LIMIT),
+        ("data_dir", Path | None, DATA_DIR),
+        ("batch_size", int, EVAL_BATCH_SIZE),
+        ("max_len", int, EVAL_MAX_LEN),
+        ("json_out", Path | None, JSON_OUT),
+        ("progress", bool, PROGRESS),
+    ),
+)
 
 
 def check_json_out(path: Path | None) -> None:

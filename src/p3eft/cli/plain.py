@@ -41,94 +41,54 @@ def _check_scheme(scheme: str) -> None:
 
 def register(app: typer.Typer) -> None:
     @app.command()
+    @opt.with_training_flags
     def finetune(
+        flags: opt.TrainingFlags,
         out: Path = typer.Option(..., "--out", help="Output folder: adapter/, checkpoints/, results.json."),
         scheme: str = typer.Option(
             "plain", "--scheme", help="plain (here); obfuscatune and privtuner have their own command groups."
         ),
         model: str = opt.MODEL,
         dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa, sciq or sst2."),
-        max_steps: int = opt.MAX_STEPS,
-        limit: int | None = opt.TRAIN_LIMIT,
-        checkpoint_every: int = opt.CHECKPOINT_EVERY,
-        resume: bool = opt.RESUME,
-        data_dir: Path | None = opt.DATA_DIR,
-        lr: float = opt.LR,
-        rank: int = opt.RANK,
-        alpha: float = opt.ALPHA,
-        dropout: float = opt.DROPOUT,
-        batch_size: int = opt.BATCH_SIZE,
-        max_len: int = opt.MAX_LEN,
-        seed: int = opt.SEED,
         target_modules: str | None = typer.Option(
             None,
             "--target-modules",
             help="Comma-separated module names (default: all attention and MLP linears).",
         ),
-        json_out: Path | None = opt.JSON_OUT,
-        progress: bool = opt.PROGRESS,
     ) -> None:
         """Fine-tune with LoRA (plain reference; the schemes have their own command groups)."""
         _check_scheme(scheme)
-        opt.check_json_out(json_out)
+        opt.check_json_out(flags.json_out)
         from p3eft.tuning import finetune_plain
         from p3eft.tuning.plain import write_json
 
-        config = opt.train_config(
-            out,
-            lr=lr,
-            rank=rank,
-            alpha=alpha,
-            dropout=dropout,
-            batch_size=batch_size,
-            max_steps=max_steps,
-            max_len=max_len,
-            seed=seed,
-            checkpoint_every=checkpoint_every,
-            target_modules=[m.strip() for m in target_modules.split(",")] if target_modules else None,
-        )
-        res = finetune_plain(
-            model, dataset, out, config, limit=limit, data_dir=data_dir, resume=resume, progress=progress
-        )
-        if json_out:
-            write_json(json_out, res)
+        targets = opt.name_list(target_modules) if target_modules else None
+        res = finetune_plain(model, dataset, out, flags.config(out, targets), **flags.run_kwargs())
+        if flags.json_out:
+            write_json(flags.json_out, res)
         typer.echo(opt.training_line(res, ""))
         for note in res["notes"]:
             typer.echo(f"note: {note}")
         typer.echo(f"adapter: {res.get('adapter', '(not written)')}; results: {out / 'results.json'}")
 
     @app.command()
+    @opt.with_eval_flags
     def evaluate(
+        flags: opt.EvalFlags,
         model: str = opt.MODEL,
         dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa, sciq or sst2."),
-        adapter: Path | None = opt.ADAPTER,
-        limit: int | None = opt.EVAL_LIMIT,
-        data_dir: Path | None = opt.DATA_DIR,
-        batch_size: int = opt.EVAL_BATCH_SIZE,
-        max_len: int = opt.EVAL_MAX_LEN,
-        json_out: Path | None = opt.JSON_OUT,
-        progress: bool = opt.PROGRESS,
     ) -> None:
         """Evaluate a model (optionally with an adapter) on a dataset's evaluation split."""
-        opt.check_json_out(json_out)
+        opt.check_json_out(flags.json_out)
         from p3eft.tuning import evaluate as run_eval
         from p3eft.tuning.plain import write_json
 
-        res = run_eval(
-            model,
-            dataset,
-            adapter=adapter,
-            limit=limit,
-            data_dir=data_dir,
-            batch_size=batch_size,
-            max_length=max_len,
-            progress=progress,
-        )
+        res = run_eval(model, dataset, **flags.run_kwargs())
         typer.echo(opt.evaluation_line(res))
         for note in res["notes"]:
             typer.echo(f"note: {note}")
-        if json_out:
-            typer.echo(f"results: {write_json(json_out, res)}")
+        if flags.json_out:
+            typer.echo(f"results: {write_json(flags.json_out, res)}")
         else:
             keys = (*res["metrics"], "n", "weights_random")
             typer.echo(json.dumps({k: res[k] for k in keys}))
