@@ -41,11 +41,11 @@ def register(app: typer.Typer) -> None:
         s = run_demo(cfg, echo=typer.echo)
         weights = "RANDOM weights" if s.get("weights_random") else "real weights"
         typer.echo(
-            f"\nnetworked: {s['steps']} steps on {s['model']} ({weights}), final loss {s['final_loss']:.6f}"
+            f"\nnetworked: {s['steps']} steps on {s['model']} ({weights}), final loss {s['final_loss']:.4f}"
         )
         if "in_process_final_loss" in s:
             typer.echo(
-                f"in-process: final loss {s['in_process_final_loss']:.6f}; "
+                f"in-process: final loss {s['in_process_final_loss']:.4f}; "
                 f"equal: {s['final_loss'] == s['in_process_final_loss']}, "
                 f"adapters bit-identical: {s['adapters_bit_identical']}"
             )
