@@ -249,6 +249,8 @@ def _sst2_accuracy_with_adapter(adapter, limit: int) -> float:
         ["obfuscatune", "evaluate", "--max-length", "-5"],
         ["obfuscatune", "finetune", "--batch-size", "-2", "--out", "OUT"],
         ["obfuscatune", "experiment", "--batch-size", "0", "--out", "OUT"],
+        ["demo", "--steps", "0"],
+        ["demo", "--threads", "0"],
     ],
 )
 def test_bad_numbers_refused_before_anything_loads(capsys, monkeypatch, tmp_path, argv):

@@ -17,13 +17,13 @@ def register(app: typer.Typer) -> None:
         ),
         model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
         dataset: str = typer.Option("obqa", "--dataset", help="webqs, obqa, piqa or sciq."),
-        steps: int = typer.Option(4, "--steps", help="Fine-tuning steps."),
-        limit: int = typer.Option(32, "--limit", help="Training examples used."),
-        eval_limit: int = typer.Option(8, "--eval-limit", help="Evaluation questions scored."),
+        steps: int = typer.Option(4, "--steps", min=1, help="Fine-tuning steps."),
+        limit: int = typer.Option(32, "--limit", min=1, help="Training examples used."),
+        eval_limit: int = typer.Option(8, "--eval-limit", min=1, help="Evaluation questions scored."),
         in_process: bool = typer.Option(
             True, "--in-process/--no-in-process", help="Also run in-process to compare the final loss."
         ),
-        threads: int = typer.Option(1, "--threads", help="Intra-op threads per party process."),
+        threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads per party process."),
     ) -> None:
         """Run the networked ObfuscaTune demo (cloud, enclave, model owner, data owner as processes)."""
         from p3eft.runtime.demo import DemoConfig, run_demo
