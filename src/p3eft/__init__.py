@@ -2,13 +2,16 @@
 
 Two schemes share one framework:
 
-* :mod:`p3eft.privtuner` -- PrivTuner: CKKS homomorphic encryption + LoRA (engine in :mod:`p3eft.fhe`,
-  wireless resource optimiser in :mod:`p3eft.wireless`).
+* PrivTuner -- CKKS homomorphic encryption + LoRA: the CKKS engine is :mod:`p3eft.fhe`, the wireless
+  resource optimiser :mod:`p3eft.wireless`; the encrypted fine-tuning protocol belongs in
+  :mod:`p3eft.privtuner`, and ``p3eft privtuner`` says in one line whether this version has it.
 * :mod:`p3eft.obfuscatune` -- ObfuscaTune: obfuscated weights on an untrusted accelerator, the rest
   in a trusted execution environment.
 
 Shared building blocks: :mod:`p3eft.models`, :mod:`p3eft.data`, :mod:`p3eft.tuning` (the plaintext
-LoRA reference both schemes are judged against) and :mod:`p3eft.runtime` (parties as processes).
+LoRA reference both schemes are judged against, its one LoRA config and its checkpoints),
+:mod:`p3eft.channel` (how parties talk), :mod:`p3eft.network` (the one hub switch) and
+:mod:`p3eft.runtime` (parties as processes).
 """
 
 __version__ = "0.1.0"

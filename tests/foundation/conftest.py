@@ -1,23 +1,12 @@
-"""Shared fixtures for the foundation tests: tiny local model folders (fast, random, seeded)."""
+"""Shared fixtures for the foundation tests: tiny local model folders (fast, random, seeded).
+
+Threads, random states and environment variables are reset around every test by ``tests/conftest.py``.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Run these tests single-threaded, then restore the thread count.
-
-    Why: CI and our dev machines give 2 cores to several processes; measured here, an oversubscribed
-    2-thread SmolLM2 step took 7 s against 0.5 s with one thread. Subprocesses get ``OMP_NUM_THREADS=1``
-    in the tests that spawn them, which also keeps a killed-and-resumed run bitwise comparable.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def _save_tiny(path, config) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
 from p3eft.data import load_task, piqa_valid_split, resolve_data_dir
-from p3eft.data.loaders import parse_target_value, remove_prefix_answers
+from p3eft.data.formats import parse_target_value, remove_prefix_answers
 from p3eft.errors import MissingResourceError, P3eftError, UnknownNameError
 
 
@@ -101,3 +102,80 @@ def test_data_dir_resolution(tmp_path, monkeypatch):
         load_task("piqa", "eval")
     shutil.copytree(default / "sst2", tmp_path / "sst2")
     assert len(load_task("sst2", "eval", data_dir=tmp_path)) == 872
+
+
+# --- the hub fallback (issue 14 item 5) -----------------------------------------------------------
+
+
+def _fake_datasets(monkeypatch, rows):
+    """A stand-in for the `datasets` package that records what was asked (no network here)."""
+    import types
+
+    asked = []
+    module = types.ModuleType("datasets")
+    module.load_dataset = lambda path, config, split: asked.append((path, config, split)) or rows
+    monkeypatch.setitem(sys.modules, "datasets", module)
+    return asked
+
+
+def test_hub_never_replaces_a_named_data_folder(monkeypatch, tmp_path):
+    """A mistyped --data-dir (or P3EFT_DATA) with P3EFT_ALLOW_HUB=1 is an error, not a download."""
+    asked = _fake_datasets(monkeypatch, [])
+    monkeypatch.setenv("P3EFT_ALLOW_HUB", "1")
+    with pytest.raises(MissingResourceError, match="does not exist"):
+        load_task("piqa", "eval", data_dir=tmp_path / "typo")
+    monkeypatch.setenv("P3EFT_DATA", str(tmp_path))  # exists, but holds no PIQA files
+    with pytest.raises(MissingResourceError, match="piqa"):
+        load_task("piqa", "eval")
+    assert asked == []
+
+
+def test_hub_piqa_is_labelled_not_comparable(monkeypatch, tmp_path):
+    """Without a named folder and without local files, the hub is used, and every output says so; its
+    PIQA split is not the local seeded one, and the note says the numbers are not comparable."""
+    import p3eft.data.paths as paths
+
+    row = {"goal": "Open a jar", "sol1": "twist the lid", "sol2": "eat the lid", "label": 0}
+    asked = _fake_datasets(monkeypatch, [row])
+    monkeypatch.delenv("P3EFT_DATA", raising=False)
+    monkeypatch.setattr(paths, "_repo_roots", lambda: [tmp_path / "checkout"])  # no ../shared/data
+    monkeypatch.setenv("P3EFT_ALLOW_HUB", "1")
+    task = load_task("piqa", "eval")
+    assert asked == [("baber/piqa", None, "validation")]
+    assert "loaded from the hub" in task.note and "not comparable" in task.note
+    assert task.describe()["note"] == task.note and task.source_files == ["hub:baber/piqa/:validation"]
+    ex = task.examples[0]
+    assert (ex.context, ex.choices, ex.label) == (
+        "Question: Open a jar\nAnswer:",
+        [row["sol1"], row["sol2"]],
+        0,
+    )
+    monkeypatch.setenv("P3EFT_ALLOW_HUB", "")
+    with pytest.raises(MissingResourceError, match="no data directory"):
+        load_task("piqa", "eval")  # without the switch, no hub
+
+
+def test_hub_and_loaders_do_not_import_each_other():
+    """Layering: both use p3eft.data.formats; hub imports nothing from loaders (no cycle, no privates)."""
+    import ast
+    import inspect
+
+    import p3eft.data.hub as hub
+
+    imported = {
+        node.module
+        for node in ast.walk(ast.parse(inspect.getsource(hub)))
+        if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert "p3eft.data.formats" in imported and not any("loaders" in m for m in imported)
+
+
+def test_importing_p3eft_models_leaves_the_process_settings_alone():
+    import os
+    import subprocess
+
+    code = "import os, p3eft.models, p3eft.data, p3eft.tuning; print(os.environ.get('HF_HUB_OFFLINE'))"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "None"

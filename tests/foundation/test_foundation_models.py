@@ -29,8 +29,8 @@ def test_registry_names_and_unknown():
 @pytest.mark.parametrize(
     ("name", "params"),
     [
-        ("smollm2-135m", 134_515_008),  # ASSETS.md
-        ("minilm-l6", 22_713_216),  # ASSETS.md
+        ("smollm2-135m", 134_515_008),  # the packaged GGUF's config (docs/models.md)
+        ("minilm-l6", 22_713_216),  # the packaged model's config (docs/models.md)
         ("gpt2", 124_439_808),
         ("gpt2-xl", 1_557_611_200),
         ("bert-tiny", 4_385_920),
@@ -93,12 +93,44 @@ def test_minilm_classifier_real_body():
     assert count_parameters(m.model.bert) == 22_713_216
 
 
-def test_offline_unless_the_user_allows_the_hub():
+def _hub_flags() -> tuple[str | None, bool]:
     import os
 
     import huggingface_hub.constants
 
-    import p3eft.models  # noqa: F401  (importing sets the flags)
+    return os.environ.get("HF_HUB_OFFLINE"), bool(huggingface_hub.constants.HF_HUB_OFFLINE)
 
-    if os.environ.get("P3EFT_ALLOW_HUB") != "1":
-        assert os.environ["HF_HUB_OFFLINE"] == "1" and huggingface_hub.constants.HF_HUB_OFFLINE
+
+@pytest.mark.parametrize("allow", ["", "1"])
+def test_loads_are_offline_unless_the_user_allows_the_hub(allow, tiny_gpt2_dir, monkeypatch):
+    """Importing p3eft.models changes no process setting; each load is offline for its own duration,
+    unless P3EFT_ALLOW_HUB=1, where loads leave the hub settings alone and hub ids become a source."""
+    import transformers
+
+    from p3eft.models import real_weights_location
+
+    monkeypatch.setenv("P3EFT_ALLOW_HUB", allow)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("P3EFT_MODELS", raising=False)
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    before = _hub_flags()
+    assert before == (None, False)
+    seen = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(_hub_flags())
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(spy))
+    load_causal_lm(tiny_gpt2_dir)
+    assert _hub_flags() == before  # the process's settings are back
+    where = real_weights_location(get_spec("gpt2"))
+    if allow:
+        assert seen == [before]  # the user's own settings, untouched
+        assert where == "hub openai-community/gpt2"
+    else:
+        assert seen == [("1", True)]  # no download can start during the load
+        assert where is None

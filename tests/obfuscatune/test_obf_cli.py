@@ -1,7 +1,9 @@
 """`p3eft obfuscatune` commands end to end on a tiny local GPT-2 folder (real GPT-2 tokenizer)."""
 
 import json
+import os
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,30 +95,31 @@ def test_finetune_resume_evaluate_export(tiny_dir, tmp_path):
     assert res["result"]["resumed_from"] == 2 and len(res["result"]["losses"]) == 1
     assert (run / "adapter" / "adapter_config.json").is_file()
 
-    ev = tmp_path / "eval.json"
+    # Checkpoints are safe to load from an untrusted folder (no pickles) and hold no key (item 6).
+    files = [p.name for p in (run / "checkpoints").rglob("*") if p.is_file()]
     assert (
-        main(
-            [
-                "obfuscatune",
-                "evaluate",
-                "--model",
-                str(tiny_dir),
-                "--dataset",
-                "obqa",
-                "--limit",
-                "4",
-                "--adapter",
-                str(run / "adapter"),
-                "--masks",
-                "kron",
-                "--json",
-                str(ev),
-                "--no-progress",
-            ]
-        )
-        == 0
+        "LATEST" in files and "sealed.bin" in files and not [f for f in files if f.endswith((".pt", ".pkl"))]
     )
-    assert json.loads(ev.read_text())["n"] == 4
+    assert not list(run.rglob("*.key"))
+    key = Path(os.environ["P3EFT_SEALING_KEY"]).read_bytes()
+    assert all(key not in p.read_bytes() for p in run.rglob("*") if p.is_file())
+
+    # The adapter was applied: the obfuscated evaluation with it equals the plain one of the exported
+    # adapter, and differs from the plain one without it (mean_gold_loglik is continuous).
+    scores = {}
+    for name, argv in {
+        "obfuscated": ["obfuscatune", "evaluate", "--adapter", str(run / "adapter"), "--masks", "kron"],
+        "plain": ["evaluate", "--adapter", str(run / "adapter")],
+        "base": ["evaluate"],
+    }.items():
+        report = tmp_path / f"{name}.json"
+        flags = ["--model", str(tiny_dir), "--dataset", "obqa", "--limit", "8", "--no-progress"]
+        assert main([*argv, *flags, "--json", str(report)]) == 0
+        scores[name] = json.loads(report.read_text())
+    obf, plain, base = scores["obfuscated"], scores["plain"], scores["base"]
+    assert obf["n"] == plain["n"] == 8 and (obf["acc"], obf["acc_norm"]) == (plain["acc"], plain["acc_norm"])
+    assert obf["mean_gold_loglik"] == pytest.approx(plain["mean_gold_loglik"], abs=1e-4)
+    assert abs(plain["mean_gold_loglik"] - base["mean_gold_loglik"]) > 100 * 1e-4
 
     again = tmp_path / "again"
     assert main(["obfuscatune", "export", "--from", str(run), "--out", str(again)]) == 0
@@ -125,6 +128,97 @@ def test_finetune_resume_evaluate_export(tiny_dir, tmp_path):
         load_file(str(again / "adapter_model.safetensors")),
     )
     assert set(a) == set(b) and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_export_copies_a_finished_run_without_loading(tiny_dir, tmp_path, monkeypatch):
+    """Item 7: `export` of a finished run copies the adapter finetune wrote (no model is provisioned);
+    only a run stopped before its end is re-exported from its sealed checkpoint."""
+    from p3eft.obfuscatune import run as run_mod
+    from p3eft.obfuscatune import session
+
+    run = tmp_path / "run"
+    flags = ["--model", str(tiny_dir), "--dataset", "obqa", "--limit", "8", "--batch-size", "4"]
+    flags += ["--max-len", "32", "--lr", "1e-2", "--no-progress", "--checkpoint-every", "1"]
+    assert main(["obfuscatune", "finetune", "--out", str(run), "--max-steps", "2", *flags]) == 0
+    real = session.in_process_session
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("export re-provisioned the model")
+
+    monkeypatch.setattr(session, "in_process_session", no_model)
+    copy = run_mod.export(run, tmp_path / "copy")
+    assert (copy / "adapter_model.safetensors").read_bytes() == (
+        run / "adapter" / "adapter_model.safetensors"
+    ).read_bytes()
+    # a run killed after step 1 of 3 has no final adapter: export rebuilds it from the checkpoint
+    stopped = tmp_path / "stopped"
+    from p3eft.tuning import TrainConfig
+
+    cfg = TrainConfig(lr=1e-2, batch_size=4, max_steps=3, max_len=32, checkpoint_every=1)
+    monkeypatch.setattr(session, "in_process_session", real)
+    run_mod.finetune(
+        str(tiny_dir), "obqa", stopped, cfg, run_mod.EnclaveSettings(), limit=8, progress=False, stop_after=1
+    )
+    assert not (stopped / "adapter").exists()
+    calls = []
+    monkeypatch.setattr(session, "in_process_session", lambda *a, **k: calls.append(1) or real(*a, **k))
+    rebuilt = run_mod.export(stopped, tmp_path / "rebuilt")
+    assert calls == [1] and (rebuilt / "adapter_config.json").is_file()
+
+
+def test_old_pickled_checkpoints_are_refused_not_loaded(tiny_dir, tmp_path, capsys):
+    """Item 6: a run folder is not trusted: a pickle in it is never unpickled (it could run code)."""
+    run = tmp_path / "old"
+    (run / "checkpoints" / "step-2").mkdir(parents=True)
+    (run / "checkpoints" / "step-2" / "enclave_state.pt").write_bytes(b"\x80\x04not a real pickle")
+    argv = ["obfuscatune", "finetune", "--model", str(tiny_dir), "--dataset", "obqa", "--limit", "4"]
+    assert main([*argv, "--max-steps", "1", "--resume", "--out", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "older p3eft" in err and len(err.strip().splitlines()) == 1
+
+
+def test_state_files_round_trip_without_pickle(tmp_path):
+    from p3eft.tuning.checkpoint import CheckpointStore, load_state_files, save_state_files
+
+    store = CheckpointStore(tmp_path, keep=1)
+    state = {"sealed": b"\x00\x01 ciphertext", "step": 3}
+    for step in (1, 3):
+        store.write(step, lambda d: save_state_files(d, state))
+    latest = store.latest()
+    assert latest.name == "step-00000003" and len(list(store.root.glob("step-*"))) == 1
+    assert load_state_files(latest) == state
+
+
+def test_verify_builds_only_the_sessions_asked_for(tiny_dir, tmp_path, monkeypatch, capsys):
+    """Item 7: one session per --masks entry (each provisions the whole model), labelled progress."""
+    from p3eft.obfuscatune import session
+
+    built = []
+    real = session.session_from_model
+
+    def counting(model, settings, **kw):
+        built.append(settings.masks)
+        return real(model, settings, **kw)
+
+    monkeypatch.setattr(session, "session_from_model", counting)
+    out = tmp_path / "v.json"
+    assert (
+        main(["obfuscatune", "verify", "--model", str(tiny_dir), "--masks", "kron", "--json", str(out)]) == 0
+    )
+    assert built == ["kron"]
+    res = json.loads(out.read_text())
+    assert res["masks"] == "kron" and set(res["max_abs_logit_diff_by_masks"]) == {"kron"}
+    assert "verify: sessions" in capsys.readouterr().err  # the progress bar says what it counts
+    assert main(["obfuscatune", "verify", "--model", str(tiny_dir), "--masks", "diagonal"]) == 2
+
+
+@pytest.mark.parametrize("kappas", ["1,abc", "0.5,10", ","])
+def test_experiment_bad_kappas_one_line(kappas, tmp_path, capsys):
+    """Item 3: `--kappas 1,abc` was a traceback."""
+    argv = ["obfuscatune", "experiment", "--kappas", kappas, "--out", str(tmp_path / "e"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("p3eft: error: --kappas") and len(err.splitlines()) == 1
 
 
 def test_remote_enclave_without_runtime_is_clear(tiny_dir, tmp_path, monkeypatch, capsys):

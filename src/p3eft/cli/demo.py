@@ -17,13 +17,13 @@ def register(app: typer.Typer) -> None:
         ),
         model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
         dataset: str = typer.Option("obqa", "--dataset", help="webqs, obqa, piqa or sciq."),
-        steps: int = typer.Option(4, "--steps", help="Fine-tuning steps."),
-        limit: int = typer.Option(32, "--limit", help="Training examples used."),
-        eval_limit: int = typer.Option(8, "--eval-limit", help="Evaluation questions scored."),
+        steps: int = typer.Option(4, "--steps", min=1, help="Fine-tuning steps."),
+        limit: int = typer.Option(32, "--limit", min=1, help="Training examples used."),
+        eval_limit: int = typer.Option(8, "--eval-limit", min=1, help="Evaluation questions scored."),
         in_process: bool = typer.Option(
             True, "--in-process/--no-in-process", help="Also run in-process to compare the final loss."
         ),
-        threads: int = typer.Option(1, "--threads", help="Intra-op threads per party process."),
+        threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads per party process."),
     ) -> None:
         """Run the networked ObfuscaTune demo (cloud, enclave, model owner, data owner as processes)."""
         from p3eft.runtime.demo import DemoConfig, run_demo
@@ -41,11 +41,11 @@ def register(app: typer.Typer) -> None:
         s = run_demo(cfg, echo=typer.echo)
         weights = "RANDOM weights" if s.get("weights_random") else "real weights"
         typer.echo(
-            f"\nnetworked: {s['steps']} steps on {s['model']} ({weights}), final loss {s['final_loss']:.6f}"
+            f"\nnetworked: {s['steps']} steps on {s['model']} ({weights}), final loss {s['final_loss']:.4f}"
         )
         if "in_process_final_loss" in s:
             typer.echo(
-                f"in-process: final loss {s['in_process_final_loss']:.6f}; "
+                f"in-process: final loss {s['in_process_final_loss']:.4f}; "
                 f"equal: {s['final_loss'] == s['in_process_final_loss']}, "
                 f"adapters bit-identical: {s['adapters_bit_identical']}"
             )

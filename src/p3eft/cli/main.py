@@ -59,23 +59,57 @@ def _register() -> None:
 _register()
 
 
+def _click_errors() -> tuple[type[BaseException], ...]:
+    """The base classes of click's errors: typer >= 0.29 vendors its own click, older ones use click's."""
+    bases: list[type[BaseException]] = [typer.TyperException]
+    try:
+        import click
+
+        bases.append(click.ClickException)
+    except ImportError:  # pragma: no cover - click is only a dependency of older typer releases
+        pass
+    return tuple(bases)
+
+
+def _usage_error(err: BaseException) -> int:
+    """A click error (unknown flag, value out of range, missing option) as one line on stderr.
+
+    A bare group (``p3eft models``) is not a mistake: it prints the group's help and exits 0.
+    """
+    ctx = getattr(err, "ctx", None)
+    if type(err).__name__ == "NoArgsIsHelpError":
+        typer.echo(ctx.get_help() if ctx is not None else "")
+        return 0
+    where = f"{ctx.command_path}: " if ctx is not None else ""
+    message = " ".join(err.format_message().split())  # click may wrap long messages over lines
+    hint = " (see --help)" if ctx is not None else ""
+    print(f"p3eft: error: {where}{message}{hint}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; return the exit code (0 on success, 2 on a user error).
 
-    Click's standalone mode handles usage errors, ``--help`` and bare groups (it exits through
-    ``SystemExit``); our own user errors are caught here so that they print one line, not a traceback.
+    Every user error ends as ONE line ``p3eft: error: ...`` on stderr with exit code 2: click's usage
+    errors (unknown flags, values out of range, for which click would print a multi-line box) and our
+    own :class:`P3eftError`. Anything else is a bug and keeps its traceback.
     """
     try:
-        app(args=argv, prog_name="p3eft")
+        rv = app(args=argv, prog_name="p3eft", standalone_mode=False)
+    except _click_errors() as err:
+        return _usage_error(err)
+    except typer.Abort:
+        print("p3eft: aborted", file=sys.stderr)
+        return 130
     except P3eftError as err:
-        print(f"p3eft: error: {err}", file=sys.stderr)
+        print(f"p3eft: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except SystemExit as ex:
         if ex.code is None or isinstance(ex.code, int):
             return ex.code or 0
         print(ex.code, file=sys.stderr)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0
 
 
 if __name__ == "__main__":

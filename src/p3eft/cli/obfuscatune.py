@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import typer
@@ -21,6 +22,7 @@ MODE_HELP = "strict (ours, default: both sides of every linear masked) or paper 
 MASKS_HELP = (
     "orthogonal (default), cond:K, naive, kron[:F] or blockperm[:B] (structured, cheap for the enclave)."
 )
+DTYPE_HELP = "Enclave/accelerator precision: float32 or float64."
 
 
 def _settings(mode: str, masks: str, dtype: str = "float32"):
@@ -41,133 +43,111 @@ def _write(payload: dict, json_out: Path | None) -> None:
         json_out.write_text(json.dumps(payload, indent=2, default=str))
 
 
+@dataclass(frozen=True)
+class MaskFlags:
+    """How the enclave obfuscates: the flags ``finetune`` and ``evaluate`` share."""
+
+    mode: str
+    masks: str
+    dtype: str
+
+    def settings(self):
+        return _settings(self.mode, self.masks, self.dtype)
+
+    def label(self) -> str:
+        return f", obfuscated {self.mode}/{self.masks}"
+
+
+with_mask_flags = opt.flag_group(
+    "obf",
+    MaskFlags,
+    (
+        ("mode", str, typer.Option("strict", "--mode", help=MODE_HELP)),
+        ("masks", str, typer.Option("orthogonal", "--masks", help=MASKS_HELP)),
+        ("dtype", str, typer.Option("float32", "--dtype", help=DTYPE_HELP)),
+    ),
+)
+
+
 @app.command()
+@with_mask_flags
+@opt.with_training_flags
 def finetune(
+    flags: opt.TrainingFlags,
+    obf: MaskFlags,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: adapter/ (plain PEFT), checkpoints/, results.json."
     ),
     model: str = opt.MODEL,
-    dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa or sciq."),
-    max_steps: int = opt.MAX_STEPS,
-    limit: int | None = opt.TRAIN_LIMIT,
-    checkpoint_every: int = opt.CHECKPOINT_EVERY,
-    resume: bool = typer.Option(
-        False, "--resume", help="Continue from the latest sealed checkpoint in --out."
-    ),
-    data_dir: Path | None = opt.DATA_DIR,
-    lr: float = opt.LR,
-    rank: int = opt.RANK,
-    alpha: float = opt.ALPHA,
-    dropout: float = opt.DROPOUT,
-    batch_size: int = opt.BATCH_SIZE,
-    max_len: int = opt.MAX_LEN,
-    seed: int = opt.SEED,
+    dataset: str = opt.MC_DATASET,
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (runs on the untrusted side)."),
-    mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
-    dtype: str = typer.Option(
-        "float32", "--dtype", help="Enclave/accelerator precision: float32 or float64."
-    ),
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
     certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
-    json_out: Path | None = opt.JSON_OUT,
-    progress: bool = opt.PROGRESS,
 ) -> None:
     """Fine-tune with LoRA through the enclave/untrusted-accelerator split; export a plain PEFT adapter."""
-    from p3eft.obfuscatune import run
-
     if optimizer not in ("adamw", "sgd"):
         raise P3eftError(f"--optimizer must be adamw or sgd, not {optimizer!r}")
-    cfg = opt.train_config(
-        out,
-        limit=limit,
-        lr=lr,
-        rank=rank,
-        alpha=alpha,
-        dropout=dropout,
-        batch_size=batch_size,
-        max_steps=max_steps,
-        max_len=max_len,
-        seed=seed,
-        checkpoint_every=checkpoint_every,
-    )
+    settings = obf.settings()
+    opt.check_json_out(flags.json_out)
+    from p3eft.obfuscatune import run
+
     res = run.finetune(
         model,
         dataset,
         out,
-        cfg,
-        _settings(mode, masks, dtype),
+        flags.config(out),
+        settings,
         optimizer=optimizer,
-        limit=limit,
-        data_dir=data_dir,
-        resume=resume,
         enclave_url=enclave,
         certs=certs,
-        progress=progress,
+        **flags.run_kwargs(),
     )
-    _write(res, json_out)
-    r = res["result"]
-    weights = "RANDOM weights" if res.get("weights_random") else "real weights"
-    typer.echo(
-        f"{res['model']} on {res['train']['dataset']} [{weights}, mode {mode}, masks {masks}]: "
-        f"{r['steps']} steps, loss {r['first_loss']} -> {r['final_loss']}, {r['seconds_this_run']:.1f} s"
-    )
+    _write(res, flags.json_out)
+    typer.echo(opt.training_line(res, obf.label()))
     if "adapter" in res:
         typer.echo(f"adapter (plain coordinates, PEFT): {res['adapter']}")
 
 
 @app.command()
+@with_mask_flags
+@opt.with_eval_flags
 def evaluate(
-    model: str = typer.Option("smollm2-135m", "--model"),
-    dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa or sciq."),
-    adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT adapter folder (plain coordinates)."),
-    limit: int | None = typer.Option(None, "--limit", help="Score only the first N eval examples."),
-    data_dir: Path | None = typer.Option(None, "--data-dir"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_length: int = typer.Option(1024, "--max-length"),
-    mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
-    dtype: str = typer.Option("float32", "--dtype"),
+    flags: opt.EvalFlags,
+    obf: MaskFlags,
+    model: str = opt.MODEL,
+    dataset: str = opt.MC_DATASET,
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
     certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the results JSON here."),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
     """Score a model (optionally with an adapter) through the split, multiple-choice style."""
+    settings = obf.settings()
+    opt.check_json_out(flags.json_out)
     from p3eft.obfuscatune import run
 
     res = run.evaluate(
         model,
         dataset,
-        _settings(mode, masks, dtype),
-        adapter=adapter,
-        limit=limit,
-        data_dir=data_dir,
-        batch_size=batch_size,
-        max_length=max_length,
+        settings,
         enclave_url=enclave,
         certs=certs,
-        progress=progress,
+        **flags.run_kwargs(),
     )
-    _write(res, json_out)
-    weights = "RANDOM weights" if res.get("weights_random") else "real weights"
-    typer.echo(
-        f"{res['eval']['dataset']} {res['eval']['split']} (n={res['n']}, metric {res['metric']}): "
-        f"acc={res['acc']:.4f} acc_norm={res['acc_norm']:.4f} exact_match={res['exact_match']:.4f} "
-        f"[{res['model']}, {weights}, obfuscated {mode}/{masks}]"
-    )
+    _write(res, flags.json_out)
+    typer.echo(opt.evaluation_line(res, obf.label()))
+    for note in res["notes"]:
+        typer.echo(f"note: {note}")
 
 
 @app.command()
 def export(
     run_dir: Path = typer.Option(..., "--from", help="An in-process `obfuscatune finetune --out` folder."),
-    out: Path = typer.Option(..., "--out", help="Where to write the PEFT adapter."),
+    out: Path = typer.Option(..., "--out", help="A new folder for the PEFT adapter."),
 ) -> None:
-    """Re-export a run's adapter in plain coordinates from its latest sealed checkpoint."""
+    """Write a run's adapter in plain coordinates (copied if finetune wrote it; else from the sealed checkpoint)."""
     from p3eft.obfuscatune import run
 
     typer.echo(f"adapter (plain coordinates, PEFT): {run.export(run_dir, out)}")
@@ -175,21 +155,33 @@ def export(
 
 @app.command()
 def verify(
-    model: str = typer.Option("smollm2-135m", "--model"),
+    model: str = opt.MODEL,
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    data_dir: Path | None = typer.Option(None, "--data-dir"),
-    json_out: Path | None = typer.Option(None, "--json", help="Write the results JSON here."),
+    masks: str = typer.Option(
+        "orthogonal,naive",
+        "--masks",
+        help="Comma-separated mask families to check, one session each (the first is the one reported; "
+        "naive is the baseline it is compared with). " + MASKS_HELP,
+    ),
+    data_dir: Path | None = opt.DATA_DIR,
+    json_out: Path | None = opt.JSON_OUT,
+    progress: bool = opt.PROGRESS,
 ) -> None:
     """Plain vs obfuscated logits on one batch of real text, and the split's parameter shares."""
+    families = opt.name_list(masks)
+    for family in families:
+        _settings(mode, family)
+    if not families:
+        raise P3eftError("--masks needs at least one mask family")
+    opt.check_json_out(json_out)
     from p3eft.obfuscatune import run
 
-    _settings(mode, "orthogonal")
-    res = run.verify(model, mode=mode, data_dir=data_dir)
+    res = run.verify(model, mode=mode, data_dir=data_dir, masks=tuple(families), progress=progress)
     _write(res, json_out)
     weights = "RANDOM weights (from config)" if res["weights_random"] else "real weights"
     typer.echo(f"{res['model']} [{weights}], mode {mode}, fp32, {res['tokens']} tokens")
-    for masks, diff in res["max_abs_logit_diff_by_masks"].items():
-        typer.echo(f"  max |logit diff| {masks:>12}: {diff:.3e}")
+    for family, diff in res["max_abs_logit_diff_by_masks"].items():
+        typer.echo(f"  max |logit diff| {family:>12}: {diff:.3e}")
     typer.echo(
         f"  enclave param share {res['enclave_param_share']:.1%}, untrusted {res['untrusted_param_share']:.1%}"
     )
@@ -197,11 +189,11 @@ def verify(
 
 @app.command()
 def info(
-    model: str = typer.Option("gpt2-xl", "--model"),
+    model: str = typer.Option("gpt2-xl", "--model", help="Registry name or local model folder."),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
     masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
-    context: int = typer.Option(128, "--context", help="Context length for the attention arithmetic."),
-    json_out: Path | None = typer.Option(None, "--json"),
+    context: int = typer.Option(128, "--context", min=1, help="Context length for the attention arithmetic."),
+    json_out: Path | None = opt.JSON_OUT,
 ) -> None:
     """Parameter and per-token arithmetic accounting, from the model's actual split (meta device)."""
     from p3eft.obfuscatune import run
@@ -232,31 +224,39 @@ def info(
 @app.command()
 def experiment(
     out: Path = typer.Option(..., "--out", help="Folder for results.json, tables.md and the PNG plot."),
-    models: str = typer.Option("smollm2-135m", "--models", help="Comma-separated model names."),
-    datasets: str = typer.Option("webqs,obqa,piqa,sciq", "--datasets"),
-    limit: int | None = typer.Option(300, "--limit", help="Training examples per dataset."),
-    eval_limit: int | None = typer.Option(100, "--eval-limit", help="Eval examples per dataset."),
-    max_steps: int = typer.Option(20, "--max-steps"),
-    lr: float = typer.Option(3e-5, "--lr"),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    max_len: int = typer.Option(128, "--max-len"),
+    models: str = typer.Option("smollm2-135m", "--models", help="Comma-separated model names or folders."),
+    datasets: str = typer.Option("webqs,obqa,piqa,sciq", "--datasets", help="Comma-separated datasets."),
+    limit: int | None = typer.Option(300, "--limit", min=1, help="Training examples per dataset."),
+    eval_limit: int | None = typer.Option(100, "--eval-limit", min=1, help="Eval examples per dataset."),
+    max_steps: int = typer.Option(20, "--max-steps", min=1, help="Optimiser steps per fine-tuning."),
+    lr: float = opt.LR,
+    batch_size: int = opt.BATCH_SIZE,
+    max_len: int = typer.Option(
+        128, "--max-len", min=2, help="Longest training sequence in tokens (cut from the left)."
+    ),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
     kappas: str = typer.Option(
-        "1,10,100,1000", "--kappas", help="Condition numbers for Table 2 (plus naive)."
+        "1,10,100,1000", "--kappas", help="Comma-separated condition numbers (>= 1) for Table 2 (plus naive)."
     ),
     sweep_datasets: str | None = typer.Option(
         None, "--sweep-datasets", help="Table-2 accuracy only on these datasets (default: all)."
     ),
-    data_dir: Path | None = typer.Option(None, "--data-dir"),
-    progress: bool = typer.Option(True, "--progress/--no-progress"),
+    data_dir: Path | None = opt.DATA_DIR,
+    progress: bool = opt.PROGRESS,
 ) -> None:
     """The paper's Table 1 (Unprotected / ObfuscaTune / naive) and Table 2 (condition-number sweep)."""
     from p3eft.obfuscatune.experiment import ExperimentConfig, run_experiment
 
     _settings(mode, "orthogonal")
+    from p3eft.tuning.checkpoint import check_writable_dir
+
+    check_writable_dir(out)
+    kappa_values = opt.float_list("--kappas", kappas)
+    if any(k < 1 for k in kappa_values):
+        raise P3eftError(f"--kappas are condition numbers, each >= 1; got {kappas!r}")
     cfg = ExperimentConfig(
-        models=[m for m in models.split(",") if m],
-        datasets=[d for d in datasets.split(",") if d],
+        models=opt.name_list(models),
+        datasets=opt.name_list(datasets),
         limit=limit,
         eval_limit=eval_limit,
         max_steps=max_steps,
@@ -264,9 +264,9 @@ def experiment(
         batch_size=batch_size,
         max_len=max_len,
         mode=mode,
-        kappas=[float(k) for k in kappas.split(",") if k],
+        kappas=kappa_values,
         data_dir=str(data_dir) if data_dir else None,
-        sweep_datasets=[d for d in sweep_datasets.split(",") if d] if sweep_datasets else None,
+        sweep_datasets=opt.name_list(sweep_datasets) if sweep_datasets else None,
     )
     res = run_experiment(cfg, out, progress=progress)
     typer.echo(res["markdown"])

@@ -25,14 +25,21 @@ import csv
 import json
 import os
 import random
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from p3eft.data.formats import (
+    obqa_example,
+    parse_target_value,
+    piqa_example,
+    sciq_example,
+    webqs_example,
+)
 from p3eft.data.paths import resolve_data_dir
 from p3eft.data.types import ClassificationExample, MultipleChoiceExample, Task
 from p3eft.errors import MissingResourceError, P3eftError, UnknownNameError
+from p3eft.network import hub_allowed
 
 PIQA_SPLIT_SEED = 20200101  # ours: fixed, independent of any run seed, so every scheme sees the same split
 PIQA_TRAIN_SIZE = 1000
@@ -69,56 +76,12 @@ def _need(path: Path) -> Path:
 # --- WebQuestions -------------------------------------------------------------------------------
 
 
-def parse_target_value(target: str) -> list[str]:
-    """Answers from SEMPRE's ``(list (description "A") (description B))`` form.
-
-    Some answers contain unescaped double quotes, so we split on ``(description `` rather than
-    tokenising the s-expression; one pair of surrounding quotes is removed from each answer.
-    """
-    body = target.strip()
-    if body.startswith("(list") and body.endswith(")"):
-        body = body[len("(list") : -1]
-    out = []
-    for part in re.split(r"\(description ", body)[1:]:
-        text = part.rstrip()
-        if text.endswith(")"):
-            text = text[:-1]
-        if len(text) >= 2 and text[0] == '"' and text[-1] == '"':
-            text = text[1:-1]
-        text = text.replace('\\"', '"')
-        if text:
-            out.append(text)
-    return out
-
-
-def remove_prefix_answers(answers: list[str]) -> list[str]:
-    """Sorted answers without those that extend an earlier kept answer (lm-eval-harness webqs rule)."""
-    kept: list[str] = []
-    for ans in sorted(answers):
-        if not kept or not ans.startswith(kept[-1]):
-            kept.append(ans)
-    return kept
-
-
-def _webqs_example(i: int, question: str, answers: list[str], split: str) -> MultipleChoiceExample | None:
-    choices = remove_prefix_answers(answers)
-    if not choices:
-        return None
-    return MultipleChoiceExample(
-        id=f"webqs-{split}-{i}",
-        context=f"Question: {question}\nAnswer:",
-        choices=choices,
-        label=0,
-        golds=tuple(range(len(choices))),
-    )
-
-
 def _load_webqs(root: Path, split: str) -> tuple[list[MultipleChoiceExample], list[str], str]:
     fname = "webquestions.examples.train.json" if split == "train" else "webquestions.examples.test.json"
     path = _need(root / "webquestions" / fname)
     examples = []
     for i, row in enumerate(_read_json(path)):
-        ex = _webqs_example(i, row["utterance"], parse_target_value(row["targetValue"]), split)
+        ex = webqs_example(i, row["utterance"], parse_target_value(row["targetValue"]), split)
         if ex is not None:
             examples.append(ex)
     return examples, [str(path)], ""
@@ -127,20 +90,13 @@ def _load_webqs(root: Path, split: str) -> tuple[list[MultipleChoiceExample], li
 # --- OpenBookQA ---------------------------------------------------------------------------------
 
 
-def _obqa_row(row: dict[str, Any]) -> MultipleChoiceExample:
-    q = row["question"]
-    labels = [c["label"] for c in q["choices"]]
-    return MultipleChoiceExample(
-        id=row["id"],
-        context=q["stem"],
-        choices=[c["text"] for c in q["choices"]],
-        label=labels.index(row["answerKey"].strip()),
-    )
-
-
 def _load_obqa(root: Path, split: str) -> tuple[list[MultipleChoiceExample], list[str], str]:
     path = _need(root / "openbookqa" / ("train.jsonl" if split == "train" else "test.jsonl"))
-    return [_obqa_row(r) for r in _read_jsonl(path)], [str(path)], ""
+    rows = _read_jsonl(path)
+    examples = [
+        obqa_example(r["id"], r["question"]["stem"], r["question"]["choices"], r["answerKey"]) for r in rows
+    ]
+    return examples, [str(path)], ""
 
 
 # --- PIQA ---------------------------------------------------------------------------------------
@@ -152,12 +108,7 @@ def _piqa_examples(questions: Path, labels: Path, tag: str) -> list[MultipleChoi
     if len(rows) != len(labs):
         raise P3eftError(f"{questions} has {len(rows)} questions but {labels} has {len(labs)} labels")
     return [
-        MultipleChoiceExample(
-            id=str(r.get("id", f"piqa-{tag}-{i}")),
-            context=f"Question: {r['goal']}\nAnswer:",
-            choices=[r["sol1"], r["sol2"]],
-            label=lab,
-        )
+        piqa_example(str(r.get("id", f"piqa-{tag}-{i}")), r, lab)
         for i, (r, lab) in enumerate(zip(rows, labs, strict=True))
     ]
 
@@ -193,18 +144,9 @@ def _load_piqa(root: Path, split: str) -> tuple[list[MultipleChoiceExample], lis
 # --- SciQ ---------------------------------------------------------------------------------------
 
 
-def _sciq_row(i: int, row: dict[str, Any], split: str) -> MultipleChoiceExample:
-    return MultipleChoiceExample(
-        id=f"sciq-{split}-{i}",
-        context=f"{row['support'].lstrip()}\nQuestion: {row['question']}\nAnswer:",
-        choices=[row["distractor1"], row["distractor2"], row["distractor3"], row["correct_answer"]],
-        label=3,
-    )
-
-
 def _load_sciq(root: Path, split: str) -> tuple[list[MultipleChoiceExample], list[str], str]:
     path = _need(root / "sciq" / ("train.json" if split == "train" else "test.json"))
-    return [_sciq_row(i, r, split) for i, r in enumerate(_read_json(path))], [str(path)], ""
+    return [sciq_example(i, r, split) for i, r in enumerate(_read_json(path))], [str(path)], ""
 
 
 # --- SST-2 --------------------------------------------------------------------------------------
@@ -272,15 +214,18 @@ def load_task(
     if limit is not None and limit <= 0:
         raise P3eftError(f"--limit must be a positive number of examples, got {limit}")
     loader, kind, metric, _ = _DATASETS[key]
+    # A folder the user named (--data-dir, P3EFT_DATA) is used or refused, never replaced by the hub:
+    # the hub is only a fallback for the default folder, and only with P3EFT_ALLOW_HUB=1.
+    named = data_dir is not None or bool(os.environ.get("P3EFT_DATA"))
     try:
         root = resolve_data_dir(data_dir)
         examples, files, note = loader(root, split)
-    except MissingResourceError:
-        if os.environ.get("P3EFT_ALLOW_HUB", "") not in {"1", "true", "yes"}:
+    except MissingResourceError as err:
+        if named or not hub_allowed():
             raise
         from p3eft.data.hub import load_from_hub
 
-        examples, files, note = load_from_hub(key, split)
+        examples, files, note = load_from_hub(key, split, reason=str(err))
     if shuffle:
         examples = list(examples)
         random.Random(seed).shuffle(examples)

@@ -29,7 +29,7 @@ def resolve_data_dir(explicit: str | Path | None = None) -> Path:
     """The data folder: ``explicit`` > ``$P3EFT_DATA`` > ``<checkout>/../shared/data`` > error.
 
     An explicit or environment path that does not exist is an error (we never silently fall back
-    from a path the user named).
+    from a path the user named, neither to another folder nor to the hub).
     """
     for label, value in (("--data-dir", explicit), ("P3EFT_DATA", os.environ.get("P3EFT_DATA"))):
         if value:

@@ -42,6 +42,16 @@ class ClassificationExample:
 
 Kind = Literal["multiple_choice", "classification"]
 
+# The metrics that mean something for each headline metric: WebQs accepts several gold answers, so
+# only `exact_match` (greedy continuation) is informative there; for one-gold multiple choice,
+# `exact_match` asks whether a whole answer is the greedy continuation, which says nothing about
+# choosing among options (lm-eval-harness reports acc and acc_norm).
+MEANINGFUL_METRICS: dict[str, tuple[str, ...]] = {
+    "exact_match": ("exact_match",),
+    "acc": ("acc", "acc_norm"),
+    "accuracy": ("accuracy",),
+}
+
 
 @dataclass
 class Task:
@@ -62,6 +72,11 @@ class Task:
 
     def __len__(self) -> int:
         return len(self.examples)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics worth reporting for this task, headline first."""
+        return MEANINGFUL_METRICS[self.metric]
 
     def describe(self) -> dict[str, object]:
         """JSON-ready facts for result files."""

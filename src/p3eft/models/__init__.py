@@ -15,15 +15,15 @@ from p3eft.models.loading import (
     resolve_spec,
 )
 from p3eft.models.registry import ModelSpec, get_spec, list_models
-from p3eft.models.sources import cache_dir, ensure_offline, hub_allowed, real_weights_location
+from p3eft.models.sources import cache_dir, hub_allowed, real_weights_location
 
-ensure_offline()  # before anything imports huggingface_hub: no network unless P3EFT_ALLOW_HUB=1
+# Importing p3eft.models changes no process setting: each load goes offline for its own duration
+# (p3eft.network.offline) unless the user set P3EFT_ALLOW_HUB=1.
 
 __all__ = [
     "LoadedModel",
     "ModelSpec",
     "cache_dir",
-    "ensure_offline",
     "count_parameters",
     "get_spec",
     "hub_allowed",

@@ -17,6 +17,7 @@ import torch
 from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.models import sources
 from p3eft.models.registry import ModelSpec, get_spec
+from p3eft.network import offline
 
 RANDOM_INIT_SEED = 0  # ours: fixed so two processes that build the same random model get the same weights
 
@@ -116,7 +117,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "tokenizer.mode
 
 
 def _load_tokenizer(spec: ModelSpec, weights_dir: Path | str | None) -> Any:
-    sources.ensure_offline()
+    with offline():
+        return _fix_tokenizer(_find_tokenizer(spec, weights_dir))
+
+
+def _find_tokenizer(spec: ModelSpec, weights_dir: Path | str | None) -> Any:
     from transformers import AutoTokenizer, BertTokenizerFast, GPT2TokenizerFast
 
     if isinstance(weights_dir, Path) and not any((weights_dir / f).is_file() for f in _TOKENIZER_FILES):
@@ -129,14 +134,12 @@ def _load_tokenizer(spec: ModelSpec, weights_dir: Path | str | None) -> Any:
         except (OSError, ValueError):
             tok = None
         if tok is not None:
-            return _fix_tokenizer(tok)
+            return tok
     if spec.family == "gpt2":
-        tok = GPT2TokenizerFast.from_pretrained(sources.gpt2_tokenizer_dir())
-    elif spec.family == "bert":
-        tok = BertTokenizerFast.from_pretrained(sources.bert_uncased_vocab_dir())
-    else:
-        raise MissingResourceError(f"no tokenizer found for {spec.name} in {weights_dir}")
-    return _fix_tokenizer(tok)
+        return GPT2TokenizerFast.from_pretrained(sources.gpt2_tokenizer_dir())
+    if spec.family == "bert":
+        return BertTokenizerFast.from_pretrained(sources.bert_uncased_vocab_dir())
+    raise MissingResourceError(f"no tokenizer found for {spec.name} in {weights_dir}")
 
 
 def load_tokenizer(name_or_path: str | Path) -> Any:
@@ -144,10 +147,10 @@ def load_tokenizer(name_or_path: str | Path) -> Any:
 
     For ``smollm2-135m`` the first call still converts the GGUF once (the tokenizer lives in that cache).
     """
-    sources.ensure_offline()
     sources.quiet_transformers()
     spec = resolve_spec(name_or_path)
-    where, _ = _weights_dir(spec)
+    with offline():
+        where, _ = _weights_dir(spec)
     return _load_tokenizer(spec, where)
 
 
@@ -190,8 +193,12 @@ def _build_random(factory: Any, cfg: Any) -> torch.nn.Module:
 def load_causal_lm(
     name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, allow_random: bool = True
 ) -> LoadedModel:
-    """A decoder LM (GPT-2 or Llama family) in eval mode, with its tokenizer."""
-    sources.ensure_offline()
+    """A decoder LM (GPT-2 or Llama family) in eval mode, with its tokenizer (offline unless the hub is allowed)."""
+    with offline():
+        return _load_causal_lm(name_or_path, dtype=dtype, allow_random=allow_random)
+
+
+def _load_causal_lm(name_or_path: str | Path, *, dtype: torch.dtype, allow_random: bool) -> LoadedModel:
     sources.quiet_transformers()
     from transformers import AutoModelForCausalLM
 
@@ -225,9 +232,17 @@ def load_sequence_classifier(
     """An encoder (or decoder) with a sequence-classification head.
 
     The head is always freshly initialised (seeded) since no registry model ships one; the body keeps
-    its real weights when they are available.
+    its real weights when they are available. Offline unless the hub is allowed.
     """
-    sources.ensure_offline()
+    with offline():
+        return _load_sequence_classifier(
+            name_or_path, num_labels=num_labels, dtype=dtype, allow_random=allow_random
+        )
+
+
+def _load_sequence_classifier(
+    name_or_path: str | Path, *, num_labels: int, dtype: torch.dtype, allow_random: bool
+) -> LoadedModel:
     sources.quiet_transformers()
     from transformers import AutoModelForSequenceClassification
 

@@ -1,8 +1,8 @@
 """Where real weights live: installed asset packages, a user's model folder, the GGUF cache, the hub.
 
-Policy (ours): nothing here touches the network unless the user sets ``P3EFT_ALLOW_HUB=1``. Without
-it, ``HF_HUB_OFFLINE=1`` is set before any hub-capable call, so a missing file fails fast instead of
-trying a download. Users with a network who want the real GPT-2 or BERT-Tiny either point
+Policy (ours, :mod:`p3eft.network`): nothing here touches the network unless the user sets
+``P3EFT_ALLOW_HUB=1``. Without it, every hub-capable call runs inside ``network.offline()``, so a
+missing file fails fast instead of trying a download. Users with a network who want the real GPT-2 or BERT-Tiny either point
 ``P3EFT_MODELS`` at a folder holding ``<name>/config.json`` (e.g. from ``save_pretrained``) or set
 ``P3EFT_ALLOW_HUB=1`` so the ordinary ``from_pretrained(hub_id)`` path runs.
 """
@@ -13,28 +13,12 @@ import importlib.util
 import json
 import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 
 from p3eft.errors import MissingResourceError
 from p3eft.models.registry import ModelSpec
-
-
-def hub_allowed() -> bool:
-    """True only when the user explicitly allowed the Hugging Face hub (``P3EFT_ALLOW_HUB=1``)."""
-    return os.environ.get("P3EFT_ALLOW_HUB", "") in {"1", "true", "yes"}
-
-
-def ensure_offline() -> None:
-    """Make every transformers/huggingface_hub call in this process offline unless the hub is allowed."""
-    if not hub_allowed():
-        os.environ["HF_HUB_OFFLINE"] = "1"
-        os.environ["TRANSFORMERS_OFFLINE"] = "1"
-        # huggingface_hub reads the variable once at import; if it was imported already, tell it too.
-        constants = sys.modules.get("huggingface_hub.constants")
-        if constants is not None:
-            constants.HF_HUB_OFFLINE = True
+from p3eft.network import hub_allowed, offline
 
 
 def quiet_transformers() -> None:
@@ -121,29 +105,29 @@ def gguf_safetensors_cache(spec: ModelSpec, gguf_path: Path) -> Path:
     if marker.is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    ensure_offline()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=final.parent))
     try:
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
-        )
-        # transformers marks a GGUF-loaded model as "quantized" and refuses to save it, although its
-        # tensors are already dequantised: rebuild a plain model from the same config and copy them over.
-        config = model.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        plain = type(model)(config).to(torch.float32)
-        plain.load_state_dict(model.state_dict())
-        plain.save_pretrained(tmp, safe_serialization=True)
-        del model, plain
-        tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        tok.save_pretrained(tmp)
-        (tmp / "p3eft_source.json").write_text(
-            json.dumps({"gguf": str(gguf_path), "size": stat.st_size, "model": spec.name}, indent=2)
-        )
+        with offline():
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+            )
+            # transformers marks a GGUF-loaded model as "quantized" and refuses to save it, although its
+            # tensors are already dequantised: rebuild a plain model from the same config and copy them over.
+            config = model.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            plain = type(model)(config).to(torch.float32)
+            plain.load_state_dict(model.state_dict())
+            plain.save_pretrained(tmp, safe_serialization=True)
+            del model, plain
+            tok = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+            tok.save_pretrained(tmp)
+            (tmp / "p3eft_source.json").write_text(
+                json.dumps({"gguf": str(gguf_path), "size": stat.st_size, "model": spec.name}, indent=2)
+            )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -12,13 +12,13 @@ plain run needs ``dropout=0``.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 
 from p3eft.channel import remote
 from p3eft.errors import ProtocolError
+from p3eft.tuning.lora import LoraSettings
 
 _DTYPES = {
     "float32": torch.float32,
@@ -46,7 +46,7 @@ class UntrustedCloud:
     def __init__(self, device: str | None = None) -> None:
         self.device = device or default_device()
         self.dtype = torch.float32
-        self.lora = {"r": 16, "alpha": 32.0, "dropout": 0.05}
+        self.lora = LoraSettings()
         self.layers: dict[str, list[_Part]] = {}
         self._graphs: dict[tuple[str, str], tuple[torch.Tensor, list[torch.Tensor]]] = {}
         self._gen = torch.Generator(device=self.device)
@@ -68,7 +68,7 @@ class UntrustedCloud:
     def configure(self, lora: dict, dtype: str = "float32", seed: int = 0) -> dict:
         if dtype not in _DTYPES:
             raise ProtocolError(f"unknown dtype {dtype!r}")
-        self.lora = {"r": int(lora["r"]), "alpha": float(lora["alpha"]), "dropout": float(lora["dropout"])}
+        self.lora = LoraSettings.from_wire(lora)
         self.dtype = _DTYPES[dtype]
         self._gen.manual_seed(int(seed))
         self.layers.clear()
@@ -102,19 +102,16 @@ class UntrustedCloud:
     @remote
     def init_adapters(self) -> dict:
         """Create LoRA ``A*`` (uniform +-1/sqrt(d_in), as PEFT's Kaiming init) and ``B* = 0`` for every part."""
-        r = self.lora["r"]
         n = 0
         for layer, parts in self.layers.items():
             for k, p in enumerate(parts):
                 if not bool(p.filled.all()):
                     raise ProtocolError(f"{layer}/{k}: weight incomplete")
                 d_in, d_out = p.weight.shape
-                bound = 1.0 / math.sqrt(d_in)
-                a = (
-                    torch.rand(d_in, r, generator=self._gen, device=self.device, dtype=torch.float64) * 2 - 1
-                ) * bound
-                p.a = torch.nn.Parameter(a.to(self.dtype))
-                p.b = torch.nn.Parameter(torch.zeros(r, d_out, dtype=self.dtype, device=self.device))
+                a, b = self.lora.init_pair(
+                    d_in, d_out, generator=self._gen, dtype=self.dtype, device=self.device
+                )
+                p.a, p.b = torch.nn.Parameter(a), torch.nn.Parameter(b)
                 n += p.a.numel() + p.b.numel()
         self._opt = None
         return {"lora_parameters": n}
@@ -151,20 +148,13 @@ class UntrustedCloud:
             raise ProtocolError(f"no layer {layer!r} on the untrusted side")
         return parts
 
-    def _lora_scale(self) -> float:
-        return self.lora["alpha"] / self.lora["r"]
-
     def _compute(self, parts: list[_Part], x: torch.Tensor, train: bool) -> list[torch.Tensor]:
-        xd = x
-        p_drop = self.lora["dropout"]
-        if train and p_drop > 0:
-            keep = torch.rand(x.shape, generator=self._gen, device=self.device, dtype=x.dtype) >= p_drop
-            xd = x * keep / (1.0 - p_drop)
+        xd = self.lora.drop(x, train=train, generator=self._gen)
         outs = []
         for p in parts:
             y = x @ p.weight
             if p.a is not None:
-                y = y + (xd @ p.a @ p.b) * self._lora_scale()
+                y = y + self.lora.update(xd, p.a, p.b)
             outs.append(y)
         return outs
 

@@ -15,7 +15,7 @@ import json
 import os
 import pickle
 import secrets
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
@@ -25,7 +25,6 @@ from p3eft.channel import Channel, remote
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.obfuscatune.masks import Mask, MaskFamily, parse_masks
 from p3eft.obfuscatune.split import (
-    PEFT_TARGETS,
     BoundaryGroup,
     GroupLink,
     SplitModel,
@@ -33,6 +32,7 @@ from p3eft.obfuscatune.split import (
     mask_sides,
     split_model,
 )
+from p3eft.tuning.lora import LoraSettings
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 UPLOAD_CHUNK_BYTES = 16 * 2**20  # ours: each load_weight message carries at most this many bytes
@@ -52,6 +52,15 @@ class EnclaveSettings:
     session_seed: bytes | None = None
     sealing_key: bytes | None = None
     cloud_seed: int | None = None  # seed of the cloud's LoRA init / dropout (None: from the CSPRNG)
+
+    @property
+    def lora(self) -> LoraSettings:
+        """The LoRA settings as the one object shared with plain training (p3eft.tuning.lora)."""
+        return LoraSettings(r=self.lora_r, alpha=self.lora_alpha, dropout=self.lora_dropout)
+
+    def with_lora(self, lora: LoraSettings) -> EnclaveSettings:
+        """These settings with ``lora``'s rank, alpha and dropout."""
+        return replace(self, lora_r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout)
 
     def public(self) -> dict[str, Any]:
         d = asdict(self)
@@ -255,12 +264,17 @@ class Enclave:
         )
         self.cloud.call(
             "configure",
-            lora={"r": s.lora_r, "alpha": s.lora_alpha, "dropout": s.lora_dropout},
+            lora=s.lora.to_wire(),
             dtype=s.dtype,
             seed=cloud_seed,
         )
         split = self.split
-        for g in tqdm(split.groups, desc="obfuscate+upload", disable=len(split.groups) < 16, leave=False):
+        for g in tqdm(
+            split.groups,
+            desc=f"obfuscate+upload ({s.masks} masks)",
+            disable=len(split.groups) < 16,
+            leave=False,
+        ):
             b = self._masks_for(g)
             for k, part in enumerate(g.parts):
                 w = split.weights.pop(part.path).to(self.dtype)
@@ -403,11 +417,7 @@ class Enclave:
                 tensors[f"{prefix}.lora_B.weight"] = b_eff.T.contiguous()
         s = self.settings
         config = {
-            "r": s.lora_r,
-            "lora_alpha": s.lora_alpha,
-            "lora_dropout": s.lora_dropout,
-            "target_modules": PEFT_TARGETS[split.family],
-            "fan_in_fan_out": split.family == "gpt2",
+            **s.lora.peft_kwargs(split.family),
             "bias": "none",
             "task_type": "CAUSAL_LM",
             "base_model_name_or_path": str(self._meta.get("name", "")),

@@ -2,17 +2,20 @@
 
 In-process runs build the trio here; with ``enclave_url`` the data owner talks to a networked enclave
 through :func:`p3eft.runtime.connect.open_enclave_channel` and this process holds no model at all.
-Checkpoints are the enclave's *sealed* state (``enclave_state.pt``); for in-process runs the
-simulated enclave's sealing key is kept in ``<out>/enclave-sealing.key`` (mode 0600; ours: a stand-in
-for the platform's sealing key, which never leaves a real TEE).
+Checkpoints are the enclave's *sealed* state, stored by the same module as the plain reference's
+(:mod:`p3eft.tuning.checkpoint`: atomic step folders, ``LATEST``, raw bytes and JSON, nothing
+unpickled). For in-process runs the simulated enclave's sealing key stands in for the platform's
+(ours): one key per user, ``$P3EFT_SEALING_KEY`` or ``~/.config/p3eft/enclave-sealing.key`` (mode
+0600), never inside a run folder, so whoever holds a run folder holds only ciphertext, as with a real
+TEE whose key never leaves the platform.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -26,10 +29,18 @@ from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.obfuscatune import driver
 from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.export import save_exported_adapter
-from p3eft.tuning import TrainConfig
+from p3eft.tuning import LoraSettings, TrainConfig
+from p3eft.tuning.adapters import ADAPTER_META
+from p3eft.tuning.checkpoint import (
+    CheckpointStore,
+    check_writable_dir,
+    load_state_files,
+    save_state_files,
+)
+from p3eft.tuning.scoring import check_scoring_args, meaningful_metrics
 
 SEALING_KEY_FILE = "enclave-sealing.key"
-STATE_FILE = "enclave_state.pt"
+SEALING_KEY_ENV = "P3EFT_SEALING_KEY"
 
 
 def open_remote_enclave(url: str, certs: str | Path | None) -> Channel:
@@ -50,51 +61,54 @@ def data_owner_tokenizer(model: str) -> Any:
     return load_tokenizer(model)
 
 
-def _sealing_key(out: Path) -> bytes:
-    path = out / SEALING_KEY_FILE
+def sealing_key_path() -> Path:
+    """Where the simulated platform's sealing key lives: apart from every run folder (ours)."""
+    env = os.environ.get(SEALING_KEY_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".config" / "p3eft" / SEALING_KEY_FILE
+
+
+def _sealing_key() -> bytes:
+    """The simulated platform sealing key, created (mode 0600) on first use."""
+    path = sealing_key_path()
     if path.is_file():
         key = path.read_bytes()
         if len(key) != 32:
             raise P3eftError(f"{path} is not a 32-byte sealing key")
         return key
-    out.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_bytes(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it meanwhile
+        return _sealing_key()
+    except OSError as err:
+        raise P3eftError(
+            f"cannot create the sealing key {path} ({err.strerror}); set {SEALING_KEY_ENV}"
+        ) from None
     with os.fdopen(fd, "wb") as fh:
-        fh.write(key)
-    return key
+        fh.write(secrets.token_bytes(32))
+    return _sealing_key()
 
 
-def _checkpoints(out: Path) -> list[tuple[int, Path]]:
-    root = out / "checkpoints"
-    found = []
-    if root.is_dir():
-        for d in root.iterdir():
-            m = re.fullmatch(r"step-(\d+)", d.name)
-            if m and (d / STATE_FILE).is_file():
-                found.append((int(m.group(1)), d))
-    return sorted(found)
+def _store(out: Path, keep: int = 2) -> CheckpointStore:
+    store = CheckpointStore(out, keep)
+    if (store.root).is_dir() and any(store.root.glob("*/enclave_state.pt")):
+        raise P3eftError(
+            f"{store.root} holds checkpoints of an older p3eft (pickled enclave_state.pt); they are not "
+            "loaded because unpickling runs code: start a new --out"
+        )
+    return store
 
 
 def _save_checkpoint(channel: Channel, out: Path, step: int, keep: int) -> Path:
-    d = out / "checkpoints" / f"step-{step}"
-    tmp = d.with_name(d.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
-    torch.save(channel.call("state"), tmp / STATE_FILE)
-    if d.exists():
-        for f in d.iterdir():
-            f.unlink()
-        d.rmdir()
-    tmp.rename(d)
-    for _, old in _checkpoints(out)[:-keep] if keep > 0 else []:
-        for f in old.iterdir():
-            f.unlink()
-        old.rmdir()
-    return d
+    state = channel.call("state")
+    return _store(out, keep).write(step, lambda tmp: save_state_files(tmp, state))
 
 
-def _load_checkpoint(path: Path) -> dict:
-    return torch.load(path / STATE_FILE, weights_only=False)  # our own file: sealed bytes + step
+def _latest_checkpoint(out: Path) -> tuple[int, dict] | None:
+    folder = _store(out).latest()
+    if folder is None:
+        return None
+    return CheckpointStore.step_of(folder), load_state_files(folder)
 
 
 def finetune(
@@ -114,12 +128,12 @@ def finetune(
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """Obfuscated LoRA fine-tuning; writes ``adapter/`` (plain PEFT), checkpoints and ``results.json``."""
-    out = Path(out)
+    out = check_writable_dir(out)
     task = load_task(dataset, "train", data_dir=data_dir, limit=limit)
-    existing = _checkpoints(out)
-    if existing and not resume:
+    latest = _latest_checkpoint(out)
+    if latest is not None and not resume:
         raise P3eftError(f"{out} already holds checkpoints: pass --resume, or choose another --out")
-    restore = _load_checkpoint(existing[-1][1]) if (resume and existing) else None
+    restore = latest[1] if (resume and latest) else None
     start = int(restore["step"]) if restore else 0
     if enclave_url:
         channel = open_remote_enclave(enclave_url, certs)
@@ -129,13 +143,7 @@ def finetune(
     else:
         from p3eft.obfuscatune.session import in_process_session
 
-        settings = replace(
-            settings,
-            sealing_key=_sealing_key(out),
-            lora_r=config.rank,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-        )
+        settings = replace(settings.with_lora(config.lora), sealing_key=_sealing_key())
         session = in_process_session(model, settings, restore=restore)
         channel, tokenizer = session.enclave_channel, session.loaded.tokenizer
     every = config.checkpoint_every
@@ -174,7 +182,7 @@ def finetune(
             export,
             out / "adapter",
             meta={
-                "model": model,
+                "model": _model_name(model),
                 "dataset": task.name,
                 "weights_random": info.get("weights_random"),
                 "steps": config.max_steps,
@@ -213,11 +221,12 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` (optionally with a plain PEFT adapter, imported into obfuscated coordinates)."""
+    check_scoring_args(batch_size, max_length)
     task = load_task(dataset, "eval", data_dir=data_dir, limit=limit)
     tensors = None
     if adapter is not None:
         cfg, tensors = read_adapter_tensors(adapter)
-        settings = replace(settings, lora_r=int(cfg["r"]), lora_alpha=float(cfg["lora_alpha"]))
+        settings = settings.with_lora(LoraSettings.from_peft(cfg))
     if enclave_url:
         channel = open_remote_enclave(enclave_url, certs)
         tokenizer = data_owner_tokenizer(model)
@@ -243,40 +252,65 @@ def evaluate(
         "adapter": str(adapter) if adapter else None,
         "eval": task.describe(),
         "metric": task.metric,
-        **metrics,
+        **meaningful_metrics(task, metrics),
         "notes": notes,
     }
 
 
 def export(run_dir: str | Path, out: str | Path) -> Path:
-    """Re-export the adapter of an in-process run from its latest sealed checkpoint."""
-    run_dir = Path(run_dir)
-    found = _checkpoints(run_dir)
+    """The PEFT adapter of an in-process run, in plain coordinates, written to ``out``.
+
+    When finetune already wrote ``adapter/`` for the run's latest checkpoint it is copied (no model
+    is loaded); only a run stopped before its end is re-exported from its sealed checkpoint, which
+    needs the model re-provisioned under the checkpoint's masks.
+    """
+    run_dir, out = Path(run_dir), Path(out)
     results = run_dir / "results.json"
-    if not found or not results.is_file() or not (run_dir / SEALING_KEY_FILE).is_file():
+    latest = _latest_checkpoint(run_dir)
+    if latest is None or not results.is_file():
         raise MissingResourceError(
-            f"{run_dir} has no ObfuscaTune checkpoint (checkpoints/, results.json, sealing key)"
+            f"{run_dir} has no ObfuscaTune checkpoint (checkpoints/LATEST, results.json)"
         )
+    step, state = latest
+    written = run_dir / "adapter"
+    if _adapter_step(written) == step:
+        if out.resolve() == written.resolve():
+            return written
+        check_writable_dir(out.parent, "--out's folder")
+        if out.exists():
+            raise P3eftError(f"--out {out} exists already; choose a new folder")
+        shutil.copytree(written, out)
+        return out
     meta = json.loads(results.read_text())
     s = meta["enclave"]["settings"]
     cfg = meta["config"]
+    lora = LoraSettings(r=cfg["rank"], alpha=cfg["alpha"], dropout=cfg["dropout"])
     settings = EnclaveSettings(
-        mode=s["mode"],
-        masks=s["masks"],
-        lora_r=cfg["rank"],
-        lora_alpha=cfg["alpha"],
-        lora_dropout=cfg["dropout"],
-        dtype=s["dtype"],
-        sealing_key=_sealing_key(run_dir),
-    )
+        mode=s["mode"], masks=s["masks"], dtype=s["dtype"], sealing_key=_sealing_key()
+    ).with_lora(lora)
     from p3eft.obfuscatune.session import in_process_session
 
-    session = in_process_session(meta["model"], settings, restore=_load_checkpoint(found[-1][1]))
+    session = in_process_session(meta["model"], settings, restore=state)
     return save_exported_adapter(
         session.enclave_channel.call("export_adapter"),
         out,
-        meta={"model": meta["model"], "steps": found[-1][0]},
+        meta={"model": _model_name(meta["model"]), "steps": step},
     )
+
+
+def _model_name(model: str) -> str:
+    """The name adapters record (a folder's name for a local model), as the plain loader checks it."""
+    from p3eft.models.loading import resolve_spec
+
+    return resolve_spec(model).name
+
+
+def _adapter_step(folder: Path) -> int | None:
+    """The step count recorded in an adapter folder written by finetune, if any."""
+    try:
+        return int(json.loads((folder / ADAPTER_META).read_text())["steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def verification_batch(tokenizer, n: int = 8, data_dir: str | Path | None = None) -> dict[str, torch.Tensor]:
@@ -296,9 +330,16 @@ def verify(
     *,
     mode: str = "strict",
     data_dir: str | Path | None = None,
-    extra_masks: tuple[str, ...] = ("kron", "blockperm"),
+    masks: tuple[str, ...] = ("orthogonal", "naive"),
+    progress: bool = True,
 ) -> dict[str, Any]:
-    """Plain vs obfuscated logits on one batch of real text (fp32), and the split's parameter shares."""
+    """Plain vs obfuscated logits on one batch of real text (fp32), and the split's parameter shares.
+
+    One session is built per entry of ``masks`` (each provisions the whole model, the slow part), and
+    only those: ``naive`` is the baseline the orthogonal masks are compared with.
+    """
+    from tqdm.auto import tqdm
+
     from p3eft.models import load_causal_lm
     from p3eft.obfuscatune.session import session_from_model
 
@@ -310,20 +351,31 @@ def verify(
     diffs: dict[str, float] = {}
     seconds: dict[str, float] = {}
     info: dict[str, Any] = {}
-    for masks in ("orthogonal", "naive", *extra_masks):
+    if not masks:
+        raise P3eftError("--masks needs at least one mask family")
+    bar = tqdm(masks, desc="verify: sessions", unit="session", disable=not progress)
+    for name in bar:
+        bar.set_postfix_str(f"masks {name}")
         t0 = time.perf_counter()
         s = session_from_model(
             loaded.model,
-            EnclaveSettings(mode=mode, masks=masks),
+            EnclaveSettings(mode=mode, masks=name),
             name=loaded.spec.name,
             weights_random=loaded.weights_random,
         )
         logits = s.enclave_channel.call("logits", **batch)
-        diffs[masks] = float((logits - ref)[valid].abs().max())
-        seconds[masks] = time.perf_counter() - t0
-        if masks == "orthogonal":
+        diffs[name] = float((logits - ref)[valid].abs().max())
+        seconds[name] = time.perf_counter() - t0
+        if not info:
             info = s.enclave_channel.call("info")
         del s
+    first = masks[0]
+    compare = {}
+    if "naive" in diffs and first != "naive":
+        compare = {
+            "naive_max_abs_logit_diff": diffs["naive"],
+            "naive_over_first": diffs["naive"] / max(diffs[first], 1e-30),
+        }
     return {
         "model": loaded.spec.name,
         "weights_random": loaded.weights_random,
@@ -331,9 +383,9 @@ def verify(
         "mode": mode,
         "dtype": "float32",
         "tokens": int(batch["attention_mask"].sum()),
-        "max_abs_logit_diff": diffs["orthogonal"],
-        "naive_max_abs_logit_diff": diffs["naive"],
-        "naive_over_orthogonal": diffs["naive"] / max(diffs["orthogonal"], 1e-30),
+        "masks": first,
+        "max_abs_logit_diff": diffs[first],
+        **compare,
         "max_abs_logit_diff_by_masks": diffs,
         "logit_scale": float(ref[valid].abs().max()),
         "enclave_param_share": info["enclave_param_share"],

@@ -40,10 +40,6 @@ _PARTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 _BLOCKS = {"gpt2": "transformer.h", "llama": "model.layers"}
-PEFT_TARGETS = {
-    "gpt2": ["c_attn", "c_proj", "c_fc"],
-    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-}
 
 
 @dataclass(frozen=True)

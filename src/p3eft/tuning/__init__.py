@@ -2,7 +2,7 @@
 
 Public API: :func:`score_multiple_choice`, :func:`choice_logliks`, :func:`classification_accuracy`,
 :func:`build_lm_training_examples`, :func:`collate_lm`, :class:`StepBatches`, :class:`TrainConfig`,
-:func:`train_loop`, :class:`Checkpointer`, :func:`attach_lora`, :func:`save_adapter`,
+:func:`train_loop`, :class:`Checkpointer`, :class:`LoraSettings`, :func:`attach_lora`, :func:`save_adapter`,
 :func:`load_adapter`, :func:`finetune_plain`, :func:`evaluate`.
 """
 
@@ -24,12 +24,14 @@ from p3eft.tuning.lm_data import (
     collate_lm,
 )
 from p3eft.tuning.loop import TrainResult, train_loop
+from p3eft.tuning.lora import LoraSettings
 from p3eft.tuning.plain import evaluate, finetune_plain
 from p3eft.tuning.scoring import choice_logliks, classification_accuracy, encode_pair, score_multiple_choice
 
 __all__ = [
     "IGNORE_INDEX",
     "Checkpointer",
+    "LoraSettings",
     "StepBatches",
     "TrainConfig",
     "TrainResult",

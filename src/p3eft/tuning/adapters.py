@@ -16,24 +16,16 @@ import torch
 
 from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.models.loading import LoadedModel
-from p3eft.tuning.config import TrainConfig, default_target_modules
+from p3eft.network import offline
+from p3eft.tuning.config import TrainConfig
 
 ADAPTER_META = "p3eft_adapter.json"
 
 
 def lora_config(loaded: LoadedModel, config: TrainConfig) -> Any:
-    """The ``peft.LoraConfig`` for a model family and a training config."""
-    from peft import LoraConfig, TaskType
-
+    """The ``peft.LoraConfig`` for a model family and a training config (via :class:`LoraSettings`)."""
     seq_cls = loaded.spec.family == "bert" or "ForSequenceClassification" in type(loaded.model).__name__
-    return LoraConfig(
-        r=config.rank,
-        lora_alpha=config.alpha,
-        lora_dropout=config.dropout,
-        target_modules=config.target_modules or default_target_modules(loaded.spec.family),
-        task_type=TaskType.SEQ_CLS if seq_cls else TaskType.CAUSAL_LM,
-        fan_in_fan_out=loaded.spec.family == "gpt2",  # GPT-2 stores its linears as Conv1D (in x out)
-    )
+    return config.lora.peft_config(loaded.spec.family, seq_cls=seq_cls)
 
 
 def attach_lora(loaded: LoadedModel, config: TrainConfig) -> Any:
@@ -102,7 +94,8 @@ def load_adapter(loaded: LoadedModel, folder: str | Path) -> Any:
     if base and base != loaded.spec.name:
         raise P3eftError(f"adapter {folder} was trained on {base!r}, not {loaded.spec.name!r}")
     try:
-        model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
+        with offline():
+            model = PeftModel.from_pretrained(loaded.model, str(folder), is_trainable=False)
     except (ValueError, RuntimeError, KeyError, TypeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise P3eftError(f"adapter {folder} does not fit {loaded.spec.name}: {first[:300]}") from None

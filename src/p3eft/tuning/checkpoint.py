@@ -1,9 +1,16 @@
-"""Resumable checkpoints: trainable tensors, optimiser, RNG states, step and data position.
+"""Resumable checkpoints for every scheme: one layout, atomic writes, loading that runs no code.
 
 Layout under ``<out>/checkpoints/``: one folder ``step-NNNNNNNN`` per saved step and a ``LATEST``
 file naming the newest. A folder is written under a temp name and renamed into place, then
 ``LATEST`` is replaced atomically, so a run killed at any moment leaves either the old or the new
-checkpoint, never a half-written one that ``--resume`` would trust.
+checkpoint, never a half-written one that ``--resume`` would trust (:class:`CheckpointStore`).
+
+What goes inside is safe to load from an untrusted folder: tensors as safetensors, optimiser state
+through ``torch.load(weights_only=True)``, everything else as JSON or raw bytes; this module unpickles
+nothing.
+The plain reference stores trainables, AdamW state, RNG states, step and data position
+(:class:`Checkpointer`); ObfuscaTune stores the enclave's sealed state as bytes
+(:func:`save_state_files` / :func:`load_state_files`).
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ import os
 import random
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,20 +66,119 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create ``path`` (and parents) or refuse it in one line: called before any model loads."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise P3eftError(f"{flag} {path} is a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise P3eftError(f"{flag} {path} cannot be created: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise P3eftError(f"{flag} {path} is not writable")
+    return path
+
+
+def check_writable_file(path: str | Path, flag: str = "--json") -> Path:
+    """Refuse an output file path that cannot be written (a folder, or an unwritable parent)."""
+    path = Path(path)
+    if path.is_dir():
+        raise P3eftError(f"{flag} {path} is a folder, not a file")
+    check_writable_dir(path.parent, f"{flag}'s folder")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise P3eftError(f"{flag} {path} is not writable")
+    return path
+
+
+STEP_PREFIX = "step-"
+
+
+class CheckpointStore:
+    """Numbered checkpoint folders under ``<out_dir>/checkpoints``, written atomically, plus ``LATEST``."""
+
+    def __init__(self, out_dir: str | Path, keep: int = 2) -> None:
+        self.root = Path(out_dir) / "checkpoints"
+        self.keep = max(keep, 1)
+
+    def exists(self) -> bool:
+        return (self.root / "LATEST").is_file()
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder, or None."""
+        if not self.exists():
+            return None
+        folder = self.root / (self.root / "LATEST").read_text().strip()
+        if not folder.is_dir():
+            raise P3eftError(f"{self.root}/LATEST names {folder.name}, which is missing; use another --out")
+        return folder
+
+    @staticmethod
+    def step_of(folder: Path) -> int:
+        return int(folder.name.removeprefix(STEP_PREFIX))
+
+    def write(self, step: int, fill: Callable[[Path], None]) -> Path:
+        """Let ``fill`` write checkpoint ``step`` into a temp folder, publish it, then prune old ones."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        name = f"{STEP_PREFIX}{step:08d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
+        try:
+            fill(tmp)
+            final = self.root / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.rename(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        _atomic_write_text(self.root / "LATEST", name)
+        kept = sorted(p for p in self.root.glob(f"{STEP_PREFIX}*") if p.is_dir())
+        for old in kept[: -self.keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+
+STATE_JSON = "state.json"
+
+
+def save_state_files(folder: Path, state: Mapping[str, Any]) -> None:
+    """Write a state mapping as files: each ``bytes`` value as ``<key>.bin``, the rest as JSON."""
+    meta = {}
+    for key, value in state.items():
+        if isinstance(value, bytes | bytearray):
+            (folder / f"{key}.bin").write_bytes(bytes(value))
+        else:
+            meta[key] = value
+    meta["_bytes"] = sorted(k for k, v in state.items() if isinstance(v, bytes | bytearray))
+    (folder / STATE_JSON).write_text(json.dumps(meta))
+
+
+def load_state_files(folder: Path) -> dict[str, Any]:
+    """The mapping :func:`save_state_files` wrote; reads only JSON and raw bytes (no code runs)."""
+    try:
+        meta = json.loads((folder / STATE_JSON).read_text())
+        names = meta.pop("_bytes")
+        return {**meta, **{k: (folder / f"{Path(k).name}.bin").read_bytes() for k in names}}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise P3eftError(
+            f"checkpoint {folder} is unreadable ({type(err).__name__}); remove it or use another --out"
+        ) from None
+
+
 class Checkpointer:
-    """Saves and restores training state under ``<out_dir>/checkpoints``."""
+    """Saves and restores a training loop's state (trainables, optimiser, RNG) in a :class:`CheckpointStore`."""
 
     def __init__(self, out_dir: str | Path, every: int = 0, keep: int = 2) -> None:
-        self.root = Path(out_dir) / "checkpoints"
+        self.store = CheckpointStore(out_dir, keep)
+        self.root = self.store.root
         self.every = every
-        self.keep = max(keep, 1)
 
     def due(self, step: int, final: bool) -> bool:
         """Save after this (1-based) step count?"""
         return final or (self.every > 0 and step % self.every == 0)
 
     def exists(self) -> bool:
-        return (self.root / "LATEST").is_file()
+        return self.store.exists()
 
     def save(
         self,
@@ -82,43 +188,30 @@ class Checkpointer:
         state: Mapping[str, Any],
     ) -> Path:
         """Write checkpoint ``step`` (number of completed steps) atomically and prune old ones."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        name = f"step-{step:08d}"
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=self.root))
-        try:
+
+        def fill(tmp: Path) -> None:
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in params.items()}, tmp / "trainable.safetensors"
             )
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
             rng_t, rng_meta = _rng_state()
             save_file(rng_t, tmp / "rng.safetensors")
-            payload = {"step": step, "rng": rng_meta, **state}
-            (tmp / "state.json").write_text(json.dumps(payload))
-            final = self.root / name
-            if final.exists():
-                shutil.rmtree(final)
-            os.rename(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _atomic_write_text(self.root / "LATEST", name)
-        kept = sorted(p for p in self.root.glob("step-*") if p.is_dir())
-        for old in kept[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
+            (tmp / STATE_JSON).write_text(json.dumps({"step": step, "rng": rng_meta, **state}))
+
+        return self.store.write(step, fill)
 
     def load_latest(
         self, params: Mapping[str, torch.Tensor], optimizer: torch.optim.Optimizer
     ) -> dict[str, Any] | None:
         """Restore params, optimiser and RNG from the newest checkpoint; return its state, or None if none."""
-        if not self.exists():
+        folder = self.store.latest()
+        if folder is None:
             return None
-        folder = self.root / (self.root / "LATEST").read_text().strip()
         try:
             tensors = load_file(folder / "trainable.safetensors")
             opt_state = torch.load(folder / "optimizer.pt", weights_only=True)
             rng_t = load_file(folder / "rng.safetensors")
-            state = json.loads((folder / "state.json").read_text())
+            state = json.loads((folder / STATE_JSON).read_text())
         except (OSError, ValueError, RuntimeError, json.JSONDecodeError) as err:
             raise P3eftError(
                 f"checkpoint {folder} is unreadable ({type(err).__name__}); remove it or use another --out"

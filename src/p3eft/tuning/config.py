@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from p3eft.tuning.lora import LoraSettings
+
 # Names of every attention and MLP linear layer per family (peft matches module-name suffixes).
 TARGET_MODULES: dict[str, list[str] | str] = {
     "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -51,8 +53,18 @@ class TrainConfig:
         for name in ("lr", "rank", "alpha", "batch_size", "max_steps", "max_len"):
             if getattr(self, name) <= 0:
                 raise P3eftError(f"{name} must be positive, got {getattr(self, name)}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise P3eftError(f"dropout must be in [0, 1), got {self.dropout}")
+        self.lora  # noqa: B018  (validates rank, alpha, dropout in one place: LoraSettings)
+
+    @property
+    def lora(self) -> LoraSettings:
+        """The LoRA part of this config, as the one object plain and obfuscated training both use."""
+        targets = self.target_modules
+        return LoraSettings(
+            r=self.rank,
+            alpha=self.alpha,
+            dropout=self.dropout,
+            target_modules=tuple(targets) if isinstance(targets, list) else targets,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -22,7 +22,7 @@ from p3eft.tuning.adapters import (
     save_adapter,
     trainable_parameters,
 )
-from p3eft.tuning.checkpoint import Checkpointer
+from p3eft.tuning.checkpoint import Checkpointer, check_writable_dir
 from p3eft.tuning.config import TrainConfig
 from p3eft.tuning.lm_data import (
     StepBatches,
@@ -32,7 +32,12 @@ from p3eft.tuning.lm_data import (
     collate_lm,
 )
 from p3eft.tuning.loop import train_loop
-from p3eft.tuning.scoring import classification_accuracy, score_multiple_choice
+from p3eft.tuning.scoring import (
+    check_scoring_args,
+    classification_accuracy,
+    meaningful_metrics,
+    score_multiple_choice,
+)
 
 
 def load_for_task(model: str, task: Task) -> LoadedModel:
@@ -87,7 +92,7 @@ def finetune_plain(
     stop_after: int | None = None,
 ) -> dict[str, Any]:
     """LoRA fine-tune ``model`` on ``dataset``'s train split; write the adapter and ``results.json`` under ``out_dir``."""
-    out = Path(out_dir)
+    out = check_writable_dir(out_dir)  # before the model loads: a bad --out fails in a second
     task = load_task(dataset, "train", data_dir=data_dir, limit=limit)
     _check_pair(model, task.kind)
     loaded = load_for_task(model, task)
@@ -113,7 +118,6 @@ def finetune_plain(
 
     state = {"model": loaded.spec.name, "dataset": task.name, "limit": limit}
     ckpt = Checkpointer(out, every=config.checkpoint_every, keep=config.keep_checkpoints)
-    out.mkdir(parents=True, exist_ok=True)
     result = train_loop(
         loss_fn,
         trainable_parameters(peft_model),
@@ -163,6 +167,7 @@ def evaluate(
     progress: bool = True,
 ) -> dict[str, Any]:
     """Score ``model`` (optionally with a LoRA adapter) on ``dataset``'s eval split; JSON-ready result."""
+    check_scoring_args(batch_size, max_length)
     task = load_task(dataset, "eval", data_dir=data_dir, limit=limit)
     _check_pair(model, task.kind)
     if adapter:
@@ -200,7 +205,7 @@ def evaluate(
         "adapter": str(adapter) if adapter else None,
         "eval": task.describe(),
         "metric": task.metric,
-        **metrics,
+        **meaningful_metrics(task, metrics),
         "seconds": time.perf_counter() - t0,
         "notes": notes,
     }

@@ -20,9 +20,26 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
-from p3eft.data.types import ClassificationExample, MultipleChoiceExample
+from p3eft.data.types import ClassificationExample, MultipleChoiceExample, Task
+from p3eft.errors import P3eftError
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def check_scoring_args(batch_size: int, max_length: int) -> None:
+    """Refuse sizes no scoring can use (``--batch-size 0`` would loop forever or pick option 0 silently)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise P3eftError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not isinstance(max_length, int) or max_length < 2:
+        raise P3eftError(f"max length must be an integer >= 2 tokens, got {max_length!r}")
+
+
+def meaningful_metrics(task: Task, metrics: dict) -> dict:
+    """Only the metrics that mean something for ``task`` (see :data:`p3eft.data.types.MEANINGFUL_METRICS`),
+    plus ``n`` and ``metrics`` (their names, headline first) so every printer shows the same ones."""
+    names = task.metrics
+    extra = {k: metrics[k] for k in ("mean_gold_loglik",) if k in metrics}
+    return {**{m: metrics[m] for m in names}, **extra, "n": metrics["n"], "metrics": list(names)}
 
 
 def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -88,9 +105,14 @@ def score_multiple_choice(
     pad_token_id: int | None = None,
     return_details: bool = False,
 ) -> dict:
-    """``acc``, ``acc_norm``, ``exact_match`` and ``n`` over ``examples`` (see module doc)."""
+    """``acc``, ``acc_norm``, ``exact_match``, ``mean_gold_loglik`` and ``n`` over ``examples`` (module doc).
+
+    ``mean_gold_loglik`` is the mean log-likelihood of the best gold choice: a continuous number that
+    moves with any change of the model, where accuracies on a few questions may not.
+    """
     if not examples:
         raise ValueError("no examples to score")
+    check_scoring_args(batch_size, max_length)
     pad = pad_token_id if pad_token_id is not None else (tokenizer.pad_token_id or 0)
     reqs = _requests(tokenizer, examples, max_length)
     order = sorted(range(len(reqs)), key=lambda i: -len(reqs[i].tokens))  # less padding per batch
@@ -118,7 +140,7 @@ def score_multiple_choice(
     per_ex: dict[int, list[int]] = {}
     for k, r in enumerate(reqs):
         per_ex.setdefault(r.example, []).append(k)
-    acc = acc_norm = em = 0.0
+    acc = acc_norm = em = gold_ll = 0.0
     details = []
     for ei, ex in enumerate(examples):
         ks = per_ex[ei]
@@ -130,12 +152,19 @@ def score_multiple_choice(
         acc += pred in ex.golds
         acc_norm += pred_norm in ex.golds
         em += hit_em
+        gold_ll += max(ll[g] for g in ex.golds)
         if return_details:
             details.append(
                 {"id": ex.id, "logliks": ll, "pred": pred, "pred_norm": pred_norm, "golds": list(ex.golds)}
             )
     n = len(examples)
-    out = {"acc": acc / n, "acc_norm": acc_norm / n, "exact_match": em / n, "n": n}
+    out = {
+        "acc": acc / n,
+        "acc_norm": acc_norm / n,
+        "exact_match": em / n,
+        "mean_gold_loglik": gold_ll / n,  # continuous: shows any change of the model, unlike acc
+        "n": n,
+    }
     if return_details:
         out["details"] = details
     return out
@@ -153,6 +182,7 @@ def classification_accuracy(
     """Accuracy of ``argmax logits_fn(ids, mask)[b]`` (``[B, num_labels]``) against the labels."""
     if not examples:
         raise ValueError("no examples to score")
+    check_scoring_args(batch_size, max_length)
     correct = 0
     batches = [examples[i : i + batch_size] for i in range(0, len(examples), batch_size)]
     with torch.no_grad():
