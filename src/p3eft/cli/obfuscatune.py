@@ -35,6 +35,40 @@ def _settings(mode: str, masks: str, dtype: str = "float32"):
     return EnclaveSettings(mode=mode, masks=masks, dtype=dtype)
 
 
+ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype")
+EXPECT_HELP = (
+    "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
+    "(default mode=strict,masks=orthogonal,seed=random)."
+)
+
+
+def _refuse_enclave_owned(ctx: typer.Context, enclave: str | None) -> None:
+    """With --enclave the enclave's attested configuration applies: flags that set it are refused."""
+    from click.core import ParameterSource
+
+    if not enclave:
+        return
+    given = [
+        f"--{name}"
+        for name in ENCLAVE_OWNED
+        if name in ctx.params
+        and ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    ]
+    if given:
+        raise P3eftError(
+            f"{', '.join(given)} cannot apply with --enclave: the enclave's attested configuration sets "
+            "them (use --expect KEY=VALUE to require a value)"
+        )
+
+
+def _described(res: dict, mode: str, masks: str) -> str:
+    """mode/masks as the enclave attested them (networked), or as run (in-process)."""
+    att = res.get("attested")
+    if att:
+        return f"attested mode {att.get('mode')}, masks {att.get('masks')}, dtype {att.get('dtype')}, r {att.get('lora_r')}"
+    return f"mode {mode}, masks {masks}"
+
+
 def _write(payload: dict, json_out: Path | None) -> None:
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -43,6 +77,7 @@ def _write(payload: dict, json_out: Path | None) -> None:
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     out: Path = typer.Option(
         ..., "--out", help="Output folder: adapter/ (plain PEFT), checkpoints/, results.json."
     ),
@@ -71,12 +106,15 @@ def finetune(
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
-    certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
+    certs: Path | None = typer.Option(None, "--certs", help="The data owner's key folder (DIR/data-owner)."),
+    expect: list[str] = typer.Option([], "--expect", help=EXPECT_HELP),
     json_out: Path | None = opt.JSON_OUT,
     progress: bool = opt.PROGRESS,
 ) -> None:
     """Fine-tune with LoRA through the enclave/untrusted-accelerator split; export a plain PEFT adapter."""
     from p3eft.obfuscatune import run
+
+    _refuse_enclave_owned(ctx, enclave)
 
     if optimizer not in ("adamw", "sgd"):
         raise P3eftError(f"--optimizer must be adamw or sgd, not {optimizer!r}")
@@ -106,12 +144,13 @@ def finetune(
         enclave_url=enclave,
         certs=certs,
         progress=progress,
+        expect=expect,
     )
     _write(res, json_out)
     r = res["result"]
     weights = "RANDOM weights" if res.get("weights_random") else "real weights"
     typer.echo(
-        f"{res['model']} on {res['train']['dataset']} [{weights}, mode {mode}, masks {masks}]: "
+        f"{res['model']} on {res['train']['dataset']} [{weights}, {_described(res, mode, masks)}]: "
         f"{r['steps']} steps, loss {r['first_loss']} -> {r['final_loss']}, {r['seconds_this_run']:.1f} s"
     )
     if "adapter" in res:
@@ -120,6 +159,7 @@ def finetune(
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     model: str = typer.Option("smollm2-135m", "--model"),
     dataset: str = typer.Option("piqa", "--dataset", help="webqs, obqa, piqa or sciq."),
     adapter: Path | None = typer.Option(None, "--adapter", help="A PEFT adapter folder (plain coordinates)."),
@@ -133,12 +173,18 @@ def evaluate(
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
-    certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
+    certs: Path | None = typer.Option(None, "--certs", help="The data owner's key folder (DIR/data-owner)."),
+    expect: list[str] = typer.Option([], "--expect", help=EXPECT_HELP),
     json_out: Path | None = typer.Option(None, "--json", help="Write the results JSON here."),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ) -> None:
-    """Score a model (optionally with an adapter) through the split, multiple-choice style."""
+    """Score a model (optionally with an adapter) through the split, multiple-choice style.
+
+    With --enclave the evaluation runs in a job of its own on the enclave: an --adapter is imported
+    there, never into another run's job."""
     from p3eft.obfuscatune import run
+
+    _refuse_enclave_owned(ctx, enclave)
 
     res = run.evaluate(
         model,
@@ -152,13 +198,14 @@ def evaluate(
         enclave_url=enclave,
         certs=certs,
         progress=progress,
+        expect=expect,
     )
     _write(res, json_out)
     weights = "RANDOM weights" if res.get("weights_random") else "real weights"
     typer.echo(
         f"{res['eval']['dataset']} {res['eval']['split']} (n={res['n']}, metric {res['metric']}): "
         f"acc={res['acc']:.4f} acc_norm={res['acc_norm']:.4f} exact_match={res['exact_match']:.4f} "
-        f"[{res['model']}, {weights}, obfuscated {mode}/{masks}]"
+        f"[{res['model']}, {weights}, obfuscated, {_described(res, mode, masks)}]"
     )
 
 

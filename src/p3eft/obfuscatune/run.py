@@ -1,7 +1,8 @@
 """What the ``p3eft obfuscatune`` commands do (the CLI only parses and prints).
 
 In-process runs build the trio here; with ``enclave_url`` the data owner talks to a networked enclave
-through :func:`p3eft.runtime.connect.open_enclave_channel` and this process holds no model at all.
+through :func:`p3eft.obfuscatune.net.connect.open_enclave` (its own attested job on the enclave) and
+this process holds no model at all; the configuration then comes from the enclave's quote.
 Checkpoints are the enclave's *sealed* state (``enclave_state.pt``); for in-process runs the
 simulated enclave's sealing key is kept in ``<out>/enclave-sealing.key`` (mode 0600; ours: a stand-in
 for the platform's sealing key, which never leaves a real TEE).
@@ -32,15 +33,11 @@ SEALING_KEY_FILE = "enclave-sealing.key"
 STATE_FILE = "enclave_state.pt"
 
 
-def open_remote_enclave(url: str, certs: str | Path | None) -> Channel:
-    """A channel to a networked enclave (the runtime's transport, imported lazily)."""
-    try:
-        from p3eft.runtime.connect import open_enclave_channel
-    except ImportError as err:
-        raise P3eftError(
-            f"--enclave needs the networked runtime (p3eft.runtime.connect), not available: {err}"
-        ) from None
-    return open_enclave_channel(url, certs)
+def open_remote_enclave(url: str, certs: str | Path | None, expect: Any = None) -> Channel:
+    """A channel to a networked enclave, in a job of its own, verified against ``expect``."""
+    from p3eft.obfuscatune.net.connect import open_enclave
+
+    return open_enclave(url, certs, expect)
 
 
 def data_owner_tokenizer(model: str) -> Any:
@@ -112,6 +109,7 @@ def finetune(
     certs: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    expect: Any = None,
 ) -> dict[str, Any]:
     """Obfuscated LoRA fine-tuning; writes ``adapter/`` (plain PEFT), checkpoints and ``results.json``."""
     out = Path(out)
@@ -121,8 +119,13 @@ def finetune(
         raise P3eftError(f"{out} already holds checkpoints: pass --resume, or choose another --out")
     restore = _load_checkpoint(existing[-1][1]) if (resume and existing) else None
     start = int(restore["step"]) if restore else 0
+    attested: dict | None = None
     if enclave_url:
-        channel = open_remote_enclave(enclave_url, certs)
+        from p3eft.obfuscatune.net.connect import attested_config, effective_train_config
+
+        channel = open_remote_enclave(enclave_url, certs, expect)
+        attested = attested_config(channel)
+        config = effective_train_config(channel, config)  # the enclave's LoRA settings apply
         tokenizer = data_owner_tokenizer(model)
         if restore is not None:
             channel.call("load_state", state=restore)
@@ -168,6 +171,8 @@ def finetune(
         "optimizer": optimizer,
         "result": result,
     }
+    if attested is not None:
+        payload["attested"] = attested
     if stop >= config.max_steps:
         export = channel.call("export_adapter")
         adapter = save_exported_adapter(
@@ -183,6 +188,8 @@ def finetune(
             },
         )
         payload["adapter"] = str(adapter)
+    if enclave_url:
+        channel.close()  # ends this run's job on the enclave
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     return payload
@@ -211,6 +218,7 @@ def evaluate(
     enclave_url: str | None = None,
     certs: str | Path | None = None,
     progress: bool = True,
+    expect: Any = None,
 ) -> dict[str, Any]:
     """Score ``model`` (optionally with a plain PEFT adapter, imported into obfuscated coordinates)."""
     task = load_task(dataset, "eval", data_dir=data_dir, limit=limit)
@@ -218,8 +226,18 @@ def evaluate(
     if adapter is not None:
         cfg, tensors = read_adapter_tensors(adapter)
         settings = replace(settings, lora_r=int(cfg["r"]), lora_alpha=float(cfg["lora_alpha"]))
+    attested: dict | None = None
     if enclave_url:
-        channel = open_remote_enclave(enclave_url, certs)
+        from p3eft.obfuscatune.net.connect import attested_config
+
+        # a job of its own: importing an adapter never touches another job's training state
+        channel = open_remote_enclave(enclave_url, certs, expect)
+        attested = attested_config(channel)
+        if tensors is not None and int(cfg["r"]) != int(attested.get("lora_r", -1)):
+            channel.close()
+            raise P3eftError(
+                f"the adapter has rank {cfg['r']}, the enclave is configured for rank {attested.get('lora_r')}"
+            )
         tokenizer = data_owner_tokenizer(model)
     else:
         from p3eft.obfuscatune.session import in_process_session
@@ -232,6 +250,8 @@ def evaluate(
         channel, tokenizer, task, batch_size=batch_size, max_length=max_length, progress=progress
     )
     info = channel.call("info")
+    if enclave_url:
+        channel.close()
     notes = [n for n in [task.note] if n]
     if info.get("weights_random"):
         notes.append(f"{model} has random weights here: accuracy is meaningless")
@@ -241,6 +261,7 @@ def evaluate(
         "weights_random": info.get("weights_random"),
         "enclave": info,
         "adapter": str(adapter) if adapter else None,
+        **({"attested": attested} if attested is not None else {}),
         "eval": task.describe(),
         "metric": task.metric,
         **metrics,
