@@ -299,14 +299,18 @@ def test_sealed_state_is_bound_to_its_job_its_part_and_fresh(tmp_path):
     with pytest.raises(SecurityError, match=r"jobs/a/checkpoint.sealed is sealed as .*/b', expected .*/a'"):
         mine.load()
     mine.path.write_bytes(old)  # an older genuine checkpoint of this very job
-    with pytest.raises(SecurityError, match=r"jobs/a/checkpoint.sealed is checkpoint 1, older than checkpoint 2"):
+    with pytest.raises(
+        SecurityError, match=r"jobs/a/checkpoint.sealed is checkpoint 1, older than checkpoint 2"
+    ):
         mine.load()
     mine.path.unlink()  # deleted
     with pytest.raises(SecurityError, match=r"jobs/a/checkpoint.sealed is gone after checkpoint 2"):
         mine.load()
     # model parts are bound to their upload and index
     sealer.write(tmp_path / "model" / "part-000001.sealed", {"t": 1}, "p3eft-model-part/up1/1")
-    with pytest.raises(SecurityError, match=r"model/part-000001.sealed is sealed as 'p3eft-model-part/up1/1'"):
+    with pytest.raises(
+        SecurityError, match=r"model/part-000001.sealed is sealed as 'p3eft-model-part/up1/1'"
+    ):
         sealer.read(tmp_path / "model" / "part-000001.sealed", "p3eft-model-part/up1/0")
     with pytest.raises(SecurityError, match="sealed as"):
         sealer.read(tmp_path / "model" / "part-000001.sealed", "p3eft-model-part/up2/1")
@@ -394,7 +398,9 @@ def test_session_quota_refuses_instead_of_evicting(net):
     )
     port = server.start()
     try:
-        victim = NetworkChannel(f"127.0.0.1:{port}", load_identity(keys / "data-owner", "data-owner"), "cloud")
+        victim = NetworkChannel(
+            f"127.0.0.1:{port}", load_identity(keys / "data-owner", "data-owner"), "cloud"
+        )
         flood = [
             NetworkChannel(f"127.0.0.1:{port}", load_identity(keys / "data-owner-2", "data-owner-2"), "cloud")
             for _ in range(3)
@@ -491,7 +497,9 @@ def test_certificate_errors_are_one_line(net, tmp_path, capsys):
 
 def test_keys_init_cli(tmp_path, capsys):
     assert main(["keys", "init", str(tmp_path / "k")]) == 0
-    assert (tmp_path / "k" / "ca" / "ca.crt").is_file() and (tmp_path / "k" / "enclave" / "enclave.crt").is_file()
+    assert (tmp_path / "k" / "ca" / "ca.crt").is_file() and (
+        tmp_path / "k" / "enclave" / "enclave.crt"
+    ).is_file()
     assert oct((tmp_path / "k" / "enclave" / "enclave.key").stat().st_mode & 0o777) == "0o600"
     assert "BEGIN" not in capsys.readouterr().out  # keys are never printed
     assert main(["keys", "init", str(tmp_path / "k")]) == 2
@@ -501,4 +509,8 @@ def test_keys_init_cli(tmp_path, capsys):
         assert sorted(p.name for p in (tmp_path / "n" / party).iterdir()) == sorted(
             ["ca.crt", f"{party}.crt", f"{party}.key", "platform-attest.pub"]
         )
-    assert sorted(p.name for p in (tmp_path / "n" / "cloud").iterdir()) == ["ca.crt", "cloud.crt", "cloud.key"]
+    assert sorted(p.name for p in (tmp_path / "n" / "cloud").iterdir()) == [
+        "ca.crt",
+        "cloud.crt",
+        "cloud.key",
+    ]

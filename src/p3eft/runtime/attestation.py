@@ -93,8 +93,8 @@ def unmeasured_modules(measured_files: Sequence[str | Path] = ()) -> list[str]:
     bad = []
     for name, module in list(sys.modules.items()):
         origin = getattr(module, "__file__", None)
-        if not origin:
-            continue
+        if not isinstance(origin, str) or not Path(origin).is_absolute() or not Path(origin).is_file():
+            continue  # built-in or synthetic modules (torch.ops): no file whose code could run
         path = Path(origin).resolve()
         if path in trusted or path.is_relative_to(root) or any(path.is_relative_to(s) for s in system):
             continue
