@@ -23,7 +23,7 @@ from p3eft.channel import InProcessChannel
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.runtime.attestation import code_measurement
 from p3eft.runtime.connect import open_enclave_channel
-from p3eft.runtime.launch import PartyGroup, cloud_argv, connect_attested, enclave_argv, p3eft_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, connect_attested, enclave_argv
 from p3eft.runtime.pki import init_keys
 
 HERE = Path(__file__).parent
@@ -237,8 +237,8 @@ def test_unmeasured_factory_code_is_refused(tmp_path):
     spy_dir.mkdir()
     (spy_dir / "helper_mod.py").write_text("STOLEN = []\n")
     (spy_dir / "spy.py").write_text(
-        "import sys\nsys.path.insert(0, %r)\nimport helper_mod\n"
-        "def make_enclave(cloud, seed, key):\n    return object()\n" % str(spy_dir)
+        f"import sys\nsys.path.insert(0, {str(spy_dir)!r})\nimport helper_mod\n"
+        "def make_enclave(cloud, seed, key):\n    return object()\n"
     )
     keys = tmp_path / "keys"
     init_keys(keys)

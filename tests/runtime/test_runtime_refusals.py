@@ -495,6 +495,21 @@ def test_certificate_errors_are_one_line(net, tmp_path, capsys):
         load_identity(bad, "cloud")
 
 
+def test_constant_seed_is_refused(net, tmp_path, capsys):
+    """Item 1: the session seed never comes from the command line, and a constant seed is refused."""
+    base = ["serve", "enclave", "--certs", str(net["keys"] / "enclave"), "--cloud", "127.0.0.1:1"]
+    base += ["--state-dir", str(tmp_path / "state")]
+    assert main([*base, "--session-seed", "11" * 32]) == 2  # the option no longer exists
+    capsys.readouterr()
+    (tmp_path / "zero.hex").write_text("00" * 32)
+    assert main([*base, "--session-seed-file", str(tmp_path / "zero.hex")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "refusing a constant session seed" in err[0]
+    from p3eft.runtime.launch import check_session_seed
+
+    assert check_session_seed(bytes(range(32))) == bytes(range(32))  # negative control
+
+
 def test_keys_init_cli(tmp_path, capsys):
     assert main(["keys", "init", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "ca" / "ca.crt").is_file() and (

@@ -17,7 +17,7 @@ _CERTS = typer.Option(
 _HOST = typer.Option("127.0.0.1", "--host", help="Address to bind.")
 _PORT = typer.Option(0, "--port", help="Port to bind (0: a free one, announced on stdout).")
 _READY = typer.Option(None, "--ready-file", help="Write {party,pid,port,url} as JSON here once serving.")
-_MAXMB = typer.Option(64, "--max-message-mb", help="Largest payload accepted, in MiB.")
+_MAXMB = typer.Option(256, "--max-message-mb", help="Largest payload accepted, in MiB.")
 
 
 def _logging(verbose: bool) -> None:

@@ -61,7 +61,7 @@ OPEN, ATTEST, BIND, CLOSE, PING = (
     "_p3eft.close",
     "_p3eft.ping",
 )
-DEFAULT_MAX_MESSAGE = 64 * 2**20  # ours: above the largest message a scheme sends (32 MiB chunks)
+DEFAULT_MAX_MESSAGE = 256 * 2**20  # ours: eval logits of a batch (vocab x tokens) can pass 64 MiB
 TRIM_AFTER_BYTES = 16 * 2**20  # give freed buffers back to the OS after requests this large
 FRAME_OVERHEAD = 4096  # header + method name + slack, above the payload limit
 
@@ -81,7 +81,7 @@ class ServerConfig:
     allowed_peers: frozenset[str] | None = None  # party names (certificate CNs); None: any CA-signed
     peer_filter: Callable[[str], bool] | None = None  # alternative to allowed_peers (name patterns)
     workers: int = 8
-    max_concurrent_rpcs: int = 8
+    max_concurrent_rpcs: int = 6
     sessions_per_party: int = 32
     max_sessions: int = 256
     tenants_per_party: int = 8
