@@ -154,11 +154,13 @@ def test_mask_refresh_from_the_model_owner_process(world):
         assert up.returncode == 0, up.stderr
         after = ch.call("export_adapter")
         status = ch.call("runtime_status")
-        ch.close()
+        jobs = world["dir"] / "refresh" / "state" / "jobs"
+        assert len(list(jobs.glob("*/checkpoint.sealed"))) == 1  # this job's seal
+        ch.close()  # ends the job, and its seal with it
+        assert list(jobs.glob("*/checkpoint.sealed")) == []
     assert status["checkpoint_calls"] == status["calls"]  # sealed right after the refresh
     for key, t in before["tensors"].items():
         assert torch.allclose(after["tensors"][key], t, atol=1e-5), key
-    assert len(list((world["dir"] / "refresh" / "state" / "jobs").glob("*/checkpoint.sealed"))) == 1
 
 
 def test_kill_cloud_then_enclave_resumes_to_the_same_adapter(world, reference):
