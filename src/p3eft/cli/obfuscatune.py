@@ -44,15 +44,14 @@ EXPECT_HELP = (
 
 def _refuse_enclave_owned(ctx: typer.Context, enclave: str | None) -> None:
     """With --enclave the enclave's attested configuration applies: flags that set it are refused."""
-    from click.core import ParameterSource
-
     if not enclave:
         return
     given = [
         f"--{name}"
         for name in ENCLAVE_OWNED
         if name in ctx.params
-        and ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+        # by name: typer vendors its own click, whose ParameterSource is not click's
+        and getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
     ]
     if given:
         raise P3eftError(
