@@ -510,6 +510,25 @@ def test_constant_seed_is_refused(net, tmp_path, capsys):
     assert check_session_seed(bytes(range(32))) == bytes(range(32))  # negative control
 
 
+def test_any_role_served_by_any_party(net):
+    """The generic API other schemes use: the model owner's folder serves a role on 127.0.0.1, a data
+    owner connects with its own folder; a party the server does not admit is refused."""
+    from p3eft.runtime.launch import open_party_channel, start_party
+
+    keys = net["keys"]
+    server = start_party(
+        _Sleeper(), keys / "model-owner", "model-owner", allowed_peers=frozenset({"data-owner"})
+    )
+    try:
+        url = f"127.0.0.1:{server.port}"
+        with open_party_channel(url, keys / "data-owner", "data-owner", "model-owner") as ch:
+            assert ch.call("nap", seconds=0.0) == 0.0
+        with pytest.raises(SecurityError, match="'data-owner-2' may not call model-owner"):
+            open_party_channel(url, keys / "data-owner-2", "data-owner-2", "model-owner")
+    finally:
+        server.stop()
+
+
 def test_keys_init_cli(tmp_path, capsys):
     assert main(["keys", "init", str(tmp_path / "k")]) == 0
     assert (tmp_path / "k" / "ca" / "ca.crt").is_file() and (

@@ -126,6 +126,38 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+def start_party(
+    role: object,
+    certs: str | Path,
+    party: str,
+    *,
+    allowed_peers: frozenset[str] | None = None,
+    peer_filter: Callable[[str], bool] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    tenant_factory: Callable[[], object] | None = None,
+) -> PartyServer:
+    """Serve any role object's ``@remote`` methods as ``party`` (its own key folder) over mutual TLS;
+    returns the started server (its ``port``). Any scheme's roles run this way, e.g. PrivTuner's model
+    owner with ``allowed_peers={"data-owner"}``."""
+    config = ServerConfig(host, port, max_message_bytes, allowed_peers=allowed_peers, peer_filter=peer_filter)
+    server = PartyServer(role, load_identity(certs, party), config, tenant_factory=tenant_factory)
+    server.start()
+    return server
+
+
+def open_party_channel(
+    url: str,
+    certs: str | Path,
+    party: str,
+    server_party: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+) -> NetworkChannel:
+    """A mutual-TLS channel from ``party`` (its own key folder) to the role ``server_party`` serves."""
+    return NetworkChannel(url, load_identity(certs, party), server_party, max_message_bytes=max_message_bytes)
+
+
 def run_cloud(
     certs: str | Path,
     factory: str,
