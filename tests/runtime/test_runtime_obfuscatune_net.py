@@ -125,7 +125,12 @@ def _assert_same_adapter(a: dict, b: dict) -> None:
         assert torch.equal(a["tensors"][key], b["tensors"][key]), key
 
 
-def test_networked_run_equals_in_process(world, reference):
+def test_networked_run_equals_in_process(world, reference, tmp_path):
+    """End to end, and (issue 14.2) an evaluation with another adapter, as `obfuscatune evaluate
+    --enclave --adapter` runs it, goes to a job of its own: the training job's adapter is unchanged."""
+    from p3eft.obfuscatune import run
+    from p3eft.obfuscatune.export import save_exported_adapter
+
     with PartyGroup(world["dir"] / "e2e") as group:
         _, enclave = _start(world, group, "e2e", k=2)
         ch = _data_owner(world, enclave)
@@ -134,11 +139,20 @@ def test_networked_run_equals_in_process(world, reference):
         ev = driver.evaluate(ch, world["tokenizer"], world["eval"], progress=False)
         adapter = ch.call("export_adapter")
         assert ch.call("info")["weights_random"] is False  # the model owner's weights, as uploaded
+        other = {k: torch.randn_like(t) for k, t in adapter["tensors"].items()}
+        folder = save_exported_adapter({"config": adapter["config"], "tensors": other}, tmp_path / "other")
+        with_adapter = run.evaluate(
+            str(world["folder"]), "obqa", EnclaveSettings(), adapter=folder, limit=3, enclave_url=enclave.url,
+            certs=world["certs"] / "data-owner", progress=False, expect="seed=pinned",
+        )  # fmt: skip
+        after = ch.call("export_adapter")
         ch.close()
     assert res["losses"] == reference["losses"]
     for key in ("acc", "acc_norm", "exact_match", "n"):
         assert ev[key] == reference["eval"][key], key
     _assert_same_adapter(adapter, reference["adapter"])
+    _assert_same_adapter(after, reference["adapter"])  # the evaluation did not touch the training job
+    assert with_adapter["adapter"] == str(folder) and with_adapter["attested"]["lora_r"] == LORA["lora_r"]
 
 
 def test_mask_refresh_from_the_model_owner_process(world):
@@ -213,34 +227,6 @@ def test_attestation_binds_the_configuration_and_the_user_sees_it(world, tmp_pat
     assert res["attested"]["mode"] == "paper" and res["attested"]["masks"] == "naive"
     assert res["attested"]["seed"] == "pinned"
     assert res["config"]["rank"] == 2  # the enclave's, not the 4 the data owner passed
-
-
-def test_evaluate_with_an_adapter_never_touches_a_training_job(world, tmp_path):
-    """Issue 14.2: `evaluate --enclave --adapter` runs in a job of its own; the training job's
-    adapter is unchanged, and the evaluation did apply the adapter (its scores differ from none)."""
-    from p3eft.obfuscatune import run
-
-    with PartyGroup(world["dir"] / "evaljob") as group:
-        _, enclave = _start(world, group, "evaljob", k=100)
-        ch = _data_owner(world, enclave)
-        driver.finetune(
-            ch, world["tokenizer"], world["train"], TrainConfig(max_steps=2, **CONFIG), progress=False
-        )
-        trained = ch.call("export_adapter")
-        other = {k: torch.randn_like(t) for k, t in trained["tensors"].items()}  # a different adapter
-        from p3eft.obfuscatune.export import save_exported_adapter
-
-        folder = save_exported_adapter({"config": trained["config"], "tensors": other}, tmp_path / "adapter")
-        kw = dict(limit=3, enclave_url=enclave.url, certs=world["certs"] / "data-owner", progress=False)
-        with_adapter = run.evaluate(
-            str(world["folder"]), "obqa", EnclaveSettings(), adapter=folder, expect="seed=pinned", **kw
-        )
-        without = run.evaluate(str(world["folder"]), "obqa", EnclaveSettings(), expect="seed=pinned", **kw)
-        after = ch.call("export_adapter")
-        ch.close()
-    _assert_same_adapter(after, trained)
-    assert with_adapter["attested"]["lora_r"] == LORA["lora_r"]
-    assert with_adapter["adapter"] and without["adapter"] is None
 
 
 def test_cli_refuses_flags_the_enclave_sets(world, capsys):
