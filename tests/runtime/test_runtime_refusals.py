@@ -150,6 +150,27 @@ def test_network_results_equal_in_process(net, ch):
     assert torch.equal(net_out, InProcessChannel(role).call("logits", x=x))
 
 
+def test_each_connection_gets_its_own_job_and_cloud_tenant(net):
+    """Item 2, in-process: two data-owner connections train in two jobs, each with its own role
+    instance on the cloud; a job and its cloud tenant end with the connection."""
+    host, cloud = net["host"], net["cloud"]
+    before_jobs = len(host.jobs)
+
+    def tenants_match() -> bool:  # one cloud tenant per job (and one for an unclaimed upload)
+        return cloud.tenant_count() == len(host.jobs) + (host.primed is not None)
+
+    a = _attach(net["url"], net["keys"], "data-owner")
+    b = _attach(net["url"], net["keys"], "data-owner-2")
+    a.call("configure_training", lr=0.5)
+    a.call("train_step", **toy.batch(0))
+    assert a.call("export_adapter")["b"].abs().sum() > 0  # a trained
+    assert b.call("export_adapter")["b"].abs().sum() == 0  # b's adapter untouched by a's step
+    assert len(host.jobs) == before_jobs + 2 and tenants_match()
+    a.close()
+    b.close()
+    assert len(host.jobs) == before_jobs and tenants_match()
+
+
 def test_truncated_frame(ch):
     raw = _raw_request(ch, "logits", {"x": torch.ones(2, toy.D_IN, dtype=torch.float64)})
     assert "truncated frame" in _error_of(ch, raw[:-5])
