@@ -197,6 +197,8 @@ class EnclaveHost:
         if method == OPEN_METHOD:
 
             def runtime_open(job: bytes) -> dict:
+                if ctx.session.attrs.pop("implicit", None):  # a private job made earlier ends here
+                    self.session_closed_job(ctx.session.attrs.pop("job", None))
                 return self._status(self._join(ctx, job))
 
             return runtime_open
@@ -301,8 +303,11 @@ class EnclaveHost:
 
     def session_closed(self, session: Any) -> None:
         """A transport session ended: a job it made implicitly (it never named one) ends with it."""
-        job = session.attrs.get("job")
-        if job is not None and session.attrs.get("implicit"):
+        if session.attrs.get("implicit"):
+            self.session_closed_job(session.attrs.get("job"))
+
+    def session_closed_job(self, job: Job | None) -> None:
+        if job is not None:
             with self._lock, job.lock:
                 self._drop(job, remove_seal=True)
 

@@ -239,7 +239,8 @@ def load_identity(directory: str | Path, party: str) -> PartyIdentity:
         key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError) as err:
         raise SecurityError(f"{files[2]} is not a readable unencrypted PEM private key") from err
-    if key.public_key().public_numbers() != cert.public_key().public_numbers():  # type: ignore[union-attr]
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
         raise SecurityError(f"{files[2]} does not belong to the certificate {files[1]}")
     try:
         cert.verify_directly_issued_by(ca)
