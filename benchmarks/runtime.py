@@ -10,7 +10,7 @@ the wire above TLS (TLS records add a few percent more). Warm-up steps are not t
         [--seq-len 64] [--steps 5] [--warmup 1] [--threads 1] [--json FILE]
 
 Every process (this one, the cloud, the enclave) gets ``--threads`` intra-op threads: on a shared
-2-core machine two OpenMP threads per process are pathologically slow (see ``runtime.demo``).
+2-core machine two OpenMP threads per process are pathologically slow (see ``p3eft.obfuscatune.net.demo``).
 
 ``tiny`` is a GPT-2 architecture (4 layers, width 256, GPT-2 vocabulary) with random weights: the
 transport costs depend on shapes, not on what the weights learned.
@@ -34,10 +34,10 @@ import torch
 from p3eft.data import load_task
 from p3eft.models import load_causal_lm
 from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.net.connect import open_enclave
+from p3eft.obfuscatune.net.demo import thread_env
 from p3eft.obfuscatune.session import provision_model, session_from_model
-from p3eft.runtime.connect import open_enclave_channel
-from p3eft.runtime.demo import thread_env
-from p3eft.runtime.launch import PartyGroup, cloud_argv, connect_attested, enclave_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, write_seed_file
 from p3eft.runtime.pki import init_keys
 
 SEED = bytes(range(32))
@@ -108,22 +108,28 @@ def main() -> int:
         batch = packed_batch(loaded.tokenizer, args.batch_size, args.seq_len)
         certs = work / "certs"
         init_keys(certs)
+        seed_file = write_seed_file(work / "seed.hex", SEED)
 
         with PartyGroup(work / "logs") as group:
-            cloud = group.start("cloud", cloud_argv(certs), env=env)
+            cloud = group.start("cloud", cloud_argv(certs / "cloud"), env=env)
             enclave = group.start(
                 "enclave",
                 enclave_argv(
-                    certs, cloud.url, work / "state", checkpoint_every=10**6, settings=LORA, session_seed=SEED
+                    certs / "enclave",
+                    cloud.url,
+                    work / "state",
+                    checkpoint_every=10**6,
+                    settings=LORA,
+                    session_seed_file=seed_file,
                 ),
                 env=env,
             )
             t0 = time.perf_counter()
-            with connect_attested(enclave.url, certs, "model-owner") as mo:
+            with open_enclave(enclave.url, certs / "model-owner", "seed=pinned", "model-owner", False) as mo:
                 provision_model(mo, loaded.model, name=loaded.spec.name, weights_random=loaded.weights_random)
                 upload_bytes = mo.stats.bytes_sent
             upload_s = time.perf_counter() - t0
-            ch = open_enclave_channel(enclave.url, certs)
+            ch = open_enclave(enclave.url, certs / "data-owner", "seed=pinned")
             inner = ch.inner
             pings = []
             for _ in range(20):

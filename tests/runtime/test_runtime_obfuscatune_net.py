@@ -4,7 +4,10 @@
   and evaluates through the attested enclave; losses, accuracy and the exported adapter equal the
   in-process run bit for bit;
 * faults: ``kill -9`` of the cloud and then of the enclave mid-run, both restarted; the run resumes
-  from the sealed checkpoints and ends with exactly the uninterrupted adapter.
+  from the sealed checkpoints and ends with exactly the uninterrupted adapter;
+* attestation binds the configuration: an enclave started with weaker settings is refused by the
+  model owner's and the data owner's default policy, and what the data owner records is what the
+  enclave attested, not its own flags; an evaluation with an adapter never touches a training job.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ import transformers
 from p3eft.data import load_task
 from p3eft.obfuscatune import driver
 from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.net.connect import open_enclave
 from p3eft.obfuscatune.run import data_owner_tokenizer
 from p3eft.obfuscatune.session import session_from_model
-from p3eft.runtime.connect import open_enclave_channel
-from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, p3eft_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, p3eft_argv, write_seed_file
 from p3eft.runtime.pki import init_keys
 from p3eft.tuning import TrainConfig
 
@@ -55,6 +58,7 @@ def world(tmp_path_factory):
     for f in tok_dir.iterdir():
         shutil.copy(f, folder / f.name)
     init_keys(d / "certs")
+    write_seed_file(d / "seed.hex", SEED)
     return {
         "dir": d,
         "model": model,
@@ -79,39 +83,39 @@ def reference(world):
     return _in_process(world, steps=5)
 
 
-def _start(world, group: PartyGroup, name: str, k: int):
+PINNED = ["--expect", "seed=pinned"]  # the tests pin the seed to compare with in-process runs
+
+
+def _upload(world, enclave, *extra: str) -> subprocess.CompletedProcess:
+    argv = ["model-owner", "upload", "--model", str(world["folder"]), "--enclave", enclave.url]
+    argv += ["--certs", str(world["certs"] / "model-owner"), *extra]
+    return subprocess.run(p3eft_argv(*argv), capture_output=True, text=True, timeout=120)
+
+
+def _start(world, group: PartyGroup, name: str, k: int, settings: dict | None = None, upload: bool = True):
     certs, cport, eport = world["certs"], _free_port(), _free_port()
-    cloud = group.start("cloud", cloud_argv(certs, port=cport))
+    cloud = group.start("cloud", cloud_argv(certs / "cloud", port=cport))
     enclave = group.start(
         "enclave",
         enclave_argv(
-            certs,
+            certs / "enclave",
             cloud.url,
             world["dir"] / name / "state",
             checkpoint_every=k,
-            settings=LORA,
-            session_seed=SEED,
+            settings=LORA if settings is None else settings,
+            session_seed_file=world["dir"] / "seed.hex",
             port=eport,
         ),
     )
-    up = subprocess.run(
-        p3eft_argv(
-            "model-owner",
-            "upload",
-            "--model",
-            str(world["folder"]),
-            "--enclave",
-            enclave.url,
-            "--certs",
-            str(certs),
-        ),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert up.returncode == 0, up.stderr
-    assert "provisioned tiny-gpt2" in up.stdout
+    if upload:
+        up = _upload(world, enclave, *PINNED)
+        assert up.returncode == 0, up.stderr
+        assert "provisioned tiny-gpt2" in up.stdout and "mode=strict" in up.stdout
     return cloud, enclave
+
+
+def _data_owner(world, enclave, **kw):
+    return open_enclave(enclave.url, world["certs"] / "data-owner", "seed=pinned", **kw)
 
 
 def _assert_same_adapter(a: dict, b: dict) -> None:
@@ -121,20 +125,34 @@ def _assert_same_adapter(a: dict, b: dict) -> None:
         assert torch.equal(a["tensors"][key], b["tensors"][key]), key
 
 
-def test_networked_run_equals_in_process(world, reference):
+def test_networked_run_equals_in_process(world, reference, tmp_path):
+    """End to end, and (issue 14.2) an evaluation with another adapter, as `obfuscatune evaluate
+    --enclave --adapter` runs it, goes to a job of its own: the training job's adapter is unchanged."""
+    from p3eft.obfuscatune import run
+    from p3eft.obfuscatune.export import save_exported_adapter
+
     with PartyGroup(world["dir"] / "e2e") as group:
         _, enclave = _start(world, group, "e2e", k=2)
-        ch = open_enclave_channel(enclave.url, world["certs"])
+        ch = _data_owner(world, enclave)
         cfg = TrainConfig(max_steps=5, **CONFIG)
         res = driver.finetune(ch, world["tokenizer"], world["train"], cfg, progress=False)
         ev = driver.evaluate(ch, world["tokenizer"], world["eval"], progress=False)
         adapter = ch.call("export_adapter")
         assert ch.call("info")["weights_random"] is False  # the model owner's weights, as uploaded
+        other = {k: torch.randn_like(t) for k, t in adapter["tensors"].items()}
+        folder = save_exported_adapter({"config": adapter["config"], "tensors": other}, tmp_path / "other")
+        with_adapter = run.evaluate(
+            str(world["folder"]), "obqa", EnclaveSettings(), adapter=folder, limit=3, enclave_url=enclave.url,
+            certs=world["certs"] / "data-owner", progress=False, expect="seed=pinned",
+        )  # fmt: skip
+        after = ch.call("export_adapter")
         ch.close()
     assert res["losses"] == reference["losses"]
     for key in ("acc", "acc_norm", "exact_match", "n"):
         assert ev[key] == reference["eval"][key], key
     _assert_same_adapter(adapter, reference["adapter"])
+    _assert_same_adapter(after, reference["adapter"])  # the evaluation did not touch the training job
+    assert with_adapter["adapter"] == str(folder) and with_adapter["attested"]["lora_r"] == LORA["lora_r"]
 
 
 def test_mask_refresh_from_the_model_owner_process(world):
@@ -142,28 +160,27 @@ def test_mask_refresh_from_the_model_owner_process(world):
     adapter carries over (up to float32 rounding through the masks) and the new epoch is sealed."""
     with PartyGroup(world["dir"] / "refresh") as group:
         _, enclave = _start(world, group, "refresh", k=100)
-        ch = open_enclave_channel(enclave.url, world["certs"])
+        ch = _data_owner(world, enclave)
         cfg = TrainConfig(max_steps=2, **CONFIG)
         driver.finetune(ch, world["tokenizer"], world["train"], cfg, progress=False)
         before = ch.call("export_adapter")
-        argv = ["model-owner", "upload", "--model", str(world["folder"]), "--enclave", enclave.url]
-        up = subprocess.run(
-            p3eft_argv(*argv, "--certs", str(world["certs"]), "--refresh"), capture_output=True, text=True
-        )
+        up = _upload(world, enclave, "--refresh", *PINNED)
         assert up.returncode == 0, up.stderr
         after = ch.call("export_adapter")
         status = ch.call("runtime_status")
-        ch.close()
+        jobs = world["dir"] / "refresh" / "state" / "jobs"
+        assert len(list(jobs.glob("*/checkpoint.sealed"))) == 1  # this job's seal
+        ch.close()  # ends the job, and its seal with it
+        assert list(jobs.glob("*/checkpoint.sealed")) == []
     assert status["checkpoint_calls"] == status["calls"]  # sealed right after the refresh
     for key, t in before["tensors"].items():
         assert torch.allclose(after["tensors"][key], t, atol=1e-5), key
-    assert (world["dir"] / "refresh" / "state" / "checkpoint.sealed").is_file()
 
 
 def test_kill_cloud_then_enclave_resumes_to_the_same_adapter(world, reference):
     with PartyGroup(world["dir"] / "faults") as group:
         cloud, enclave = _start(world, group, "faults", k=2)
-        ch = open_enclave_channel(enclave.url, world["certs"])
+        ch = _data_owner(world, enclave)
 
         def chaos(done: int) -> None:
             if done == 3:  # after step 3 (checkpoint at 2): kill -9 the cloud, restart it
@@ -181,3 +198,49 @@ def test_kill_cloud_then_enclave_resumes_to_the_same_adapter(world, reference):
     assert ch.recoveries == 2 and status["restores"] >= 1
     assert res["losses"] == reference["losses"]
     _assert_same_adapter(adapter, reference["adapter"])
+
+
+def test_attestation_binds_the_configuration_and_the_user_sees_it(world, tmp_path):
+    """Item 1 and issue 14.2: an enclave started with --settings mode=paper, masks=naive is refused by
+    the model owner's and the data owner's default policy; accepted only when the policy asks for it,
+    and then the data owner's results record what the enclave attested, not its own flags."""
+    from p3eft.errors import SecurityError
+    from p3eft.obfuscatune import run
+
+    weak = {**LORA, "mode": "paper", "masks": "naive", "lora_r": 2}
+    with PartyGroup(world["dir"] / "weak") as group:
+        _, enclave = _start(world, group, "weak", k=2, settings=weak, upload=False)
+        up = _upload(world, enclave, *PINNED)
+        assert up.returncode == 2 and "runs with mode=paper, the policy expects strict" in up.stderr
+        with pytest.raises(SecurityError, match="mode=paper, the policy expects strict"):
+            _data_owner(world, enclave)
+        with pytest.raises(SecurityError, match="seed=pinned, the policy expects random"):
+            open_enclave(enclave.url, world["certs"] / "data-owner", "mode=paper,masks=naive")
+        weak_expect = "seed=pinned,mode=paper,masks=naive"
+        up = _upload(world, enclave, "--expect", weak_expect)
+        assert up.returncode == 0, up.stderr
+        cfg = TrainConfig(max_steps=1, out_dir=str(tmp_path / "run"), **CONFIG)  # rank 4 asked for
+        res = run.finetune(
+            str(world["folder"]), "obqa", tmp_path / "run", cfg, EnclaveSettings(), limit=4,
+            enclave_url=enclave.url, certs=world["certs"] / "data-owner", progress=False, expect=weak_expect,
+        )  # fmt: skip
+    assert res["attested"]["mode"] == "paper" and res["attested"]["masks"] == "naive"
+    assert res["attested"]["seed"] == "pinned"
+    assert res["config"]["rank"] == 2  # the enclave's, not the 4 the data owner passed
+
+
+def test_cli_refuses_flags_the_enclave_sets(world, capsys):
+    """Issue 14.2: with --enclave, --rank/--alpha/--dropout/--mode/--masks/--dtype cannot apply and are
+    refused; --enclave without --certs is one clear line, not a TypeError."""
+    from p3eft.cli.main import main
+
+    base = ["obfuscatune", "finetune", "--out", str(world["dir"] / "x"), "--model", str(world["folder"])]
+    base += ["--enclave", "127.0.0.1:1", "--certs", str(world["certs"] / "data-owner")]
+    for flag, value in (("--rank", "4"), ("--mode", "paper"), ("--masks", "naive"), ("--dtype", "float64")):
+        assert main([*base, flag, value]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and f"{flag} cannot apply with --enclave" in err[0]
+    ev = ["obfuscatune", "evaluate", "--model", str(world["folder"]), "--enclave", "127.0.0.1:1"]
+    assert main([*ev, "--limit", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "needs --certs" in err[0]

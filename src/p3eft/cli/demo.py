@@ -26,7 +26,7 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads per party process."),
     ) -> None:
         """Run the networked ObfuscaTune demo (cloud, enclave, model owner, data owner as processes)."""
-        from p3eft.runtime.demo import DemoConfig, run_demo
+        from p3eft.obfuscatune.net.demo import DemoConfig, run_demo
 
         cfg = DemoConfig(
             model=model,

@@ -11,17 +11,23 @@ app = typer.Typer(no_args_is_help=True)
 
 @app.command("init")
 def init(
-    directory: Path = typer.Argument(
-        ..., help="Folder for the CA, the party certificates and platform keys."
-    ),
+    directory: Path = typer.Argument(..., help="Folder for ca/ and one key folder per party."),
     force: bool = typer.Option(False, "--force", help="Replace the keys already in DIRECTORY."),
+    data_owners: int = typer.Option(
+        1, "--data-owners", help="How many data-owner identities (data-owner, data-owner-2, ...)."
+    ),
     host: list[str] = typer.Option(
         [], "--host", help="Extra DNS name or IP address for the certificates (repeatable; default loopback)."
     ),
 ) -> None:
-    """Create a development CA, one certificate per party and simulated platform keys."""
-    from p3eft.runtime.pki import PARTIES, init_keys
+    """Create a development CA and one key folder per party (each holds only that party's keys)."""
+    from p3eft.runtime.pki import init_keys, party_names
 
-    written = init_keys(directory, force=force, hosts=tuple(host))
-    typer.echo(f"wrote {len(written)} files to {directory} (parties: {', '.join(PARTIES)})")
-    typer.echo("give each party only ca.crt, its own <party>.crt/.key and, verifiers, platform-attest.pub")
+    parties = party_names(data_owners)
+    written = init_keys(directory, data_owners=data_owners, force=force, hosts=tuple(host))
+    typer.echo(
+        f"wrote {len(written)} files to {directory}: ca/ and one folder per party ({', '.join(parties)})"
+    )
+    typer.echo(
+        f"give each party only its own folder, e.g. --certs {directory}/cloud; keep {directory}/ca offline"
+    )

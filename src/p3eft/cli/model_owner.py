@@ -14,21 +14,31 @@ app = typer.Typer(no_args_is_help=True)
 def upload(
     model: str = typer.Option("smollm2-135m", "--model", help="Registry name or local model folder."),
     enclave: str = typer.Option(..., "--enclave", help="HOST:PORT of `p3eft serve enclave`."),
-    certs: Path = typer.Option(..., "--certs", help="Folder from `p3eft keys init`."),
-    dtype: str = typer.Option("float32", "--dtype", help="float32 or float64 (must match the enclave)."),
+    certs: Path = typer.Option(..., "--certs", help="The model owner's key folder (DIR/model-owner)."),
     chunk_mb: int = typer.Option(32, "--chunk-mb", help="State-dict bytes per provisioning message."),
     json_out: Path | None = typer.Option(None, "--json", help="Write the upload summary here."),
     refresh: bool = typer.Option(
         False, "--refresh", help="Re-provision a live enclave so it draws fresh masks (adapters kept)."
     ),
+    expect: list[str] = typer.Option(
+        [],
+        "--expect",
+        help="KEY=VALUE[,...] the enclave's attested configuration must show "
+        "(default mode=strict,masks=orthogonal,seed=random).",
+    ),
 ) -> None:
     """Verify the enclave's attestation, then stream the model's weights to it (never to the cloud)."""
-    from p3eft.runtime.model_owner import upload as do_upload
+    from p3eft.obfuscatune.net.model_owner import upload as do_upload
 
-    summary = do_upload(model, enclave, certs, dtype=dtype, chunk_mb=chunk_mb, refresh=refresh)
+    if chunk_mb < 1:
+        from p3eft.errors import P3eftError
+
+        raise P3eftError("--chunk-mb must be at least 1")
+    summary = do_upload(model, enclave, certs, chunk_mb=chunk_mb, refresh=refresh, expect=expect)
     typer.echo(
         f"provisioned {summary['model']} ({summary['bytes_sent'] / 2**20:.1f} MiB sent to the attested enclave "
-        f"in {summary['seconds']:.1f} s)"
+        f"in {summary['seconds']:.1f} s); enclave attested "
+        + ", ".join(f"{k}={v}" for k, v in sorted(summary["attested"].items()))
     )
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,42 @@ def _settings(mode: str, masks: str, dtype: str = "float32"):
     return EnclaveSettings(mode=mode, masks=masks, dtype=dtype)
 
 
+ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype")
+EXPECT_HELP = (
+    "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
+    "(default mode=strict,masks=orthogonal,seed=random)."
+)
+
+
+def _refuse_enclave_owned(ctx: typer.Context, enclave: str | None) -> None:
+    """With --enclave the enclave's attested configuration applies: flags that set it are refused."""
+    if not enclave:
+        return
+    given = [
+        f"--{name}"
+        for name in ENCLAVE_OWNED
+        if name in ctx.params
+        # by name: typer vendors its own click, whose ParameterSource is not click's
+        and getattr(ctx.get_parameter_source(name), "name", "") in ("COMMANDLINE", "ENVIRONMENT")
+    ]
+    if given:
+        raise P3eftError(
+            f"{', '.join(given)} cannot apply with --enclave: the enclave's attested configuration sets "
+            "them (use --expect KEY=VALUE to require a value)"
+        )
+
+
+def _label(res: dict, obf: MaskFlags) -> str:
+    """The configuration as the enclave attested it (networked), or as run (in-process)."""
+    att = res.get("attested")
+    if att:
+        return (
+            f", attested mode {att.get('mode')}, masks {att.get('masks')}, dtype {att.get('dtype')}, "
+            f"r {att.get('lora_r')}"
+        )
+    return obf.label()
+
+
 def _write(payload: dict, json_out: Path | None) -> None:
     if json_out is not None:
         json_out.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +109,7 @@ with_mask_flags = opt.flag_group(
 @with_mask_flags
 @opt.with_training_flags
 def finetune(
+    ctx: typer.Context,
     flags: opt.TrainingFlags,
     obf: MaskFlags,
     out: Path = typer.Option(
@@ -84,9 +121,11 @@ def finetune(
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
-    certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
+    certs: Path | None = typer.Option(None, "--certs", help="The data owner's key folder (DIR/data-owner)."),
+    expect: list[str] = typer.Option([], "--expect", help=EXPECT_HELP),
 ) -> None:
     """Fine-tune with LoRA through the enclave/untrusted-accelerator split; export a plain PEFT adapter."""
+    _refuse_enclave_owned(ctx, enclave)
     if optimizer not in ("adamw", "sgd"):
         raise P3eftError(f"--optimizer must be adamw or sgd, not {optimizer!r}")
     settings = obf.settings()
@@ -102,10 +141,11 @@ def finetune(
         optimizer=optimizer,
         enclave_url=enclave,
         certs=certs,
+        expect=expect,
         **flags.run_kwargs(),
     )
     _write(res, flags.json_out)
-    typer.echo(opt.training_line(res, obf.label()))
+    typer.echo(opt.training_line(res, _label(res, obf)))
     if "adapter" in res:
         typer.echo(f"adapter (plain coordinates, PEFT): {res['adapter']}")
 
@@ -114,6 +154,7 @@ def finetune(
 @with_mask_flags
 @opt.with_eval_flags
 def evaluate(
+    ctx: typer.Context,
     flags: opt.EvalFlags,
     obf: MaskFlags,
     model: str = opt.MODEL,
@@ -121,9 +162,14 @@ def evaluate(
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
     ),
-    certs: Path | None = typer.Option(None, "--certs", help="Folder with the data owner's TLS certificates."),
+    certs: Path | None = typer.Option(None, "--certs", help="The data owner's key folder (DIR/data-owner)."),
+    expect: list[str] = typer.Option([], "--expect", help=EXPECT_HELP),
 ) -> None:
-    """Score a model (optionally with an adapter) through the split, multiple-choice style."""
+    """Score a model (optionally with an adapter) through the split, multiple-choice style.
+
+    With --enclave the evaluation runs in a job of its own on the enclave: an --adapter is imported
+    there, never into another run's job."""
+    _refuse_enclave_owned(ctx, enclave)
     settings = obf.settings()
     opt.check_json_out(flags.json_out)
     from p3eft.obfuscatune import run
@@ -134,10 +180,11 @@ def evaluate(
         settings,
         enclave_url=enclave,
         certs=certs,
+        expect=expect,
         **flags.run_kwargs(),
     )
     _write(res, flags.json_out)
-    typer.echo(opt.evaluation_line(res, obf.label()))
+    typer.echo(opt.evaluation_line(res, _label(res, obf)))
     for note in res["notes"]:
         typer.echo(f"note: {note}")
 

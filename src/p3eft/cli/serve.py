@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 import typer
 
 app = typer.Typer(no_args_is_help=True)
 
-_CERTS = typer.Option(..., "--certs", help="Folder from `p3eft keys init`.")
+_CERTS = typer.Option(
+    ..., "--certs", help="This party's own key folder from `p3eft keys init` (DIR/<party>)."
+)
 _HOST = typer.Option("127.0.0.1", "--host", help="Address to bind.")
 _PORT = typer.Option(0, "--port", help="Port to bind (0: a free one, announced on stdout).")
 _READY = typer.Option(None, "--ready-file", help="Write {party,pid,port,url} as JSON here once serving.")
@@ -37,8 +40,8 @@ def cloud(
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the untrusted cloud: only obfuscated weights and masked tensors reach it."""
+    from p3eft.obfuscatune.net.roles import CLOUD_FACTORY
     from p3eft.runtime.launch import run_cloud
-    from p3eft.runtime.obfuscatune_roles import CLOUD_FACTORY
 
     _logging(verbose)
     kwargs = {"device": device} if factory is None else {}
@@ -61,29 +64,42 @@ def enclave(
     factory: str | None = typer.Option(
         None, "--factory", help="Role factory MODULE:NAME (default ObfuscaTune)."
     ),
-    session_seed: str | None = typer.Option(
-        None, "--session-seed", help="64 hex digits pinning the mask seed (reproducibility checks only)."
+    session_seed_file: str | None = typer.Option(
+        None,
+        "--session-seed-file",
+        help="File (or - for stdin) holding 64 hex digits that pin the mask seed; reproducibility checks "
+        "only (the quote then says seed=pinned). Never on the command line, which every local user can read.",
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
     """Serve the enclave (simulated TEE): attests, holds the masks, seals its checkpoints."""
     from p3eft.errors import P3eftError
-    from p3eft.runtime.launch import run_enclave
-    from p3eft.runtime.obfuscatune_roles import ENCLAVE_FACTORY
+    from p3eft.obfuscatune.net.roles import ENCLAVE_FACTORY
+    from p3eft.runtime.launch import check_session_seed, run_enclave
 
     _logging(verbose)
     try:
         role_kwargs = json.loads(settings)
     except json.JSONDecodeError as err:
         raise P3eftError(f"--settings is not JSON: {err}") from err
+    if not isinstance(role_kwargs, dict):
+        raise P3eftError("--settings must be a JSON object")
     seed = None
-    if session_seed is not None:
+    if session_seed_file is not None:
+        if session_seed_file == "-":
+            text = sys.stdin.readline()
+        else:
+            path = Path(session_seed_file)
+            if not path.is_file():
+                raise P3eftError(f"--session-seed-file {path} not found")
+            text = path.read_text()
         try:
-            seed = bytes.fromhex(session_seed)
+            seed = bytes.fromhex(text.strip())
         except ValueError:
             seed = b""
         if len(seed) != 32:
-            raise P3eftError("--session-seed must be 64 hex digits (32 bytes)")
+            raise P3eftError("--session-seed-file must hold 64 hex digits (32 bytes)")
+        check_session_seed(seed)
     run_enclave(
         certs,
         cloud_url,

@@ -1,7 +1,8 @@
 """What the ``p3eft obfuscatune`` commands do (the CLI only parses and prints).
 
 In-process runs build the trio here; with ``enclave_url`` the data owner talks to a networked enclave
-through :func:`p3eft.runtime.connect.open_enclave_channel` and this process holds no model at all.
+through :func:`p3eft.obfuscatune.net.connect.open_enclave` (its own attested job on the enclave) and
+this process holds no model at all; the configuration then comes from the enclave's quote.
 Checkpoints are the enclave's *sealed* state, stored by the same module as the plain reference's
 (:mod:`p3eft.tuning.checkpoint`: atomic step folders, ``LATEST``, raw bytes and JSON, nothing
 unpickled). For in-process runs the simulated enclave's sealing key stands in for the platform's
@@ -43,15 +44,11 @@ SEALING_KEY_FILE = "enclave-sealing.key"
 SEALING_KEY_ENV = "P3EFT_SEALING_KEY"
 
 
-def open_remote_enclave(url: str, certs: str | Path | None) -> Channel:
-    """A channel to a networked enclave (the runtime's transport, imported lazily)."""
-    try:
-        from p3eft.runtime.connect import open_enclave_channel
-    except ImportError as err:
-        raise P3eftError(
-            f"--enclave needs the networked runtime (p3eft.runtime.connect), not available: {err}"
-        ) from None
-    return open_enclave_channel(url, certs)
+def open_remote_enclave(url: str, certs: str | Path | None, expect: Any = None) -> Channel:
+    """A channel to a networked enclave, in a job of its own, verified against ``expect``."""
+    from p3eft.obfuscatune.net.connect import open_enclave
+
+    return open_enclave(url, certs, expect)
 
 
 def data_owner_tokenizer(model: str) -> Any:
@@ -126,6 +123,7 @@ def finetune(
     certs: str | Path | None = None,
     progress: bool = True,
     stop_after: int | None = None,
+    expect: Any = None,
 ) -> dict[str, Any]:
     """Obfuscated LoRA fine-tuning; writes ``adapter/`` (plain PEFT), checkpoints and ``results.json``."""
     out = check_writable_dir(out)
@@ -135,8 +133,13 @@ def finetune(
         raise P3eftError(f"{out} already holds checkpoints: pass --resume, or choose another --out")
     restore = latest[1] if (resume and latest) else None
     start = int(restore["step"]) if restore else 0
+    attested: dict | None = None
     if enclave_url:
-        channel = open_remote_enclave(enclave_url, certs)
+        from p3eft.obfuscatune.net.connect import attested_config, effective_train_config
+
+        channel = open_remote_enclave(enclave_url, certs, expect)
+        attested = attested_config(channel)
+        config = effective_train_config(channel, config)  # the enclave's LoRA settings apply
         tokenizer = data_owner_tokenizer(model)
         if restore is not None:
             channel.call("load_state", state=restore)
@@ -176,6 +179,8 @@ def finetune(
         "optimizer": optimizer,
         "result": result,
     }
+    if attested is not None:
+        payload["attested"] = attested
     if stop >= config.max_steps:
         export = channel.call("export_adapter")
         adapter = save_exported_adapter(
@@ -191,6 +196,8 @@ def finetune(
             },
         )
         payload["adapter"] = str(adapter)
+    if enclave_url:
+        channel.close()  # ends this run's job on the enclave
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     return payload
@@ -219,6 +226,7 @@ def evaluate(
     enclave_url: str | None = None,
     certs: str | Path | None = None,
     progress: bool = True,
+    expect: Any = None,
 ) -> dict[str, Any]:
     """Score ``model`` (optionally with a plain PEFT adapter, imported into obfuscated coordinates)."""
     check_scoring_args(batch_size, max_length)
@@ -227,8 +235,18 @@ def evaluate(
     if adapter is not None:
         cfg, tensors = read_adapter_tensors(adapter)
         settings = settings.with_lora(LoraSettings.from_peft(cfg))
+    attested: dict | None = None
     if enclave_url:
-        channel = open_remote_enclave(enclave_url, certs)
+        from p3eft.obfuscatune.net.connect import attested_config
+
+        # a job of its own: importing an adapter never touches another job's training state
+        channel = open_remote_enclave(enclave_url, certs, expect)
+        attested = attested_config(channel)
+        if tensors is not None and int(cfg["r"]) != int(attested.get("lora_r", -1)):
+            channel.close()
+            raise P3eftError(
+                f"the adapter has rank {cfg['r']}, the enclave is configured for rank {attested.get('lora_r')}"
+            )
         tokenizer = data_owner_tokenizer(model)
     else:
         from p3eft.obfuscatune.session import in_process_session
@@ -241,6 +259,8 @@ def evaluate(
         channel, tokenizer, task, batch_size=batch_size, max_length=max_length, progress=progress
     )
     info = channel.call("info")
+    if enclave_url:
+        channel.close()
     notes = [n for n in [task.note] if n]
     if info.get("weights_random"):
         notes.append(f"{model} has random weights here: accuracy is meaningless")
@@ -250,6 +270,7 @@ def evaluate(
         "weights_random": info.get("weights_random"),
         "enclave": info,
         "adapter": str(adapter) if adapter else None,
+        **({"attested": attested} if attested is not None else {}),
         "eval": task.describe(),
         "metric": task.metric,
         **meaningful_metrics(task, metrics),

@@ -19,9 +19,9 @@ import grpc
 
 from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.runtime import codec
-from p3eft.runtime.attestation import NONCE_BYTES, Verifier
+from p3eft.runtime.attestation import NONCE_BYTES, Attested, Verifier
 from p3eft.runtime.errors import PartyUnavailableError, raise_remote
-from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, unpack
+from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, aad, unpack
 from p3eft.runtime.pki import PartyIdentity
 from p3eft.runtime.server import (
     ATTEST,
@@ -36,6 +36,7 @@ from p3eft.runtime.server import (
 from p3eft.runtime.session import (
     REQUEST_DIRECTION,
     RESPONSE_DIRECTION,
+    TAG_BYTES,
     SessionCipher,
     derive_session_key,
     x25519_keypair,
@@ -82,6 +83,8 @@ class NetworkChannel:
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         timeout_s: float | None = None,
         connect_timeout_s: float = 10.0,
+        tenant: str | None = None,
+        reset_tenants: bool = False,
     ) -> None:
         self.url = url
         self.server_party = server_party
@@ -93,6 +96,7 @@ class NetworkChannel:
         self._seq = 0
         self._cipher: SessionCipher | None = None
         self._session = NO_SESSION
+        self.attested: Attested | None = None
         creds = grpc.ssl_channel_credentials(
             root_certificates=identity.ca_pem,
             private_key=identity.key_pem,
@@ -119,7 +123,10 @@ class NetworkChannel:
                 "(not running, wrong address, or TLS refused our certificate)"
             ) from err
         try:
-            info = self._exchange(OPEN, {}, encrypt=False)
+            open_args: dict[str, Any] = {"tenant": tenant} if tenant is not None else {}
+            if reset_tenants:
+                open_args["reset"] = True
+            info = self._exchange(OPEN, open_args)
             self._session = info["session"]
             self.server_attested = bool(info.get("attested"))
             if info.get("party") != server_party:
@@ -139,32 +146,35 @@ class NetworkChannel:
     def _attest(self, verifier: Verifier) -> None:
         """Verify the enclave's quote for a fresh nonce, then bind a session key to its attested key."""
         nonce = os.urandom(NONCE_BYTES)
-        evidence = self._exchange(ATTEST, {"nonce": nonce}, encrypt=False)
+        evidence = self._exchange(ATTEST, {"nonce": nonce})
         if not isinstance(evidence, dict):
             raise SecurityError("attestation failed: enclave sent no evidence")
-        enclave_public = verifier.verify(evidence, nonce)
+        attested = verifier.verify(evidence, nonce)
         own, own_public = x25519_keypair()
-        key = derive_session_key(own, enclave_public, self._session, nonce)
-        self._exchange(BIND, {"public_key": own_public}, encrypt=False)
-        self._cipher = SessionCipher(key)
+        key = derive_session_key(own, attested.public_key, self._session, nonce)
+        # the answer to bind comes back under the new key: proof that the enclave derived it too
+        self._exchange(BIND, {"public_key": own_public}, answer_cipher=SessionCipher(key))
+        self.attested = attested
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
         """Invoke ``method`` remotely; payloads are encrypted once the session is attested."""
-        return self._exchange(method, kwargs, encrypt=self._cipher is not None)
+        return self._exchange(method, kwargs)
 
     def ping(self) -> dict:
-        return self._exchange(PING, {}, encrypt=self._cipher is not None)
+        return self._exchange(PING, {})
 
-    def _exchange(self, method: str, kwargs: dict, encrypt: bool) -> Any:
+    def _exchange(self, method: str, kwargs: dict, answer_cipher: SessionCipher | None = None) -> Any:
         with self._lock:
             self._seq += 1
             seq, sid = self._seq, self._session
             body = codec.encode(kwargs, self.limits)
             flags = Flag.NONE
+            encrypt = self._cipher is not None
             if encrypt:
                 assert self._cipher is not None
-                body = self._cipher.seal(REQUEST_DIRECTION, sid, seq, Kind.REQUEST, method, body)
                 flags = Flag.ENCRYPTED
+                head = aad(Kind.REQUEST, flags, sid, seq, method, len(body) + TAG_BYTES)
+                body = self._cipher.seal(REQUEST_DIRECTION, seq, head, body)
             raw = Frame(Kind.REQUEST, sid, seq, method, body, flags).pack()
             reply = self.send_raw(raw)
             self.stats.add(method, len(raw), len(reply))
@@ -178,13 +188,13 @@ class NetworkChannel:
             if method != OPEN and frame.session != sid:
                 raise ProtocolError(f"{self.server_party} answered for another session")
             payload = frame.payload
-            if encrypt:
+            cipher = answer_cipher or self._cipher
+            if cipher is not None:
                 if not frame.flags & Flag.ENCRYPTED:
                     raise SecurityError(f"{self.server_party} answered an attested call in the clear")
-                assert self._cipher is not None
-                payload = self._cipher.open(
-                    RESPONSE_DIRECTION, frame.session, seq, Kind.RESPONSE, method, payload
-                )
+                payload = cipher.open(RESPONSE_DIRECTION, seq, frame.aad(), payload)
+            if answer_cipher is not None:
+                self._cipher = answer_cipher
             return codec.decode(payload, self.limits)
 
     def send_raw(self, raw: bytes) -> bytes:
@@ -195,7 +205,12 @@ class NetworkChannel:
             code = err.code() if hasattr(err, "code") else None
             detail = err.details() if hasattr(err, "details") else str(err)
             if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                raise ProtocolError(f"{self.server_party} refused an oversized message: {detail}") from err
+                what = (
+                    "is busy (too many concurrent calls)"
+                    if "oncurrent" in str(detail)
+                    else ("refused an oversized message")
+                )
+                raise ProtocolError(f"{self.server_party} {what}: {detail}") from err
             raise PartyUnavailableError(
                 f"link to {self.server_party} at {self.url} failed ({code.name if code else 'error'}): {detail}"
             ) from err
@@ -205,7 +220,7 @@ class NetworkChannel:
             return
         try:
             if self._session != NO_SESSION:
-                self._exchange(CLOSE, {}, encrypt=self._cipher is not None)
+                self._exchange(CLOSE, {})
         except P3eftError:
             pass
         self._grpc.close()

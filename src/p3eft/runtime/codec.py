@@ -251,6 +251,8 @@ class _Reader:
             itemsize = dtype.itemsize if dtype is not None else 0
         if dtype is None:
             raise ProtocolError(f"unknown dtype code {code}")
+        if any(d > self.limits.max_bytes for d in shape):
+            raise ProtocolError(f"tensor shape {tuple(shape)} has a dimension beyond the size limit")
         numel = math.prod(shape)
         if numel * itemsize != nbytes:
             raise ProtocolError(
@@ -258,8 +260,11 @@ class _Reader:
                 f"header says {nbytes}"
             )
         raw = self.take(nbytes, "tensor data")
-        if tag == _ARRAY:
-            return np.frombuffer(raw, dtype=dtype).copy().reshape(shape)
-        if numel == 0:
-            return torch.empty(shape, dtype=dtype)
-        return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+        try:
+            if tag == _ARRAY:
+                return np.frombuffer(raw, dtype=dtype).copy().reshape(shape)
+            if numel == 0:
+                return torch.empty(shape, dtype=dtype)
+            return torch.frombuffer(bytearray(raw), dtype=dtype).reshape(shape)
+        except (RuntimeError, ValueError, OverflowError, MemoryError) as err:
+            raise ProtocolError(f"tensor of shape {tuple(shape)} cannot be built: {err}") from err

@@ -3,13 +3,15 @@
 A frame is a fixed header followed by the method name and the payload::
 
     magic "P3FT" | version u16 | kind u8 | flags u8 | session id 16 B | sequence u64
-    | method length u16 | payload length u64 | CRC-32 of method+payload u32 | method | payload
+    | method length u16 | payload length u64 | CRC-32 u32 | method | payload
 
 The header lets a server refuse a bad message before it decodes anything: a wrong magic or
 version, a frame shorter or longer than its stated lengths, a checksum mismatch, an unknown
-session or a sequence number it has already seen. The CRC catches corruption and truncation; the
-integrity against an attacker comes from TLS (and, on attested enclave sessions, from AES-GCM over
-the payload, flag ``ENCRYPTED``).
+session or a sequence number it has already seen. The CRC covers the whole frame, header included
+(version 2; version 1 left the sequence number out, so a flipped bit there went unnoticed). It
+catches corruption and truncation; the integrity against an attacker comes from TLS and, on
+attested enclave sessions, from AES-GCM whose authenticated data is the whole header and the
+method (:func:`Frame.aad`): a frame is authenticated before any session state changes.
 """
 
 from __future__ import annotations
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 from p3eft.errors import ProtocolError
 
 MAGIC = b"P3FT"
-VERSION = 1
+VERSION = 2
 SESSION_ID_BYTES = 16
 NO_SESSION = bytes(SESSION_ID_BYTES)
 
 _HEADER = struct.Struct("<4sHBB16sQHQI")
+_HEAD = struct.Struct("<4sHBB16sQHQ")  # the header without its CRC
 HEADER_BYTES = _HEADER.size
 MAX_METHOD_BYTES = 256
 
@@ -64,19 +67,25 @@ class Frame:
             raise ProtocolError(f"method name longer than {MAX_METHOD_BYTES} bytes")
         if len(self.session) != SESSION_ID_BYTES:
             raise ProtocolError("session id must be 16 bytes")
-        crc = zlib.crc32(self.payload, zlib.crc32(method))
-        header = _HEADER.pack(
-            MAGIC,
-            VERSION,
-            int(self.kind),
-            int(self.flags),
-            self.session,
-            self.seq,
-            len(method),
-            len(self.payload),
-            crc,
-        )
-        return b"".join((header, method, self.payload))
+        if not 0 <= self.seq < 2**64:
+            raise ProtocolError("sequence number out of range")
+        head = _head(self.kind, self.flags, self.session, self.seq, method, len(self.payload))
+        crc = zlib.crc32(self.payload, zlib.crc32(method, zlib.crc32(head)))
+        return b"".join((head, struct.pack("<I", crc), method, self.payload))
+
+    def aad(self) -> bytes:
+        """Authenticated data for AES-GCM: every header field but the CRC, and the method name."""
+        return aad(self.kind, self.flags, self.session, self.seq, self.method, len(self.payload))
+
+
+def _head(kind: int, flags: int, session: bytes, seq: int, method: bytes, payload_len: int) -> bytes:
+    return _HEAD.pack(MAGIC, VERSION, int(kind), int(flags), session, seq, len(method), payload_len)
+
+
+def aad(kind: int, flags: int, session: bytes, seq: int, method: str, payload_len: int) -> bytes:
+    """The header (CRC excluded) and method of a frame with a ``payload_len``-byte payload."""
+    raw = method.encode("utf-8")
+    return _head(kind, flags, session, seq, raw, payload_len) + raw
 
 
 def unpack(data: bytes, max_payload: int) -> Frame:
@@ -106,7 +115,7 @@ def unpack(data: bytes, max_payload: int) -> Frame:
     body = memoryview(data)
     method_raw = body[HEADER_BYTES : HEADER_BYTES + mlen]
     payload = body[HEADER_BYTES + mlen :]
-    if zlib.crc32(payload, zlib.crc32(method_raw)) != crc:
+    if zlib.crc32(payload, zlib.crc32(method_raw, zlib.crc32(data[: _HEAD.size]))) != crc:
         raise ProtocolError("frame checksum mismatch (corrupted in transit)")
     try:
         method = str(method_raw, "utf-8")

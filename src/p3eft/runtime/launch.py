@@ -24,16 +24,45 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from p3eft.errors import MissingResourceError, P3eftError
-from p3eft.runtime.attestation import SimulatedAttestor, SimulatedVerifier
+from p3eft.errors import MissingResourceError, P3eftError, SecurityError
+from p3eft.runtime.attestation import (
+    SimulatedAttestor,
+    SimulatedVerifier,
+    code_measurement,
+    unmeasured_modules,
+)
 from p3eft.runtime.client import NetworkChannel
 from p3eft.runtime.enclave_host import EnclaveHost, HostPolicy
 from p3eft.runtime.errors import PartyUnavailableError
-from p3eft.runtime.pki import load_identity, read_key_file
+from p3eft.runtime.pki import is_data_owner, load_identity, read_key_file
 from p3eft.runtime.sealing import Sealer, sealing_key
 from p3eft.runtime.server import DEFAULT_MAX_MESSAGE, PartyServer, ServerConfig
 
 log = logging.getLogger("p3eft.runtime.launch")
+
+
+def _package_root() -> Path:
+    return Path(importlib.util.find_spec("p3eft").origin).parent.resolve()
+
+
+def factory_source(spec: str) -> Path | None:
+    """The source file a factory spec loads from outside the measured package (None: inside it)."""
+    target, sep, _ = spec.rpartition(":")
+    if not sep:
+        raise P3eftError(f"bad factory {spec!r}: expected MODULE:NAME or FILE.py:NAME")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise MissingResourceError(f"factory file {path} not found")
+        return path.resolve()
+    try:
+        mod_spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        mod_spec = None
+    if mod_spec is None or not mod_spec.origin or not Path(mod_spec.origin).is_file():
+        raise P3eftError(f"factory module {target!r} not found, or has no source file that can be measured")
+    origin = Path(mod_spec.origin).resolve()
+    return None if origin.is_relative_to(_package_root()) else origin
 
 
 def load_factory(spec: str) -> Callable[..., Any]:
@@ -97,6 +126,38 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
+def start_party(
+    role: object,
+    certs: str | Path,
+    party: str,
+    *,
+    allowed_peers: frozenset[str] | None = None,
+    peer_filter: Callable[[str], bool] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    tenant_factory: Callable[[], object] | None = None,
+) -> PartyServer:
+    """Serve any role object's ``@remote`` methods as ``party`` (its own key folder) over mutual TLS;
+    returns the started server (its ``port``). Any scheme's roles run this way, e.g. PrivTuner's model
+    owner with ``allowed_peers={"data-owner"}``."""
+    config = ServerConfig(host, port, max_message_bytes, allowed_peers=allowed_peers, peer_filter=peer_filter)
+    server = PartyServer(role, load_identity(certs, party), config, tenant_factory=tenant_factory)
+    server.start()
+    return server
+
+
+def open_party_channel(
+    url: str,
+    certs: str | Path,
+    party: str,
+    server_party: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+) -> NetworkChannel:
+    """A mutual-TLS channel from ``party`` (its own key folder) to the role ``server_party`` serves."""
+    return NetworkChannel(url, load_identity(certs, party), server_party, max_message_bytes=max_message_bytes)
+
+
 def run_cloud(
     certs: str | Path,
     factory: str,
@@ -106,10 +167,15 @@ def run_cloud(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     role_kwargs: dict[str, Any] | None = None,
 ) -> None:
-    """Serve the untrusted cloud role; only the enclave may call it."""
-    role = load_factory(factory)(**(role_kwargs or {}))
-    config = ServerConfig(host, port, max_message_bytes, allowed_peers=frozenset({"enclave"}))
-    _serve(PartyServer(role, load_identity(certs, "cloud"), config), "cloud", host, ready_file)
+    """Serve the untrusted cloud role, one instance per enclave job; only the enclave may call it."""
+    identity = load_identity(certs, "cloud")
+    make = load_factory(factory)
+    kwargs = role_kwargs or {}
+    config = ServerConfig(
+        host, port, max_message_bytes, allowed_peers=frozenset({"enclave"}), tenants_per_party=32
+    )
+    server = PartyServer(make(**kwargs), identity, config, tenant_factory=lambda: make(**kwargs))
+    _serve(server, "cloud", host, ready_file)
 
 
 def enclave_sealing_key(certs: str | Path, measurement: bytes) -> bytes:
@@ -117,8 +183,19 @@ def enclave_sealing_key(certs: str | Path, measurement: bytes) -> bytes:
     return sealing_key(read_key_file(certs, "platform-seal.key"), measurement)
 
 
-def enclave_sealer(certs: str | Path, measurement: bytes) -> Sealer:
-    return Sealer(enclave_sealing_key(certs, measurement))
+def enclave_sealer(certs: str | Path, measurement: bytes, root: str | Path | None = None) -> Sealer:
+    return Sealer(enclave_sealing_key(certs, measurement), root)
+
+
+def check_session_seed(seed: bytes) -> bytes:
+    """A pinned session seed must be 32 bytes and not a constant pattern (all zeros, all equal)."""
+    if len(seed) != 32:
+        raise P3eftError("a session seed must be 32 bytes (64 hex digits)")
+    if len(set(seed)) == 1:
+        raise SecurityError(
+            "refusing a constant session seed (all bytes equal): the masks would be guessable"
+        )
+    return seed
 
 
 def run_enclave(
@@ -135,31 +212,64 @@ def run_enclave(
     cloud_wait_s: float = 60.0,
     session_seed: bytes | None = None,
 ) -> None:
-    """Serve the enclave: attested, sealed state, restored from its checkpoint on restart."""
-    attestor = SimulatedAttestor(read_key_file(certs, "platform-attest.key"))
+    """Serve the enclave: attested (code and configuration), one sealed job per data owner."""
     identity = load_identity(certs, "enclave")
+    extra = factory_source(factory)
+    measured = [extra] if extra is not None else []
+    measurement = code_measurement(measured)
+    attestor = SimulatedAttestor(read_key_file(certs, "platform-attest.key"), measurement)
     make = load_factory(factory)
     kwargs = role_kwargs or {}
+    describe = getattr(make, "attested_config", None)
+    scheme_config = describe(**kwargs) if describe is not None else dict(kwargs)
+    unmeasured = unmeasured_modules(measured)
+    if unmeasured:
+        raise SecurityError(
+            f"refusing to serve: code outside the measurement is loaded ({', '.join(unmeasured[:3])})"
+        )
+    if session_seed is not None:
+        check_session_seed(session_seed)
 
-    def connect_cloud() -> NetworkChannel:
-        return NetworkChannel(cloud_url, identity, "cloud", max_message_bytes=max_message_bytes)
+    def connect_cloud(tenant: str | None, reset: bool) -> NetworkChannel:
+        return NetworkChannel(
+            cloud_url,
+            identity,
+            "cloud",
+            max_message_bytes=max_message_bytes,
+            tenant=tenant,
+            reset_tenants=reset,
+        )
 
-    key = enclave_sealing_key(certs, attestor.measurement)
+    key = enclave_sealing_key(certs, measurement)
     host_obj = EnclaveHost(
         lambda cloud, seed, sealing_key: make(cloud, seed, sealing_key, **kwargs),
         connect_cloud,
         state_dir,
-        Sealer(key),
+        Sealer(key, state_dir),
         key,
         checkpoint_every=checkpoint_every,
         policy=getattr(make, "host_policy", None) or HostPolicy(),
         cloud_wait_s=cloud_wait_s,
         session_seed=session_seed,
     )
+    attested = {
+        **scheme_config,
+        "factory": factory if extra is None else f"{extra.name}:{factory.rpartition(':')[2]}",
+        "checkpoint_every": checkpoint_every,
+        "seed": "pinned" if session_seed is not None else "random",
+    }
     config = ServerConfig(
-        host, port, max_message_bytes, allowed_peers=frozenset({"model-owner", "data-owner"})
+        host, port, max_message_bytes, peer_filter=lambda p: p == "model-owner" or is_data_owner(p)
     )
-    server = PartyServer(host_obj, identity, config, attestor=attestor, resolver=host_obj.resolve)
+    server = PartyServer(
+        host_obj,
+        identity,
+        config,
+        attestor=attestor,
+        resolver=host_obj.resolve,
+        attested_config=attested,
+        on_close=host_obj.session_closed,
+    )
     _serve(server, "enclave", host, ready_file)
 
 
@@ -169,9 +279,16 @@ def connect_attested(
     party: str,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     expected_measurement: bytes | None = None,
+    policy: dict[str, object] | None = None,
+    measured_files: tuple[str | Path, ...] = (),
 ) -> NetworkChannel:
-    """An attested, encrypted channel from ``party`` to the enclave at ``url``."""
-    verifier = SimulatedVerifier(read_key_file(certs, "platform-attest.pub"), expected_measurement)
+    """An attested, encrypted channel from ``party`` to the enclave at ``url``.
+
+    The quote must show the code this process expects (its own package, plus ``measured_files`` --
+    role factories the enclave loads from outside it) and a configuration that ``policy`` accepts.
+    """
+    expected = expected_measurement if expected_measurement is not None else code_measurement(measured_files)
+    verifier = SimulatedVerifier(read_key_file(certs, "platform-attest.pub"), expected, policy=policy)
     return NetworkChannel(
         url, load_identity(certs, party), "enclave", verifier=verifier, max_message_bytes=max_message_bytes
     )
@@ -298,9 +415,10 @@ def p3eft_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "p3eft.cli.main", *args]
 
 
-def cloud_argv(certs: str | Path, *, port: int = 0) -> list[str]:
+def cloud_argv(certs: str | Path, *, port: int = 0, factory: str | None = None) -> list[str]:
     """``p3eft serve cloud`` on a given port (0: the OS picks a free one), announcing itself when ready."""
-    return p3eft_argv("serve", "cloud", "--certs", str(certs), "--port", str(port), "--ready-file", "{ready}")
+    argv = ["serve", "cloud", "--certs", str(certs), "--port", str(port), "--ready-file", "{ready}"]
+    return p3eft_argv(*argv, *(["--factory", factory] if factory else []))
 
 
 def enclave_argv(
@@ -310,16 +428,30 @@ def enclave_argv(
     *,
     checkpoint_every: int,
     settings: dict[str, Any],
-    session_seed: bytes | None = None,
+    session_seed_file: str | Path | None = None,
     port: int = 0,
+    factory: str | None = None,
 ) -> list[str]:
-    """``p3eft serve enclave`` wired to a cloud, with its sealed state folder and LoRA settings.
+    """``p3eft serve enclave`` wired to a cloud, with its sealed state folder and settings.
 
-    ``session_seed`` fixes the mask seed; only reproducibility checks (demo, tests, benchmarks) pass it.
+    ``session_seed_file`` fixes the mask seed (a file, never the command line, which every local
+    user can read); only reproducibility checks (demo, tests, benchmarks) pass it.
     """
     argv = ["serve", "enclave", "--certs", str(certs), "--cloud", cloud_url, "--port", str(port)]
     argv += ["--state-dir", str(state_dir), "--checkpoint-every", str(checkpoint_every)]
     argv += ["--settings", json.dumps(settings), "--ready-file", "{ready}"]
-    if session_seed is not None:
-        argv += ["--session-seed", session_seed.hex()]
+    if session_seed_file is not None:
+        argv += ["--session-seed-file", str(session_seed_file)]
+    if factory is not None:
+        argv += ["--factory", factory]
     return p3eft_argv(*argv)
+
+
+def write_seed_file(path: str | Path, seed: bytes) -> Path:
+    """Write a pinned session seed (hex) to a 0600 file for ``--session-seed-file``."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(check_session_seed(seed).hex())
+    return p

@@ -14,23 +14,32 @@ Two pieces, one on each side of a restart:
   carry the very same payloads and the checkpoint restores every RNG, the run ends with exactly the
   adapter an uninterrupted run would have produced. The log lives with the data owner (it is its
   own data), and is pruned up to the last checkpoint.
+
+Each channel works in its own *job* on the enclave, named by a random secret it sends (encrypted,
+on the attested session) with ``runtime_open`` after every (re)connection: the call counter, the
+cached result of the last call and the checkpoint it resumes from are that job's alone. The channel
+also remembers the newest checkpoint the enclave reported; an enclave that comes back with older
+state (a deleted or rolled-back checkpoint) is refused rather than silently resumed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
 from p3eft.channel import Channel
-from p3eft.errors import ProtocolError
+from p3eft.errors import ProtocolError, SecurityError
 from p3eft.runtime.errors import PartyUnavailableError, RemoteError, register_error
 
 log = logging.getLogger("p3eft.runtime.resilient")
 
 STATUS_METHOD = "runtime_status"
+OPEN_METHOD = "runtime_open"
+CLOSE_METHOD = "runtime_close"
 
 
 @register_error
@@ -95,12 +104,16 @@ class ResilientChannel:
         connect: Callable[[], Channel],
         wait_s: float = 120.0,
         prune_every: int = 16,
+        job: bytes | None = None,
     ) -> None:
-        self.link = ReconnectingLink(connect, "enclave")
+        self._connect = connect
+        self._job = job if job is not None else os.urandom(32)
+        self.link = ReconnectingLink(self._connect_to_job, "enclave")
         self.wait_s = wait_s
         self.prune_every = prune_every
         self._log: list[tuple[int, str, dict[str, Any]]] = []  # (index, method, kwargs)
         self._done = 0  # mutating calls acknowledged by the enclave
+        self._sealed = 0  # newest checkpoint (in calls) the enclave reported for this job
         self.recoveries = 0
         self.link.reconnect(wait_s=0.0)
         # Count and number our calls as the host does: it says which methods mutate its state and
@@ -109,9 +122,24 @@ class ResilientChannel:
         self._done = int(status["calls"])
         self.replay_methods = frozenset(status.get("replay_methods", ()))
 
+    def _connect_to_job(self) -> Channel:
+        channel = self._connect()
+        try:
+            channel.call(OPEN_METHOD, job=self._job)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                channel.close()
+            raise
+        return channel
+
     @property
     def inner(self) -> Channel | None:
         return self.link.inner
+
+    @property
+    def attested(self) -> Any:
+        """What the enclave's quote vouched for on the current connection (key, code, configuration)."""
+        return getattr(self.link.inner, "attested", None)
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
         mutating = method in self.replay_methods
@@ -138,6 +166,13 @@ class ResilientChannel:
         status = self.link.call(STATUS_METHOD)
         if not isinstance(status, dict) or "calls" not in status:
             raise RemoteError("enclave host sent a malformed runtime status")
+        applied = int(status["calls"])
+        if applied < self._sealed:
+            raise SecurityError(
+                f"the enclave resumed this job at call {applied}, but it had sealed a checkpoint after "
+                f"call {self._sealed}: its sealed state was deleted or rolled back; refusing to continue"
+            )
+        self._sealed = max(self._sealed, int(status.get("checkpoint_calls", 0)))
         return status
 
     def _prune(self) -> None:
@@ -157,6 +192,11 @@ class ResilientChannel:
                 status = self._status()
                 applied = int(status["calls"])
                 if pending is not None and applied >= pending:
+                    if int(status.get("last_index", -1)) != pending:
+                        raise ProtocolError(
+                            f"the enclave applied call {pending} but cannot return its result "
+                            f"(it holds the result of call {status.get('last_index')})"
+                        )
                     return True, status.get("last_result")
                 first = self._log[0][0] if self._log else (pending or self._done + 1)
                 if applied + 1 < first:
@@ -172,5 +212,9 @@ class ResilientChannel:
             except PartyUnavailableError as err:
                 log.warning("recovery interrupted (%s); retrying", err)
 
-    def close(self) -> None:
+    def close(self, release: bool = True) -> None:
+        """Close the link; ``release`` also ends the job on the enclave (its state is dropped)."""
+        if release and self.link.inner is not None:
+            with contextlib.suppress(Exception):
+                self.link.call(CLOSE_METHOD)
         self.link.close()

@@ -40,10 +40,24 @@ def sealing_key(platform_secret: bytes, measurement: bytes) -> bytes:
 
 
 class Sealer:
-    """Encrypt/decrypt payloads under a sealing key, and write/read them atomically."""
+    """Encrypt/decrypt payloads under a sealing key, and write/read them atomically.
 
-    def __init__(self, key: bytes) -> None:
+    Errors name the file relative to ``root`` (the enclave's state folder), so a message that
+    reaches a remote party says which file failed without revealing the enclave's own paths.
+    """
+
+    def __init__(self, key: bytes, root: str | Path | None = None) -> None:
         self._aead = AESGCM(key)
+        self.root = Path(root) if root is not None else None
+
+    def name(self, path: str | Path) -> str:
+        p = Path(path)
+        if self.root is not None:
+            try:
+                return p.relative_to(self.root).as_posix()
+            except ValueError:
+                pass
+        return p.name
 
     def seal(self, payload: Any, label: str) -> bytes:
         raw_label = label.encode("utf-8")
@@ -51,23 +65,24 @@ class Sealer:
         nonce = os.urandom(12)
         return header + nonce + self._aead.encrypt(nonce, codec.encode(payload), header)
 
-    def unseal(self, blob: bytes, label: str) -> Any:
+    def unseal(self, blob: bytes, label: str, what: str = "sealed file") -> Any:
         raw_label = label.encode("utf-8")
         head = len(_MAGIC) + 4
         if len(blob) < head + 12 or not blob.startswith(_MAGIC):
-            raise SecurityError("not a sealed p3eft file (or truncated)")
+            raise SecurityError(f"{what} is not a sealed p3eft file (or truncated)")
         version, n = struct.unpack_from("<HH", blob, len(_MAGIC))
         if version != _VERSION:
-            raise SecurityError(f"unsupported sealed-file version {version}")
+            raise SecurityError(f"{what}: unsupported sealed-file version {version}")
         if blob[head : head + n] != raw_label:
-            raise SecurityError(f"sealed file is labelled {blob[head : head + n]!r}, expected {label!r}")
+            found = blob[head : head + n].decode("utf-8", "replace")
+            raise SecurityError(f"{what} is sealed as {found!r}, expected {label!r} (swapped or stale file)")
         header = blob[: head + n]
         nonce = blob[head + n : head + n + 12]
         try:
             plain = self._aead.decrypt(nonce, blob[head + n + 12 :], header)
         except InvalidTag as err:
             raise SecurityError(
-                "sealed file failed authentication: tampered, or sealed by another enclave build/platform"
+                f"{what} failed authentication: tampered, or sealed by another enclave build/platform"
             ) from err
         return codec.decode(plain, _UNLIMITED)
 
@@ -78,8 +93,8 @@ class Sealer:
     def read(self, path: str | Path, label: str) -> Any:
         p = Path(path)
         if not p.is_file():
-            raise MissingResourceError(f"sealed file {p} not found")
-        return self.unseal(p.read_bytes(), label)
+            raise MissingResourceError(f"sealed file {self.name(p)} not found")
+        return self.unseal(p.read_bytes(), label, f"sealed file {self.name(p)}")
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -103,19 +118,43 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 class CheckpointStore:
-    """The enclave's sealed checkpoint: one file, replaced atomically every K steps."""
+    """One session's sealed checkpoint: one file, replaced atomically every K steps.
 
-    LABEL = "p3eft-checkpoint"
+    The label binds the model upload and the session (a checkpoint of another session or another
+    upload does not load), and the sealed content carries a counter that grows with every
+    checkpoint: :meth:`load` refuses one older than the newest this store has written or read
+    (ours; a TEE's hardware monotonic counter would also survive a restart of the host, see
+    docs/runtime.md).
+    """
 
-    def __init__(self, directory: str | Path, sealer: Sealer) -> None:
+    def __init__(self, directory: str | Path, sealer: Sealer, label: str) -> None:
         self.path = Path(directory) / "checkpoint.sealed"
         self.sealer = sealer
+        self.label = label
+        self.counter = 0  # newest counter written or read
 
     def save(self, state: dict) -> None:
-        self.sealer.write(self.path, state, self.LABEL)
+        self.counter += 1
+        self.sealer.write(self.path, {"counter": self.counter, "state": state}, self.label)
 
     def load(self) -> dict | None:
-        """The last checkpoint, or None when none was written yet."""
+        """The last checkpoint, or None when none was written yet; refuses a detectable rollback."""
         if not self.path.is_file():
+            if self.counter:
+                raise SecurityError(
+                    f"sealed file {self.sealer.name(self.path)} is gone after checkpoint {self.counter} "
+                    "was written (deleted or rolled back)"
+                )
             return None
-        return self.sealer.read(self.path, self.LABEL)
+        sealed = self.sealer.read(self.path, self.label)
+        counter = int(sealed["counter"])
+        if counter < self.counter:
+            raise SecurityError(
+                f"sealed file {self.sealer.name(self.path)} is checkpoint {counter}, older than "
+                f"checkpoint {self.counter} (rolled back)"
+            )
+        self.counter = counter
+        return sealed["state"]
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -8,11 +8,19 @@ the keyword payload, checks it binds to the method's signature and calls the rol
 that says why; the server then goes on serving, which the bad-input tests check.
 
 Control methods (names starting with ``_p3eft.``) open and close sessions and, on an enclave,
-answer attestation requests and bind the session key; they never reach the role.
+answer attestation requests and bind the session key; they never reach the role. Once a session
+is bound to its key, every frame on it must authenticate under that key *before* anything about
+the session changes (sequence number included), control calls too.
+
+A server can hold one role object, or one per *tenant* (``tenant_factory``): a client names its
+tenant when it opens a session and gets a role instance of its own, so the enclave can keep each
+data owner's state on the cloud apart (ours).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import inspect
 import logging
 import threading
@@ -28,11 +36,13 @@ from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.runtime import codec
 from p3eft.runtime.attestation import Attestor
 from p3eft.runtime.errors import error_payload
-from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, unpack
+from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, aad, unpack
 from p3eft.runtime.pki import PartyIdentity
 from p3eft.runtime.session import (
     REQUEST_DIRECTION,
     RESPONSE_DIRECTION,
+    TAG_BYTES,
+    ServerSession,
     SessionCipher,
     SessionTable,
     derive_session_key,
@@ -51,19 +61,38 @@ OPEN, ATTEST, BIND, CLOSE, PING = (
     "_p3eft.close",
     "_p3eft.ping",
 )
-DEFAULT_MAX_MESSAGE = 256 * 2**20
+DEFAULT_MAX_MESSAGE = 256 * 2**20  # ours: eval logits of a batch (vocab x tokens) can pass 64 MiB
+TRIM_AFTER_BYTES = 16 * 2**20  # give freed buffers back to the OS after requests this large
 FRAME_OVERHEAD = 4096  # header + method name + slack, above the payload limit
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """How a party server listens and what it accepts."""
+    """How a party server listens and what it accepts.
+
+    Memory is bounded by ``max_concurrent_rpcs`` x ``max_message_bytes``: gRPC receives a unary
+    message in full before our handler sees its header, so the concurrency cap is what bounds the
+    memory a flood of oversized frames can take (ours).
+    """
 
     host: str = "127.0.0.1"
     port: int = 0  # 0: the OS picks a free port; :attr:`PartyServer.port` tells which
     max_message_bytes: int = DEFAULT_MAX_MESSAGE
     allowed_peers: frozenset[str] | None = None  # party names (certificate CNs); None: any CA-signed
-    workers: int = 4
+    peer_filter: Callable[[str], bool] | None = None  # alternative to allowed_peers (name patterns)
+    workers: int = 8
+    max_concurrent_rpcs: int = 6
+    sessions_per_party: int = 32
+    max_sessions: int = 256
+    tenants_per_party: int = 8
+
+
+@dataclass
+class CallContext:
+    """Who is calling, on which session: what a host's resolver needs for its access rules."""
+
+    peer: str
+    session: ServerSession
 
 
 def grpc_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -72,8 +101,20 @@ def grpc_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", n), ("grpc.max_send_message_length", n)]
 
 
+@dataclass
+class _Tenant:
+    role: object
+    lock: threading.Lock
+    sessions: int = 0
+
+
 class PartyServer:
-    """Serve one role object over mutual TLS; optionally as an attested enclave."""
+    """Serve a role object (or one per tenant) over mutual TLS; optionally as an attested enclave.
+
+    ``resolver(method, ctx)`` replaces the default dispatch (the role's @remote methods); a host that
+    plugs one in does its own locking. ``attested_config`` is the configuration an attested enclave
+    binds into every quote.
+    """
 
     def __init__(
         self,
@@ -81,16 +122,22 @@ class PartyServer:
         identity: PartyIdentity,
         config: ServerConfig | None = None,
         attestor: Attestor | None = None,
-        resolver: Callable[[str, str], Callable[..., Any]] | None = None,
+        resolver: Callable[[str, CallContext], Callable[..., Any]] | None = None,
+        tenant_factory: Callable[[], object] | None = None,
+        attested_config: dict | None = None,
+        on_close: Callable[[ServerSession], None] | None = None,
     ) -> None:
         self.role = role
         self.identity = identity
         self.config = config or ServerConfig()
         self.attestor = attestor
-        # (method, peer) -> callable; the default serves the role's @remote methods to anyone
-        # allowed on the link. Hosts plug in their own to add per-method access rules.
-        self.resolver = resolver or (lambda method, peer: resolve_remote(self.role, method))
-        self.sessions = SessionTable()
+        self.attested_config = attested_config or {}
+        self.resolver = resolver
+        self.on_close = on_close
+        self.tenant_factory = tenant_factory
+        self._tenants: dict[tuple[str, str], _Tenant] = {}
+        self._tenants_lock = threading.Lock()
+        self.sessions = SessionTable(self.config.max_sessions, self.config.sessions_per_party)
         self.limits = codec.CodecLimits(max_bytes=self.config.max_message_bytes)
         self._role_lock = threading.Lock()
         self._enclave_key, self._enclave_public = x25519_keypair() if attestor else (None, b"")
@@ -104,6 +151,7 @@ class PartyServer:
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.workers),
             options=grpc_size_options(self.config.max_message_bytes),
+            maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
         handler = grpc.unary_unary_rpc_method_handler(self._rpc)
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
@@ -135,45 +183,54 @@ class PartyServer:
         self.stats["bytes_in"] += len(request)
         out = self.handle(request, peer)
         self.stats["bytes_out"] += len(out)
+        if len(request) >= TRIM_AFTER_BYTES:
+            del request
+            _trim_heap()
         return out
+
+    def _peer_allowed(self, peer: str) -> bool:
+        c = self.config
+        if c.peer_filter is not None:
+            return c.peer_filter(peer)
+        return c.allowed_peers is None or peer in c.allowed_peers
 
     def handle(self, raw: bytes, peer: str) -> bytes:
         """Answer one raw frame from ``peer`` with a response or an error frame (never raises)."""
         self.stats["requests"] += 1
         sid, seq, method = NO_SESSION, 0, ""
         try:
-            if self.config.allowed_peers is not None and peer not in self.config.allowed_peers:
+            if not self._peer_allowed(peer):
                 raise SecurityError(f"party {peer!r} may not call {self.identity.name}")
             frame = unpack(raw, self.config.max_message_bytes)
             sid, seq, method = frame.session, frame.seq, frame.method
             if frame.kind != Kind.REQUEST:
                 raise ProtocolError(f"expected a request frame, got {frame.kind.name}")
             if method == OPEN:
-                session = self.sessions.open(peer)
-                info = {
-                    "session": session.sid,
-                    "party": self.identity.name,
-                    "attested": self.attestor is not None,
-                }
-                return Frame(Kind.RESPONSE, session.sid, seq, method, codec.encode(info)).pack()
+                return self._open(frame, peer)
             session = self.sessions.get(frame.session, peer)
-            session.accept_seq(frame.seq)
             payload = frame.payload
-            if frame.flags & Flag.ENCRYPTED:
-                if session.cipher is None:
-                    raise ProtocolError("encrypted frame on a session without a bound key")
-                payload = session.cipher.open(REQUEST_DIRECTION, sid, seq, Kind.REQUEST, method, payload)
+            encrypted = bool(frame.flags & Flag.ENCRYPTED)
+            # authenticate first: nothing about the session changes for a frame that fails here
+            if session.cipher is not None:
+                if not encrypted:
+                    raise SecurityError(
+                        f"{method!r} refused: this session is bound to its key and the frame is not "
+                        "authenticated with it"
+                    )
+                payload = session.cipher.open(REQUEST_DIRECTION, seq, frame.aad(), payload)
+            elif encrypted:
+                raise ProtocolError("encrypted frame on a session without a bound key")
+            session.accept_seq(frame.seq)
             kwargs = codec.decode(payload, self.limits)
             if not isinstance(kwargs, dict):
                 raise ProtocolError("request payload must be a dict of keyword arguments")
-            result = self._dispatch(
-                session, method, kwargs, encrypted=bool(frame.flags & Flag.ENCRYPTED), peer=peer
-            )
+            result = self._dispatch(session, method, kwargs, peer=peer)
             body = codec.encode(result, self.limits)
             flags = Flag.NONE
-            if session.cipher is not None and method not in (ATTEST, BIND):
-                body = session.cipher.seal(RESPONSE_DIRECTION, sid, seq, Kind.RESPONSE, method, body)
+            if session.cipher is not None:  # BIND's answer already under the new key: key confirmation
                 flags = Flag.ENCRYPTED
+                head = aad(Kind.RESPONSE, flags, sid, seq, method, len(body) + TAG_BYTES)
+                body = session.cipher.seal(RESPONSE_DIRECTION, seq, head, body)
             return Frame(Kind.RESPONSE, sid, seq, method, body, flags).pack()
         except Exception as err:  # every failure becomes an error frame; the server keeps serving
             self.stats["refused"] += 1
@@ -183,23 +240,93 @@ class PartyServer:
                 log.exception("internal error in %s from %s", method, peer)
             return Frame(Kind.ERROR, sid, seq, method, codec.encode(error_payload(err))).pack()
 
-    def _dispatch(self, session: Any, method: str, kwargs: dict, encrypted: bool, peer: str) -> Any:
+    def _open(self, frame: Frame, peer: str) -> bytes:
+        if frame.flags & Flag.ENCRYPTED:
+            raise ProtocolError("open is never encrypted")
+        kwargs = codec.decode(frame.payload, self.limits) if frame.payload else {}
+        if not isinstance(kwargs, dict):
+            raise ProtocolError("open payload must be a dict")
+        tenant = kwargs.get("tenant")
+        if kwargs.get("reset"):
+            self._drop_tenants(peer)
+        session = self.sessions.open(peer)
+        if tenant is not None:
+            try:
+                self._attach_tenant(session, peer, tenant)
+            except BaseException:
+                self.sessions.close(session.sid)
+                raise
+        info = {"session": session.sid, "party": self.identity.name, "attested": self.attestor is not None}
+        return Frame(Kind.RESPONSE, session.sid, frame.seq, OPEN, codec.encode(info)).pack()
+
+    # -- tenants ---------------------------------------------------------------------------
+    def _attach_tenant(self, session: ServerSession, peer: str, tenant: object) -> None:
+        """A session naming a tenant gets a fresh role instance under that name (replacing any old
+        one: the client opens a tenant only to (re)build its state from scratch)."""
+        if self.tenant_factory is None:
+            raise ProtocolError(f"{self.identity.name} does not serve tenants")
+        if not isinstance(tenant, str) or not 0 < len(tenant) <= 128:
+            raise ProtocolError("tenant must be a non-empty string of at most 128 characters")
+        with self._tenants_lock:
+            mine = sum(1 for p, _ in self._tenants if p == peer)
+            if (peer, tenant) not in self._tenants and mine >= self.config.tenants_per_party:
+                raise ProtocolError(f"party {peer!r} already has {mine} tenants (its quota)")
+            self._tenants[(peer, tenant)] = _Tenant(self.tenant_factory(), threading.Lock(), 1)
+        session.tenant = tenant
+
+    def _release_tenant(self, session: ServerSession) -> None:
+        if session.tenant is None:
+            return
+        with self._tenants_lock:
+            t = self._tenants.get((session.peer, session.tenant))
+            if t is not None:
+                t.sessions -= 1
+                if t.sessions <= 0:
+                    del self._tenants[(session.peer, session.tenant)]
+
+    def _drop_tenants(self, peer: str) -> None:
+        with self._tenants_lock:
+            for key in [k for k in self._tenants if k[0] == peer]:
+                del self._tenants[key]
+
+    def tenant_count(self) -> int:
+        with self._tenants_lock:
+            return len(self._tenants)
+
+    def _role_of(self, session: ServerSession) -> tuple[object, threading.Lock]:
+        if session.tenant is None:
+            return self.role, self._role_lock
+        with self._tenants_lock:
+            t = self._tenants.get((session.peer, session.tenant))
+        if t is None:
+            raise ProtocolError(f"tenant {session.tenant!r} is gone (replaced by a newer session)")
+        return t.role, t.lock
+
+    # -- dispatch --------------------------------------------------------------------------
+    def _dispatch(self, session: ServerSession, method: str, kwargs: dict, peer: str) -> Any:
         if method == PING:
             return {"party": self.identity.name}
         if method == CLOSE:
-            self.sessions.close(session.sid)
+            if self.sessions.close(session.sid) is not None:
+                self._release_tenant(session)
+                if self.on_close is not None:
+                    self.on_close(session)
             return None
         if method == ATTEST:
             if self.attestor is None:
                 raise ProtocolError(f"{self.identity.name} is not an enclave and cannot attest")
+            if session.cipher is not None:
+                raise SecurityError("this session is already attested and bound; open a new one")
             nonce = kwargs.get("nonce")
             if not isinstance(nonce, bytes) or len(nonce) < 16:
                 raise ProtocolError("attestation needs a nonce of at least 16 bytes")
             session.attest_nonce = nonce
-            return self.attestor.evidence(nonce, self._enclave_public)
+            return self.attestor.evidence(nonce, self._enclave_public, self.attested_config)
         if method == BIND:
             if self.attestor is None or session.attest_nonce is None:
                 raise ProtocolError("bind needs a preceding attestation on this session")
+            if session.cipher is not None:
+                raise SecurityError("this session is already bound to a key")
             client_public = kwargs.get("public_key")
             if not isinstance(client_public, bytes) or len(client_public) != 32:
                 raise ProtocolError("bind needs the client's 32-byte X25519 public key")
@@ -208,17 +335,32 @@ class PartyServer:
             return {"bound": True}
         if method.startswith("_p3eft."):
             raise ProtocolError(f"unknown control method {method!r}")
-        if self.attestor is not None and not (encrypted and session.cipher is not None):
+        if self.attestor is not None and session.cipher is None:
             raise SecurityError(
                 f"{method!r} refused: the session is not attested; verify the enclave before sending secrets"
             )
-        fn = self.resolver(method, peer)
-        try:
-            inspect.signature(fn).bind(**kwargs)
-        except TypeError as err:
-            raise ProtocolError(f"bad arguments for {method!r}: {err}") from err
-        with self._role_lock:
+        if self.resolver is not None:
+            fn = self.resolver(method, CallContext(peer, session))
+            _check_args(method, fn, kwargs)
             return fn(**kwargs)
+        role, lock = self._role_of(session)
+        fn = resolve_remote(role, method)
+        _check_args(method, fn, kwargs)
+        with lock:
+            return fn(**kwargs)
+
+
+def _check_args(method: str, fn: Callable[..., Any], kwargs: dict) -> None:
+    try:
+        inspect.signature(fn).bind(**kwargs)
+    except TypeError as err:
+        raise ProtocolError(f"bad arguments for {method!r}: {err}") from err
+
+
+def _trim_heap() -> None:
+    """Return freed heap pages to the OS (glibc keeps them otherwise, after large messages)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _peer_name(context: grpc.ServicerContext) -> str:

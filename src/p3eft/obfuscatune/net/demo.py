@@ -1,17 +1,19 @@
 """The networked ObfuscaTune demo: every party its own process on 127.0.0.1 (``p3eft demo``).
 
-1. ``p3eft keys init``: a development CA, one certificate per party, simulated platform keys.
+1. ``p3eft keys init``: a development CA and one key folder per party; each process gets only its own.
 2. ``p3eft serve cloud`` and ``p3eft serve enclave`` start on free ports and announce themselves.
 3. The model owner (its own process, ``p3eft model-owner upload``) attests the enclave and streams
    the real SmolLM2-135M weights to it; the enclave obfuscates them and loads the cloud.
 4. The data owner (its own process, ``p3eft obfuscatune finetune --enclave URL``) attests the
-   enclave and fine-tunes LoRA on a slice of OpenBookQA; a second data-owner process evaluates.
+   enclave and fine-tunes LoRA on a slice of OpenBookQA in a job of its own; a second data-owner
+   process evaluates the adapter it exported, in another job.
 5. The same fine-tuning runs again through the in-process transport, with the same mask seed, so
    the two final losses (and adapters) can be compared.
 
 Every child is stopped at the end, on error and on Ctrl-C (:class:`~p3eft.runtime.launch.PartyGroup`).
-The mask seed is pinned (``--session-seed``) only so that the in-process comparison draws the same
-masks; a production enclave draws it from its CSPRNG.
+The mask seed is pinned (``--session-seed-file``) only so that the in-process comparison draws the
+same masks; the quote says so (``seed=pinned``) and the demo's verifiers accept it explicitly
+(``--expect seed=pinned``). A production enclave draws the seed itself.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from p3eft.errors import P3eftError
-from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, p3eft_argv
+from p3eft.runtime.launch import PartyGroup, cloud_argv, enclave_argv, p3eft_argv, write_seed_file
 from p3eft.runtime.pki import init_keys
 
 
@@ -71,34 +73,50 @@ def _run_child(group: PartyGroup, name: str, argv: list[str], timeout_s: float, 
 def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole networked demo; return (and write to ``<out>/demo.json``) its summary."""
     out = Path(cfg.out).resolve()
-    for sub in ("certs", "state", "data-owner", "in-process", "logs"):
+    for sub in ("certs", "state", "data-owner", "in-process", "logs", "enclave-seed"):
         shutil.rmtree(out / sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     certs = out / "certs"
     init_keys(certs)
     seed = secrets.token_bytes(32)
+    seed_file = write_seed_file(out / "enclave-seed" / "seed.hex", seed)
     settings = {"lora_r": cfg.rank, "lora_alpha": cfg.alpha, "lora_dropout": cfg.dropout, "dtype": "float32"}
+    expect = ["--expect", "seed=pinned"]  # the demo pins the seed to compare with in-process
     train_args = [
-        "--model", cfg.model, "--dataset", cfg.dataset, "--max-steps", str(cfg.steps),
-        "--limit", str(cfg.limit), "--batch-size", str(cfg.batch_size), "--max-len", str(cfg.max_len),
-        "--lr", str(cfg.lr), "--rank", str(cfg.rank), "--alpha", str(cfg.alpha),
-        "--dropout", str(cfg.dropout), "--seed", str(cfg.seed),
-    ]  # fmt: skip
+        "--model",
+        cfg.model,
+        "--dataset",
+        cfg.dataset,
+        "--max-steps",
+        str(cfg.steps),
+        "--limit",
+        str(cfg.limit),
+        "--batch-size",
+        str(cfg.batch_size),
+        "--max-len",
+        str(cfg.max_len),
+        "--lr",
+        str(cfg.lr),
+        "--seed",
+        str(cfg.seed),
+    ]  # fmt: skip  (rank, alpha, dropout: the enclave's attested settings apply)
     t0 = time.perf_counter()
     parties: dict[str, int] = {}
     env = thread_env(cfg.threads)
     with PartyGroup(out / "logs") as group:
-        echo(f"[demo] dev keys in {certs}; starting the cloud and the enclave on 127.0.0.1 (free ports)")
-        cloud = group.start("cloud", cloud_argv(certs), env=env)
+        echo(
+            f"[demo] dev keys in {certs}/<party>; starting the cloud and the enclave on 127.0.0.1 (free ports)"
+        )
+        cloud = group.start("cloud", cloud_argv(certs / "cloud"), env=env)
         enclave = group.start(
             "enclave",
             enclave_argv(
-                certs,
+                certs / "enclave",
                 cloud.url,
                 out / "state",
                 checkpoint_every=cfg.checkpoint_every,
                 settings=settings,
-                session_seed=seed,
+                session_seed_file=seed_file,
             ),
             env=env,
         )
@@ -116,9 +134,10 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 "--enclave",
                 enclave.url,
                 "--certs",
-                str(certs),
+                str(certs / "model-owner"),
                 "--json",
                 str(out / "upload.json"),
+                *expect,
             ),  # fmt: skip
             timeout_s=900,
             env=env,
@@ -133,19 +152,21 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 "--enclave",
                 enclave.url,
                 "--certs",
-                str(certs),
+                str(certs / "data-owner"),
                 "--out",
                 str(out / "data-owner"),
                 "--json",
                 str(out / "networked.json"),
                 "--no-progress",
+                *expect,
                 *train_args,
             ),  # fmt: skip
             timeout_s=1800,
             env=env,
         )
         echo(
-            f"[demo] data owner: evaluate the fine-tuned enclave on {cfg.eval_limit} {cfg.dataset} questions"
+            f"[demo] data owner: evaluate the fine-tuned adapter through the enclave on {cfg.eval_limit} "
+            f"{cfg.dataset} questions"
         )
         parties["data-owner-evaluate"] = _run_child(
             group,
@@ -156,9 +177,11 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 "--enclave",
                 enclave.url,
                 "--certs",
-                str(certs),
+                str(certs / "data-owner"),
                 "--model",
                 cfg.model,
+                "--adapter",
+                str(out / "data-owner" / "adapter"),
                 "--dataset",
                 cfg.dataset,
                 "--limit",
@@ -168,11 +191,11 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
                 "--json",
                 str(out / "networked_eval.json"),
                 "--no-progress",
+                *expect,
             ),  # fmt: skip
             timeout_s=900,
             env=env,
         )
-        status = _enclave_status(enclave.url, certs)
     networked = json.loads((out / "networked.json").read_text())
     evaluation = json.loads((out / "networked_eval.json").read_text())
     upload = json.loads((out / "upload.json").read_text())
@@ -188,7 +211,7 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
         "dataset": cfg.dataset,
         "eval": {k: evaluation.get(k) for k in ("acc", "acc_norm", "exact_match", "n", "metric")},
         "upload_bytes": upload["bytes_sent"],
-        "enclave_checkpoints": status,
+        "attested": networked.get("attested"),
         "adapter": networked.get("adapter"),
         "results": str(out / "networked.json"),
         "eval_results": str(out / "networked_eval.json"),
@@ -200,17 +223,6 @@ def run_demo(cfg: DemoConfig, echo: Callable[[str], None] = print) -> dict[str, 
         summary.update(_in_process(cfg, seed, out / "in-process", Path(summary["adapter"])))
     (out / "demo.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def _enclave_status(url: str, certs: Path) -> dict[str, Any]:
-    from p3eft.runtime.connect import open_enclave_channel
-
-    ch = open_enclave_channel(url, certs)
-    try:
-        st = ch.call("runtime_status")
-    finally:
-        ch.close()
-    return {"sealed_after_calls": st["checkpoint_calls"], "checkpoint_every": st["checkpoint_every"]}
 
 
 def _in_process(cfg: DemoConfig, seed: bytes, out: Path, net_adapter: Path) -> dict[str, Any]:

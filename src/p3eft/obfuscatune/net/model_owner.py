@@ -14,30 +14,32 @@ from typing import Any
 
 import torch
 
-from p3eft.runtime.launch import connect_attested
-from p3eft.runtime.server import DEFAULT_MAX_MESSAGE
+from p3eft.obfuscatune.net.connect import attested_config, open_enclave
 
 
 def upload(
     model: str,
     enclave_url: str,
     certs: str | Path,
-    dtype: str = "float32",
     chunk_mb: int = 32,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
     refresh: bool = False,
+    expect: str | list[str] | None = None,
 ) -> dict[str, Any]:
     """Load ``model`` (registry name or folder), attest the enclave, provision it; return a summary.
 
     ``refresh`` re-provisions a live enclave so that it draws a new mask epoch (ObfuscaTune keeps no
     plaintext weights in the enclave, so the model owner sends them again; adapters carry over).
+    The weights are loaded in the dtype the enclave attested, and only to an enclave whose attested
+    configuration meets ``expect`` (default: strict mode, orthogonal masks, a seed of its own).
     """
     from p3eft.models import load_causal_lm
     from p3eft.obfuscatune.session import provision_model
 
     # attest first: a wrong address or a failed quote should not wait for the model to load
-    with connect_attested(enclave_url, certs, "model-owner", max_message_bytes) as channel:
-        loaded = load_causal_lm(model, dtype=torch.float64 if dtype == "float64" else torch.float32)
+    with open_enclave(enclave_url, certs, expect, party="model-owner", resilient=False) as channel:
+        config = attested_config(channel)
+        dtype = torch.float64 if config.get("dtype") == "float64" else torch.float32
+        loaded = load_causal_lm(model, dtype=dtype)
         t0 = time.perf_counter()
         info = provision_model(
             channel,
@@ -55,4 +57,5 @@ def upload(
         "bytes_sent": sent,
         "seconds": time.perf_counter() - t0,
         "enclave": info,
+        "attested": config,
     }
