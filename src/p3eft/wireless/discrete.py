@@ -1,4 +1,4 @@
-"""Discrete stage: the CKKS parameter set of every user, by Branch-and-Bound (and exhaustive search).
+"""Discrete stage: the FHE candidate (N, chain) of every user, by Branch-and-Bound (and exhaustive search).
 
 J(choice) = (optimal continuous energy for that choice) - w3 sum_n P(N_n); each evaluation is a full
 continuous solve. Branch-and-Bound (ours, in the paper's frame) fixes users one at a time, in order of
@@ -8,8 +8,8 @@ valid for every choice in the node:
 
 * Lagrangian bound: with prices (nu, mu) on bandwidth and server capacity,
   sum_fixed l_n(N_n) + sum_free min_k l_n(k) - nu B - mu F_s (weak duality; cheap, a table lookup);
-* continuous relaxation: free users' N relaxed to the real interval of their allowed sets on the fitted
-  cost curves (smallest costs, largest privacy), then one continuous solve. If the relaxation is
+* continuous relaxation: each free user's costs relaxed to the componentwise minimum over its
+  candidates (and its privacy to the maximum), then one continuous solve. If the relaxation is
   infeasible, so is every choice below the node.
 """
 
@@ -68,10 +68,10 @@ class Evaluator:
         real = pr.user_costs(lo)
         fixed_mask = lo == hi
         costs = UserCosts(
-            bits=np.where(fixed_mask, real.bits, relaxed.bits),
-            enc_cycles=np.where(fixed_mask, real.enc_cycles, relaxed.enc_cycles),
-            server_cycles=np.where(fixed_mask, real.server_cycles, relaxed.server_cycles),
-            privacy=np.where(fixed_mask, real.privacy, relaxed.privacy),
+            **{
+                k: np.where(fixed_mask, getattr(real, k), getattr(relaxed, k))
+                for k in ("bits", "down_bits", "device_cycles", "server_cycles", "latency", "privacy")
+            }
         )
         self.solves += 1
         try:
@@ -81,12 +81,21 @@ class Evaluator:
         return sol.energy - pr.scenario.weights[2] * float(costs.privacy.sum())
 
 
+#: Most choice vectors :func:`exhaustive` enumerates (6 users x 6 candidates = 46656 fits).
+EXHAUSTIVE_LIMIT = 50_000
+
+
+def combinations(problem: Problem) -> float:
+    """Number of allowed choice vectors (the product of every user's allowed candidates)."""
+    return float(np.prod(problem.allowed.sum(axis=1), dtype=float))
+
+
 def exhaustive(evaluator: Evaluator) -> Evaluation:
     """Best choice by enumerating every allowed combination (small instances only)."""
     pr = evaluator.problem
     options = [np.flatnonzero(pr.allowed[n]).tolist() for n in range(pr.n_users)]
-    if np.prod([len(o) for o in options], dtype=float) > 20000:
-        raise ValueError("exhaustive search is limited to 20000 combinations")
+    if combinations(pr) > EXHAUSTIVE_LIMIT:
+        raise ValueError(f"exhaustive search is limited to {EXHAUSTIVE_LIMIT} combinations")
     best: Evaluation | None = None
     for combo in itertools.product(*options):
         ev = evaluator(combo)
