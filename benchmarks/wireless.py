@@ -1,10 +1,11 @@
 """Benchmark of the wireless optimiser: solve time for 10, 100, 1000 users and savings vs baselines.
 
-Scenarios keep the per-user resources fixed as U grows (2 MHz of bandwidth and 1 GHz of server
-capacity per user; everything else the :class:`Scenario` defaults, w3 = 0.002 J/bit), seeded. FHE
-costs: the packaged file measured by ``p3eft bench fhe`` (or ``--costs``).
+Scenarios are the generated ones of ``p3eft wireless run --users U``: per-user resources fixed as U
+grows (2 MHz of bandwidth and 1 GHz of server capacity per user; everything else the
+:class:`Scenario` defaults), seeded. Costs: the packaged cost file (see
+``src/p3eft/wireless/data/README.md``) or ``--costs`` (a PrivTuner step-cost file).
 
-    .venv/bin/python benchmarks/wireless.py --json docs/results/wireless/benchmark.json
+    nice -n 5 .venv/bin/python benchmarks/wireless.py --json docs/results/wireless/benchmark.json
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="solve-time repeats (median reported)")
     ap.add_argument("--costs", default=None)
+    ap.add_argument("--cpu-hz", type=float, default=None, help="clock of the machine that measured --costs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    table = load_costs(args.costs)
+    table = load_costs(args.costs, cpu_hz=args.cpu_hz)
     rows = []
     for u in args.users:
-        sc = generate_scenario(u, seed=args.seed, bandwidth_hz=2e6 * u, server_hz=1e9 * u)
+        sc = generate_scenario(u, seed=args.seed)
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
@@ -95,13 +97,13 @@ def main() -> None:
         meta = {
             "command": "python benchmarks/wireless.py "
             + " ".join(
-                f"--{k} {' '.join(map(str, v)) if isinstance(v, list) else v}"
+                f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
                 for k, v in vars(args).items()
                 if v is not None
             ),
             "machine": platform.platform(),
             "processor": platform.processor(),
-            "costs": table.summary(),
+            "costs": table.resolve(generate_scenario(1).candidate_list).summary(),
             "rows": rows,
         }
         with open(args.json, "w") as fh:

@@ -40,6 +40,21 @@ from p3eft.wireless.roots import root_decreasing
 
 LN2 = float(np.log(2.0))
 _Z_MAX = 60.0
+#: A resource price above this many times the energy scale per unit of the resource counts as "no
+#: price clears the resource": the scenario is treated as infeasible (ours; stops the price search
+#: from chasing an unbounded price through nested root finding).
+PRICE_CAP_FACTOR = 1e3
+
+
+def energy_scale(problem: Problem, costs: UserCosts) -> np.ndarray:
+    """Per-user energy with everything at full speed (f_max, p_max, all of B, all of F_s): a scale
+    for the price caps, not a bound on the optimum."""
+    s = problem.scenario
+    w1, w2, _ = s.weights
+    rate = uplink_rate(np.full(problem.n_users, s.bandwidth_hz), s.p_max_w, problem.g, problem.n0)
+    return w1 * (s.kappa_device * costs.device_cycles * s.f_max_hz**2 + s.p_max_w * costs.bits / rate) + w2 * (
+        s.kappa_server * costs.server_cycles * s.server_hz**2
+    )
 
 
 def _h(z: np.ndarray) -> np.ndarray:
@@ -242,7 +257,11 @@ class DualSolver:
         self.evals = 0
 
     # -- per-user closed forms -------------------------------------------------------------------
-    def _response(self, c: UserCosts, lam: np.ndarray, nu: float, mu: float) -> dict[str, np.ndarray]:
+    def _response(
+        self, c: UserCosts, lam: np.ndarray, nu: float | np.ndarray, mu: float | np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Every user's best resources at deadline prices ``lam`` and resource prices (scalars, or
+        one per user in the batched solver)."""
         pr, s = self.problem, self.problem.scenario
         w1, w2 = self.w1, self.w2
         # device frequency from dE/df = deadline price (KKT), clipped to the CPU range
@@ -250,9 +269,10 @@ class DualSolver:
         # server share: positive root of fs^3 + m fs^2 - l = 0 (Newton from an upper bound)
         lc = lam / (2.0 * w2 * s.kappa_server)
         fs = np.cbrt(lc)
-        if mu > 0:
+        if np.any(mu > 0):
             m = mu / (2.0 * w2 * s.kappa_server * c.server_cycles)
-            fs = np.minimum(fs, np.sqrt(lc / m))
+            with np.errstate(divide="ignore"):
+                fs = np.minimum(fs, np.sqrt(lc / m))
             for _ in range(8):
                 fs = fs - (fs**3 + m * fs * fs - lc) / (3.0 * fs * fs + 2.0 * m * fs)
         cd = LN2 * c.bits
@@ -282,7 +302,8 @@ class DualSolver:
         if cap.any():
             amp = s.p_max_w * pr.g[cap] / pr.n0
             wgt = w1 * s.p_max_w + lam[cap]
-            x = _capped_x(nu * amp**2 / (wgt * cd[cap]), gam[cap] * cdl[cap] / (wgt * cd[cap]))
+            nu_c = np.broadcast_to(nu, lam.shape)[cap]
+            x = _capped_x(nu_c * amp**2 / (wgt * cd[cap]), gam[cap] * cdl[cap] / (wgt * cd[cap]))
             b[cap] = amp / x
             tx[cap] = cd[cap] / (b[cap] * np.log1p(x))
             p[cap] = s.p_max_w
@@ -313,7 +334,8 @@ class DualSolver:
             return np.array([self._response(c, lam, float(nu[0]), mu)["b"].sum() - bw])
 
         x0 = np.array([self._nu_guess if self._nu_guess else 1e-7])
-        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=16)
+        cap = PRICE_CAP_FACTOR * float(energy_scale(self.problem, c).sum()) / bw
+        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=16, x_max=max(cap, x0[0]))
         if not ok.all():
             raise self._shared_infeasible(c)
         self._nu_guess = float(nu[0])
@@ -385,7 +407,10 @@ class DualSolver:
                 return np.array([self._response(costs, lam, nu, float(mu_arr[0]))["f_s"].sum() - s.server_hz])
 
             x0 = np.array([self._mu_guess if self._mu_guess else 1e-12])
-            mu_arr, _, ok = root_decreasing(excess, x0, ftol=self.tol * s.server_hz, max_expand=16)
+            cap = PRICE_CAP_FACTOR * float(energy_scale(pr, costs).sum()) / s.server_hz
+            mu_arr, _, ok = root_decreasing(
+                excess, x0, ftol=self.tol * s.server_hz, max_expand=16, x_max=max(cap, x0[0])
+            )
             if not ok.all():
                 raise self._shared_infeasible(costs)
             mu = float(mu_arr[0])

@@ -39,9 +39,11 @@ class Evaluation:
 class Evaluator:
     """J(choice) with a cache: one continuous solve per distinct choice."""
 
-    def __init__(self, problem: Problem, solve: Solve) -> None:
+    def __init__(self, problem: Problem, solve: Solve, dual: bool = False) -> None:
+        """``dual``: ``solve`` is the plain dual method (so batched exhaustive search may replace it)."""
         self.problem = problem
         self.solve = solve
+        self.dual = dual
         self.cache: dict[tuple[int, ...], Evaluation] = {}
         self.solves = 0
 
@@ -90,14 +92,28 @@ def combinations(problem: Problem) -> float:
     return float(np.prod(problem.allowed.sum(axis=1), dtype=float))
 
 
-def exhaustive(evaluator: Evaluator) -> Evaluation:
-    """Best choice by enumerating every allowed combination (small instances only)."""
+def exhaustive(evaluator: Evaluator, batched: bool = True) -> Evaluation:
+    """Best choice by enumerating every allowed combination (small instances only).
+
+    ``batched`` solves all combinations' continuous stages together (:mod:`p3eft.wireless.batch`,
+    the same dual method as array operations) and re-solves the best one alone for its allocation;
+    ``batched=False`` evaluates them one by one.
+    """
     pr = evaluator.problem
     options = [np.flatnonzero(pr.allowed[n]).tolist() for n in range(pr.n_users)]
     if combinations(pr) > EXHAUSTIVE_LIMIT:
         raise ValueError(f"exhaustive search is limited to {EXHAUSTIVE_LIMIT} combinations")
+    combos = np.array(list(itertools.product(*options)), dtype=int)
+    if batched and evaluator.dual:
+        from p3eft.wireless.batch import batch_objectives
+
+        obj = batch_objectives(pr, combos)
+        evaluator.solves += len(combos)
+        if not np.isfinite(obj).any():
+            return evaluator(combos[0])  # infeasible everywhere: the one-by-one error message
+        return evaluator(combos[int(np.argmin(obj))])
     best: Evaluation | None = None
-    for combo in itertools.product(*options):
+    for combo in combos:
         ev = evaluator(combo)
         if best is None or ev.objective < best.objective:
             best = ev
@@ -141,7 +157,10 @@ def branch_and_bound(
     best_free = table.min(axis=1)
     # branch first on users whose choice matters most at these prices (largest regret)
     srt = np.sort(table, axis=1)
-    regret = np.where(np.isfinite(srt[:, 1]) if srt.shape[1] > 1 else False, srt[:, 1] - srt[:, 0], np.inf)
+    if srt.shape[1] > 1:
+        regret = np.where(np.isfinite(srt[:, 1]), srt[:, 1] - srt[:, 0], np.inf)
+    else:  # a single candidate: nothing to choose
+        regret = np.zeros(u)
     order = np.argsort(-np.nan_to_num(regret, posinf=1e300))
     info = BranchAndBoundInfo()
     best = incumbent

@@ -313,15 +313,20 @@ def exhaustive_size(scenario: Scenario, table: CostSource | CostTable) -> float:
 
 
 def solve_exhaustive(
-    scenario: Scenario, table: CostSource | CostTable, options: SolveOptions | None = None
+    scenario: Scenario,
+    table: CostSource | CostTable,
+    options: SolveOptions | None = None,
+    batched: bool = True,
 ) -> WirelessResult:
-    """Enumerate every parameter-set combination (each with the continuous optimum)."""
+    """Enumerate every candidate combination (each with the continuous optimum; ``batched``: all
+    combinations' continuous stages solved together, see :func:`p3eft.wireless.discrete.exhaustive`)."""
     opts = options or SolveOptions()
     t0 = time.perf_counter()
     problem = Problem.build(scenario, table)
     _check_privacy_floors(problem)
-    evaluator = Evaluator(problem, make_continuous(problem, opts))
-    best = exhaustive(evaluator)
+    plain_dual = opts.continuous == "dual" and opts.fixed_b is None and not opts.fixed_p_max
+    evaluator = Evaluator(problem, make_continuous(problem, opts), dual=plain_dual)
+    best = exhaustive(evaluator, batched=batched)
     if not np.isfinite(best.objective):
         assert best.error is not None
         raise best.error

@@ -85,7 +85,7 @@ class Scenario:
     round_trip_latency_s: float = 0.01  # fixed latency of one refresh round trip (scheduling, RTT)
     epochs: float = 1.0  # epochs of the run (key amortisation)
     horizon_s: float = 3600.0  # time bound for users without a deadline of their own
-    weights: tuple[float, float, float] = (1.0, 1.0, 0.05)
+    weights: tuple[float, float, float] = (1.0, 1.0, 0.02)
     candidates: list[Any] = field(default_factory=lambda: list(DEFAULT_CANDIDATE_SPECS))
     seed: int | None = None
 
