@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 
-def _entry(n: int, bits: list[int], sec: int, dev: float, srv: float, up: float, down: float, trips: int,
-           keys: float) -> dict[str, Any]:
+def _entry(
+    n: int, bits: list[int], sec: int, dev: float, srv: float, up: float, down: float, trips: int, keys: float
+) -> dict[str, Any]:
     return {
         "poly_modulus_degree": n,
         "coeff_modulus_bits": bits,

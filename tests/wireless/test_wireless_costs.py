@@ -181,8 +181,14 @@ def test_candidate_at_an_unmeasured_n_is_refused(cost_file, costs_raw, tmp_path)
         (lambda r: r["provenance"]["machine"].pop("cpu_hz"), "--cpu-hz"),
         (lambda r: r["param_sets"]["N8192"]["per_example"].pop("bytes_up"), "bytes_up"),
         (lambda r: r["param_sets"]["N8192"].pop("per_example"), "per_example"),
-        (lambda r: r["param_sets"]["N16384"]["per_example"].__setitem__("server_cpu_s", -1.0), "server_cpu_s"),
-        (lambda r: r["param_sets"]["N16384"]["per_example"].__setitem__("device_cpu_s", float("nan")), "device"),
+        (
+            lambda r: r["param_sets"]["N16384"]["per_example"].__setitem__("server_cpu_s", -1.0),
+            "server_cpu_s",
+        ),
+        (
+            lambda r: r["param_sets"]["N16384"]["per_example"].__setitem__("device_cpu_s", float("nan")),
+            "device",
+        ),
         (lambda r: r["param_sets"]["N32768"].__setitem__("security_bits", 128), "HE-standard label"),
         (lambda r: r["param_sets"]["N32768"].__setitem__("log_q", 400), "log_q"),
         (lambda r: r["param_sets"]["N8192"].__setitem__("coeff_modulus_bits", [60, 60, 60, 60]), "128-bit"),

@@ -63,7 +63,9 @@ def test_validation_errors(tmp_path):
     with pytest.raises(ScenarioError, match="does not exist"):
         Scenario.load(tmp_path / "none.yaml")
     with pytest.raises(ScenarioError, match="repeat"):
-        sc.with_(candidates=["N8192-d2", {"poly_modulus_degree": 8192, "coeff_modulus_bits": [60, 40, 40, 60]}])
+        sc.with_(
+            candidates=["N8192-d2", {"poly_modulus_degree": 8192, "coeff_modulus_bits": [60, 40, 40, 60]}]
+        )
 
 
 @pytest.mark.parametrize("w", [(math.nan, 1.0, 0.01), (1.0, 1.0, math.nan), (1.0, math.inf, 0.0)])

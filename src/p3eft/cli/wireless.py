@@ -62,7 +62,9 @@ def run(
     ),
     costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
     cpu_hz: float = typer.Option(
-        None, "--cpu-hz", help="Clock of the machine that measured the cost file (if its provenance lacks it)."
+        None,
+        "--cpu-hz",
+        help="Clock of the machine that measured the cost file (if its provenance lacks it).",
     ),
     continuous: str = typer.Option(
         "dual",
@@ -173,3 +175,51 @@ def figures(
     table = _load(costs, cpu_hz)
     for p in make_figures(out, table, _command_line(ctx), seed=seed, quick=quick, users=users):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
+
+
+@app.command()
+def regenerate(
+    ctx: typer.Context,
+    out: Path = typer.Option(
+        Path("runs/wireless-results"),
+        "--out",
+        help="Output folder; pass docs/results/wireless to rewrite the committed results.",
+    ),
+    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
+    seed: int = typer.Option(0, "--seed"),
+    repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
+) -> None:
+    """Every published result in one go: the figures, the 6-user exhaustive check, the benchmark."""
+    from p3eft.wireless import check_allocation, generate_scenario, solve, solve_exhaustive
+    from p3eft.wireless.bench import benchmark_record, format_tables, run_benchmark
+    from p3eft.wireless.experiments import make_figures
+
+    if repeats < 1:
+        raise P3eftError(f"--repeats must be >= 1, got {repeats}")
+    table = _load(costs, cpu_hz)
+    command = _command_line(ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in make_figures(out, table, command, seed=seed, users=10):
+        typer.echo(f"wrote {p} (+ .json, .command.txt)")
+    sc = generate_scenario(6, seed=seed)
+    res = solve(sc, table)
+    ex = solve_exhaustive(sc, table)
+    gap = (res.fun - ex.fun) / max(abs(ex.fun), 1e-12)
+    record = {
+        "command": command,
+        "scenario": sc.to_dict(),
+        "result": res.to_json_dict(),
+        "violations": check_allocation(sc, table, res),
+        "exhaustive": ex.to_json_dict(),
+        "gap_to_exhaustive": gap,
+    }
+    (out / "run_users6_exhaustive.json").write_text(json.dumps(record, indent=2))
+    typer.echo(
+        f"exhaustive check (6 users): gap_to_exhaustive {gap:.3e}; wrote {out / 'run_users6_exhaustive.json'}"
+    )
+    rows = run_benchmark(table, [10, 100, 1000], seed=seed, repeats=repeats)
+    typer.echo(format_tables(rows, repeats))
+    (out / "benchmark.json").write_text(json.dumps(benchmark_record(table, rows, command), indent=2))
+    (out / "regenerate.command.txt").write_text(command + "\n")
+    typer.echo(f"wrote {out / 'benchmark.json'}")

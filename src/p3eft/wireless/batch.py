@@ -14,12 +14,20 @@ from dataclasses import replace
 
 import numpy as np
 
-from p3eft.wireless.continuous import PRICE_CAP_FACTOR, DualSolver, check_user_deadlines, energy_scale, make_solution
+from p3eft.wireless.continuous import (
+    PRICE_CAP_FACTOR,
+    DualSolver,
+    check_user_deadlines,
+    energy_scale,
+    make_solution,
+)
 from p3eft.wireless.model import Problem, UserCosts, uplink_rate
 from p3eft.wireless.roots import root_decreasing
 
 
-def batch_objectives(problem: Problem, choices: np.ndarray, chunk: int = 2048, tol: float = 1e-10) -> np.ndarray:
+def batch_objectives(
+    problem: Problem, choices: np.ndarray, chunk: int = 2048, tol: float = 1e-10
+) -> np.ndarray:
     """Objective (energy - w3 sum P) of every row of ``choices`` (B x U); inf where infeasible."""
     choices = np.asarray(choices, dtype=int)
     out = np.full(len(choices), np.inf)
@@ -86,6 +94,7 @@ def _chunk(problem: Problem, ch: np.ndarray, tol: float) -> np.ndarray:
     def nu_for(mu: np.ndarray, final: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Bandwidth prices clearing each block at server prices ``mu``; ``final`` marks the blocks
         found infeasible (never inside the server-price search, where ``mu`` is only a trial)."""
+
         def excess(nu: np.ndarray) -> np.ndarray:
             lam, _ = lam_for(nu, mu)
             b = solver._response(costs, lam, per_user(nu), per_user(mu))["b"]

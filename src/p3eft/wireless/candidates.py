@@ -108,7 +108,11 @@ class Candidate:
         return self.depth - self.refresh_level
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "poly_modulus_degree": self.n, "coeff_modulus_bits": list(self.coeff_modulus_bits)}
+        return {
+            "name": self.name,
+            "poly_modulus_degree": self.n,
+            "coeff_modulus_bits": list(self.coeff_modulus_bits),
+        }
 
     def describe(self) -> dict[str, Any]:
         """Everything a result needs to say what was chosen and why it is labelled so."""
@@ -144,7 +148,9 @@ class Candidate:
                 name=str(spec.get("name") or ""),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise ScenarioError(f"candidate {spec!r} needs poly_modulus_degree and coeff_modulus_bits") from err
+            raise ScenarioError(
+                f"candidate {spec!r} needs poly_modulus_degree and coeff_modulus_bits"
+            ) from err
 
 
 def chain(n: int, depth: int) -> Candidate:

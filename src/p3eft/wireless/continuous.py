@@ -52,9 +52,9 @@ def energy_scale(problem: Problem, costs: UserCosts) -> np.ndarray:
     s = problem.scenario
     w1, w2, _ = s.weights
     rate = uplink_rate(np.full(problem.n_users, s.bandwidth_hz), s.p_max_w, problem.g, problem.n0)
-    return w1 * (s.kappa_device * costs.device_cycles * s.f_max_hz**2 + s.p_max_w * costs.bits / rate) + w2 * (
-        s.kappa_server * costs.server_cycles * s.server_hz**2
-    )
+    return w1 * (
+        s.kappa_device * costs.device_cycles * s.f_max_hz**2 + s.p_max_w * costs.bits / rate
+    ) + w2 * (s.kappa_server * costs.server_cycles * s.server_hz**2)
 
 
 def _h(z: np.ndarray) -> np.ndarray:
@@ -131,7 +131,10 @@ def _qinv(qv: np.ndarray) -> np.ndarray:
 
 
 def _bracketed_newton(
-    fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]], lo: np.ndarray, hi: np.ndarray, iters: int = 40
+    fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    iters: int = 40,
 ) -> np.ndarray:
     """Root in log space of an increasing ``fun`` (returning log-residual and its log-slope), inside
     [lo, hi]; Newton steps that leave the bracket are replaced by bisection."""
@@ -372,7 +375,8 @@ class DualSolver:
         e = self.w1 * (
             s.kappa_device * costs.device_cycles * r["f"] ** 2 + r["p"] * r["t_tx"] + s.rx_power_w * r["t_dl"]
         ) + self.w2 * (
-            s.kappa_server * costs.server_cycles * r["f_s"] ** 2 + self.problem.psd_dl * costs.down_bits / self.problem.eta
+            s.kappa_server * costs.server_cycles * r["f_s"] ** 2
+            + self.problem.psd_dl * costs.down_bits / self.problem.eta
         )
         return np.where(ok & found, e + nu * r["b"] * (self.fixed_b is None) + mu * r["f_s"], np.inf)
 

@@ -220,7 +220,9 @@ def _parse_step_file(raw: dict[str, Any], path: str, cpu_hz: float | None) -> Co
         pe = e.get("per_example")
         if not isinstance(pe, dict):
             raise CostFileError(f"{where}: missing 'per_example' object")
-        clean = {k: _num(pe, k, f"{where}.per_example", allow_zero=k != "device_cpu_s") for k in _PER_EXAMPLE_NUM}
+        clean = {
+            k: _num(pe, k, f"{where}.per_example", allow_zero=k != "device_cpu_s") for k in _PER_EXAMPLE_NUM
+        }
         for k in ("device_cpu_s", "server_cpu_s", "bytes_up"):
             if clean[k] <= 0:
                 raise CostFileError(f"{where}.per_example: field {k!r} must be positive")
@@ -235,7 +237,9 @@ def _parse_step_file(raw: dict[str, Any], path: str, cpu_hz: float | None) -> Co
                 f"{cand.security_bits} of log Q = {cand.log_q} at N={n}"
             )
         if "log_q" in e and int(e["log_q"]) != cand.log_q:
-            raise CostFileError(f"{where}: log_q {e['log_q']} is not the sum of coeff_modulus_bits ({cand.log_q})")
+            raise CostFileError(
+                f"{where}: log_q {e['log_q']} is not the sum of coeff_modulus_bits ({cand.log_q})"
+            )
         entries[(n, bits)] = {"name": name, "per_example": clean, "key_upload_bytes": key_bytes}
     return CostSource("privtuner_step", path, prov, hz, entries)
 
@@ -272,7 +276,9 @@ def parse_costs(raw: Any, path: str = "<memory>", cpu_hz: float | None = None) -
     if kind == STEP_KIND:
         return _parse_step_file(raw, path, cpu_hz)
     if kind is not None:
-        raise CostFileError(f"{path}: unknown cost file kind {kind!r} (expected {STEP_KIND!r} or an engine file)")
+        raise CostFileError(
+            f"{path}: unknown cost file kind {kind!r} (expected {STEP_KIND!r} or an engine file)"
+        )
     return _parse_engine_file(raw, path, cpu_hz)
 
 

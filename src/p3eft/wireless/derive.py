@@ -62,7 +62,10 @@ def refresh_round_trips(step_levels: float, usable_levels: int) -> int:
 
 
 def from_engine(
-    c: Candidate, same_n: dict[tuple[int, ...], dict[str, Any]], path: str, w: EngineWorkload = ENGINE_WORKLOAD
+    c: Candidate,
+    same_n: dict[tuple[int, ...], dict[str, Any]],
+    path: str,
+    w: EngineWorkload = ENGINE_WORKLOAD,
 ) -> StepCost:
     """Per-example step cost of candidate ``c`` from the engine's per-ciphertext CPU times (model 1)."""
     bits, e = _nearest(c, same_n)
@@ -77,7 +80,9 @@ def from_engine(
     uploads = n_ct * (1 + trips) + 1  # fresh inputs, refresh answers, the encrypted gradient
     downloads = n_ct * trips + 1  # refresh requests, the logits
     ksk = k_c * (k_c + 1) / (k_m * (k_m + 1))
-    keys = e["public_key_bytes"] * (k_c + 1) / (k_m + 1) + (e["relin_keys_bytes"] + e["galois_keys_bytes"]) * ksk
+    keys = (
+        e["public_key_bytes"] * (k_c + 1) / (k_m + 1) + (e["relin_keys_bytes"] + e["galois_keys_bytes"]) * ksk
+    )
     return StepCost(
         candidate=c,
         device_cpu_s=uploads * enc_s + downloads * dec_s,

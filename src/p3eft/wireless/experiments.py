@@ -113,9 +113,7 @@ def fixed_parameters(sweep: Sweep) -> dict[str, Any]:
 def _fixed_text(fixed: dict[str, Any], costs_kind: str) -> str:
     names = {"users": "U", "B_MHz": "B", "F_s_GHz": "F_s", "p_max_W": "p_max", "w3_J_per_bit": "w3"}
     units = {"B_MHz": " MHz", "F_s_GHz": " GHz", "p_max_W": " W", "w3_J_per_bit": " J/bit", "users": ""}
-    parts = [
-        f"{names[k]} = {v if isinstance(v, str) else f'{v:g}{units[k]}'}" for k, v in fixed.items()
-    ]
+    parts = [f"{names[k]} = {v if isinstance(v, str) else f'{v:g}{units[k]}'}" for k, v in fixed.items()]
     return "fixed: " + ", ".join(parts) + f"; costs: {costs_kind}"
 
 

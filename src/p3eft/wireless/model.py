@@ -108,7 +108,9 @@ class Problem:
             latency=trips * s.round_trip_latency_s,
             round_trips=trips,
             privacy=a["security_bits"],
-            allowed=np.broadcast_to(a["security_bits"][None, :] >= floor - 1e-9, (len(g), len(a["n"]))).copy(),
+            allowed=np.broadcast_to(
+                a["security_bits"][None, :] >= floor - 1e-9, (len(g), len(a["n"]))
+            ).copy(),
         )
 
     @property

@@ -130,7 +130,9 @@ def _start(problem: Problem, evaluator: Evaluator) -> Evaluation:
         )
     ok = problem.allowed & alone
     key = np.where(ok, problem.privacy[None, :], np.inf)
-    first = np.where(ok.any(axis=1), np.argmin(key, axis=1), np.argmin(np.where(problem.allowed, t_min, np.inf), 1))
+    first = np.where(
+        ok.any(axis=1), np.argmin(key, axis=1), np.argmin(np.where(problem.allowed, t_min, np.inf), 1)
+    )
     ev = evaluator(first)
     if np.isfinite(ev.objective):
         return ev

@@ -151,7 +151,9 @@ class Scenario:
                 )
         for name in _FLOAT_FIELDS:
             if not math.isfinite(getattr(self, name)):
-                raise ScenarioError(f"scenario field {name!r} must be a finite number, got {getattr(self, name)!r}")
+                raise ScenarioError(
+                    f"scenario field {name!r} must be a finite number, got {getattr(self, name)!r}"
+                )
         positive = (
             "bandwidth_hz",
             "p_max_w",
@@ -269,7 +271,10 @@ def generate_scenario(
     """
     if n_users < 1:
         raise ScenarioError("n_users must be >= 1")
-    for name, val in (("bandwidth_per_user_hz", bandwidth_per_user_hz), ("server_per_user_hz", server_per_user_hz)):
+    for name, val in (
+        ("bandwidth_per_user_hz", bandwidth_per_user_hz),
+        ("server_per_user_hz", server_per_user_hz),
+    ):
         if not (math.isfinite(val) and val > 0):
             raise ScenarioError(f"{name} must be a positive number, got {val!r}")
     rng = np.random.default_rng(seed)
