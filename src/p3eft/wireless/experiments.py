@@ -148,9 +148,10 @@ def run_sweep(sweep: Sweep, table: CostSource, seed: int = 0, progress: bool = T
     prop = data["methods"]["proposed"]["objective"]
     for m in METHODS:
         rec = data["methods"][m]
+        pairs = list(zip(rec["objective"], prop, strict=True))
+        rec["objective_gap_j"] = [None if o is None or p is None else o - p for o, p in pairs]
         rec["objective_rel_pct"] = [
-            None if o is None or p is None else 100.0 * (o - p) / max(abs(p), 1e-12)
-            for o, p in zip(rec["objective"], prop, strict=True)
+            None if o is None or p is None else 100.0 * (o - p) / max(abs(p), 1e-12) for o, p in pairs
         ]
     return data
 
@@ -189,7 +190,7 @@ def _draw(ax: Any, data: dict[str, Any], key: str, ylabel: str, xscale: str, log
                 zorder=4,
             )
     if any_infeasible:
-        ax.plot([], [], "X", color="0.3", ms=9, label="infeasible (no allocation meets every deadline)")
+        ax.plot([], [], "X", color="0.3", ms=9, label="infeasible (no allocation meets every constraint)")
     ax.set_xscale(xscale)
     if xscale == "log":  # label the swept values themselves, no overlapping minor labels
         ax.set_xticks(data["x"])
@@ -201,6 +202,14 @@ def _draw(ax: Any, data: dict[str, Any], key: str, ylabel: str, xscale: str, log
     ax.set_xlabel(data["xlabel"])
     ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
+    if any_infeasible:  # keep the bottom of the panel free for the markers
+        lo, hi = ax.get_ylim()
+        if logy:
+            ax.set_ylim(lo / (hi / lo) ** 0.5, hi)
+        elif ax.get_yscale() == "symlog":  # gaps are >= 0: the negative decade holds the markers
+            ax.set_ylim(-1.0, hi)
+        else:
+            ax.set_ylim(lo - 0.4 * (hi - lo), hi)
 
 
 def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, path: Path, xscale: str) -> None:
@@ -211,19 +220,23 @@ def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, path: Path, x
     import matplotlib.pyplot as plt
 
     if key == "energy_total_j":
-        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13.0, 5.2), dpi=110)
+        fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13.0, 5.8), dpi=110)
         _draw(ax, data, key, ylabel, xscale, logy=True)
-        _draw(ax2, data, "objective_rel_pct", "objective vs the proposed method's (%)", xscale, logy=False)
-        ax2.set_yscale("symlog", linthresh=1.0)
+        ax2.set_yscale("symlog", linthresh=0.1)
+        _draw(
+            ax2, data, "objective_gap_j", "J_method - J_proposed (J, symmetric log scale)", xscale, logy=False
+        )
         ax.set_title("total energy (log scale)")
-        ax2.set_title("(J_method - J_proposed) / |J_proposed|  (0 = as good; higher is worse)")
-        ax.legend(fontsize=8, loc="best")
+        ax2.set_title("objective gap to the proposed method (0 = as good, higher = worse)")
+        ncol, bottom = 4, 0.13
     else:
-        fig, ax = plt.subplots(figsize=(7.6, 5.0), dpi=120)
+        fig, ax = plt.subplots(figsize=(7.6, 5.8), dpi=120)
         _draw(ax, data, key, ylabel, xscale, logy=False)
-        ax.legend(fontsize=8, loc="best")
+        ncol, bottom = 2, 0.2
+    handles, labels = ax.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.suptitle(title + "\n" + data["fixed_text"], fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path)
     plt.close(fig)
 
