@@ -34,10 +34,14 @@ def test_branch_and_bound_equals_exhaustive(cost_file, users, seed, w3):
     t = load_costs(cost_file)
     sc = _sc(users, seed=seed, weights=(1.0, 1.0, w3))
     res = solve(sc, t)
-    ex = solve_exhaustive(sc, t)
+    # 4 users: plain one-by-one enumeration; larger: the bounded batched enumeration
+    ex = solve_exhaustive(sc, t, batched=users > 4)
     assert res.fun == pytest.approx(ex.fun, rel=1e-7, abs=1e-9)
     assert list(res.x) == list(ex.x)
     assert res.bb["complete"]
+    if users > 4:
+        st = ex.bb
+        assert st["solved_exactly"] + st["excluded_by_own_dual_bound"] == st["combinations"] == 4**users
     assert check_allocation(sc, t, res) == []
 
 
@@ -89,6 +93,18 @@ def test_baselines_are_feasible_and_never_better(cost_file):
     assert np.allclose(run_baseline("max_power", sc, t).allocation["power_w"], sc.p_max_w)
     assert set(run_baseline("largest_n", sc, t).allocation["candidate"]) == {"N32768-d8"}
     assert set(run_baseline("smallest_n", sc, t).allocation["candidate"]) == {"N8192-d2"}
+
+
+def test_bounded_exhaustive_equals_plain_enumeration(cost_file):
+    """Skipping combinations by their own dual bounds never changes the exhaustive optimum."""
+    t = load_costs(cost_file)
+    for seed, w3 in ((7, 0.01), (8, 0.0)):
+        sc = _sc(4, seed=seed, server_hz=2.5e9, weights=(1.0, 1.0, w3))
+        plain = solve_exhaustive(sc, t, batched=False)
+        bounded = solve_exhaustive(sc, t)
+        assert list(bounded.x) == list(plain.x)
+        assert bounded.fun == pytest.approx(plain.fun, rel=1e-8)
+        assert bounded.bb["excluded_by_own_dual_bound"] > 0
 
 
 def test_batched_exhaustive_equals_one_by_one(cost_file):

@@ -141,3 +141,68 @@ def _chunk(problem: Problem, ch: np.ndarray, tol: float) -> np.ndarray:
     w1, w2, w3 = s.weights
     e = w1 * (sol.e_enc + sol.e_tx + sol.e_rx) + w2 * (sol.e_srv + sol.e_dl) - w3 * costs.privacy
     return np.where(alive & ok, np.bincount(block, e, n_blocks), np.inf)
+
+
+def lagrangian_table(problem: Problem, nus: np.ndarray, mus: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """l_n(k; nu_g, mu_g) for every price pair g, user n and candidate k: shape (G, U, K).
+
+    l_n is the user's exact minimum of its energy + nu b + mu f_s under its deadline (the per-user
+    term of the dual function). ``+inf`` where the user cannot meet its deadline even with every
+    resource (the choice is infeasible); ``-inf`` (no bound) where the multiplier search failed.
+    """
+    g_count, u = len(nus), problem.n_users
+    users = np.tile(np.arange(u), g_count)
+    nu = np.repeat(np.asarray(nus, dtype=float), u)
+    mu = np.repeat(np.asarray(mus, dtype=float), u)
+    flat = replace(problem, g=problem.g[users], eta=problem.eta[users], deadlines=problem.deadlines[users])
+    solver = DualSolver(flat, tol=tol)
+    s = problem.scenario
+    out = np.empty((g_count, u, problem.n_sets))
+    for k in range(problem.n_sets):
+        c = UserCosts(
+            bits=problem.bits[users, k],
+            down_bits=problem.down_bits[users, k],
+            device_cycles=problem.device_cycles[users, k],
+            server_cycles=problem.server_cycles[users, k],
+            latency=problem.latency[users, k],
+            privacy=np.full(len(users), problem.privacy[k]),
+        )
+        late = np.zeros(len(users), dtype=bool)
+        late[check_user_deadlines(flat, c)] = True
+
+        def slack(lam: np.ndarray, c: UserCosts = c, late: np.ndarray = late) -> np.ndarray:
+            r = solver._response(c, lam, nu, mu)
+            t = r["t_enc"] + r["t_tx"] + r["t_dl"] + r["t_srv"] + c.latency - flat.deadlines
+            return np.where(late, 0.0, t)
+
+        lam, _, found = root_decreasing(slack, np.ones(len(users)), ftol=tol * flat.deadlines)
+        r = solver._response(c, lam, nu, mu)
+        w1, w2, _ = s.weights
+        e = w1 * (
+            s.kappa_device * c.device_cycles * r["f"] ** 2 + r["p"] * r["t_tx"] + s.rx_power_w * r["t_dl"]
+        ) + w2 * (s.kappa_server * c.server_cycles * r["f_s"] ** 2 + flat.psd_dl * c.down_bits / flat.eta)
+        val = np.where(found, e + nu * r["b"] + mu * r["f_s"], -np.inf)
+        out[:, :, k] = np.where(late, np.inf, val).reshape(g_count, u)
+    return out
+
+
+def dual_lower_bounds(
+    problem: Problem, combos: np.ndarray, nus: np.ndarray, mus: np.ndarray, chunk: int = 4096
+) -> np.ndarray:
+    """Each choice vector's own dual bound, max over the price grid of
+    sum_n l_n(k_n; nu, mu) - nu B - mu F_s - w3 sum_n P(k_n) (weak duality: <= its continuous optimum)."""
+    s = problem.scenario
+    table = lagrangian_table(problem, nus, mus)  # (G, U, K)
+    const = -np.asarray(nus) * s.bandwidth_hz - np.asarray(mus) * s.server_hz  # (G,)
+    per_user = np.transpose(table, (1, 2, 0))  # (U, K, G)
+    out = np.empty(len(combos))
+    with np.errstate(invalid="ignore"):  # inf + (-inf): an infeasible user wins (the choice is infeasible)
+        for i in range(0, len(combos), chunk):
+            cb = combos[i : i + chunk]
+            parts = [per_user[n, cb[:, n], :] for n in range(problem.n_users)]
+            total = np.sum(parts, axis=0) + const[None, :]
+            infeasible = np.any([np.isposinf(p).any(axis=1) for p in parts], axis=0)
+            bound = np.nanmax(np.where(np.isnan(total), -np.inf, total), axis=1)
+            priv = problem.privacy[cb].sum(axis=1)
+            out[i : i + chunk] = np.where(infeasible, np.inf, bound - s.weights[2] * priv)
+    return out

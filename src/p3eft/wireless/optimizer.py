@@ -339,7 +339,7 @@ def solve_exhaustive(
         history=[best.objective],
         success=True,
         message="exhaustive enumeration",
-        bb={"continuous_solves": evaluator.solves},
+        bb={"continuous_solves": evaluator.solves, **evaluator.exhaustive_stats},
         time_s=time.perf_counter() - t0,
         method="exhaustive",
     )
