@@ -129,6 +129,7 @@ def run_sweep(sweep: Sweep, table: CostSource, seed: int = 0, progress: bool = T
             "objective": [],
             "time_s": [],
             "infeasible": [],
+            "candidates_chosen": [],
         }
     it = [(x, m) for x in sweep.values for m in METHODS]
     for x, m in tqdm(it, desc=sweep.name, disable=not progress, leave=False):
@@ -136,7 +137,7 @@ def run_sweep(sweep: Sweep, table: CostSource, seed: int = 0, progress: bool = T
         try:
             r = run_method(m, sweep.make(x), table, seed=seed)
         except InfeasibleScenarioError as err:
-            for k in ("energy_total_j", "privacy_mean_bits", "objective", "time_s"):
+            for k in ("energy_total_j", "privacy_mean_bits", "objective", "time_s", "candidates_chosen"):
                 rec[k].append(None)
             rec["infeasible"].append(str(err))
             continue
@@ -145,6 +146,8 @@ def run_sweep(sweep: Sweep, table: CostSource, seed: int = 0, progress: bool = T
         rec["objective"].append(float(r.fun))
         rec["time_s"].append(float(r.time_s))
         rec["infeasible"].append(None)
+        chosen = r.allocation["candidate"]
+        rec["candidates_chosen"].append({c: chosen.count(c) for c in sorted(set(chosen))})
     prop = data["methods"]["proposed"]["objective"]
     for m in METHODS:
         rec = data["methods"][m]
