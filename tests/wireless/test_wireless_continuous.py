@@ -15,19 +15,19 @@ from p3eft.wireless.reference import solve_slsqp
 # (users, parameter set, scenario overrides): unconstrained server, binding server capacity, p_max binding
 CASES = [
     (3, 0, {}),
-    (4, 2, {"server_hz": 2.45e9}),
-    (4, 1, {"p_max_w": 0.002, "bandwidth_hz": 40e6}),
+    (4, 2, {"server_hz": 1.2e9}),
+    (4, 1, {"p_max_w": 0.005, "bandwidth_hz": 40e6}),
 ]
 
 
 def _feasible(pr, costs, sol, rtol=1e-6):
     s = pr.scenario
-    t = sol.t_enc + sol.t_tx + sol.t_srv
+    t = sol.t_enc + sol.t_tx + sol.t_dl + sol.t_srv + sol.t_lat
     return (
         sol.b.sum() <= s.bandwidth_hz * (1 + rtol)
         and sol.f_s.sum() <= s.server_hz * (1 + rtol)
         and np.all(sol.p <= s.p_max_w * (1 + rtol))
-        and np.all(t <= np.array(s.deadlines_s) * (1 + rtol))
+        and np.all(t <= pr.deadlines * (1 + rtol))
         and np.all((sol.f >= s.f_min_hz * (1 - rtol)) & (sol.f <= s.f_max_hz * (1 + rtol)))
     )
 

@@ -6,6 +6,7 @@ Thin: parse, call :mod:`p3eft.wireless`, print, write JSON.
 from __future__ import annotations
 
 import json
+import math
 import shlex
 from pathlib import Path
 
@@ -32,6 +33,18 @@ def _command_line(ctx: click.Context) -> str:
     return " ".join(parts)
 
 
+def _load(costs: Path | None, cpu_hz: float | None):  # noqa: ANN202 - CostSource, imported lazily
+    from p3eft.wireless import load_costs
+
+    return load_costs(costs, cpu_hz=cpu_hz)
+
+
+_COSTS_HELP = (
+    "Cost file: the PrivTuner step costs of `p3eft privtuner bench --json`, or the CKKS engine's "
+    "`p3eft bench fhe --json` file (default: the packaged engine file, CPU times)."
+)
+
+
 @app.command()
 def run(
     ctx: typer.Context,
@@ -41,8 +54,17 @@ def run(
     w3: float = typer.Option(
         None, "--w3", help="Privacy weight in J per security bit (overrides the scenario)."
     ),
-    costs: Path = typer.Option(
-        None, "--costs", help="FHE cost JSON from `p3eft bench fhe` (default: packaged)."
+    bandwidth_mhz: float = typer.Option(
+        None, "--bandwidth-mhz", help="Total bandwidth B in MHz (default: 2 MHz per generated user)."
+    ),
+    server_ghz: float = typer.Option(
+        None, "--server-ghz", help="Total server capacity F_s in GHz (default: 1 GHz per generated user)."
+    ),
+    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    cpu_hz: float = typer.Option(
+        None,
+        "--cpu-hz",
+        help="Clock of the machine that measured the cost file (if its provenance lacks it).",
     ),
     continuous: str = typer.Option(
         "dual",
@@ -50,34 +72,48 @@ def run(
         help="Continuous stage: dual (fast, exact) or fractional (quadratic transform + cvxpy).",
     ),
     check_exhaustive: bool = typer.Option(
-        False, "--check-exhaustive", help="Also enumerate all choices (<= 8 users)."
+        False, "--check-exhaustive", help="Also enumerate every choice (at most 50000 combinations)."
     ),
     baselines: bool = typer.Option(False, "--baselines", help="Also run every baseline."),
     save_scenario: Path = typer.Option(None, "--save-scenario", help="Write the scenario used (YAML/JSON)."),
     json_out: Path = typer.Option(None, "--json", help="Write the result as JSON here."),
 ) -> None:
     """Solve one scenario with the proposed method (optionally baselines and exhaustive check)."""
-    from p3eft.wireless import (
-        InfeasibleScenarioError,
-        Scenario,
-        SolveOptions,
-        generate_scenario,
-        load_costs,
-        solve,
-    )
+    from p3eft.wireless import InfeasibleScenarioError, Scenario, SolveOptions, generate_scenario, solve
     from p3eft.wireless.baselines import BASELINES, run_baseline
-    from p3eft.wireless.optimizer import check_allocation, solve_exhaustive
+    from p3eft.wireless.discrete import EXHAUSTIVE_LIMIT
+    from p3eft.wireless.optimizer import check_allocation, exhaustive_size, solve_exhaustive
 
     if (scenario is None) == (users is None):
         raise P3eftError("give exactly one of --scenario FILE or --users U")
-    sc = Scenario.load(scenario) if scenario is not None else generate_scenario(users, seed=seed)
-    if w3 is not None:
-        sc = sc.with_(weights=(sc.weights[0], sc.weights[1], w3))
-    if save_scenario is not None:
-        sc.save(save_scenario)
-    table = load_costs(costs)
+    if users is not None and users < 1:
+        raise P3eftError(f"--users must be >= 1, got {users}")
     if continuous not in ("dual", "fractional"):
         raise P3eftError(f"--continuous must be 'dual' or 'fractional', not {continuous!r}")
+    system = {}
+    for flag, val, key, unit in (
+        ("--bandwidth-mhz", bandwidth_mhz, "bandwidth_hz", 1e6),
+        ("--server-ghz", server_ghz, "server_hz", 1e9),
+    ):
+        if val is not None:
+            if not (math.isfinite(val) and val > 0):
+                raise P3eftError(f"{flag} must be a positive number, got {val}")
+            system[key] = val * unit
+    sc = Scenario.load(scenario) if scenario is not None else generate_scenario(users, seed=seed)
+    if w3 is not None:
+        system["weights"] = (sc.weights[0], sc.weights[1], w3)
+    if system:
+        sc = sc.with_(**system)
+    table = _load(costs, cpu_hz)
+    if check_exhaustive:  # refuse before any solving, so no work is thrown away
+        size = exhaustive_size(sc, table)
+        if size > EXHAUSTIVE_LIMIT:
+            raise P3eftError(
+                f"--check-exhaustive would enumerate {size:.0f} choices ({sc.n_users} users); "
+                f"the limit is {EXHAUSTIVE_LIMIT} (e.g. 6 users with 6 candidates)"
+            )
+    if save_scenario is not None:
+        sc.save(save_scenario)
     res = solve(sc, table, SolveOptions(continuous=continuous))
     out = {
         "command": _command_line(ctx),
@@ -91,8 +127,6 @@ def run(
         f"mean privacy {t['privacy_mean_bits']:.1f} bits  ({res.time_s:.3f} s, {res.message})"
     )
     if check_exhaustive:
-        if sc.n_users > 8:
-            raise P3eftError("--check-exhaustive is limited to 8 users (3^U continuous solves)")
         ex = solve_exhaustive(sc, table)
         gap = (res.fun - ex.fun) / max(abs(ex.fun), 1e-12)
         out["exhaustive"] = ex.to_json_dict()
@@ -122,16 +156,70 @@ def run(
 @app.command()
 def figures(
     ctx: typer.Context,
-    out: Path = typer.Option(Path("docs/results/wireless"), "--out", help="Output directory."),
-    costs: Path = typer.Option(None, "--costs", help="FHE cost JSON (default: packaged)."),
+    out: Path = typer.Option(
+        Path("runs/wireless-figures"),
+        "--out",
+        help="Output folder (a run folder; the committed results live in docs/results/wireless).",
+    ),
+    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed"),
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
     users: int = typer.Option(10, "--users", help="Users in the base scenario of the sweeps."),
 ) -> None:
     """Energy vs privacy weight / users / bandwidth / max power, and chosen privacy vs weight."""
-    from p3eft.wireless import load_costs
     from p3eft.wireless.experiments import make_figures
 
-    table = load_costs(costs)
+    if users < 2:
+        raise P3eftError(f"--users must be >= 2 for the figures, got {users}")
+    table = _load(costs, cpu_hz)
     for p in make_figures(out, table, _command_line(ctx), seed=seed, quick=quick, users=users):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
+
+
+@app.command()
+def regenerate(
+    ctx: typer.Context,
+    out: Path = typer.Option(
+        Path("runs/wireless-results"),
+        "--out",
+        help="Output folder; pass docs/results/wireless to rewrite the committed results.",
+    ),
+    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
+    seed: int = typer.Option(0, "--seed"),
+    repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
+) -> None:
+    """Every published result in one go: the figures, the 6-user exhaustive check, the benchmark."""
+    from p3eft.wireless import check_allocation, generate_scenario, solve, solve_exhaustive
+    from p3eft.wireless.bench import benchmark_record, format_tables, run_benchmark
+    from p3eft.wireless.experiments import make_figures
+
+    if repeats < 1:
+        raise P3eftError(f"--repeats must be >= 1, got {repeats}")
+    table = _load(costs, cpu_hz)
+    command = _command_line(ctx)
+    out.mkdir(parents=True, exist_ok=True)
+    for p in make_figures(out, table, command, seed=seed, users=10):
+        typer.echo(f"wrote {p} (+ .json, .command.txt)")
+    sc = generate_scenario(6, seed=seed)
+    res = solve(sc, table)
+    ex = solve_exhaustive(sc, table)
+    gap = (res.fun - ex.fun) / max(abs(ex.fun), 1e-12)
+    record = {
+        "command": command,
+        "scenario": sc.to_dict(),
+        "result": res.to_json_dict(),
+        "violations": check_allocation(sc, table, res),
+        "exhaustive": ex.to_json_dict(),
+        "gap_to_exhaustive": gap,
+    }
+    (out / "run_users6_exhaustive.json").write_text(json.dumps(record, indent=2))
+    typer.echo(
+        f"exhaustive check (6 users): gap_to_exhaustive {gap:.3e}; wrote {out / 'run_users6_exhaustive.json'}"
+    )
+    rows = run_benchmark(table, [10, 100, 1000], seed=seed, repeats=repeats)
+    typer.echo(format_tables(rows, repeats))
+    (out / "benchmark.json").write_text(json.dumps(benchmark_record(table, rows, command), indent=2))
+    (out / "regenerate.command.txt").write_text(command + "\n")
+    typer.echo(f"wrote {out / 'benchmark.json'}")

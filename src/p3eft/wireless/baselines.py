@@ -2,8 +2,9 @@
 
 * ``equal_bandwidth``: b_n = B / U; power, frequencies and parameter sets optimised;
 * ``max_power``: p_n = p_max; bandwidth, frequencies and parameter sets optimised;
-* ``smallest_n`` / ``largest_n``: every user's cheapest / most private allowed set; resources optimised;
-* ``random``: parameter sets drawn uniformly from each user's allowed sets (seeded); resources optimised.
+* ``smallest_n`` / ``largest_n``: every user's allowed candidate with the smallest / largest N (ties:
+  the highest security label, then the first listed); resources optimised;
+* ``random``: candidates drawn uniformly from each user's allowed ones (seeded); resources optimised.
 
 The proposed method optimises everything, so on exact solves it is never worse than any baseline
 (the tests check that).
@@ -15,7 +16,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from p3eft.wireless.costs import FheCostTable
+from p3eft.wireless.costs import CostSource, CostTable
 from p3eft.wireless.model import Problem
 from p3eft.wireless.optimizer import SolveOptions, WirelessResult, solve
 from p3eft.wireless.scenario import Scenario
@@ -24,24 +25,35 @@ BASELINES = ("equal_bandwidth", "max_power", "smallest_n", "largest_n", "random"
 
 
 def run_baseline(
-    name: str, scenario: Scenario, table: FheCostTable, seed: int = 0, options: SolveOptions | None = None
+    name: str,
+    scenario: Scenario,
+    table: CostSource | CostTable,
+    seed: int = 0,
+    options: SolveOptions | None = None,
 ) -> WirelessResult:
     """Solve one baseline (raises InfeasibleScenarioError like :func:`solve`)."""
     opts = options or SolveOptions()
     u = scenario.n_users
     problem = Problem.build(scenario, table)
+    table = problem.table
     allowed = problem.allowed
+    n = np.array([st.candidate.n for st in table.steps], dtype=float)
+    order = np.arange(problem.n_sets)
+
+    def pick(sign: float) -> tuple[int, ...] | None:
+        if not allowed.any(1).all():
+            return None  # the solver reports the privacy floor
+        key = np.lexsort((order, -problem.privacy, sign * n))  # N first, then label, then order
+        return tuple(int(next(k for k in key if a[k])) for a in allowed)
+
     if name == "equal_bandwidth":
         opts = replace(opts, fixed_b=tuple([scenario.bandwidth_hz / u] * u))
     elif name == "max_power":
         opts = replace(opts, fixed_p_max=True)
     elif name == "smallest_n":
-        opts = replace(
-            opts, fixed_choice=tuple(int(np.argmax(a)) for a in allowed) if allowed.any(1).all() else None
-        )
+        opts = replace(opts, fixed_choice=pick(1.0))
     elif name == "largest_n":
-        last = [int(len(a) - 1 - np.argmax(a[::-1])) for a in allowed]
-        opts = replace(opts, fixed_choice=tuple(last) if allowed.any(1).all() else None)
+        opts = replace(opts, fixed_choice=pick(-1.0))
     elif name == "random":
         rng = np.random.default_rng(seed)
         if allowed.any(1).all():

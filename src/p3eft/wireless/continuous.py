@@ -1,11 +1,12 @@
-"""Continuous stage: bandwidth, power, device frequency and server share for fixed parameter sets.
+"""Continuous stage: bandwidth, power, device frequency and server share for fixed FHE candidates.
 
 Fast exact method (ours). Writing each user's transmission in terms of its upload time t and bandwidth
 b, the minimum transmit energy is E_tx(b, t) = (N0/g) b t (2^{D/(b t)} - 1), which is jointly convex
 in (b, t) (its Hessian determinant is proportional to e^z (2z^2 - z + 1) - 1 >= 0, z = D ln2 / (b t)).
-Encryption and server energies are convex in their times too, so the whole continuous problem is
-convex in (b, times) even though it is a sum of ratios p D / r in (b, p). We solve it by dual
-decomposition, everything as array operations over users:
+The downlink on the same band takes time c / b (c = D_dl / eta) and costs the device p_rx c / b, both
+convex in b; device and server CPU energies are convex in their times too, so the whole continuous
+problem is convex in (b, times) even though it is a sum of ratios p D / r in (b, p). We solve it by
+dual decomposition, everything as array operations over users:
 
 * a price nu on bandwidth (sum b <= B) and mu on server capacity (sum f_s <= F_s), found by monotone
   root finding on the totals;
@@ -13,10 +14,13 @@ decomposition, everything as array operations over users:
 * given (lambda, nu, mu), closed forms from the KKT conditions:
   device frequency f = clip((lambda / (2 w1 kappa))^(1/3), f_min, f_max);
   server share f_s = positive root of 2 w2 kappa_s C_s f_s^3 + mu f_s^2 = lambda C_s;
-  spectral variable z solving k(z) = sqrt(nu lambda) / (w1 N0/g sqrt(D ln2)), k(z) = (z e^z - e^z + 1)/sqrt(z),
-  then u = D ln2 / z, b = sqrt(lambda u / nu), t = sqrt(nu u / lambda), p = N0 b (e^z - 1) / g;
-  where that p exceeds p_max, p = p_max and b solves Q(x) = nu A^2 / ((w1 p_max + lambda) D ln2) with
-  SNR x = A / b, A = p_max g / N0, Q(x) = x^2 (ln(1+x) - x/(1+x)) / ln(1+x)^2.
+  spectral variable z solving h(z)^2 (K/z + rho) = nu lambda / a^2 with h(z) = z e^z - e^z + 1,
+  a = w1 N0 / g, K = D ln2, rho = (lambda + w1 p_rx) c / lambda (increasing in z: safeguarded Newton;
+  with rho = 0 it is k(z) = sqrt(nu lambda)/(a sqrt(K)), k(z) = h(z)/sqrt(z)), then
+  b = lambda / (a h(z)), t = K / (z b), p = N0 b (e^z - 1) / g;
+  where that p exceeds p_max, p = p_max and the SNR x = A / b (A = p_max g / N0) solves
+  Q(x) + sigma x^2 = nu A^2 / (W K), W = w1 p_max + lambda, sigma = (lambda + w1 p_rx) c / (W K),
+  Q(x) = x^2 (ln(1+x) - x/(1+x)) / ln(1+x)^2.
 
 The fractional-programming method the paper prescribes (quadratic transform, convex inner steps by a
 real solver) is :mod:`p3eft.wireless.fractional`; tests check both against each other and against a
@@ -25,6 +29,7 @@ general-purpose solver.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,10 +40,28 @@ from p3eft.wireless.roots import root_decreasing
 
 LN2 = float(np.log(2.0))
 _Z_MAX = 60.0
+#: A resource price above this many times the energy scale per unit of the resource counts as "no
+#: price clears the resource": the scenario is treated as infeasible (ours; stops the price search
+#: from chasing an unbounded price through nested root finding).
+PRICE_CAP_FACTOR = 1e3
+
+
+def energy_scale(problem: Problem, costs: UserCosts) -> np.ndarray:
+    """Per-user energy with everything at full speed (f_max, p_max, all of B, all of F_s): a scale
+    for the price caps, not a bound on the optimum."""
+    s = problem.scenario
+    w1, w2, _ = s.weights
+    rate = uplink_rate(np.full(problem.n_users, s.bandwidth_hz), s.p_max_w, problem.g, problem.n0)
+    return w1 * (
+        s.kappa_device * costs.device_cycles * s.f_max_hz**2 + s.p_max_w * costs.bits / rate
+    ) + w2 * (s.kappa_server * costs.server_cycles * s.server_hz**2)
 
 
 def _h(z: np.ndarray) -> np.ndarray:
-    return z * np.exp(z) - np.expm1(z)
+    """h(z) = z e^z - e^z + 1, by its series sum_n z^n (n-1)/n! below 0.01 (no cancellation)."""
+    z = np.asarray(z, dtype=float)
+    series = z * z * (0.5 + z * (1 / 3 + z * (1 / 8 + z * (1 / 30 + z / 144))))
+    return np.where(z < 1e-2, series, z * np.exp(z) - np.expm1(z))
 
 
 def _k(z: np.ndarray) -> np.ndarray:
@@ -107,6 +130,71 @@ def _qinv(qv: np.ndarray) -> np.ndarray:
     return x
 
 
+def _bracketed_newton(
+    fun: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]],
+    lo: np.ndarray,
+    hi: np.ndarray,
+    iters: int = 40,
+) -> np.ndarray:
+    """Root in log space of an increasing ``fun`` (returning log-residual and its log-slope), inside
+    [lo, hi]; Newton steps that leave the bracket are replaced by bisection."""
+    a, b = np.log(lo), np.log(hi)
+    x = b.copy()
+    for _ in range(iters):
+        r, slope = fun(np.exp(x))
+        if np.all(np.abs(r) < 1e-13):
+            break
+        a = np.where(r < 0, x, a)
+        b = np.where(r > 0, x, b)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            nx = x - r / slope
+        bad = ~np.isfinite(nx) | (nx <= a) | (nx >= b)
+        x = np.where(np.abs(r) < 1e-13, x, np.where(bad, 0.5 * (a + b), nx))
+    return np.exp(x)
+
+
+def _free_z(tau: np.ndarray, kk: np.ndarray, rho: np.ndarray) -> np.ndarray:
+    """z with h(z)^2 (K/z + rho) = tau (unconstrained power, downlink term rho >= 0).
+
+    log F is increasing and convex in log z (its log-slope 2 z^2 e^z / h(z) - K / (K + rho z) grows),
+    so Newton in log z from above descends monotonically onto the root (from below, its first step
+    lands above): no bracket needed. Both z(rho = 0) and z(K = 0) bound the root from above.
+    """
+    z = _kinv(np.sqrt(tau / kk))
+    down = rho > 0
+    if not down.any():
+        return z
+    z = np.where(down, np.minimum(z, _hinv(np.sqrt(tau / np.where(down, rho, 1.0)))), z)
+    ltau = np.log(tau)
+    for _ in range(50):
+        ez = np.exp(z)
+        h = _h(z)
+        r = 2 * np.log(h) + np.log(kk / z + rho) - ltau
+        if np.all(np.abs(r) < 1e-11):
+            break
+        slope = 2 * z * z * ez / h - kk / (kk + rho * z)
+        z = np.where(down, z * np.exp(-r / slope), z)
+    return z
+
+
+def _capped_x(tau: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """SNR x with Q(x) + sigma x^2 = tau (power at p_max, downlink term sigma >= 0)."""
+    x0 = _qinv(tau)
+    down = sigma > 0
+    if not down.any():
+        return x0
+    safe = np.where(down, sigma, 1.0)
+    hi = np.where(down, np.minimum(x0, np.sqrt(tau / safe)), x0)
+    lo = np.minimum(np.minimum(_qinv(tau / 2), np.sqrt(tau / (2 * safe))), hi)
+    ltau = np.log(tau)
+
+    def fun(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        g = _q(x) + sigma * x * x
+        return np.log(g) - ltau, x * (_dq(x) + 2 * sigma * x) / g
+
+    return np.where(down, _bracketed_newton(fun, lo, hi), x0)
+
+
 @dataclass
 class ContinuousSolution:
     """Optimal continuous resources for one choice of parameter sets."""
@@ -117,11 +205,15 @@ class ContinuousSolution:
     f_s: np.ndarray  # server cycles/s
     t_enc: np.ndarray
     t_tx: np.ndarray
+    t_dl: np.ndarray
     t_srv: np.ndarray
-    e_enc: np.ndarray  # J
+    t_lat: np.ndarray  # fixed refresh latency
+    e_enc: np.ndarray  # J, device CPU (encryption, decryption, refresh answers)
     e_tx: np.ndarray
+    e_rx: np.ndarray  # device receiving the downlink
     e_srv: np.ndarray
-    energy: float  # sum w1 (e_enc + e_tx) + w2 e_srv
+    e_dl: np.ndarray  # base station sending the downlink
+    energy: float  # sum w1 (e_enc + e_tx + e_rx) + w2 (e_srv + e_dl)
     prices: dict[str, float] = field(default_factory=dict)
     lam: np.ndarray | None = None
     evaluations: int = 0
@@ -133,8 +225,14 @@ def check_user_deadlines(problem: Problem, costs: UserCosts, fixed_b: np.ndarray
     s = problem.scenario
     bw = np.full(problem.n_users, s.bandwidth_hz) if fixed_b is None else fixed_b
     rate = uplink_rate(bw, s.p_max_w, problem.g, problem.n0)
-    t_min = costs.enc_cycles / s.f_max_hz + costs.bits / rate + costs.server_cycles / s.server_hz
-    return np.flatnonzero(t_min > np.array(s.deadlines_s) * (1 + 1e-12))
+    t_min = (
+        costs.device_cycles / s.f_max_hz
+        + costs.bits / rate
+        + costs.down_bits / (problem.eta * bw)
+        + costs.server_cycles / s.server_hz
+        + costs.latency
+    )
+    return np.flatnonzero(t_min > problem.deadlines * (1 + 1e-12))
 
 
 class DualSolver:
@@ -155,14 +253,18 @@ class DualSolver:
         self.tol = tol
         s = problem.scenario
         self.w1, self.w2, _ = s.weights
-        self.T = np.array(s.deadlines_s, dtype=float)
+        self.T = problem.deadlines
         self._lam_guess: np.ndarray | None = None
         self._nu_guess: float | None = None
         self._mu_guess: float | None = None
         self.evals = 0
 
     # -- per-user closed forms -------------------------------------------------------------------
-    def _response(self, c: UserCosts, lam: np.ndarray, nu: float, mu: float) -> dict[str, np.ndarray]:
+    def _response(
+        self, c: UserCosts, lam: np.ndarray, nu: float | np.ndarray, mu: float | np.ndarray
+    ) -> dict[str, np.ndarray]:
+        """Every user's best resources at deadline prices ``lam`` and resource prices (scalars, or
+        one per user in the batched solver)."""
         pr, s = self.problem, self.problem.scenario
         w1, w2 = self.w1, self.w2
         # device frequency from dE/df = deadline price (KKT), clipped to the CPU range
@@ -170,12 +272,15 @@ class DualSolver:
         # server share: positive root of fs^3 + m fs^2 - l = 0 (Newton from an upper bound)
         lc = lam / (2.0 * w2 * s.kappa_server)
         fs = np.cbrt(lc)
-        if mu > 0:
+        if np.any(mu > 0):
             m = mu / (2.0 * w2 * s.kappa_server * c.server_cycles)
-            fs = np.minimum(fs, np.sqrt(lc / m))
+            with np.errstate(divide="ignore"):
+                fs = np.minimum(fs, np.sqrt(lc / m))
             for _ in range(8):
                 fs = fs - (fs**3 + m * fs * fs - lc) / (3.0 * fs * fs + 2.0 * m * fs)
         cd = LN2 * c.bits
+        cdl = c.down_bits / pr.eta  # downlink time x bandwidth
+        gam = lam + w1 * s.rx_power_w  # price of downlink time: deadline + device receive power
         if self.fixed_b is not None:
             # fixed bandwidth: d/dt [w1 N0 b t (e^z - 1)/g + lambda t] = 0  <=>  h(z) = lambda g / (w1 N0 b)
             b = self.fixed_b.copy()
@@ -187,31 +292,32 @@ class DualSolver:
                 cap[:] = True
             p[cap] = s.p_max_w
             tx[cap] = cd[cap] / (b[cap] * np.log1p(s.p_max_w * pr.g[cap] / (pr.n0 * b[cap])))
-            return _resources(c, f, fs, b, p, tx)
+            return _resources(c, f, fs, b, p, tx, cdl / b)
         # transmission: unconstrained power first
         a = w1 * pr.n0 / pr.g
-        z = _kinv(np.sqrt(nu * lam) / (a * np.sqrt(cd)))
-        u = cd / z
-        b = np.sqrt(lam * u / nu)
-        tx = np.sqrt(nu * u / lam)
+        z = _free_z(nu * lam / a**2, cd, gam * cdl / lam)
+        b = lam / (a * _h(z))
+        tx = cd / (z * b)
         p = pr.n0 * b * np.expm1(z) / pr.g
         cap = p > s.p_max_w
         if self.fixed_p_max:
             cap[:] = True
         if cap.any():
             amp = s.p_max_w * pr.g[cap] / pr.n0
-            x = _qinv(nu * amp**2 / ((w1 * s.p_max_w + lam[cap]) * c.bits[cap] * LN2))
+            wgt = w1 * s.p_max_w + lam[cap]
+            nu_c = np.broadcast_to(nu, lam.shape)[cap]
+            x = _capped_x(nu_c * amp**2 / (wgt * cd[cap]), gam[cap] * cdl[cap] / (wgt * cd[cap]))
             b[cap] = amp / x
-            tx[cap] = c.bits[cap] * LN2 / (b[cap] * np.log1p(x))
+            tx[cap] = cd[cap] / (b[cap] * np.log1p(x))
             p[cap] = s.p_max_w
-        return _resources(c, f, fs, b, p, tx)
+        return _resources(c, f, fs, b, p, tx, cdl / b)
 
     def _lam_for(self, c: UserCosts, nu: float, mu: float) -> np.ndarray:
         self.evals += 1
 
         def slack(lam: np.ndarray) -> np.ndarray:
             r = self._response(c, lam, nu, mu)
-            return r["t_enc"] + r["t_tx"] + r["t_srv"] - self.T
+            return r["t_enc"] + r["t_tx"] + r["t_dl"] + r["t_srv"] + c.latency - self.T
 
         x0 = self._lam_guess if self._lam_guess is not None else np.ones_like(self.T)
         lam, _, ok = root_decreasing(slack, x0, ftol=self.tol * self.T)
@@ -231,7 +337,8 @@ class DualSolver:
             return np.array([self._response(c, lam, float(nu[0]), mu)["b"].sum() - bw])
 
         x0 = np.array([self._nu_guess if self._nu_guess else 1e-7])
-        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=16)
+        cap = PRICE_CAP_FACTOR * float(energy_scale(self.problem, c).sum()) / bw
+        nu, _, ok = root_decreasing(excess, x0, ftol=self.tol * bw, max_expand=16, x_max=max(cap, x0[0]))
         if not ok.all():
             raise self._shared_infeasible(c)
         self._nu_guess = float(nu[0])
@@ -239,7 +346,7 @@ class DualSolver:
 
     def _shared_infeasible(self, c: UserCosts) -> InfeasibleScenarioError:
         s = self.problem.scenario
-        need = c.bits / np.maximum(self.T - c.enc_cycles / s.f_max_hz, 1e-12)
+        need = c.bits / np.maximum(self.T - c.device_cycles / s.f_max_hz - c.latency, 1e-12)
         worst = np.argsort(-need)[: max(1, min(10, len(need)))]
         return InfeasibleScenarioError(
             "bandwidth/server capacity",
@@ -260,14 +367,16 @@ class DualSolver:
 
         def slack(lam: np.ndarray) -> np.ndarray:
             r = self._response(costs, lam, nu, mu)
-            return r["t_enc"] + r["t_tx"] + r["t_srv"] - self.T
+            return r["t_enc"] + r["t_tx"] + r["t_dl"] + r["t_srv"] + costs.latency - self.T
 
         lam, _, found = root_decreasing(slack, np.ones_like(self.T), ftol=self.tol * self.T)
         r = self._response(costs, lam, nu, mu)
         s = self.problem.scenario
-        e = (
-            self.w1 * (s.kappa_device * costs.enc_cycles * r["f"] ** 2 + r["p"] * r["t_tx"])
-            + self.w2 * s.kappa_server * costs.server_cycles * r["f_s"] ** 2
+        e = self.w1 * (
+            s.kappa_device * costs.device_cycles * r["f"] ** 2 + r["p"] * r["t_tx"] + s.rx_power_w * r["t_dl"]
+        ) + self.w2 * (
+            s.kappa_server * costs.server_cycles * r["f_s"] ** 2
+            + self.problem.psd_dl * costs.down_bits / self.problem.eta
         )
         return np.where(ok & found, e + nu * r["b"] * (self.fixed_b is None) + mu * r["f_s"], np.inf)
 
@@ -282,7 +391,13 @@ class DualSolver:
             )
         # necessary condition (cheap): even with all the bandwidth each, the server shares must fit
         bw = np.full(pr.n_users, s.bandwidth_hz) if self.fixed_b is None else self.fixed_b
-        t_left = self.T - costs.enc_cycles / s.f_max_hz - costs.bits / uplink_rate(bw, s.p_max_w, pr.g, pr.n0)
+        t_left = (
+            self.T
+            - costs.device_cycles / s.f_max_hz
+            - costs.bits / uplink_rate(bw, s.p_max_w, pr.g, pr.n0)
+            - costs.down_bits / (pr.eta * bw)
+            - costs.latency
+        )
         if np.sum(costs.server_cycles / t_left) > s.server_hz:
             raise self._shared_infeasible(costs)
         self.evals = 0
@@ -296,7 +411,10 @@ class DualSolver:
                 return np.array([self._response(costs, lam, nu, float(mu_arr[0]))["f_s"].sum() - s.server_hz])
 
             x0 = np.array([self._mu_guess if self._mu_guess else 1e-12])
-            mu_arr, _, ok = root_decreasing(excess, x0, ftol=self.tol * s.server_hz, max_expand=16)
+            cap = PRICE_CAP_FACTOR * float(energy_scale(pr, costs).sum()) / s.server_hz
+            mu_arr, _, ok = root_decreasing(
+                excess, x0, ftol=self.tol * s.server_hz, max_expand=16, x_max=max(cap, x0[0])
+            )
             if not ok.all():
                 raise self._shared_infeasible(costs)
             mu = float(mu_arr[0])
@@ -328,39 +446,54 @@ def make_solution(
     """Energies and times of an allocation (the single place where the model is evaluated)."""
     s = problem.scenario
     w1, w2, _ = s.weights
+    b = np.asarray(b, float)
     rate = uplink_rate(b, p, problem.g, problem.n0)
     with np.errstate(divide="ignore"):
         t_tx = np.where(rate > 0, costs.bits / np.maximum(rate, 1e-300), np.inf)
-    e_enc = s.kappa_device * costs.enc_cycles * f**2
+        t_dl = np.where(b > 0, costs.down_bits / (problem.eta * np.maximum(b, 1e-300)), np.inf)
+    e_enc = s.kappa_device * costs.device_cycles * f**2
     e_tx = p * t_tx
+    e_rx = s.rx_power_w * t_dl
     e_srv = s.kappa_server * costs.server_cycles * f_s**2
-    energy = float(np.sum(w1 * (e_enc + e_tx) + w2 * e_srv))
+    e_dl = problem.psd_dl * costs.down_bits / problem.eta  # S_dl b t_dl: independent of b
+    energy = float(np.sum(w1 * (e_enc + e_tx + e_rx) + w2 * (e_srv + e_dl)))
     return ContinuousSolution(
-        b=np.asarray(b, float),
+        b=b,
         p=np.asarray(p, float),
         f=np.asarray(f, float),
         f_s=np.asarray(f_s, float),
-        t_enc=costs.enc_cycles / f,
+        t_enc=costs.device_cycles / f,
         t_tx=t_tx,
+        t_dl=t_dl,
         t_srv=costs.server_cycles / f_s,
+        t_lat=costs.latency,
         e_enc=e_enc,
         e_tx=e_tx,
+        e_rx=e_rx,
         e_srv=e_srv,
+        e_dl=e_dl,
         energy=energy,
         **extra,  # type: ignore[arg-type]
     )
 
 
 def _resources(
-    c: UserCosts, f: np.ndarray, fs: np.ndarray, b: np.ndarray, p: np.ndarray, tx: np.ndarray
+    c: UserCosts,
+    f: np.ndarray,
+    fs: np.ndarray,
+    b: np.ndarray,
+    p: np.ndarray,
+    tx: np.ndarray,
+    t_dl: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    """Per-user resources with the stage times they imply (encryption, upload, server)."""
+    """Per-user resources with the stage times they imply (device CPU, uplink, downlink, server)."""
     return {
         "f": f,
         "f_s": fs,
         "b": b,
         "p": p,
-        "t_enc": c.enc_cycles / f,
+        "t_enc": c.device_cycles / f,
         "t_tx": tx,
+        "t_dl": t_dl,
         "t_srv": c.server_cycles / fs,
     }

@@ -1,4 +1,4 @@
-"""Discrete stage: the CKKS parameter set of every user, by Branch-and-Bound (and exhaustive search).
+"""Discrete stage: the FHE candidate (N, chain) of every user, by Branch-and-Bound (and exhaustive search).
 
 J(choice) = (optimal continuous energy for that choice) - w3 sum_n P(N_n); each evaluation is a full
 continuous solve. Branch-and-Bound (ours, in the paper's frame) fixes users one at a time, in order of
@@ -8,8 +8,8 @@ valid for every choice in the node:
 
 * Lagrangian bound: with prices (nu, mu) on bandwidth and server capacity,
   sum_fixed l_n(N_n) + sum_free min_k l_n(k) - nu B - mu F_s (weak duality; cheap, a table lookup);
-* continuous relaxation: free users' N relaxed to the real interval of their allowed sets on the fitted
-  cost curves (smallest costs, largest privacy), then one continuous solve. If the relaxation is
+* continuous relaxation: each free user's costs relaxed to the componentwise minimum over its
+  candidates (and its privacy to the maximum), then one continuous solve. If the relaxation is
   infeasible, so is every choice below the node.
 """
 
@@ -39,9 +39,12 @@ class Evaluation:
 class Evaluator:
     """J(choice) with a cache: one continuous solve per distinct choice."""
 
-    def __init__(self, problem: Problem, solve: Solve) -> None:
+    def __init__(self, problem: Problem, solve: Solve, dual: bool = False) -> None:
+        """``dual``: ``solve`` is the plain dual method (so batched exhaustive search may replace it)."""
         self.problem = problem
         self.solve = solve
+        self.dual = dual
+        self.exhaustive_stats: dict[str, int] = {}
         self.cache: dict[tuple[int, ...], Evaluation] = {}
         self.solves = 0
 
@@ -68,10 +71,10 @@ class Evaluator:
         real = pr.user_costs(lo)
         fixed_mask = lo == hi
         costs = UserCosts(
-            bits=np.where(fixed_mask, real.bits, relaxed.bits),
-            enc_cycles=np.where(fixed_mask, real.enc_cycles, relaxed.enc_cycles),
-            server_cycles=np.where(fixed_mask, real.server_cycles, relaxed.server_cycles),
-            privacy=np.where(fixed_mask, real.privacy, relaxed.privacy),
+            **{
+                k: np.where(fixed_mask, getattr(real, k), getattr(relaxed, k))
+                for k in ("bits", "down_bits", "device_cycles", "server_cycles", "latency", "privacy")
+            }
         )
         self.solves += 1
         try:
@@ -81,19 +84,82 @@ class Evaluator:
         return sol.energy - pr.scenario.weights[2] * float(costs.privacy.sum())
 
 
-def exhaustive(evaluator: Evaluator) -> Evaluation:
-    """Best choice by enumerating every allowed combination (small instances only)."""
+#: Most choice vectors :func:`exhaustive` enumerates (6 users x 6 candidates = 46656 fits).
+EXHAUSTIVE_LIMIT = 50_000
+
+
+def combinations(problem: Problem) -> float:
+    """Number of allowed choice vectors (the product of every user's allowed candidates)."""
+    return float(np.prod(problem.allowed.sum(axis=1), dtype=float))
+
+
+def exhaustive(evaluator: Evaluator, batched: bool = True) -> Evaluation:
+    """Best choice by enumerating every allowed combination (small instances only).
+
+    ``batched=False`` solves every combination's continuous stage one by one. ``batched`` (ours) is
+    exact too and much faster: every combination gets its *own* dual bound (the maximum of its dual
+    function over a grid of prices, weak duality); combinations are then solved exactly in the order
+    of their bounds, together as array operations (:mod:`p3eft.wireless.batch`), until the next bound
+    is no better than the best solved objective. No combination is skipped without a proof that it
+    cannot be better. ``evaluator.exhaustive_stats`` says how many were solved and how many bounded.
+    """
     pr = evaluator.problem
     options = [np.flatnonzero(pr.allowed[n]).tolist() for n in range(pr.n_users)]
-    if np.prod([len(o) for o in options], dtype=float) > 20000:
-        raise ValueError("exhaustive search is limited to 20000 combinations")
+    if combinations(pr) > EXHAUSTIVE_LIMIT:
+        raise ValueError(f"exhaustive search is limited to {EXHAUSTIVE_LIMIT} combinations")
+    combos = np.array(list(itertools.product(*options)), dtype=int)
+    if batched and evaluator.dual:
+        return _exhaustive_batched(evaluator, combos)
     best: Evaluation | None = None
-    for combo in itertools.product(*options):
+    for combo in combos:
         ev = evaluator(combo)
         if best is None or ev.objective < best.objective:
             best = ev
     assert best is not None
     return best
+
+
+def _exhaustive_batched(evaluator: Evaluator, combos: np.ndarray, block: int = 128) -> Evaluation:
+    from p3eft.wireless.batch import batch_objectives, dual_lower_bounds
+
+    pr = evaluator.problem
+    s = pr.scenario
+    # price scales from the uniform choices (every user on candidate k), then a log grid around them
+    nus, mus = [], []
+    for k in range(pr.n_sets):
+        ev = evaluator(np.where(pr.allowed[:, k], k, np.argmax(pr.allowed, axis=1)))
+        if ev.solution is not None:
+            nus.append(ev.solution.prices.get("nu", 0.0))
+            mus.append(ev.solution.prices.get("mu", 0.0))
+    nu_ref = max([n for n in nus if n > 0], default=1e-6)
+    mu_ref = max([m for m in mus if m > 0], default=nu_ref * s.bandwidth_hz / s.server_hz)
+    nu_grid = nu_ref * np.logspace(-1.5, 1.5, 13)
+    mu_grid = np.concatenate([[0.0], mu_ref * np.logspace(-2, 1.5, 12)])
+    nus_g, mus_g = (a.ravel() for a in np.meshgrid(nu_grid, mu_grid))
+    bounds = dual_lower_bounds(pr, combos, nus_g, mus_g)
+    order = np.argsort(bounds, kind="stable")
+    best_obj, best_combo, solved = np.inf, None, 0
+    for i in range(0, len(order), block):
+        idx = order[i : i + block]
+        tol = 1e-9 * max(1.0, abs(best_obj)) if np.isfinite(best_obj) else 0.0
+        idx = idx[bounds[idx] < best_obj - tol] if np.isfinite(best_obj) else idx[np.isfinite(bounds[idx])]
+        if idx.size == 0:
+            break
+        obj = batch_objectives(pr, combos[idx])
+        solved += idx.size
+        j = int(np.argmin(obj))
+        if obj[j] < best_obj:
+            best_obj, best_combo = float(obj[j]), combos[idx[j]]
+    evaluator.solves += solved
+    evaluator.exhaustive_stats = {
+        "combinations": len(combos),
+        "solved_exactly": solved,
+        "excluded_by_own_dual_bound": len(combos) - solved,
+        "price_grid": len(nus_g),
+    }
+    if best_combo is None:
+        return evaluator(combos[0])  # infeasible everywhere: the one-by-one error message
+    return evaluator(best_combo)
 
 
 @dataclass
@@ -132,7 +198,10 @@ def branch_and_bound(
     best_free = table.min(axis=1)
     # branch first on users whose choice matters most at these prices (largest regret)
     srt = np.sort(table, axis=1)
-    regret = np.where(np.isfinite(srt[:, 1]) if srt.shape[1] > 1 else False, srt[:, 1] - srt[:, 0], np.inf)
+    if srt.shape[1] > 1:
+        regret = np.where(np.isfinite(srt[:, 1]), srt[:, 1] - srt[:, 0], np.inf)
+    else:  # a single candidate: nothing to choose
+        regret = np.zeros(u)
     order = np.argsort(-np.nan_to_num(regret, posinf=1e300))
     info = BranchAndBoundInfo()
     best = incumbent

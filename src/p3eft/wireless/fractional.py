@@ -6,7 +6,8 @@ the form below is ours) writes each ratio as a minimum over an auxiliary y_n > 0
 
     A / R = min_y  (y A^2 + 1 / (y R^2)) / 2,   attained at y = 1 / (A R),
 
-with A = p D (convex) and R = b log2(1 + p g / (N0 b)) (concave, so 1/R^2 is convex). Alternating the
+with A = p D (convex) and R = b log2(1 + p g / (N0 b)) (concave, so 1/R^2 is convex). The downlink
+on the same band adds the convex time c / b and receive energy p_rx c / b (c = D_dl / eta). Alternating the
 closed-form y update with the convex problem in (b, p, f, f_s) for fixed y never increases the true
 objective. Each inner problem is solved by a real conic solver (cvxpy + Clarabel): rates are relative
 entropies (exponential cones), deadlines C_e/f + D/R + C_s/f_s <= T are convex.
@@ -57,11 +58,15 @@ def solve_fractional(
             e_ref / 2, cp.square(cp.multiply(p, 1 / p_ref)) + cp.power(cp.multiply(r_nat, 1 / r_ref), -2)
         )
     )
-    e_enc = s.kappa_device * GHZ**2 * cp.sum(cp.multiply(costs.enc_cycles, cp.square(f)))
+    e_enc = s.kappa_device * GHZ**2 * cp.sum(cp.multiply(costs.device_cycles, cp.square(f)))
     e_srv = s.kappa_server * GHZ**2 * cp.sum(cp.multiply(costs.server_cycles, cp.square(fs)))
+    t_dl = cp.multiply(costs.down_bits / (problem.eta * s.bandwidth_hz), cp.inv_pos(bt))  # same band
+    e_rx = s.rx_power_w * cp.sum(t_dl)
+    e_dl = float(np.sum(problem.psd_dl * costs.down_bits / problem.eta))  # constant for fixed candidates
     deadline = (
-        cp.multiply(costs.enc_cycles / GHZ, cp.inv_pos(f))
+        cp.multiply(costs.device_cycles / GHZ, cp.inv_pos(f))
         + cp.multiply(costs.bits * LN2 / s.bandwidth_hz, cp.inv_pos(r_nat))
+        + t_dl
         + cp.multiply(costs.server_cycles / GHZ, cp.inv_pos(fs))
     )
     cons = [
@@ -71,9 +76,9 @@ def solve_fractional(
         f <= s.f_max_hz / GHZ,
         cp.sum(fs) <= s.server_hz / GHZ,
     ]
-    deadline_con = deadline <= np.array(s.deadlines_s)
+    deadline_con = deadline <= problem.deadlines - costs.latency
     cons.append(deadline_con)
-    prob = cp.Problem(cp.Minimize(w1 * (e_enc + fp_term) + w2 * e_srv), cons)
+    prob = cp.Problem(cp.Minimize(w1 * (e_enc + fp_term + e_rx) + w2 * (e_srv + e_dl)), cons)
 
     if start is None:  # equal bandwidth, full power: only used to set the first transform point
         b0, p0 = np.full(u, s.bandwidth_hz / u), np.full(u, s.p_max_w)

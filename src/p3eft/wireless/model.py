@@ -1,17 +1,21 @@
-"""Energy, time and privacy of PrivTuner's wireless system (our reconstruction, DESIGN.md section 2.2).
+"""Energy, time and privacy of PrivTuner's wireless system (ours, stated in docs/wireless.md).
 
 For user n with bandwidth b_n, transmit power p_n, device CPU frequency f_n, server frequency share
-f_s,n and CKKS parameter set N_n:
+f_s,n and FHE candidate k_n (an N with its modulus chain), running e_n training steps this round:
 
 * uplink rate        r_n = b_n log2(1 + p_n g_n / (N0 b_n))                 (Shannon, FDMA)
-* upload bits        D_n(N) = ceil(d_n / slots(N)) x ciphertext_bits(N)     (measured sizes)
-* encryption energy  E_enc = kappa C_enc f_n^2, time C_enc / f_n          (C_enc = #ct x cycles/ct)
-* transmission       E_tx = p_n D_n / r_n, time D_n / r_n
-* server energy      E_s = kappa_s C_s f_s,n^2, time C_s / f_s,n
-* privacy            P(N) = security bits of the parameter set
+* downlink rate      r_dl,n = b_n eta_n, eta_n = log2(1 + S_dl g_n / N0)     (same band, BS PSD S_dl)
+* uplink bits        D_n = e_n (bits_up(k) + key_bits(k) / (dataset_n x epochs))   (key amortised)
+* downlink bits      D_dl,n = e_n bits_down(k)                              (refresh requests, outputs)
+* device CPU         E_dev = kappa C_dev f_n^2, time C_dev / f_n, C_dev = e_n device_cpu_s(k) cpu_hz
+* uplink             E_tx = p_n D_n / r_n, time D_n / r_n
+* downlink           device receives: E_rx = p_rx D_dl / r_dl; base station sends: E_dl = S_dl D_dl / eta
+* server             E_s = kappa_s C_s f_s,n^2, time C_s / f_s,n, C_s = e_n server_cpu_s(k) cpu_hz
+* refresh latency    e_n R(k) tau (fixed time per round trip)
+* privacy            P(k) = HE-standard security label of the candidate's log Q at its N
 
-The objective is  sum_n w1 (E_enc + E_tx) + w2 E_s - w3 sum_n P(N_n). These are our formulas in the
-paper's frame, not quoted from it.
+The objective is  sum_n w1 (E_dev + E_tx + E_rx) + w2 (E_s + E_dl) - w3 sum_n P(k_n), each user's
+stage times summing to at most its deadline.
 """
 
 from __future__ import annotations
@@ -20,8 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from p3eft.wireless.costs import CostCurves, FheCostTable
-from p3eft.wireless.scenario import Scenario
+from p3eft.wireless.costs import CostSource, CostTable
+from p3eft.wireless.scenario import Scenario, dbm_per_hz_to_w_per_hz
 
 
 def uplink_rate(b: np.ndarray, p: np.ndarray, g: np.ndarray, n0: float) -> np.ndarray:
@@ -31,9 +35,9 @@ def uplink_rate(b: np.ndarray, p: np.ndarray, g: np.ndarray, n0: float) -> np.nd
         return np.where(b > 0, b * np.log2(1.0 + p * g / (n0 * np.maximum(b, 1e-300))), 0.0)
 
 
-def upload_bits(data_values: np.ndarray, slots: float, ciphertext_bits: float) -> np.ndarray:
-    """D_n(N) = ceil(d_n / slots) ciphertexts of the measured serialised size."""
-    return np.ceil(np.asarray(data_values, dtype=float) / slots) * ciphertext_bits
+def downlink_efficiency(psd_w_hz: float, g: np.ndarray, n0: float) -> np.ndarray:
+    """Downlink spectral efficiency log2(1 + S_dl g / N0) in bit/s/Hz (fixed base-station PSD)."""
+    return np.log2(1.0 + psd_w_hz * np.asarray(g, dtype=float) / n0)
 
 
 def encryption_energy(kappa: float, cycles: np.ndarray, f: np.ndarray) -> np.ndarray:
@@ -53,42 +57,60 @@ def server_energy(kappa_s: float, cycles: np.ndarray, f_s: np.ndarray) -> np.nda
 
 @dataclass(frozen=True)
 class Problem:
-    """A scenario joined with the FHE costs: per-user, per-parameter-set arrays (U x K).
+    """A scenario joined with its candidates' step costs: per-user, per-candidate arrays (U x K).
 
-    ``allowed[n, k]`` is False where set k is not in ``allowed_sets`` or falls below user n's
-    privacy floor. Per-user costs for a choice vector come from :meth:`user_costs`.
+    ``allowed[n, k]`` is False where candidate k falls below user n's privacy floor.
     """
 
     scenario: Scenario
-    table: FheCostTable
+    table: CostTable
     g: np.ndarray  # (U,) channel gains
     n0: float  # W/Hz
-    bits: np.ndarray  # (U, K) D_n(N_k)
-    enc_cycles: np.ndarray  # (U, K)
+    eta: np.ndarray  # (U,) downlink bit/s/Hz
+    psd_dl: float  # W/Hz
+    deadlines: np.ndarray  # (U,) effective T_n
+    bits: np.ndarray  # (U, K) uplink bits (incl. the amortised key share)
+    key_bits: np.ndarray  # (U, K) of which the key share
+    down_bits: np.ndarray  # (U, K)
+    device_cycles: np.ndarray  # (U, K)
     server_cycles: np.ndarray  # (U, K)
+    latency: np.ndarray  # (U, K) refresh round trips x tau
+    round_trips: np.ndarray  # (U, K)
     privacy: np.ndarray  # (K,)
     allowed: np.ndarray  # (U, K) bool
-    curves: CostCurves
 
     @classmethod
-    def build(cls, scenario: Scenario, table: FheCostTable) -> Problem:
+    def build(cls, scenario: Scenario, source: CostSource | CostTable) -> Problem:
+        table = source if isinstance(source, CostTable) else source.resolve(scenario.candidate_list)
         a = table.arrays()
-        d = np.array(scenario.data_values, dtype=float)[:, None]
-        n_ct = np.ceil(d / a["slots"][None, :])
-        allowed_names = {table.sets[table.index(name)].name for name in scenario.allowed_sets}
-        in_set = np.array([s.name in allowed_names for s in table.sets])
-        floor = np.array(scenario.privacy_floor_bits, dtype=float)[:, None]
+        s = scenario
+        e = np.array(s.examples, dtype=float)[:, None]
+        run_steps = np.array(s.dataset_examples, dtype=float)[:, None] * s.epochs
+        key = e * a["key_bits"][None, :] / run_steps
+        floor = np.array(s.privacy_floor_bits, dtype=float)[:, None]
+        g = s.channel_gain
+        n0 = s.noise_psd_w_hz
+        psd = dbm_per_hz_to_w_per_hz(s.downlink_psd_dbm_hz)
+        trips = e * a["round_trips"][None, :]
         return cls(
-            scenario=scenario,
+            scenario=s,
             table=table,
-            g=scenario.channel_gain,
-            n0=scenario.noise_psd_w_hz,
-            bits=n_ct * a["ciphertext_bits"][None, :],
-            enc_cycles=n_ct * a["encrypt_cycles"][None, :],
-            server_cycles=n_ct * a["server_cycles"][None, :] * scenario.server_products,
+            g=g,
+            n0=n0,
+            eta=downlink_efficiency(psd, g, n0),
+            psd_dl=psd,
+            deadlines=s.effective_deadlines(),
+            bits=e * a["bits_up"][None, :] + key,
+            key_bits=key,
+            down_bits=e * a["bits_down"][None, :],
+            device_cycles=e * a["device_cycles"][None, :],
+            server_cycles=e * a["server_cycles"][None, :] * s.server_products,
+            latency=trips * s.round_trip_latency_s,
+            round_trips=trips,
             privacy=a["security_bits"],
-            allowed=in_set[None, :] & (a["security_bits"][None, :] >= floor - 1e-9),
-            curves=CostCurves.fit(table),
+            allowed=np.broadcast_to(
+                a["security_bits"][None, :] >= floor - 1e-9, (len(g), len(a["n"]))
+            ).copy(),
         )
 
     @property
@@ -100,46 +122,45 @@ class Problem:
         return self.privacy.shape[0]
 
     def user_costs(self, choice: np.ndarray) -> UserCosts:
-        """Bits, cycles and privacy of each user under a choice vector (indices into the table)."""
+        """Per-user workload under a choice vector (indices into the candidates)."""
         idx = np.arange(self.n_users)
         c = np.asarray(choice, dtype=int)
         return UserCosts(
             bits=self.bits[idx, c],
-            enc_cycles=self.enc_cycles[idx, c],
+            down_bits=self.down_bits[idx, c],
+            device_cycles=self.device_cycles[idx, c],
             server_cycles=self.server_cycles[idx, c],
+            latency=self.latency[idx, c],
             privacy=self.privacy[c],
         )
 
     def relaxed_costs(self, lo: np.ndarray, hi: np.ndarray) -> UserCosts:
-        """Relaxation (ours): each user's N in the real interval [N_lo, N_hi] on the fitted curves.
+        """Relaxation (ours): each user's costs the componentwise minimum over its candidates lo..hi,
+        its privacy the maximum. Every cost term is non-decreasing in every component, so the relaxed
+        optimum bounds every real choice in the box from below."""
+        k = np.arange(self.n_sets)[None, :]
+        inside = (k >= np.asarray(lo)[:, None]) & (k <= np.asarray(hi)[:, None])
 
-        Costs use the curves' per-value minimum over the interval times d_n (no ceil: never more than
-        any real choice), privacy their maximum; so the relaxed optimum bounds every integral choice in
-        the box from below.
-        """
-        ns = np.array([s.n for s in self.table.sets], dtype=float)
-        d = np.array(self.scenario.data_values, dtype=float)
-        out = {k: np.empty(self.n_users) for k in ("bits", "enc", "srv", "priv")}
-        cache: dict[tuple[int, int], dict[str, float]] = {}
-        for i in range(self.n_users):
-            key = (int(lo[i]), int(hi[i]))
-            if key not in cache:
-                cache[key] = self.curves.interval_extremes(ns[key[0]], ns[key[1]])
-            e = cache[key]
-            out["bits"][i] = e["bits_per_value"] * d[i]
-            out["enc"][i] = e["enc_cycles_per_value"] * d[i]
-            out["srv"][i] = e["server_cycles_per_value"] * d[i] * self.scenario.server_products
-            out["priv"][i] = e["privacy_bits"]
+        def cmin(a: np.ndarray) -> np.ndarray:
+            return np.where(inside, a, np.inf).min(axis=1)
+
         return UserCosts(
-            bits=out["bits"], enc_cycles=out["enc"], server_cycles=out["srv"], privacy=out["priv"]
+            bits=cmin(self.bits),
+            down_bits=cmin(self.down_bits),
+            device_cycles=cmin(self.device_cycles),
+            server_cycles=cmin(self.server_cycles),
+            latency=cmin(self.latency),
+            privacy=np.where(inside, self.privacy[None, :], -np.inf).max(axis=1),
         )
 
 
 @dataclass(frozen=True)
 class UserCosts:
-    """Per-user FHE workload for one choice of parameter sets."""
+    """Per-user workload of one round for one choice of candidates."""
 
-    bits: np.ndarray
-    enc_cycles: np.ndarray
+    bits: np.ndarray  # uplink
+    down_bits: np.ndarray
+    device_cycles: np.ndarray
     server_cycles: np.ndarray
+    latency: np.ndarray  # s, fixed
     privacy: np.ndarray

@@ -1,9 +1,10 @@
-"""Joint resource allocation: alternate Branch-and-Bound (parameter sets) and the continuous stage.
+"""Joint resource allocation: alternate Branch-and-Bound (FHE candidates) and the continuous stage.
 
-Our reconstruction in the PrivTuner paper's frame (DESIGN.md section 2.2):
+Our reconstruction in the PrivTuner paper's frame (docs/wireless.md, "Optimiser"):
 
-1. start from every user's cheapest allowed parameter set; (b) solve the continuous resources;
-2. (a) Branch-and-Bound over the parameter sets from that incumbent, with Lagrangian bounds at the
+1. start from a feasible choice (each user's lowest-privacy candidate it can run alone, or, failing
+   that, its fastest one); (b) solve the continuous resources;
+2. (a) Branch-and-Bound over the candidates from that incumbent, with Lagrangian bounds at the
    continuous stage's prices and continuous-relaxation bounds; every leaf is a continuous solve;
 3. repeat (b) on the new choice (new prices, new bounds) until the relative objective change < eps.
 
@@ -22,12 +23,19 @@ from typing import Any
 import numpy as np
 from scipy.optimize import OptimizeResult
 
-from p3eft.wireless.continuous import ContinuousSolution, DualSolver
-from p3eft.wireless.costs import FheCostTable
-from p3eft.wireless.discrete import BranchAndBoundInfo, Evaluation, Evaluator, branch_and_bound, exhaustive
+from p3eft.wireless.continuous import ContinuousSolution, DualSolver, check_user_deadlines
+from p3eft.wireless.costs import CostSource, CostTable
+from p3eft.wireless.discrete import (
+    BranchAndBoundInfo,
+    Evaluation,
+    Evaluator,
+    branch_and_bound,
+    combinations,
+    exhaustive,
+)
 from p3eft.wireless.errors import InfeasibleScenarioError
 from p3eft.wireless.fractional import solve_fractional
-from p3eft.wireless.model import Problem, UserCosts
+from p3eft.wireless.model import Problem, UserCosts, uplink_rate
 from p3eft.wireless.scenario import Scenario
 
 
@@ -96,10 +104,40 @@ def make_continuous(problem: Problem, opts: SolveOptions) -> Any:
 def _check_privacy_floors(problem: Problem) -> None:
     empty = np.flatnonzero(~problem.allowed.any(axis=1))
     if empty.size:
-        top = max(s.security_bits for s in problem.table.sets)
+        top = int(problem.privacy.max())
         raise InfeasibleScenarioError(
-            "privacy floor", empty, f"floor above every allowed parameter set (top set gives {top} bits)"
+            "privacy floor", empty, f"floor above every candidate (the most private gives {top} bits)"
         )
+
+
+def _start(problem: Problem, evaluator: Evaluator) -> Evaluation:
+    """A first incumbent (ours): each user's lowest-privacy allowed candidate that it can run alone
+    (ties: the first listed); if that choice is jointly infeasible, each user's fastest candidate."""
+    u, k = problem.n_users, problem.n_sets
+    alone = np.ones((u, k), dtype=bool)
+    t_min = np.empty((u, k))
+    s = problem.scenario
+    for j in range(k):
+        c = problem.user_costs(np.full(u, j))
+        alone[check_user_deadlines(problem, c), j] = False
+        rate = uplink_rate(np.full(u, s.bandwidth_hz), s.p_max_w, problem.g, problem.n0)
+        t_min[:, j] = (
+            c.device_cycles / s.f_max_hz
+            + c.bits / rate
+            + c.down_bits / (problem.eta * s.bandwidth_hz)
+            + c.server_cycles / s.server_hz
+            + c.latency
+        )
+    ok = problem.allowed & alone
+    key = np.where(ok, problem.privacy[None, :], np.inf)
+    first = np.where(
+        ok.any(axis=1), np.argmin(key, axis=1), np.argmin(np.where(problem.allowed, t_min, np.inf), 1)
+    )
+    ev = evaluator(first)
+    if np.isfinite(ev.objective):
+        return ev
+    fastest = evaluator(np.argmin(np.where(problem.allowed, t_min, np.inf), axis=1))
+    return fastest if np.isfinite(fastest.objective) else ev
 
 
 def build_result(problem: Problem, ev: Evaluation, **extra: Any) -> WirelessResult:
@@ -109,14 +147,20 @@ def build_result(problem: Problem, ev: Evaluation, **extra: Any) -> WirelessResu
     assert sol is not None
     choice = np.array(ev.choice)
     costs = problem.user_costs(choice)
-    names = [problem.table.sets[k].name for k in choice]
+    steps = [problem.table.steps[k] for k in choice]
+    idx = np.arange(problem.n_users)
     w1, w2, w3 = s.weights
-    dev = float(np.sum(sol.e_enc + sol.e_tx))
-    srv = float(np.sum(sol.e_srv))
+    dev = float(np.sum(sol.e_enc + sol.e_tx + sol.e_rx))
+    srv = float(np.sum(sol.e_srv + sol.e_dl))
+    key_share = problem.key_bits[idx, choice] / costs.bits
     terms = {
-        "energy_encryption_j": float(np.sum(sol.e_enc)),
+        "energy_device_cpu_j": float(np.sum(sol.e_enc)),
         "energy_transmission_j": float(np.sum(sol.e_tx)),
+        "energy_key_upload_j": float(np.sum(sol.e_tx * key_share)),
+        "energy_receive_j": float(np.sum(sol.e_rx)),
         "energy_device_j": dev,
+        "energy_server_cpu_j": float(np.sum(sol.e_srv)),
+        "energy_downlink_j": float(np.sum(sol.e_dl)),
         "energy_server_j": srv,
         "energy_total_j": dev + srv,
         "privacy_total_bits": float(costs.privacy.sum()),
@@ -124,17 +168,23 @@ def build_result(problem: Problem, ev: Evaluation, **extra: Any) -> WirelessResu
         "weights": [w1, w2, w3],
     }
     allocation = {
-        "parameter_set": names,
-        "N": [problem.table.sets[k].n for k in choice],
+        "candidate": [st.candidate.name for st in steps],
+        "N": [st.candidate.n for st in steps],
+        "log_q": [st.candidate.log_q for st in steps],
         "privacy_bits": costs.privacy,
+        "refresh_round_trips": problem.round_trips[idx, choice],
         "bandwidth_hz": sol.b,
         "power_w": sol.p,
         "cpu_hz": sol.f,
         "server_hz": sol.f_s,
-        "time_encrypt_s": sol.t_enc,
+        "time_device_cpu_s": sol.t_enc,
         "time_upload_s": sol.t_tx,
+        "time_download_s": sol.t_dl,
         "time_server_s": sol.t_srv,
+        "time_latency_s": sol.t_lat,
         "upload_bits": costs.bits,
+        "key_upload_bits": problem.key_bits[idx, choice],
+        "download_bits": costs.down_bits,
     }
     return WirelessResult(
         x=choice,
@@ -148,7 +198,10 @@ def build_result(problem: Problem, ev: Evaluation, **extra: Any) -> WirelessResu
 
 
 def solve(
-    scenario: Scenario, table: FheCostTable, options: SolveOptions | None = None, progress: bool = False
+    scenario: Scenario,
+    table: CostSource | CostTable,
+    options: SolveOptions | None = None,
+    progress: bool = False,
 ) -> WirelessResult:
     """Minimise w1 (E_enc + E_tx) + w2 E_s - w3 sum P over all resources and parameter sets.
 
@@ -171,9 +224,9 @@ def solve(
         bad = np.flatnonzero(~problem.allowed[np.arange(u), start])
         if bad.size:
             raise InfeasibleScenarioError("privacy floor", bad, "the fixed parameter set is below the floor")
+        ev = evaluator(start)
     else:
-        start = problem.allowed.argmax(axis=1)  # cheapest allowed set per user
-    ev = evaluator(start)
+        ev = _start(problem, evaluator)
     if not np.isfinite(ev.objective):
         assert ev.error is not None
         raise ev.error
@@ -188,7 +241,9 @@ def solve(
             fixed_p_max=opts.fixed_p_max,
         )
         message = "maximum alternations reached"
-        for nit in range(1, opts.max_alternations + 1):
+        w3 = scenario.weights[2]
+
+        def lagrangian_table(ev: Evaluation) -> tuple[float, float, np.ndarray]:
             assert ev.solution is not None
             nu, mu = ev.solution.prices.get("nu", 0.0), ev.solution.prices.get("mu", 0.0)
             if opts.continuous != "dual":  # prices come from the dual method at this choice
@@ -199,6 +254,22 @@ def solve(
                     for k in range(problem.n_sets)
                 ]
             )
+            return nu, mu, lag
+
+        for nit in range(1, opts.max_alternations + 1):
+            nu, mu, lag = lagrangian_table(ev)
+            # price-guided step (ours): every user's best candidate at these prices; cheap (one
+            # continuous solve) and often already optimal, which lets the search below prune early
+            for _ in range(5):
+                table_k = np.where(problem.allowed, lag - w3 * problem.privacy[None, :], np.inf)
+                if not np.isfinite(table_k.min(axis=1)).all():
+                    break
+                guided = evaluator(np.argmin(table_k, axis=1))
+                if not guided.objective < ev.objective - 1e-12 * max(1.0, abs(ev.objective)):
+                    break
+                ev = guided
+                history.append(ev.objective)
+                nu, mu, lag = lagrangian_table(ev)
             const = -nu * scenario.bandwidth_hz * (opts.fixed_b is None) - mu * scenario.server_hz
             new, info = branch_and_bound(evaluator, ev, lag, const, max_nodes, max_leaves, relax)
             infos.append(info)
@@ -238,16 +309,26 @@ def solve(
     )
 
 
+def exhaustive_size(scenario: Scenario, table: CostSource | CostTable) -> float:
+    """Choice vectors :func:`solve_exhaustive` would enumerate (check it before solving anything)."""
+    return combinations(Problem.build(scenario, table))
+
+
 def solve_exhaustive(
-    scenario: Scenario, table: FheCostTable, options: SolveOptions | None = None
+    scenario: Scenario,
+    table: CostSource | CostTable,
+    options: SolveOptions | None = None,
+    batched: bool = True,
 ) -> WirelessResult:
-    """Enumerate every parameter-set combination (each with the continuous optimum)."""
+    """Enumerate every candidate combination (each with the continuous optimum; ``batched``: all
+    combinations' continuous stages solved together, see :func:`p3eft.wireless.discrete.exhaustive`)."""
     opts = options or SolveOptions()
     t0 = time.perf_counter()
     problem = Problem.build(scenario, table)
     _check_privacy_floors(problem)
-    evaluator = Evaluator(problem, make_continuous(problem, opts))
-    best = exhaustive(evaluator)
+    plain_dual = opts.continuous == "dual" and opts.fixed_b is None and not opts.fixed_p_max
+    evaluator = Evaluator(problem, make_continuous(problem, opts), dual=plain_dual)
+    best = exhaustive(evaluator, batched=batched)
     if not np.isfinite(best.objective):
         assert best.error is not None
         raise best.error
@@ -258,14 +339,14 @@ def solve_exhaustive(
         history=[best.objective],
         success=True,
         message="exhaustive enumeration",
-        bb={"continuous_solves": evaluator.solves},
+        bb={"continuous_solves": evaluator.solves, **evaluator.exhaustive_stats},
         time_s=time.perf_counter() - t0,
         method="exhaustive",
     )
 
 
 def check_allocation(
-    scenario: Scenario, table: FheCostTable, res: WirelessResult, rtol: float = 1e-6
+    scenario: Scenario, table: CostSource | CostTable, res: WirelessResult, rtol: float = 1e-6
 ) -> list[str]:
     """Every constraint violated by a result (empty list = feasible within ``rtol``)."""
     s = scenario
@@ -282,20 +363,20 @@ def check_allocation(
         out.append(f"server capacity: sum {fs.sum():.6g} > F_s {s.server_hz:.6g}")
     problem = Problem.build(scenario, table)
     costs = problem.user_costs(np.asarray(res.x))
-    from p3eft.wireless.model import uplink_rate
-
     t = (
-        costs.enc_cycles / f
+        costs.device_cycles / f
         + costs.bits / uplink_rate(b, p, problem.g, problem.n0)
+        + costs.down_bits / (problem.eta * b)
         + costs.server_cycles / fs
+        + costs.latency
     )
-    late = np.flatnonzero(t > np.array(s.deadlines_s) * (1 + rtol))
+    late = np.flatnonzero(t > problem.deadlines * (1 + rtol))
     if late.size:
         out.append(f"deadline missed by users {late.tolist()}")
     low = np.flatnonzero(costs.privacy < np.array(s.privacy_floor_bits) - 1e-9)
     if low.size:
         out.append(f"privacy floor violated by users {low.tolist()}")
-    names = {table.sets[table.index(n)].name for n in s.allowed_sets}
-    if any(n not in names for n in a["parameter_set"]):
-        out.append("parameter set outside allowed_sets")
+    names = {c.name for c in s.candidate_list}
+    if any(n not in names for n in a["candidate"]):
+        out.append("candidate outside the scenario's candidates")
     return out

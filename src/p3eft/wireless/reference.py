@@ -29,7 +29,7 @@ def solve_slsqp(
     s = problem.scenario
     u = problem.n_users
     w1, w2, _ = s.weights
-    T = np.array(s.deadlines_s)
+    T = problem.deadlines - costs.latency
 
     def unpack(x: np.ndarray) -> tuple[np.ndarray, ...]:
         return x[:u] * s.bandwidth_hz / u, x[u : 2 * u] * s.p_max_w, x[2 * u : 3 * u] * GHZ, x[3 * u :] * GHZ
@@ -37,13 +37,16 @@ def solve_slsqp(
     def times(x: np.ndarray) -> np.ndarray:
         b, p, f, fs = unpack(x)
         r = uplink_rate(b, p, problem.g, problem.n0)
-        return costs.enc_cycles / f + costs.bits / r + costs.server_cycles / fs
+        t_dl = costs.down_bits / (problem.eta * b)
+        return costs.device_cycles / f + costs.bits / r + t_dl + costs.server_cycles / fs
 
     def energy(x: np.ndarray) -> float:
         b, p, f, fs = unpack(x)
         r = uplink_rate(b, p, problem.g, problem.n0)
-        e = w1 * (s.kappa_device * costs.enc_cycles * f**2 + p * costs.bits / r)
-        return float(np.sum(e + w2 * s.kappa_server * costs.server_cycles * fs**2))
+        t_dl = costs.down_bits / (problem.eta * b)
+        e = w1 * (s.kappa_device * costs.device_cycles * f**2 + p * costs.bits / r + s.rx_power_w * t_dl)
+        e_dl = problem.psd_dl * costs.down_bits / problem.eta
+        return float(np.sum(e + w2 * (s.kappa_server * costs.server_cycles * fs**2 + e_dl)))
 
     cons = [
         {"type": "ineq", "fun": lambda x: 1.0 - times(x) / T},

@@ -18,12 +18,13 @@ def root_decreasing(
     rtol: float = 1e-12,
     maxiter: int = 200,
     max_expand: int = 20,
+    x_max: np.ndarray | float = np.inf,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Solve ``fun(x) = 0`` elementwise for x > 0, where ``fun`` is non-increasing in each x.
 
     Returns ``(x_hi, f_hi, ok)``: ``x_hi`` is on the feasible side (``fun(x_hi) <= 0``), within
     ``ftol`` of zero or a relative bracket ``rtol``; ``ok`` is False where no sign change was found
-    even after max_expand growing expansion steps (the equation has no root there).
+    even after max_expand growing expansion steps, or below ``x_max`` (the equation has no root there).
     """
     x0 = np.asarray(x0, dtype=float)
     ftol = np.broadcast_to(np.asarray(ftol, dtype=float), x0.shape)
@@ -32,20 +33,20 @@ def root_decreasing(
     fhi = flo.copy()
     ok = np.ones(x0.shape, dtype=bool)
     step = 1.25  # grows geometrically: cheap for warm starts, still reaches far brackets
+    x_max = np.broadcast_to(np.asarray(x_max, dtype=float), x0.shape)
     for _ in range(max_expand):
         need_lo = flo < 0
-        need_hi = fhi > 0
+        need_hi = (fhi > 0) & (hi < x_max)
         if not (need_lo.any() or need_hi.any()):
             break
         if need_lo.any():
             lo = np.where(need_lo, lo / step, lo)
             flo = np.where(need_lo, fun(lo), flo)
         if need_hi.any():
-            hi = np.where(need_hi, hi * step, hi)
+            hi = np.where(need_hi, np.minimum(hi * step, x_max), hi)
             fhi = np.where(need_hi, fun(hi), fhi)
         step = min(step * step, 1e6)
-    else:
-        ok = (flo >= 0) & (fhi <= 0)
+    ok = (flo >= 0) & (fhi <= 0)
     a, b = np.log(lo), np.log(hi)
     fa, fb = flo.copy(), fhi.copy()
     ga, gb = fa.copy(), fb.copy()  # Illinois-weighted copies

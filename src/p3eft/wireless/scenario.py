@@ -1,14 +1,16 @@
 """Seedable multi-user scenarios for PrivTuner's wireless system, saved to and loaded from YAML/JSON.
 
-The system model is our reconstruction in the PrivTuner paper's frame (DESIGN.md section 2.2): users
-dropped uniformly in a disc around the model owner's base station, path loss 128.1 + 37.6 log10(d/km)
-dB, optional Rayleigh fading, noise PSD -174 dBm/Hz, one FDMA uplink per user. Default numbers are
-ours, chosen so that deadlines, bandwidth and server capacity all matter at the default weights.
+The system model is our reconstruction in the PrivTuner paper's frame (docs/wireless.md, "System
+model"): users dropped uniformly in a disc around the model owner's base station, path loss
+128.1 + 37.6 log10(d/km) dB, optional Rayleigh fading, noise PSD -174 dBm/Hz, one FDMA band per user
+that carries its uplink and the downlink (refresh requests, outputs). Default numbers are ours, chosen
+so that deadlines, bandwidth and server capacity all matter at the default weights.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from p3eft.wireless.candidates import DEFAULT_CANDIDATE_SPECS, Candidate
 from p3eft.wireless.errors import ScenarioError
 
 
@@ -39,7 +42,18 @@ _FLOAT_FIELDS = (
     "kappa_server",
     "noise_psd_dbm_hz",
     "server_products",
+    "downlink_psd_dbm_hz",
+    "rx_power_w",
+    "round_trip_latency_s",
+    "epochs",
+    "horizon_s",
 )
+
+#: Fields of earlier scenario files and what replaced them (for a useful error).
+_RENAMED = {
+    "data_values": "examples (training examples per user; per-example costs come from the step-cost file)",
+    "allowed_sets": "candidates (each an N with its modulus chain, e.g. 'N16384-d4')",
+}
 
 
 @dataclass
@@ -52,10 +66,12 @@ class Scenario:
 
     distances_m: list[float]
     fading: list[float]  # small-scale power gain |h|^2 (1.0 without fading)
-    data_values: list[int]  # real values each user encrypts and uploads (d_n)
-    deadlines_s: list[float]  # T_n: encryption + upload + server time
+    examples: list[int]  # training examples (one PrivTuner step each) the user runs in this round
+    deadlines_s: list[float]  # T_n for the round; inf = no deadline of its own (horizon_s applies)
     privacy_floor_bits: list[float]  # P_min,n
-    bandwidth_hz: float = 20e6  # B
+    dataset_examples: list[int]  # examples in the user's data set: the key upload is amortised over
+    #                              dataset_examples x epochs steps of the run
+    bandwidth_hz: float = 20e6  # B, shared by every user's FDMA band (uplink and downlink)
     p_max_w: float = 0.2  # p_max (23 dBm)
     f_min_hz: float = 0.5e9
     f_max_hz: float = 2.0e9
@@ -63,9 +79,14 @@ class Scenario:
     kappa_device: float = 1e-28  # effective switched capacitance (E = kappa C f^2)
     kappa_server: float = 1e-28
     noise_psd_dbm_hz: float = -174.0
-    server_products: float = 1.0  # plaintext x ciphertext products per uploaded ciphertext
-    weights: tuple[float, float, float] = (1.0, 1.0, 0.002)
-    allowed_sets: list[str] = field(default_factory=lambda: ["N8192", "N16384", "N32768"])
+    server_products: float = 1.0  # scale on the server CPU of a step (1 = as in the cost file)
+    downlink_psd_dbm_hz: float = -40.0  # base-station transmit PSD on a user band (33 dBm over 20 MHz)
+    rx_power_w: float = 0.1  # device radio power while receiving
+    round_trip_latency_s: float = 0.01  # fixed latency of one refresh round trip (scheduling, RTT)
+    epochs: float = 1.0  # epochs of the run (key amortisation)
+    horizon_s: float = 3600.0  # time bound for users without a deadline of their own
+    weights: tuple[float, float, float] = (1.0, 1.0, 0.02)
+    candidates: list[Any] = field(default_factory=lambda: list(DEFAULT_CANDIDATE_SPECS))
     seed: int | None = None
 
     def __post_init__(self) -> None:
@@ -75,10 +96,21 @@ class Scenario:
                 setattr(self, name, float(getattr(self, name)))
             for name in ("distances_m", "fading", "deadlines_s", "privacy_floor_bits"):
                 setattr(self, name, [float(x) for x in getattr(self, name)])
-            self.data_values = [int(x) for x in self.data_values]
+            for name in ("examples", "dataset_examples"):
+                vals = [float(x) for x in getattr(self, name)]
+                if any(not (math.isfinite(v) and v == int(v)) for v in vals):
+                    raise ScenarioError(f"scenario field {name!r} must hold whole numbers, got {vals}")
+                setattr(self, name, [int(v) for v in vals])
             self.weights = tuple(float(w) for w in self.weights)  # type: ignore[assignment]
         except (TypeError, ValueError) as err:
             raise ScenarioError(f"scenario has a non-numeric value: {err}") from err
+        if not isinstance(self.candidates, (list, tuple)) or not self.candidates:
+            raise ScenarioError("candidates must list at least one FHE candidate (N with its chain)")
+        cands = [Candidate.from_spec(c) for c in self.candidates]
+        keys = [(c.n, c.coeff_modulus_bits) for c in cands]
+        if len(set(keys)) != len(keys):
+            raise ScenarioError("candidates must not repeat an (N, chain)")
+        self.candidates = [c.to_dict() for c in cands]
         self.validate()
 
     @property
@@ -94,14 +126,33 @@ class Scenario:
     def noise_psd_w_hz(self) -> float:
         return dbm_per_hz_to_w_per_hz(self.noise_psd_dbm_hz)
 
+    @property
+    def candidate_list(self) -> list[Candidate]:
+        return [Candidate.from_spec(c) for c in self.candidates]
+
+    def effective_deadlines(self) -> np.ndarray:
+        """T_n, with the horizon standing in for users without a deadline of their own.
+
+        Without any time bound the model has no minimum (server energy kappa C f_s^2 falls to 0 as
+        f_s -> 0), so "no deadline" means "bounded only by the horizon" (ours).
+        """
+        t = np.array(self.deadlines_s, dtype=float)
+        return np.where(np.isinf(t), self.horizon_s, t)
+
     def validate(self) -> None:
         u = len(self.distances_m)
         if u < 1:
             raise ScenarioError("a scenario needs at least one user")
-        for name in ("fading", "data_values", "deadlines_s", "privacy_floor_bits"):
+        per_user = ("fading", "examples", "deadlines_s", "privacy_floor_bits", "dataset_examples")
+        for name in per_user:
             if len(getattr(self, name)) != u:
                 raise ScenarioError(
                     f"scenario field {name!r} has {len(getattr(self, name))} entries, expected {u}"
+                )
+        for name in _FLOAT_FIELDS:
+            if not math.isfinite(getattr(self, name)):
+                raise ScenarioError(
+                    f"scenario field {name!r} must be a finite number, got {getattr(self, name)!r}"
                 )
         positive = (
             "bandwidth_hz",
@@ -111,20 +162,30 @@ class Scenario:
             "server_hz",
             "kappa_device",
             "kappa_server",
+            "server_products",
+            "epochs",
+            "horizon_s",
         )
         for name in positive:
             if not float(getattr(self, name)) > 0:
                 raise ScenarioError(f"scenario field {name!r} must be > 0, got {getattr(self, name)!r}")
+        for name in ("rx_power_w", "round_trip_latency_s"):
+            if getattr(self, name) < 0:
+                raise ScenarioError(f"scenario field {name!r} must be >= 0, got {getattr(self, name)!r}")
         if self.f_min_hz > self.f_max_hz:
             raise ScenarioError("f_min_hz must not exceed f_max_hz")
-        if any(not d > 0 for d in self.distances_m) or any(not h > 0 for h in self.fading):
-            raise ScenarioError("distances and fading gains must be > 0")
-        if any(not d > 0 for d in self.data_values) or any(not t > 0 for t in self.deadlines_s):
-            raise ScenarioError("data sizes and deadlines must be > 0")
-        if len(self.weights) != 3 or self.weights[0] <= 0 or self.weights[1] <= 0 or self.weights[2] < 0:
-            raise ScenarioError("weights must be (w1 > 0, w2 > 0, w3 >= 0)")
-        if not self.allowed_sets:
-            raise ScenarioError("allowed_sets must name at least one parameter set")
+        for name in ("distances_m", "fading"):
+            if any(not (math.isfinite(x) and x > 0) for x in getattr(self, name)):
+                raise ScenarioError(f"scenario field {name!r} must hold finite numbers > 0")
+        if any(x < 1 for x in self.examples) or any(x < 1 for x in self.dataset_examples):
+            raise ScenarioError("examples and dataset_examples must be >= 1")
+        if any(math.isnan(t) or not t > 0 for t in self.deadlines_s):
+            raise ScenarioError("deadlines must be > 0 (inf means no deadline of its own), not NaN")
+        if any(not math.isfinite(x) for x in self.privacy_floor_bits):
+            raise ScenarioError("privacy floors must be finite numbers of bits")
+        w = self.weights
+        if len(w) != 3 or not all(math.isfinite(x) for x in w) or w[0] <= 0 or w[1] <= 0 or w[2] < 0:
+            raise ScenarioError(f"weights must be finite (w1 > 0, w2 > 0, w3 >= 0), got {list(w)}")
 
     def with_(self, **changes: Any) -> Scenario:
         """A copy with some fields replaced (validated)."""
@@ -132,7 +193,14 @@ class Scenario:
 
     def subset(self, users: list[int]) -> Scenario:
         """The scenario restricted to some users (same system-wide resources)."""
-        per_user = ("distances_m", "fading", "data_values", "deadlines_s", "privacy_floor_bits")
+        per_user = (
+            "distances_m",
+            "fading",
+            "examples",
+            "deadlines_s",
+            "privacy_floor_bits",
+            "dataset_examples",
+        )
         return replace(self, **{k: [getattr(self, k)[i] for i in users] for k in per_user})
 
     def to_dict(self) -> dict[str, Any]:
@@ -156,6 +224,9 @@ class Scenario:
             raise ScenarioError("a scenario must be a mapping")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(d) - known)
+        renamed = [f"{k!r} is now {_RENAMED[k]}" for k in unknown if k in _RENAMED]
+        if renamed:
+            raise ScenarioError("scenario from an earlier version: " + "; ".join(renamed))
         if unknown:
             raise ScenarioError(f"unknown scenario field(s) {unknown}")
         try:
@@ -183,30 +254,45 @@ def generate_scenario(
     cell_radius_m: float = 500.0,
     min_distance_m: float = 50.0,
     rayleigh: bool = True,
-    data_values: tuple[int, int] = (64 * 384, 256 * 384),
-    deadline_s: tuple[float, float] = (40.0, 80.0),
+    examples: tuple[int, int] = (1, 4),
+    dataset_examples: tuple[int, int] = (200, 2000),
+    deadline_s: tuple[float, float] = (150.0, 300.0),
     privacy_floor_bits: float = 128.0,
+    bandwidth_per_user_hz: float = 2e6,
+    server_per_user_hz: float = 1e9,
     **system: Any,
 ) -> Scenario:
     """Draw a scenario: users uniform in the disc (area-uniform radius), sizes/deadlines uniform.
 
-    ``data_values`` defaults to 64..256 tokens of a 384-wide embedding (all-MiniLM-L6-v2's hidden
-    size); ``system`` overrides any :class:`Scenario` system-wide field (bandwidth_hz, weights, ...).
+    B and F_s scale with the user count (``bandwidth_per_user_hz`` x U, ``server_per_user_hz`` x U),
+    so a generated scenario stays feasible as U grows; ``system`` overrides any :class:`Scenario`
+    system-wide field (an explicit ``bandwidth_hz`` or ``server_hz`` wins over the per-user rate).
+    Each user runs 1..4 training steps this round (uniform), with a data set of 200..2000 examples.
     """
     if n_users < 1:
         raise ScenarioError("n_users must be >= 1")
+    for name, val in (
+        ("bandwidth_per_user_hz", bandwidth_per_user_hz),
+        ("server_per_user_hz", server_per_user_hz),
+    ):
+        if not (math.isfinite(val) and val > 0):
+            raise ScenarioError(f"{name} must be a positive number, got {val!r}")
     rng = np.random.default_rng(seed)
     r = np.sqrt(rng.uniform(min_distance_m**2, cell_radius_m**2, n_users))
     fading = rng.exponential(1.0, n_users) if rayleigh else np.ones(n_users)
     fading = np.maximum(fading, 0.05)  # ours: drop deep fades (< -13 dB) that no deadline could survive
-    d = rng.integers(data_values[0], data_values[1] + 1, n_users)
+    e = rng.integers(examples[0], examples[1] + 1, n_users)
     t = rng.uniform(deadline_s[0], deadline_s[1], n_users)
+    ds = rng.integers(dataset_examples[0], dataset_examples[1] + 1, n_users)
+    system.setdefault("bandwidth_hz", bandwidth_per_user_hz * n_users)
+    system.setdefault("server_hz", server_per_user_hz * n_users)
     return Scenario(
         distances_m=[float(x) for x in r],
         fading=[float(x) for x in fading],
-        data_values=[int(x) for x in d],
+        examples=[int(x) for x in e],
         deadlines_s=[float(x) for x in t],
         privacy_floor_bits=[float(privacy_floor_bits)] * n_users,
+        dataset_examples=[int(x) for x in ds],
         seed=seed,
         **system,
     )
