@@ -148,11 +148,11 @@ def score(
 def _expected_bag_hits(prior: torch.Tensor, true_bag: Counter, n: int) -> float:
     """Expected bag hits of n i.i.d. guesses from the prior: sum over true tokens v of
     E[min(N_v, c_v)] = sum_{j=1..c_v} P(N_v >= j), N_v ~ Binomial(n, p_v)."""
-    from scipy.stats import binom
-
     total = 0.0
     for v, c in true_bag.items():
-        total += float(binom.sf(range(c), n, float(prior[v])).sum())
+        binom = torch.distributions.Binomial(total_count=n, probs=prior[v].clamp(1e-12, 1 - 1e-12))
+        below = binom.log_prob(torch.arange(c, dtype=torch.float64)).exp().cumsum(0)  # P(N <= j-1)
+        total += float((1.0 - below).clamp(min=0).sum())
     return total
 
 

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import secrets
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -42,6 +43,11 @@ UPLOAD_CHUNK_BYTES = 16 * 2**20  # ours: each load_weight message carries at mos
 DEFAULT_MODE = "strict"
 DEFAULT_MASKS = "kron"
 DEFAULT_DEFENCE = "mix:4"
+PAPER_MODE_WARNING = (
+    "ObfuscaTune --mode paper gives the untrusted side clear Q/K/V and one-sided masked weights: against an "
+    "attacker holding the public base model it protects neither the prompts (without row mixing) nor the "
+    "weights (measured: docs/obfuscatune.md, 'What the untrusted side sees'); use it for the paper's ablation only"
+)
 
 
 @dataclass
@@ -179,6 +185,8 @@ class Enclave:
         if s.dtype not in _DTYPES:
             raise ProtocolError(f"enclave dtype must be float32 or float64, not {s.dtype!r}")
         mask_sides(s.mode, "attn_in")  # validates the mode
+        if s.mode == "paper":
+            warnings.warn(PAPER_MODE_WARNING, UserWarning, stacklevel=2)
         self._family: MaskFamily = parse_masks(s.masks)
         self._defence: Defence = parse_defence(s.defence)
         self._nonce = secrets.token_hex(8)  # inference-time mixing labels never repeat across instances
