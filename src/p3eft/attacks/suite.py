@@ -68,9 +68,10 @@ class SuiteConfig:
             raise P3eftError("need at least one prompt, batch size >= 1 and max_len >= 4")
 
     def configurations(self) -> list[tuple[str, str, str]]:
+        """Every (mode, masks, defence); the default first (a partial run already answers the goals)."""
         combos = [(mo, ma, de) for mo in self.modes for ma in self.masks for de in self.defences]
         default = (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE)
-        return combos if default in combos else [*combos, default]
+        return [default] + [c for c in combos if c != default]
 
 
 def dataset_traffic(tokenizer, cfg: SuiteConfig) -> tuple[Traffic, list[list[int]]]:
@@ -195,8 +196,9 @@ def _goals(h: dict[str, Any]) -> dict[str, bool | None]:
     }
 
 
-def run_suite(cfg: SuiteConfig, *, progress: bool = True) -> dict[str, Any]:
-    """Run every configuration and attack; return the JSON-ready result."""
+def run_suite(cfg: SuiteConfig, *, progress: bool = True, on_record=None) -> dict[str, Any]:
+    """Run every configuration and attack; return the JSON-ready result. ``on_record(partial)`` is
+    called after each configuration with the result so far (long runs write as they go)."""
     from p3eft.models import load_causal_lm
 
     cfg.validate()
@@ -227,11 +229,20 @@ def run_suite(cfg: SuiteConfig, *, progress: bool = True) -> dict[str, Any]:
         rec["headline"] = _headline(rec)
         rec["goals"] = _goals(rec["headline"])
         records.append(rec)
+        if on_record is not None:
+            on_record(_result(cfg, loaded, traffic, records, time.perf_counter() - t0))
     bar.close()
+    return _result(cfg, loaded, traffic, records, time.perf_counter() - t0)
+
+
+def _result(cfg: SuiteConfig, loaded, traffic: Traffic, records: list[dict], wall: float) -> dict[str, Any]:
     default = next(
-        r
-        for r in records
-        if (r["mode"], r["masks"], r["defence"]) == (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE)
+        (
+            r
+            for r in records
+            if (r["mode"], r["masks"], r["defence"]) == (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE)
+        ),
+        None,
     )
     return {
         "model": loaded.spec.name,
@@ -239,10 +250,11 @@ def run_suite(cfg: SuiteConfig, *, progress: bool = True) -> dict[str, Any]:
         "config": asdict(cfg),
         "rows_per_call": [int(c["input_ids"].numel()) for c in traffic.calls()],
         "real_positions": int(sum(int(c["attention_mask"].sum()) for c in traffic.calls())),
-        "default": {**default["headline"], "goals": default["goals"]},
+        "default": None if default is None else {**default["headline"], "goals": default["goals"]},
+        "complete": len(records) == len(cfg.configurations()),
         "goal_thresholds": GOALS,
         "results": records,
-        "wall_seconds": time.perf_counter() - t0,
+        "wall_seconds": wall,
         "machine": {"threads": torch.get_num_threads(), "torch": torch.__version__},
     }
 
@@ -302,6 +314,10 @@ def markdown(result: dict[str, Any]) -> str:
             f" | {_pct(h['enclave_vs_accelerator_gpt2_xl'])} | {goals if met or missed else '–'} |"
         )
     d = result["default"]
+    if not result.get("complete", True):
+        lines += ["", f"PARTIAL: {len(result['results'])} configurations so far."]
+    if d is None:
+        return "\n".join(lines) + "\n"
     lines += [
         "",
         f"Default ({d['mode']}, {d['masks']}, {d['defence']}): token recovery {_pct(d.get('token_recovery'))}"

@@ -31,7 +31,9 @@ def _run(attacks: list[str], **opts) -> None:
         max_len=opts["max_len"],
         data_dir=str(opts["data_dir"]) if opts["data_dir"] else None,
     )
-    result = run_suite(cfg, progress=opts["progress"])
+    result = run_suite(
+        cfg, progress=opts["progress"], on_record=lambda r: write(r, opts["json_out"], opts["report"])
+    )
     write(result, opts["json_out"], opts["report"])
     typer.echo(markdown(result))
 

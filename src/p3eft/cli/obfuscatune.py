@@ -17,9 +17,12 @@ app = typer.Typer(
     no_args_is_help=True, help="ObfuscaTune: obfuscated fine-tuning and inference with an enclave."
 )
 
-MODE_HELP = "strict (ours, default: both sides of every linear masked) or paper (one-sided, as published)."
+MODE_HELP = (
+    "strict (ours, default: both sides of every linear masked) or paper (one-sided, as published; protects "
+    "neither prompts nor weights against an attacker holding the public model, see docs/obfuscatune.md)."
+)
 MASKS_HELP = (
-    "orthogonal (default), cond:K, naive, kron[:F] or blockperm[:B] (structured, cheap for the enclave)."
+    "kron (default: structured, cheap for the enclave), orthogonal, cond:K, naive, kron[:F] or blockperm[:B]."
 )
 
 
@@ -64,7 +67,7 @@ def finetune(
     seed: int = opt.SEED,
     optimizer: str = typer.Option("adamw", "--optimizer", help="adamw or sgd (runs on the untrusted side)."),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
+    masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
     dtype: str = typer.Option(
         "float32", "--dtype", help="Enclave/accelerator precision: float32 or float64."
     ),
@@ -128,7 +131,7 @@ def evaluate(
     batch_size: int = typer.Option(8, "--batch-size"),
     max_length: int = typer.Option(1024, "--max-length"),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
+    masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
     dtype: str = typer.Option("float32", "--dtype"),
     enclave: str | None = typer.Option(
         None, "--enclave", help="URL of a networked enclave (default: in-process)."
@@ -199,7 +202,7 @@ def verify(
 def info(
     model: str = typer.Option("gpt2-xl", "--model"),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
+    masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
     context: int = typer.Option(128, "--context", help="Context length for the attention arithmetic."),
     json_out: Path | None = typer.Option(None, "--json"),
 ) -> None:
@@ -249,11 +252,18 @@ def experiment(
     ),
     data_dir: Path | None = typer.Option(None, "--data-dir"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    exp_masks: str = typer.Option("kron", "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
+    defence: str = typer.Option("mix:4", "--defence", help="none or mix:K (default: row mixing, K=4)."),
+    cloud_device: str | None = typer.Option(
+        None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
+    ),
 ) -> None:
     """The paper's Table 1 (Unprotected / ObfuscaTune / naive) and Table 2 (condition-number sweep)."""
     from p3eft.obfuscatune.experiment import ExperimentConfig, run_experiment
+    from p3eft.obfuscatune.mixing import parse_defence
 
-    _settings(mode, "orthogonal")
+    _settings(mode, exp_masks)
+    parse_defence(defence)
     cfg = ExperimentConfig(
         models=[m for m in models.split(",") if m],
         datasets=[d for d in datasets.split(",") if d],
@@ -267,6 +277,9 @@ def experiment(
         kappas=[float(k) for k in kappas.split(",") if k],
         data_dir=str(data_dir) if data_dir else None,
         sweep_datasets=[d for d in sweep_datasets.split(",") if d] if sweep_datasets else None,
+        masks=exp_masks,
+        defence=defence,
+        cloud_device=cloud_device,
     )
     res = run_experiment(cfg, out, progress=progress)
     typer.echo(res["markdown"])
