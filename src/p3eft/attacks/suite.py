@@ -22,7 +22,7 @@ from p3eft.attacks import gradients, tokens, weights
 from p3eft.attacks.victim import Traffic, VictimConfig, proprietary_model, run_victim
 from p3eft.errors import P3eftError
 from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
-from p3eft.obfuscatune.masks import parse_masks, single_threaded
+from p3eft.obfuscatune.masks import parse_masks
 from p3eft.obfuscatune.mixing import parse_defence
 from p3eft.obfuscatune.split import mask_sides
 
@@ -219,8 +219,7 @@ def run_suite(cfg: SuiteConfig, *, progress: bool = True, on_record=None) -> dic
             vc = VictimConfig(mode, masks, defence, delta, cfg.seed)
             t1 = time.perf_counter()
             victim = run_victim(public, traffic, vc, proprietary=props[delta])
-            with single_threaded():  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
-                res = attack_victim(victim, prior, cands, cfg.attacks)
+            res = attack_victim(victim, prior, cands, cfg.attacks)
             res["seconds"] = time.perf_counter() - t1
             rec["by_delta"][str(delta)] = res
             del victim

@@ -24,6 +24,7 @@ import torch
 
 from p3eft.attacks.victim import Victim
 from p3eft.errors import P3eftError
+from p3eft.obfuscatune.masks import single_threaded
 
 
 def candidate_table(public: torch.nn.Module) -> torch.Tensor:
@@ -54,6 +55,7 @@ def _nearest(x: torch.Tensor, cands: torch.Tensor, chunk: int = 256) -> torch.Te
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+@single_threaded()  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
 def recover_rows(
     rows: torch.Tensor,
     cands: torch.Tensor,

@@ -20,7 +20,7 @@ import torch
 
 from p3eft.attacks.tokens import candidate_table, procrustes
 from p3eft.attacks.victim import Victim
-from p3eft.obfuscatune.masks import parse_masks
+from p3eft.obfuscatune.masks import parse_masks, single_threaded
 from p3eft.obfuscatune.split import mask_sides
 
 ORTHOGONAL_FAMILIES = ("orthogonal", "kron", "blockperm")
@@ -62,6 +62,7 @@ def _plausible(w_rec: torch.Tensor, w_pub: torch.Tensor, plausible: float | None
     return w_rec
 
 
+@single_threaded()  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
 def weights_alone(victim: Victim, block: int = 0, plausible: float | None = 0.5) -> dict[str, float]:
     """rho per part of ``block`` from the obfuscated weights only."""
     out = {}
@@ -98,6 +99,7 @@ def _public_inputs(victim: Victim, token_batches: list[torch.Tensor], masks: lis
     return seen
 
 
+@single_threaded()  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
 def known_plaintext_weights(
     victim: Victim, decoded: list[torch.Tensor], block: int = 0, plausible: float | None = 0.5
 ) -> dict[str, float]:
@@ -133,6 +135,7 @@ def known_plaintext_weights(
     return out
 
 
+@single_threaded()  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
 def rows_needed(victim: Victim, *, target: float = 0.01) -> dict[str, float | int | None]:
     """Known plaintext (the true prompts): rows of block 0's first input after which the fitted mask
     predicts held-out masked rows to ``target`` relative error (None: not within the rows available)."""
