@@ -24,6 +24,7 @@ def _run(attacks: list[str], **opts) -> None:
         masks=split(opts["masks"]),
         defences=split(opts["defences"]),
         deltas=[float(d) for d in split(opts["deltas"])],
+        paper_masks=split(opts["paper_masks"]) if opts["paper_masks"] else None,
         attacks=attacks,
         dataset=opts["dataset"],
         prompts=opts["prompts"],
@@ -46,7 +47,14 @@ def _command(name: str, attacks: list[str], doc: str):
             "orthogonal,cond:100,naive,kron,blockperm:32", "--masks", help="Comma-separated mask families."
         ),
         defences: str = typer.Option("none,mix:4", "--defences", help="Comma-separated: none, mix:K."),
-        deltas: str = typer.Option("0.01,0.1", "--deltas", help="Relative sizes of the proprietary delta."),
+        deltas: str = typer.Option(
+            "0.01,0.1",
+            "--deltas",
+            help="Relative sizes of the proprietary delta (the first runs every attack, the others the weight attacks).",
+        ),
+        paper_masks: str | None = typer.Option(
+            None, "--paper-masks", help="Mask kinds for paper mode (default: the same as --masks)."
+        ),
         dataset: str = typer.Option(
             "sciq", "--dataset", help="Public dataset the victim's prompts come from."
         ),
@@ -67,6 +75,7 @@ def _command(name: str, attacks: list[str], doc: str):
             masks=masks,
             defences=defences,
             deltas=deltas,
+            paper_masks=paper_masks,
             dataset=dataset,
             prompts=prompts,
             batch_size=batch_size,
