@@ -119,7 +119,7 @@ class _Link(GroupLink):
         lead, dtype = x.shape[:-1], x.dtype
         xs = b.mask_in.right(x) if b.mask_in is not None else x
         xl = None if x_lora is None else (b.mask_in.right(x_lora) if b.mask_in is not None else x_lora)
-        mix = self.enclave.draw_mix(xs.reshape(-1, xs.shape[-1]).shape[0])
+        mix = self.enclave.draw_mix(xs.reshape(-1, xs.shape[-1]).shape[0], tag)
         if mix is not None:
             xs = mix.mix(xs.reshape(-1, xs.shape[-1]))
             xl = None if xl is None else mix.mix(xl.reshape(-1, xl.shape[-1]))
@@ -347,16 +347,17 @@ class Enclave:
         self._calls += 1
         return f"{self._step}.{self._calls}"
 
-    def draw_mix(self, rows: int) -> RowMix | None:
-        """This call's fresh row mixing (None without the defence). Training calls are labelled by
-        step and call (a resumed run redraws the same mixing for the same batch: bit-identical and
-        nothing new to the untrusted side); other calls by a per-instance nonce and a counter."""
+    def draw_mix(self, rows: int, tag: str | None = None) -> RowMix | None:
+        """This call's fresh row mixing (None without the defence). Training calls (``tag``: step and
+        call) are labelled by their tag, so a resumed run redraws the same mixing for the same batch
+        (bit-identical, and nothing new to the untrusted side); other calls by a per-instance nonce and
+        a counter."""
         if self._defence.kind != "mix":
             return None
         self._mix_calls += 1
         label = (
-            f"mix/e{self.epoch}/train/{self._step}.{self._calls}"
-            if torch.is_grad_enabled()
+            f"mix/e{self.epoch}/train/{tag}"
+            if tag is not None
             else f"mix/e{self.epoch}/{self._nonce}/{self._mix_calls}"
         )
         return draw_mix(self._secret, label, rows, self._defence.k)
