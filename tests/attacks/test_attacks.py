@@ -86,3 +86,33 @@ def test_rho_scores_the_share_of_the_delta():
     assert weights.rho(w, w, w_pub) == 1.0
     assert weights.rho(w_pub, w, w_pub) == 0.0
     assert abs(weights.rho((w + w_pub) / 2, w, w_pub) - 0.5) < 1e-12
+
+
+def test_suite_writes_table_and_json_with_the_default_keys(tmp_path):
+    """The suite on the tiny victim: JSON with the ``default.*`` keys, goals met by the default and
+    missed by the undefended configuration, and the Markdown table."""
+    import json
+    from types import SimpleNamespace
+
+    from helpers_attacks import traffic
+    from helpers_obf import batch
+
+    from p3eft.attacks.suite import SuiteConfig, run_suite, write
+
+    cfg = SuiteConfig(
+        model="tiny", modes=["strict"], masks=["orthogonal"], defences=["none"], deltas=[0.01, 0.1]
+    )
+    loaded = SimpleNamespace(model=public_model(), spec=SimpleNamespace(name="tiny"), weights_random=True)
+    prior_text = [batch(9, 8, 16)["input_ids"].flatten().tolist()]
+    result = run_suite(cfg, progress=False, loaded=loaded, traffic=traffic(), prior_text=prior_text)
+    write(result, tmp_path / "a.json", tmp_path / "rep")
+    data = json.loads((tmp_path / "a.json").read_text())
+    d = data["default"]
+    for key in ("token_recovery", "unigram_baseline", "weight_rho", "enclave_share_of_arithmetic_gpt2_xl"):
+        assert key in d
+    assert d["goals"]["tokens"] and d["goals"]["weights"] and d["goals"]["loss_span"]
+    assert d["goals"]["enclave_cost"]  # measured from the GPT2-XL split: <= 10% of the accelerator's work
+    undefended = next(r for r in data["results"] if r["defence"] == "none")
+    assert undefended["goals"]["tokens"] is False and undefended["goals"]["loss_span"] is False
+    table = (tmp_path / "rep" / "attacks.md").read_text()
+    assert "| strict **(default)** | kron | mix:4 |" in table and "| strict | orthogonal | none |" in table

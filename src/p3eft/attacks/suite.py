@@ -203,16 +203,28 @@ def _goals(h: dict[str, Any]) -> dict[str, bool | None]:
     }
 
 
-def run_suite(cfg: SuiteConfig, *, progress: bool = True, on_record=None) -> dict[str, Any]:
+def run_suite(
+    cfg: SuiteConfig,
+    *,
+    progress: bool = True,
+    on_record=None,
+    loaded=None,
+    traffic: Traffic | None = None,
+    prior_text: list[list[int]] | None = None,
+) -> dict[str, Any]:
     """Run every configuration and attack; return the JSON-ready result. ``on_record(partial)`` is
-    called after each configuration with the result so far (long runs write as they go)."""
-    from p3eft.models import load_causal_lm
-
+    called after each configuration with the result so far (long runs write as they go). ``loaded``
+    (a :class:`~p3eft.models.LoadedModel`), ``traffic`` and ``prior_text`` replace the registry model and
+    the dataset (tests)."""
     cfg.validate()
     t0 = time.perf_counter()
-    loaded = load_causal_lm(cfg.model, dtype=torch.float32, allow_random=True)
+    if loaded is None:
+        from p3eft.models import load_causal_lm
+
+        loaded = load_causal_lm(cfg.model, dtype=torch.float32, allow_random=True)
     public = loaded.model
-    traffic, prior_text = dataset_traffic(loaded.tokenizer, cfg)
+    if traffic is None or prior_text is None:
+        traffic, prior_text = dataset_traffic(loaded.tokenizer, cfg)
     prior = tokens.unigram_prior(prior_text, int(public.config.vocab_size))
     cands = tokens.candidate_table(public)
     props = {d: proprietary_model(public, d, cfg.seed) for d in cfg.deltas}
