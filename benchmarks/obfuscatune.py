@@ -45,20 +45,25 @@ def arithmetic_section(models: list[str], context: int) -> list[dict]:
     rows = []
     for name in models:
         cfg = get_spec(name).hf_config()
-        for mode, masks in [
-            ("strict", "orthogonal"),
-            ("strict", "kron"),
-            ("strict", "blockperm:32"),
-            ("paper", "orthogonal"),
-            ("paper", "kron"),
+        for mode, masks, defence in [
+            ("strict", "orthogonal", "none"),
+            ("strict", "kron", "none"),
+            ("strict", "kron", "mix:4"),  # the default
+            ("strict", "blockperm:32", "mix:4"),
+            ("paper", "orthogonal", "none"),
+            ("paper", "kron", "mix:4"),
         ]:
-            acc = model_accounting(cfg, mode=mode, masks=masks, context=context)
+            acc = model_accounting(cfg, mode=mode, masks=masks, context=context, defence=defence)
             a = acc["arithmetic"]
             rows.append(
                 {
                     "model": name,
                     "mode": mode,
                     "masks": masks,
+                    "defence": defence,
+                    "mixing": a["mixing_share"],
+                    "enclave_vs_acc": a["enclave_vs_useful_accelerator"],
+                    "noise_overhead": a["accelerator_noise_overhead"],
                     "enclave_params": acc["enclave_param_share"],
                     "enclave_arith": a["enclave_share"],
                     "masking": a["masking_share"],
@@ -81,8 +86,9 @@ def _batch(vocab: int, b: int, t: int, seed: int = 0) -> dict[str, torch.Tensor]
 
 
 def speed_section(
-    model_name: str, masks_list: list[str], b: int, t: int, steps: int
+    model_name: str, variants_list: list[tuple[str, str]], b: int, t: int, steps: int
 ) -> tuple[list[dict], dict]:
+    """``variants_list``: (masks, defence) pairs, each timed in strict mode against plain PEFT."""
     from p3eft.models import load_causal_lm
     from p3eft.obfuscatune.enclave import EnclaveSettings
     from p3eft.obfuscatune.session import session_from_model
@@ -118,16 +124,16 @@ def speed_section(
     variants: dict[str, tuple] = {"plain PEFT": (plain_step, plain_infer, 0.0)}
     memory: dict = {}
     sessions = []
-    for masks in masks_list:
+    for masks, defence in variants_list:
         t0 = time.perf_counter()
-        s = session_from_model(loaded.model, EnclaveSettings(masks=masks), name=model_name)
+        s = session_from_model(loaded.model, EnclaveSettings(masks=masks, defence=defence), name=model_name)
         setup = time.perf_counter() - t0
         ch = s.enclave_channel
         ch.call("configure_training", optimizer="adamw", lr=3e-5, max_grad_norm=1.0)
         sessions.append(s)
         if not memory:
             memory = resident_bytes(s)
-        variants[f"ObfuscaTune strict/{masks}"] = (
+        variants[f"ObfuscaTune strict/{masks}/{defence}"] = (
             lambda d, ch=ch: ch.call("train_step", **d),
             lambda d, ch=ch: ch.call("logits", input_ids=d["input_ids"], attention_mask=d["attention_mask"]),
             setup,
@@ -269,13 +275,17 @@ def main() -> None:
                 ("model", "model", ""),
                 ("mode", "mode", ""),
                 ("masks", "masks", ""),
+                ("defence", "defence", ""),
                 ("enclave_params", "enclave params", ".1%"),
                 ("enclave_arith", "enclave arithmetic", ".1%"),
                 ("masking", "masking", ".1%"),
+                ("mixing", "mixing", ".2%"),
                 ("norms", "norms+nonlin", ".2%"),
                 ("attention", "attention", ".1%"),
                 ("lm_head", "LM head", ".1%"),
                 ("mask_vs_acc", "masking / accelerator", ".1%"),
+                ("enclave_vs_acc", "enclave / accelerator (model's own work)", ".1%"),
+                ("noise_overhead", "accelerator noise rows", ".0%"),
             ],
         )
     )
@@ -286,7 +296,11 @@ def main() -> None:
             f"(enclave and accelerator share {torch.get_num_threads()} threads)\n"
         )
         speed, memory = speed_section(
-            args.model, ["orthogonal", "kron", "blockperm:32"], args.batch, args.seq, args.steps
+            args.model,
+            [("orthogonal", "none"), ("kron", "none"), ("kron", "mix:4"), ("blockperm:32", "mix:4")],
+            args.batch,
+            args.seq,
+            args.steps,
         )
         out["speed"] = speed
         out["resident_memory"] = memory
@@ -330,7 +344,7 @@ def main() -> None:
     if "resident_memory" in out:
         m = out["resident_memory"]
         print(
-            f"{args.model} session (strict/orthogonal): enclave model {m['enclave_model_mb']:.1f} MiB + masks "
+            f"{args.model} session (strict/orthogonal/none): enclave model {m['enclave_model_mb']:.1f} MiB + masks "
             f"{m['enclave_masks_mb']:.1f} MiB; untrusted side {m['untrusted_mb']:.1f} MiB (weights + LoRA + AdamW)"
         )
     print(f"peak RSS of this process: {out['peak_rss_mb']:.0f} MiB")

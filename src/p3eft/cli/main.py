@@ -24,6 +24,7 @@ app = typer.Typer(
 
 def _register() -> None:
     from p3eft.cli import (
+        attack,
         bench,
         demo,
         keys,
@@ -49,6 +50,9 @@ def _register() -> None:
         wireless.app, name="wireless", help="PrivTuner's wireless system: energy/privacy resource allocation."
     )
     app.add_typer(serve.app, name="serve", help="Run a party (enclave, cloud) as its own process.")
+    app.add_typer(
+        attack.app, name="attack", help="Attack ObfuscaTune from the untrusted side; measure leakage."
+    )
     app.add_typer(bench.app, name="bench", help="Measure costs (FHE parameter sets, ...) and write JSON.")
     app.add_typer(keys.app, name="keys", help="Development CA and per-party certificates for mutual TLS.")
     app.add_typer(

@@ -18,9 +18,12 @@ app = typer.Typer(
     no_args_is_help=True, help="ObfuscaTune: obfuscated fine-tuning and inference with an enclave."
 )
 
-MODE_HELP = "strict (ours, default: both sides of every linear masked) or paper (one-sided, as published)."
+MODE_HELP = (
+    "strict (ours, default: both sides of every linear masked) or paper (one-sided, as published; protects "
+    "neither prompts nor weights against an attacker holding the public model, see docs/obfuscatune.md)."
+)
 MASKS_HELP = (
-    "orthogonal (default), cond:K, naive, kron[:F] or blockperm[:B] (structured, cheap for the enclave)."
+    "kron (default: structured, cheap for the enclave), orthogonal, cond:K, naive, kron[:F] or blockperm[:B]."
 )
 DTYPE_HELP = "Enclave/accelerator precision: float32 or float64."
 
@@ -40,7 +43,7 @@ def _settings(mode: str, masks: str, dtype: str = "float32"):
 ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype")
 EXPECT_HELP = (
     "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
-    "(default mode=strict,masks=orthogonal,seed=random)."
+    "(default mode=strict,masks=kron,defence=mix:4,seed=random)."
 )
 
 
@@ -99,7 +102,7 @@ with_mask_flags = opt.flag_group(
     MaskFlags,
     (
         ("mode", str, typer.Option("strict", "--mode", help=MODE_HELP)),
-        ("masks", str, typer.Option("orthogonal", "--masks", help=MASKS_HELP)),
+        ("masks", str, typer.Option("kron", "--masks", help=MASKS_HELP)),
         ("dtype", str, typer.Option("float32", "--dtype", help=DTYPE_HELP)),
     ),
 )
@@ -238,7 +241,7 @@ def verify(
 def info(
     model: str = typer.Option("gpt2-xl", "--model", help="Registry name or local model folder."),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("orthogonal", "--masks", help=MASKS_HELP),
+    masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
     context: int = typer.Option(128, "--context", min=1, help="Context length for the attention arithmetic."),
     json_out: Path | None = opt.JSON_OUT,
 ) -> None:
@@ -290,11 +293,18 @@ def experiment(
     ),
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
+    exp_masks: str = typer.Option("kron", "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
+    defence: str = typer.Option("mix:4", "--defence", help="none or mix:K (default: row mixing, K=4)."),
+    cloud_device: str | None = typer.Option(
+        None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
+    ),
 ) -> None:
     """The paper's Table 1 (Unprotected / ObfuscaTune / naive) and Table 2 (condition-number sweep)."""
     from p3eft.obfuscatune.experiment import ExperimentConfig, run_experiment
+    from p3eft.obfuscatune.mixing import parse_defence
 
-    _settings(mode, "orthogonal")
+    _settings(mode, exp_masks)
+    parse_defence(defence)
     from p3eft.tuning.checkpoint import check_writable_dir
 
     check_writable_dir(out)
@@ -314,6 +324,9 @@ def experiment(
         kappas=kappa_values,
         data_dir=str(data_dir) if data_dir else None,
         sweep_datasets=opt.name_list(sweep_datasets) if sweep_datasets else None,
+        masks=exp_masks,
+        defence=defence,
+        cloud_device=cloud_device,
     )
     res = run_experiment(cfg, out, progress=progress)
     typer.echo(res["markdown"])

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from p3eft.obfuscatune.masks import parse_masks
+from p3eft.obfuscatune.mixing import parse_defence
 from p3eft.obfuscatune.split import SplitModel, hidden_size, mask_sides, split_model
 
 # ours: FLOPs per element of the non-matrix steps
@@ -45,6 +46,8 @@ class Arithmetic:
     enclave_norms_nonlinear: float
     enclave_attention: float
     enclave_lm_head: float
+    enclave_mixing: float = 0.0  # row mixing and unmixing (defence mix:K)
+    accelerator_factor: float = 1.0  # accelerator work with the noise rows / without (mix:K: (K+1)/K)
 
     @property
     def accelerator(self) -> float:
@@ -54,6 +57,7 @@ class Arithmetic:
     def enclave(self) -> float:
         return (
             self.enclave_masking
+            + self.enclave_mixing
             + self.enclave_norms_nonlinear
             + self.enclave_attention
             + self.enclave_lm_head
@@ -66,10 +70,16 @@ class Arithmetic:
             "enclave_flops_per_token": self.enclave,
             "enclave_share": self.enclave / total,
             "masking_share": self.enclave_masking / total,
+            "mixing_share": self.enclave_mixing / total,
             "norms_nonlinear_share": self.enclave_norms_nonlinear / total,
             "attention_share": self.enclave_attention / total,
             "lm_head_share": self.enclave_lm_head / total,
             "masking_vs_accelerator": self.enclave_masking / self.accelerator,
+            "mixing_vs_accelerator": self.enclave_mixing / self.accelerator,
+            "enclave_vs_accelerator": self.enclave / self.accelerator,
+            # the stricter ratio: against the model's own linear work, without the noise rows
+            "enclave_vs_useful_accelerator": self.enclave * self.accelerator_factor / self.accelerator,
+            "accelerator_noise_overhead": self.accelerator_factor - 1.0,
         }
 
 
@@ -80,21 +90,30 @@ def arithmetic_per_token(
     masks: str = "orthogonal",
     context: int = 128,
     lora_rank: int = 16,
+    defence: str = "none",
 ) -> Arithmetic:
-    """Per-token arithmetic at an average causal context of ``(context + 1) / 2`` positions."""
+    """Per-token arithmetic at an average causal context of ``(context + 1) / 2`` positions.
+
+    ``defence="mix:K"`` adds the enclave's mixing of every crossing row and unmixing of every answer
+    (``(K+1)^2/K`` MACs per element) and the accelerator's extra noise rows (``(K+1)/K`` times its work)."""
     cfg = split.enclave_model.config
     d = hidden_size(split.enclave_model)
     fam = parse_masks(masks).with_chunk(d)
-    lin = lora = mask = 0.0
+    mixing = parse_defence(defence)
+    lin = lora = mask = mix = 0.0
     for g in split.groups:
         sides = mask_sides(mode, g.role)
         if sides.input:
             mask += 2 * fam.macs_per_row(g.d_in)
+        mix += 2 * mixing.mix_macs_per_element() * g.d_in
         for p in g.parts:
             lin += 2 * p.d_in * p.d_out
             lora += 2 * lora_rank * (p.d_in + p.d_out)
+            mix += 2 * mixing.mix_macs_per_element() * p.d_out
             if sides.output:
                 mask += 2 * fam.macs_per_row(p.d_out)
+    lin *= mixing.accelerator_factor()
+    lora *= mixing.accelerator_factor()
     layers = len({g.block for g in split.groups})
     heads = int(getattr(cfg, "n_head", None) or cfg.num_attention_heads)
     avg_ctx = (context + 1) / 2
@@ -116,22 +135,30 @@ def arithmetic_per_token(
         qk_dim = d
     attention = layers * (2 * 2 * avg_ctx * qk_dim + SOFTMAX_FLOPS * heads * avg_ctx)
     lm_head = 2 * d * vocab
-    return Arithmetic(lin, lora, mask, norms, attention, lm_head)
+    return Arithmetic(lin, lora, mask, norms, attention, lm_head, mix, mixing.accelerator_factor())
 
 
 def model_accounting(
-    config: Any, *, mode: str = "strict", masks: str = "orthogonal", context: int = 128
+    config: Any,
+    *,
+    mode: str = "strict",
+    masks: str = "orthogonal",
+    context: int = 128,
+    defence: str = "none",
 ) -> dict[str, Any]:
     """Parameter shares and per-token arithmetic of one architecture, from its split."""
     split = meta_split(config)
     out = split.accounting()
-    out["arithmetic"] = arithmetic_per_token(split, mode=mode, masks=masks, context=context).to_dict()
+    out["arithmetic"] = arithmetic_per_token(
+        split, mode=mode, masks=masks, context=context, defence=defence
+    ).to_dict()
     out.update(
         {
             "family": split.family,
             "layers": len({g.block for g in split.groups}),
             "mode": mode,
             "masks": masks,
+            "defence": defence,
             "context": context,
         }
     )

@@ -48,7 +48,7 @@ class UntrustedCloud:
         self.dtype = torch.float32
         self.lora = LoraSettings()
         self.layers: dict[str, list[_Part]] = {}
-        self._graphs: dict[tuple[str, str], tuple[torch.Tensor, list[torch.Tensor]]] = {}
+        self._graphs: dict[tuple[str, str], tuple] = {}  # (x, x_lora or None, outputs)
         self._gen = torch.Generator(device=self.device)
         self._gen.manual_seed(0)
         self._opt_cfg: dict[str, Any] = {
@@ -148,8 +148,11 @@ class UntrustedCloud:
             raise ProtocolError(f"no layer {layer!r} on the untrusted side")
         return parts
 
-    def _compute(self, parts: list[_Part], x: torch.Tensor, train: bool) -> list[torch.Tensor]:
-        xd = self.lora.drop(x, train=train, generator=self._gen)
+    def _compute(
+        self, parts: list[_Part], x: torch.Tensor, train: bool, x_lora: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        # with row mixing the enclave sends the LoRA input (dropout applied there) as x_lora
+        xd = x_lora if x_lora is not None else self.lora.drop(x, train=train, generator=self._gen)
         outs = []
         for p in parts:
             y = x @ p.weight
@@ -159,29 +162,45 @@ class UntrustedCloud:
         return outs
 
     @remote
-    def forward(self, layer: str, x: torch.Tensor, tag: str | None = None) -> list[torch.Tensor]:
+    def forward(
+        self, layer: str, x: torch.Tensor, tag: str | None = None, x_lora: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """``x`` feeds the weights and the LoRA branch; ``x_lora`` (optional, same shape) replaces the
+        LoRA branch's input when the enclave has applied the LoRA dropout itself (row mixing)."""
         parts = self._parts(layer)
         x = x.to(device=self.device, dtype=self.dtype)
+        if x_lora is not None:
+            if x_lora.shape != x.shape:
+                raise ProtocolError(
+                    f"{layer}: x_lora {tuple(x_lora.shape)} does not match x {tuple(x.shape)}"
+                )
+            x_lora = x_lora.to(device=self.device, dtype=self.dtype)
         if tag is None:
             with torch.no_grad():
-                return [y.cpu() for y in self._compute(parts, x, train=False)]
+                return [y.cpu() for y in self._compute(parts, x, train=False, x_lora=x_lora)]
         x.requires_grad_(True)
+        if x_lora is not None:
+            x_lora.requires_grad_(True)
         with torch.enable_grad():
-            outs = self._compute(parts, x, train=True)
-        self._graphs[(layer, tag)] = (x, outs)
+            outs = self._compute(parts, x, train=True, x_lora=x_lora)
+        self._graphs[(layer, tag)] = (x, x_lora, outs)
         return [y.detach().cpu() for y in outs]
 
     @remote
-    def backward(self, layer: str, grads: list[torch.Tensor], tag: str) -> torch.Tensor:
+    def backward(self, layer: str, grads: list[torch.Tensor], tag: str) -> torch.Tensor | list[torch.Tensor]:
+        """Gradient w.r.t. ``x`` (a list ``[dx, dx_lora]`` when the forward had ``x_lora``)."""
         saved = self._graphs.pop((layer, tag), None)
         if saved is None:
             raise ProtocolError(f"no forward pass {tag!r} kept for {layer!r}")
-        x, outs = saved
+        x, x_lora, outs = saved
         if len(grads) != len(outs):
             raise ProtocolError(f"{layer}: {len(grads)} gradients for {len(outs)} outputs")
         gs = [g.to(device=self.device, dtype=self.dtype) for g in grads]
         torch.autograd.backward(outs, gs)
-        return x.grad.detach().cpu()
+        if x_lora is None:
+            return x.grad.detach().cpu()
+        gl = x_lora.grad if x_lora.grad is not None else torch.zeros_like(x_lora)
+        return [x.grad.detach().cpu(), gl.detach().cpu()]
 
     @remote
     def release(self, tag: str | None = None) -> dict:

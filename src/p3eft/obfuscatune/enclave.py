@@ -13,8 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pickle
 import secrets
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from p3eft.channel import Channel, remote
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.obfuscatune.masks import Mask, MaskFamily, parse_masks
+from p3eft.obfuscatune.mixing import Defence, RowMix, draw_mix, parse_defence
 from p3eft.obfuscatune.split import (
     BoundaryGroup,
     GroupLink,
@@ -32,19 +33,32 @@ from p3eft.obfuscatune.split import (
     mask_sides,
     split_model,
 )
+from p3eft.runtime import codec
 from p3eft.tuning.lora import LoraSettings
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 UPLOAD_CHUNK_BYTES = 16 * 2**20  # ours: each load_weight message carries at most this many bytes
+# The default configuration, chosen by the measured attack suite (docs/obfuscatune.md, "What the untrusted
+# side sees"): structured masks keep the enclave's arithmetic small, fresh row mixing hides the rows.
+DEFAULT_MODE = "strict"
+DEFAULT_MASKS = "kron"
+DEFAULT_DEFENCE = "mix:4"
+PAPER_MODE_WARNING = (
+    "ObfuscaTune --mode paper gives the untrusted side clear Q/K/V and one-sided masked weights: against an "
+    "attacker holding the public base model it protects neither the prompts (without row mixing) nor the "
+    "weights (measured: docs/obfuscatune.md, 'What the untrusted side sees'); use it for the paper's ablation only"
+)
 
 
 @dataclass
 class EnclaveSettings:
     """How the enclave obfuscates. ``session_seed`` None = 32 fresh bytes from ``secrets`` (CSPRNG);
-    ``sealing_key`` (32 bytes) seals ``state()`` checkpoints, as a TEE's sealing key would."""
+    ``sealing_key`` (32 bytes) seals ``state()`` checkpoints, as a TEE's sealing key would.
+    ``defence``: ``mix:K`` (default) sends fresh random combinations of K rows plus a noise row
+    (:mod:`p3eft.obfuscatune.mixing`); ``none`` sends the masked rows themselves."""
 
-    mode: str = "strict"
-    masks: str = "orthogonal"
+    mode: str = DEFAULT_MODE
+    masks: str = DEFAULT_MASKS
     lora_r: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.05
@@ -52,6 +66,7 @@ class EnclaveSettings:
     session_seed: bytes | None = None
     sealing_key: bytes | None = None
     cloud_seed: int | None = None  # seed of the cloud's LoRA init / dropout (None: from the CSPRNG)
+    defence: str = DEFAULT_DEFENCE
 
     @property
     def lora(self) -> LoraSettings:
@@ -84,17 +99,19 @@ class _Cache:
 
 
 class _BoundaryFn(torch.autograd.Function):
-    """Masked forward / masked backward across the boundary (the cloud keeps the LoRA graph)."""
+    """Masked forward / masked backward across the boundary (the cloud keeps the LoRA graph).
+
+    ``x_lora`` (or None) is the LoRA branch's dropped-out input, when the enclave draws the dropout."""
 
     @staticmethod
-    def forward(ctx, anchor, x, link, tag):  # noqa: D401
-        ctx.link, ctx.tag = link, tag
-        return tuple(link.send_forward(x, tag))
+    def forward(ctx, anchor, x, x_lora, link, tag):  # noqa: D401
+        ctx.link, ctx.tag, ctx.has_lora = link, tag, x_lora is not None
+        return tuple(link.send_forward(x, tag, x_lora))
 
     @staticmethod
     def backward(ctx, *grads):
-        gx = ctx.link.send_backward(list(grads), ctx.tag)
-        return None, gx, None, None
+        gx, gx_lora = ctx.link.send_backward(list(grads), ctx.tag, ctx.has_lora)
+        return None, gx, gx_lora, None, None
 
 
 class _Link(GroupLink):
@@ -102,29 +119,52 @@ class _Link(GroupLink):
         self.enclave = enclave
         self.b = boundary
         self.cache: _Cache | None = None
+        self.mixes: dict[str, RowMix] = {}  # tag -> this call's secret row mixing (for the backward)
 
-    def send_forward(self, x: torch.Tensor, tag: str | None) -> list[torch.Tensor]:
+    def send_forward(
+        self, x: torch.Tensor, tag: str | None, x_lora: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
         b = self.b
+        lead, dtype = x.shape[:-1], x.dtype
         xs = b.mask_in.right(x) if b.mask_in is not None else x
-        ys = self.enclave.cloud.call("forward", layer=b.group.layer, x=xs.contiguous(), tag=tag)
+        xl = None if x_lora is None else (b.mask_in.right(x_lora) if b.mask_in is not None else x_lora)
+        mix = self.enclave.draw_mix(xs.reshape(-1, xs.shape[-1]).shape[0], tag)
+        if mix is not None:
+            xs = mix.mix(xs.reshape(-1, xs.shape[-1]))
+            xl = None if xl is None else mix.mix(xl.reshape(-1, xl.shape[-1]))
+            if tag is not None:
+                self.mixes[tag] = mix
+        payload = {"x_lora": xl.contiguous()} if xl is not None else {}
+        ys = self.enclave.cloud.call("forward", layer=b.group.layer, x=xs.contiguous(), tag=tag, **payload)
         if len(ys) != len(b.masks_out):
             raise ProtocolError(f"{b.group.layer}: cloud returned {len(ys)} outputs")
-        dtype = x.dtype
+        if mix is not None:
+            ys = [mix.unmix(y.to(dtype)).reshape(*lead, y.shape[-1]) for y in ys]
         return [
             (m.right_inv(y.to(dtype)) if m is not None else y.to(dtype))
             for y, m in zip(ys, b.masks_out, strict=True)
         ]
 
-    def send_backward(self, grads: list[torch.Tensor], tag: str) -> torch.Tensor:
+    def send_backward(
+        self, grads: list[torch.Tensor], tag: str, has_lora: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.b
+        lead = grads[0].shape[:-1]
         # y = y* R_out^-1  =>  dL/dy* = dL/dy R_out^-T ;  x* = x R_in  =>  dL/dx = dL/dx* R_in^T
         gs = [
             (m.right_inv_t(g) if m is not None else g).contiguous()
             for g, m in zip(grads, b.masks_out, strict=True)
         ]
-        gxs = self.enclave.cloud.call("backward", layer=b.group.layer, grads=gs, tag=tag)
-        gxs = gxs.to(grads[0].dtype)
-        return b.mask_in.right_t(gxs) if b.mask_in is not None else gxs
+        mix = self.mixes.pop(tag, None)
+        if mix is not None:
+            gs = [mix.mix_grad(g.reshape(-1, g.shape[-1])).contiguous() for g in gs]
+        back = self.enclave.cloud.call("backward", layer=b.group.layer, grads=gs, tag=tag)
+        outs = list(back) if isinstance(back, list) else [back]
+        if mix is not None:
+            outs = [mix.unmix_grad(o.to(grads[0].dtype)).reshape(*lead, o.shape[-1]) for o in outs]
+        outs = [o.to(grads[0].dtype) for o in outs]
+        outs = [b.mask_in.right_t(o) if b.mask_in is not None else o for o in outs]
+        return outs[0], (outs[1] if has_lora else None)
 
     def output(self, x: torch.Tensor, part: int) -> torch.Tensor:
         c = self.cache
@@ -135,7 +175,8 @@ class _Link(GroupLink):
             return c.outs[part]
         if torch.is_grad_enabled():
             tag = self.enclave.next_tag()
-            outs = _BoundaryFn.apply(self.enclave.anchor, x, self, tag)
+            x_lora = self.enclave.lora_dropout(x)
+            outs = _BoundaryFn.apply(self.enclave.anchor, x, x_lora, self, tag)
         else:
             outs = tuple(self.send_forward(x, None))
         if len(outs) > 1:
@@ -153,7 +194,12 @@ class Enclave:
         if s.dtype not in _DTYPES:
             raise ProtocolError(f"enclave dtype must be float32 or float64, not {s.dtype!r}")
         mask_sides(s.mode, "attn_in")  # validates the mode
+        if s.mode == "paper":
+            warnings.warn(PAPER_MODE_WARNING, UserWarning, stacklevel=2)
         self._family: MaskFamily = parse_masks(s.masks)
+        self._defence: Defence = parse_defence(s.defence)
+        self._nonce = secrets.token_hex(8)  # inference-time mixing labels never repeat across instances
+        self._mix_calls = 0
         self._secret = s.session_seed if s.session_seed is not None else secrets.token_bytes(32)
         self._sealing_key = s.sealing_key if s.sealing_key is not None else secrets.token_bytes(32)
         self.dtype = _DTYPES[s.dtype]
@@ -264,7 +310,8 @@ class Enclave:
         )
         self.cloud.call(
             "configure",
-            lora=s.lora.to_wire(),
+            # with row mixing the enclave draws the LoRA dropout itself (see lora_dropout)
+            lora=replace(s.lora, dropout=0.0 if self._defence.kind == "mix" else s.lora_dropout).to_wire(),
             dtype=s.dtype,
             seed=cloud_seed,
         )
@@ -310,6 +357,32 @@ class Enclave:
         self._calls += 1
         return f"{self._step}.{self._calls}"
 
+    def draw_mix(self, rows: int, tag: str | None = None) -> RowMix | None:
+        """This call's fresh row mixing (None without the defence). Training calls (``tag``: step and
+        call) are labelled by their tag, so a resumed run redraws the same mixing for the same batch
+        (bit-identical, and nothing new to the untrusted side); other calls by a per-instance nonce and
+        a counter."""
+        if self._defence.kind != "mix":
+            return None
+        self._mix_calls += 1
+        label = (
+            f"mix/e{self.epoch}/train/{tag}"
+            if tag is not None
+            else f"mix/e{self.epoch}/{self._nonce}/{self._mix_calls}"
+        )
+        return draw_mix(self._secret, label, rows, self._defence.k)
+
+    def lora_dropout(self, x: torch.Tensor) -> torch.Tensor | None:
+        """With row mixing, the enclave draws LoRA dropout on the plaintext input (exactly PEFT's
+        ``lora_B(lora_A(dropout(x)))``) and sends the dropped input beside ``x``: element-wise
+        dropout on mixed rows would not commute with the unmixing. Without mixing: None (the cloud
+        drops on the masked input, as before)."""
+        p = self.settings.lora_dropout
+        if self._defence.kind != "mix" or p <= 0 or not self.split.enclave_model.training:
+            return None
+        keep = torch.rand(x.shape, dtype=x.dtype, device=x.device) >= p
+        return x * keep / (1.0 - p)
+
     @remote
     def configure_training(
         self,
@@ -351,6 +424,9 @@ class Enclave:
                 out.loss.backward()
         finally:
             self.cloud.call("release", tag=str(self._step))
+            for stub in split.stubs.values():
+                if stub.link is not None:
+                    stub.link.mixes.clear()
             self.anchor.grad = None
             model.eval()
         self.cloud.call("step")
@@ -467,7 +543,9 @@ class Enclave:
             "cloud": self.cloud.call("state") if self.split is not None else None,
         }
         nonce = os.urandom(12)
-        blob = nonce + AESGCM(self._sealing_key).encrypt(nonce, pickle.dumps(inner), b"p3eft-enclave-state")
+        # the channel's own codec, not pickle: even a state that unseals is parsed, never executed
+        plain = codec.encode(inner)
+        blob = nonce + AESGCM(self._sealing_key).encrypt(nonce, plain, b"p3eft-enclave-state")
         return {"sealed": blob, "step": self._step}
 
     @remote
@@ -476,12 +554,10 @@ class Enclave:
         secret so the masks match the checkpoint. After provisioning, only the same session is accepted."""
         blob = state["sealed"]
         try:
-            # the blob was made by an enclave holding this sealing key, so unpickling it is trusted
-            inner = pickle.loads(
-                AESGCM(self._sealing_key).decrypt(blob[:12], blob[12:], b"p3eft-enclave-state")
-            )
+            plain = AESGCM(self._sealing_key).decrypt(blob[:12], blob[12:], b"p3eft-enclave-state")
         except Exception:
             raise SecurityError("enclave state does not unseal with this enclave's sealing key") from None
+        inner = codec.decode(plain, codec.CodecLimits(max_bytes=2**31))
         if self.split is not None and (inner["secret"] != self._secret or inner["epoch"] != self.epoch):
             raise ProtocolError(
                 "load_state after provisioning needs the same session; restore before provisioning"

@@ -1,7 +1,8 @@
 """The paper's two tables on our data.
 
 Table 1: test accuracy after LoRA fine-tuning for *Unprotected* (plain PEFT, the foundation's loop),
-*ObfuscaTune* (orthogonal masks) and *naive* random masks (Gaussian, numeric inverse). All three start
+*ObfuscaTune* (the default configuration: structured masks and row mixing; ``masks``/``defence`` choose
+another) and *naive* random masks (Gaussian, numeric inverse). All three start
 from the same LoRA initialisation (the plain one, imported into obfuscated coordinates) and see the
 same batches; AdamW runs on the untrusted side in obfuscated coordinates, where it is not equivalent to
 plain AdamW (its per-coordinate scaling does not commute with a rotation; SGD would), so small
@@ -27,7 +28,7 @@ import torch
 from p3eft.data import load_task
 from p3eft.models import load_causal_lm
 from p3eft.obfuscatune import driver
-from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, EnclaveSettings
 from p3eft.obfuscatune.session import session_from_model
 from p3eft.tuning import (
     StepBatches,
@@ -56,6 +57,9 @@ class ExperimentConfig:
     data_dir: str | None = None
     seed: int = 0
     sweep_datasets: list[str] | None = None  # Table-2 accuracy only on these (None: all); errors are global
+    masks: str = DEFAULT_MASKS  # Table 1's ObfuscaTune column
+    defence: str = DEFAULT_DEFENCE  # every obfuscated run (Table 1 and 2)
+    cloud_device: str | None = None  # where the untrusted side computes (None: cuda if present, else cpu)
 
 
 def _train_config(cfg: ExperimentConfig) -> TrainConfig:
@@ -103,10 +107,37 @@ def _plain_run(loaded, train_task, eval_task, tcfg: TrainConfig, progress: bool)
     return rec, init, final
 
 
-def _session(loaded, settings):
+def _session(loaded, settings, cloud_device: str | None = None):
     return session_from_model(
-        loaded.model, settings, name=loaded.spec.name, weights_random=loaded.weights_random
+        loaded.model,
+        settings,
+        name=loaded.spec.name,
+        weights_random=loaded.weights_random,
+        cloud_device=cloud_device,
     )
+
+
+def wilson_interval(successes: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (Wilson 1927); (nan, nan) for n = 0."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _annotate_intervals(records: list[dict]) -> None:
+    """Add ``<metric>_ci95`` (Wilson, over the record's n_eval questions) to every evaluation."""
+    for r in records:
+        runs = list(r["table1"].values()) + list(r["table2"].values())
+        for run in runs:
+            ev = run.get("eval") if run else None
+            if ev and r["metric"] in ev:
+                ev[f"{r['metric']}_ci95"] = list(
+                    wilson_interval(float(ev[r["metric"]]) * r["n_eval"], r["n_eval"])
+                )
 
 
 def _obf_run(ch, tokenizer, init, train_task, eval_task, tcfg, progress) -> dict:
@@ -161,8 +192,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 table1={"unprotected": plain},
                 table2={},
             )
-        for label, masks in (("obfuscatune", "orthogonal"), ("naive", "naive")):
-            s = _session(loaded, EnclaveSettings(mode=cfg.mode, masks=masks, lora_dropout=tcfg.dropout))
+        for label, masks in (("obfuscatune", cfg.masks), ("naive", "naive")):
+            settings = EnclaveSettings(
+                mode=cfg.mode, masks=masks, defence=cfg.defence, lora_dropout=tcfg.dropout
+            )
+            s = _session(loaded, settings, cfg.cloud_device)
             for ds in cfg.datasets:
                 train_task, eval_task = tasks[ds]
                 recs[ds]["table1"][label] = _obf_run(
@@ -172,7 +206,9 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 _write(out, cfg, records, time.perf_counter() - t_start)
             del s
         for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]:
-            s = _session(loaded, EnclaveSettings(mode=cfg.mode, masks=spec))
+            s = _session(
+                loaded, EnclaveSettings(mode=cfg.mode, masks=spec, defence=cfg.defence), cfg.cloud_device
+            )
             ch = s.enclave_channel
             err = float((ch.call("logits", **batch) - ref)[valid].abs().max())
             for ds in [d for d in cfg.datasets if cfg.sweep_datasets is None or d in cfg.sweep_datasets]:
@@ -193,17 +229,27 @@ def _fmt(value: float, spec: str) -> str:
     return "–" if value != value else format(value, spec)
 
 
+def _acc_ci(rec: dict | None, metric: str, n: int) -> str:
+    """``0.500 [0.43, 0.57]``: accuracy and its 95% Wilson interval."""
+    acc = _acc(rec, metric)
+    if acc != acc:
+        return "–"
+    lo, hi = wilson_interval(acc * n, n)
+    return f"{acc:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
 def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
     lines = [
-        "## Table 1: test accuracy (Unprotected / ObfuscaTune / naive random masks)",
+        "## Table 1: test accuracy (Unprotected / ObfuscaTune / naive random masks), 95% Wilson intervals",
         "",
-        "| model | dataset | metric | n train | n eval | Unprotected | ObfuscaTune (orthogonal) | naive random |",
+        f"| model | dataset | metric | n train | n eval | Unprotected | ObfuscaTune ({cfg.masks}, {cfg.defence})"
+        " | naive random |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         t = r["table1"]
         m = r["metric"]
-        cells = " | ".join(_fmt(_acc(t.get(k), m), ".3f") for k in ("unprotected", "obfuscatune", "naive"))
+        cells = " | ".join(_acc_ci(t.get(k), m, r["n_eval"]) for k in ("unprotected", "obfuscatune", "naive"))
         weights = " (RANDOM weights)" if r["weights_random"] else ""
         lines.append(
             f"| {r['model']}{weights} | {r['dataset']} | {m} | {r['n_train']} | {r['n_eval']} | {cells} |"
@@ -211,14 +257,14 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
     specs = list(dict.fromkeys(s for r in records for s in r["table2"]))
     lines += [
         "",
-        "## Table 2: condition-number sweep (fp32; max |logit diff| on real text / test accuracy)",
+        "## Table 2: condition-number sweep (fp32; max |logit diff| on real text / test accuracy [95% Wilson])",
         "",
         "| model | dataset | " + " | ".join(specs) + " |",
         "|---|---|" + "---|" * len(specs),
     ]
     for r in [r for r in records if r["table2"]]:
         cells = [
-            f"{r['table2'][s]['max_abs_logit_diff']:.2e} / {_acc(r['table2'][s], r['metric']):.3f}"
+            f"{r['table2'][s]['max_abs_logit_diff']:.2e} / {_acc_ci(r['table2'][s], r['metric'], r['n_eval'])}"
             if s in r["table2"]
             else "–"
             for s in specs
@@ -226,8 +272,9 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
         lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(cells) + " |")
     lines += [
         "",
-        f"Settings: mode {cfg.mode}, {cfg.max_steps} steps, batch {cfg.batch_size}, lr {cfg.lr}, "
-        f"max_len {cfg.max_len}, LoRA r16/alpha32/dropout0.05, AdamW; wall time {wall / 60:.1f} min.",
+        f"Settings: mode {cfg.mode}, defence {cfg.defence}, {cfg.max_steps} steps, batch {cfg.batch_size},"
+        f" lr {cfg.lr}, max_len {cfg.max_len}, LoRA r16/alpha32/dropout0.05, AdamW, untrusted side on"
+        f" {cfg.cloud_device or 'the default device'}; wall time {wall / 60:.1f} min.",
     ]
     notes = sorted({n for r in records for n in r["notes"]})
     lines += [f"Note: {n}" for n in notes]
@@ -247,7 +294,7 @@ def _plot(records: list[dict], path: Path) -> None:
     for k, (key, name) in enumerate(
         (
             ("unprotected", "Unprotected"),
-            ("obfuscatune", "ObfuscaTune (orthogonal)"),
+            ("obfuscatune", "ObfuscaTune (default)"),
             ("naive", "naive random"),
         )
     ):
@@ -282,6 +329,7 @@ def _plot(records: list[dict], path: Path) -> None:
 
 
 def _write(out: Path, cfg: ExperimentConfig, records: list[dict], wall: float) -> dict[str, Any]:
+    _annotate_intervals(records)
     md = _markdown(records, cfg, wall)
     payload = {
         "config": asdict(cfg),

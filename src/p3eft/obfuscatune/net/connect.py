@@ -1,7 +1,8 @@
 """The data owner's and model owner's attested link to an ObfuscaTune enclave.
 
 Both verify the enclave's quote against a policy they hold: by default the secure configuration
-(strict mode, orthogonal masks, a session seed the enclave drew itself); ``--expect KEY=VALUE``
+(strict mode, the default masks and defence of :mod:`p3eft.obfuscatune.enclave`, a session seed the
+enclave drew itself); ``--expect KEY=VALUE``
 changes or adds keys. What they then print and record is what the enclave attested, never their own
 flags (ours).
 """
@@ -13,8 +14,14 @@ from typing import Any
 
 from p3eft.channel import Channel
 from p3eft.errors import P3eftError
+from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS
 
-DEFAULT_EXPECT: dict[str, str] = {"mode": "strict", "masks": "orthogonal", "seed": "random"}
+DEFAULT_EXPECT: dict[str, str] = {
+    "mode": "strict",
+    "masks": DEFAULT_MASKS,
+    "defence": DEFAULT_DEFENCE,
+    "seed": "random",
+}
 LORA_KEYS = {"lora_r": "rank", "lora_alpha": "alpha", "lora_dropout": "dropout"}
 
 

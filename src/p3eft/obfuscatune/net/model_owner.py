@@ -30,7 +30,7 @@ def upload(
     ``refresh`` re-provisions a live enclave so that it draws a new mask epoch (ObfuscaTune keeps no
     plaintext weights in the enclave, so the model owner sends them again; adapters carry over).
     The weights are loaded in the dtype the enclave attested, and only to an enclave whose attested
-    configuration meets ``expect`` (default: strict mode, orthogonal masks, a seed of its own).
+    configuration meets ``expect`` (default: strict mode, the default masks and defence, a seed of its own).
     """
     from p3eft.models import load_causal_lm
     from p3eft.obfuscatune.session import provision_model

@@ -1,0 +1,101 @@
+"""`p3eft attack ...`: the untrusted cloud attacks ObfuscaTune, to measure what it leaks (thin: parse, run, print)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Attack ObfuscaTune from the untrusted side (public model + boundary traffic) and measure the leakage.",
+)
+
+
+def _run(attacks: list[str], **opts) -> None:
+    from p3eft.attacks.suite import SuiteConfig, markdown, run_suite, write
+
+    def split(v: str) -> list[str]:
+        return [x.strip() for x in v.split(",") if x.strip()]
+
+    cfg = SuiteConfig(
+        model=opts["model"],
+        modes=split(opts["modes"]),
+        masks=split(opts["masks"]),
+        defences=split(opts["defences"]),
+        deltas=[float(d) for d in split(opts["deltas"])],
+        paper_masks=split(opts["paper_masks"]) if opts["paper_masks"] else None,
+        attacks=attacks,
+        dataset=opts["dataset"],
+        prompts=opts["prompts"],
+        batch_size=opts["batch_size"],
+        max_len=opts["max_len"],
+        data_dir=str(opts["data_dir"]) if opts["data_dir"] else None,
+    )
+    result = run_suite(
+        cfg, progress=opts["progress"], on_record=lambda r: write(r, opts["json_out"], opts["report"])
+    )
+    write(result, opts["json_out"], opts["report"])
+    typer.echo(markdown(result))
+
+
+def _command(name: str, attacks: list[str], doc: str):
+    def command(
+        model: str = typer.Option("smollm2-135m", "--model", help="A Llama-family model of the registry."),
+        modes: str = typer.Option("strict,paper", "--modes", help="Comma-separated: strict, paper."),
+        masks: str = typer.Option(
+            "orthogonal,cond:100,naive,kron,blockperm:32", "--masks", help="Comma-separated mask families."
+        ),
+        defences: str = typer.Option("none,mix:4", "--defences", help="Comma-separated: none, mix:K."),
+        deltas: str = typer.Option(
+            "0.01,0.1",
+            "--deltas",
+            help="Relative sizes of the proprietary delta (the first runs every attack, the others the weight attacks).",
+        ),
+        paper_masks: str | None = typer.Option(
+            None, "--paper-masks", help="Mask kinds for paper mode (default: the same as --masks)."
+        ),
+        dataset: str = typer.Option(
+            "sciq", "--dataset", help="Public dataset the victim's prompts come from."
+        ),
+        prompts: int = typer.Option(32, "--prompts", help="Prompts sent by the data owner (eval contexts)."),
+        batch_size: int = typer.Option(8, "--batch-size"),
+        max_len: int = typer.Option(64, "--max-len", help="Tokens per prompt."),
+        data_dir: Path | None = typer.Option(None, "--data-dir"),
+        json_out: Path | None = typer.Option(None, "--json", help="Write the results JSON here."),
+        report: Path | None = typer.Option(
+            None, "--report", help="Folder for the Markdown table (attacks.md)."
+        ),
+        progress: bool = typer.Option(True, "--progress/--no-progress"),
+    ) -> None:
+        _run(
+            attacks,
+            model=model,
+            modes=modes,
+            masks=masks,
+            defences=defences,
+            deltas=deltas,
+            paper_masks=paper_masks,
+            dataset=dataset,
+            prompts=prompts,
+            batch_size=batch_size,
+            max_len=max_len,
+            data_dir=data_dir,
+            json_out=json_out,
+            report=report,
+            progress=progress,
+        )
+
+    command.__doc__ = doc
+    app.command(name=name)(command)
+
+
+_command("tokens", ["tokens"], "Prompt recovery from masked activations (norm + Gram matching, Procrustes).")
+_command("qkv", ["qkv"], "Prompt recovery from paper mode's clear Q (nearest public query vector).")
+_command(
+    "weights",
+    ["weights"],
+    "Weight recovery (Procrustes from the weights alone; known-plaintext mask recovery) as rho.",
+)
+_command("gradients", ["gradients"], "Loss-span leakage from the backward traffic.")
+_command("all", ["tokens", "qkv", "weights", "gradients"], "Every attack; the full table and JSON.")
