@@ -19,6 +19,7 @@ GROUPS = [
     "bench",
     "keys",
     "model-owner",
+    "attack",
 ]
 
 
