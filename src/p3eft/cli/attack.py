@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli import options as opt
+
 app = typer.Typer(
     no_args_is_help=True,
     help="Attack ObfuscaTune from the untrusted side (public model + boundary traffic) and measure the leakage.",
@@ -58,15 +60,17 @@ def _command(name: str, attacks: list[str], doc: str):
         dataset: str = typer.Option(
             "sciq", "--dataset", help="Public dataset the victim's prompts come from."
         ),
-        prompts: int = typer.Option(32, "--prompts", help="Prompts sent by the data owner (eval contexts)."),
-        batch_size: int = typer.Option(8, "--batch-size"),
-        max_len: int = typer.Option(64, "--max-len", help="Tokens per prompt."),
-        data_dir: Path | None = typer.Option(None, "--data-dir"),
+        prompts: int = typer.Option(
+            32, "--prompts", min=1, help="Prompts sent by the data owner (eval contexts)."
+        ),
+        batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per recorded call."),
+        max_len: int = typer.Option(64, "--max-len", min=2, help="Tokens per prompt."),
+        data_dir: Path | None = opt.DATA_DIR,
         json_out: Path | None = typer.Option(None, "--json", help="Write the results JSON here."),
         report: Path | None = typer.Option(
             None, "--report", help="Folder for the Markdown table (attacks.md)."
         ),
-        progress: bool = typer.Option(True, "--progress/--no-progress"),
+        progress: bool = opt.PROGRESS,
     ) -> None:
         _run(
             attacks,
