@@ -129,10 +129,22 @@ def build(site: str, lo: float, hi: float, tol: float = 2e-3) -> Fn:
 class FnSet(dict[str, Fn]):
     """site -> Fn. An exact set answers any site with the exact function (infinite range)."""
 
-    def __init__(self, fns: dict[str, Fn] | None = None, exact: bool = False, exp_shift: dict | None = None):
+    def __init__(
+        self,
+        fns: dict[str, Fn] | None = None,
+        exact: bool = False,
+        exp_shift: dict | None = None,
+        scales: dict | None = None,
+    ):
         super().__init__(fns or {})
         self.exact = exact
         self.exp_shift: dict[str, float] = dict(exp_shift or {})
+        self.scales: dict[str, float] = dict(scales or {})
+
+    def in_scale(self, site: str) -> float:
+        """The factor sigma that scales a site's input into its fitted range (LayerNorm variances:
+        a tiny variance would put x^3 of the first guess under CKKS's absolute noise floor)."""
+        return self.scales.get(site, 1.0)
 
     def get_fn(self, site: str) -> Fn:
         if self.exact:

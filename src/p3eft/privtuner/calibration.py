@@ -103,13 +103,18 @@ def calibrate(
     exact_twin = Twin(model, exact=True)
     observed, _, _ = _record(exact_twin, examples, params)
     shifts = {site.split(".")[0]: hi for site, (lo, hi) in observed.items() if kind_of(site) == "exp"}
-    fns = FnSet(exact=False, exp_shift=shifts)
     targets: dict[str, tuple[float, float]] = {}
+    scales: dict[str, float] = {}
     for site, (lo, hi) in observed.items():
         if kind_of(site) == "exp":
             s = shifts[site.split(".")[0]]
             lo, hi = lo - s, hi - s
-        targets[site] = _widen(site, lo, hi, m)
+        lo, hi = _widen(site, lo, hi, m)
+        if kind_of(site) == "inv_sqrt":  # scale the variance so that its range starts at 1
+            scales[site] = 1.0 / lo
+            lo, hi = 1.0, hi / lo
+        targets[site] = (lo, hi)
+    fns = FnSet(exact=False, exp_shift=shifts, scales=scales)
     rounds = 0
     flags: list[RangeFlag] = []
     max_abs = 0.0
