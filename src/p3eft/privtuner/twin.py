@@ -54,9 +54,12 @@ class PrivTunerModel:
         self.graph = EncoderGraph(self.weights, cfg, self.spec, self._rotation)
 
     def rotated_tables(self) -> dict[str, np.ndarray]:
-        """What the model owner hands the data owner (see :mod:`p3eft.privtuner.rotation`)."""
-        w = self.weights
-        return rotated_embedding_tables(w.word, w.position, w.token_type, self._rotation)
+        """What the model owner hands the data owner (see :mod:`p3eft.privtuner.rotation`); computed
+        once (a 30522 x 384 table takes seconds)."""
+        if getattr(self, "_tables", None) is None:
+            w = self.weights
+            self._tables = rotated_embedding_tables(w.word, w.position, w.token_type, self._rotation)
+        return self._tables
 
     # ----- parameters ------------------------------------------------------------------------------
     def init_params(self, seed: int | None = None, b_scale: float = 0.0) -> dict[str, np.ndarray]:
