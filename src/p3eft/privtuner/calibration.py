@@ -49,6 +49,8 @@ class CalibrationReport:
 
     @property
     def bound_ok(self) -> bool:
+        """Every calibrated intermediate |value| lies below the configured refresh ceiling (else the
+        refresh of the largest values hides them with less than lambda bits: raise ``refresh_bound``)."""
         return self.max_abs_value < self.refresh_bound
 
     def describe(self) -> dict[str, Any]:
@@ -59,6 +61,7 @@ class CalibrationReport:
             "max_abs_value": self.max_abs_value,
             "refresh_bound": self.refresh_bound,
             "bound_ok": self.bound_ok,
+            "refresh_bound_needed": self.max_abs_value,
             "rounds": self.rounds,
             "flags": [f.__dict__ for f in self.flags],
         }
