@@ -10,9 +10,9 @@ diagonals (free: the mask rides on the plaintext multiplications the product doe
 
 from __future__ import annotations
 
-import numpy as np
-
 from typing import Any
+
+import numpy as np
 
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
