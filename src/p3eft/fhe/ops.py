@@ -36,9 +36,17 @@ def _new(ctx: CkksContext) -> sealapi.Ciphertext:
     return sealapi.Ciphertext(ctx.seal)
 
 
+def _clone(ctx: CkksContext, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
+    """A deep copy of a SEAL ciphertext. The binding has no copy constructor, so negate twice (exact
+    modular arithmetic, O(N) per prime)."""
+    out = _new(ctx)
+    ctx.evaluator.negate(ct, out)
+    ctx.evaluator.negate_inplace(out)
+    return out
+
+
 def copy(ctx: CkksContext, a: Ciphertext, layout: Layout | None = None) -> Ciphertext:
-    out = sealapi.Ciphertext(a.seal)
-    return Ciphertext(out, a.context_id, layout or a.layout)
+    return Ciphertext(_clone(ctx, ctx.check(a).seal), a.context_id, layout or a.layout)
 
 
 def need_levels(ctx: CkksContext, a: Ciphertext, k: int) -> None:
@@ -71,9 +79,9 @@ def same_scale(x: float, y: float, rel: float = 1e-12) -> bool:
     return abs(x - y) <= rel * max(abs(x), abs(y))
 
 
-def relabel(a: Ciphertext, scale: float) -> Ciphertext:
+def relabel(ctx: CkksContext, a: Ciphertext, scale: float) -> Ciphertext:
     """A copy of ``a`` that SEAL believes has ``scale`` (the value read changes by the ratio)."""
-    out = sealapi.Ciphertext(a.seal)
+    out = _clone(ctx, a.seal)
     out.scale = scale
     return Ciphertext(out, a.context_id, a.layout)
 
@@ -90,10 +98,10 @@ def align_scales(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> tuple[Cipher
         elif lb > la:
             b = mul_plain(ctx, b, 1.0, scale=sa)
         else:
-            b = relabel(b, sa)
+            b = relabel(ctx, b, sa)
     a, b = align(ctx, a, b)
     if a.seal.scale != b.seal.scale:  # equal up to rounding of the last bits
-        b = relabel(b, a.seal.scale)
+        b = relabel(ctx, b, a.seal.scale)
     return a, b
 
 
