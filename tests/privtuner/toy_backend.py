@@ -129,7 +129,9 @@ class ToyBackend:
         return ToySpec(self.table, self.w0)
 
 
-def twin_train(backend: ToyBackend, batches: list[list[tuple[str, int]]], lr: float) -> tuple[list[float], np.ndarray]:
+def twin_train(
+    backend: ToyBackend, batches: list[list[tuple[str, int]]], lr: float
+) -> tuple[list[float], np.ndarray]:
     """The same training in float64: losses per step and the final head."""
     from p3eft.privtuner.roles import cross_entropy_grad
 

@@ -19,7 +19,7 @@ import math
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -88,12 +88,16 @@ class ModelOwner:
             raise SecurityError("the uploaded keys are for another parameter set than this session's")
         missing = set(self.backend.galois_steps) - set(ctx.galois_steps)
         if missing:
-            raise ProtocolError(f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs")
+            raise ProtocolError(
+                f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs"
+            )
         s.bind_keys(ctx)
         return {"context_id": ctx.context_id.hex()}
 
     @remote
-    def pt_forward(self, session: str, inputs: list[bytes], key: str | None = None, train: bool = False) -> Any:
+    def pt_forward(
+        self, session: str, inputs: list[bytes], key: str | None = None, train: bool = False
+    ) -> Any:
         s = self._session(session)
         model = s.require_model()
         ctx = s.ctx
@@ -133,7 +137,8 @@ class ModelOwner:
         ctx = s.ctx
         assert ctx is not None
         return {
-            name: [ctx.ciphertext_to_bytes(c) for c in cts] for name, cts in model.adapter_ciphertexts().items()
+            name: [ctx.ciphertext_to_bytes(c) for c in cts]
+            for name, cts in model.adapter_ciphertexts().items()
         }
 
     @remote
@@ -212,7 +217,9 @@ class DataOwner:
     def _request(self, method: str, **kwargs: Any) -> Any:
         reply = self.channel.call(method, session=self.setup.session, **kwargs)
         done = P.drive(
-            reply, self._answer, lambda ans: self.channel.call(P.RESUME, session=self.setup.session, answer=ans)
+            reply,
+            self._answer,
+            lambda ans: self.channel.call(P.RESUME, session=self.setup.session, answer=ans),
         )
         self.ledger.add_server_cost(done.cost)
         return done.result
