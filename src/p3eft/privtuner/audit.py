@@ -18,6 +18,7 @@ Three checks, run on a recorded protocol run (:class:`RecordingChannel` on the d
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,10 +149,8 @@ def audit_model_owner_inbox(transcript: list[Exchange]) -> InboxReport:
                 rep.violations.append(f"{where}: field not allowed by the protocol")
         if ex.method == P.KEYS and isinstance(ex.request.get("keys"), dict):
             pk = ex.request["keys"].get("public_key")
-            try:
+            with contextlib.suppress(P3eftError):
                 context_id = serial.unpack(pk, "public_key").context_id
-            except P3eftError:
-                pass
     return rep
 
 
