@@ -10,7 +10,7 @@ are peft's own. Only the data owner can run it: the tensors come from its decryp
 from __future__ import annotations
 
 import json
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ LORA_TARGETS = ("query", "value")
 HEAD_MODULES = ("classifier",)
 
 
-class EndPolicy(str, Enum):
+class EndPolicy(StrEnum):
     """What happens to the trained adapter when training ends."""
 
     EXPORT = "export"  # the data owner decrypts adapter + head -> PEFT folder; plaintext inference
