@@ -20,7 +20,7 @@ from typing import Any
 
 from p3eft.channel import InProcessChannel
 from p3eft.privtuner import accounting
-from p3eft.privtuner.backend import ClientCodec, ModelBackend
+from p3eft.privtuner.contract import ClientCodec, ModelBackend
 from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
 
 KIND = "p3eft.privtuner.step_costs"

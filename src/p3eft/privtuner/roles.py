@@ -30,7 +30,7 @@ from p3eft.fhe.context import Ciphertext, CkksContext, Layout, keygen
 from p3eft.fhe.params import ParamSet
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.accounting import AccountingChannel, Ledger
-from p3eft.privtuner.backend import ClientCodec, ModelBackend
+from p3eft.privtuner.contract import ClientCodec, ModelBackend
 from p3eft.privtuner.session import ModelOwnerSession
 
 MAX_SESSIONS = 64

@@ -24,7 +24,7 @@ from typing import Any
 from p3eft.errors import P3eftError, ProtocolError
 from p3eft.fhe.context import CkksContext
 from p3eft.fhe.roles import RemoteRefresher
-from p3eft.privtuner.backend import EncryptedModel, SessionModelSpec
+from p3eft.privtuner.contract import EncryptedModel, SessionModelSpec
 from p3eft.privtuner.protocol import Callback, Done
 
 _ABORT = object()
