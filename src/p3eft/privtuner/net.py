@@ -63,6 +63,20 @@ def serve_model_owner(
     _serve(model_owner_server(role, certs, host, port, max_message_bytes), MODEL_OWNER, host, ready_file)
 
 
+def run_model_owner(
+    backend: Any,
+    certs: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: str | Path | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+) -> None:
+    """``p3eft serve privtuner-model-owner``: one :class:`ModelOwner` for every data owner that connects."""
+    from p3eft.privtuner.roles import ModelOwner
+
+    serve_model_owner(ModelOwner(backend), certs, host, port, ready_file, max_message_bytes)
+
+
 def connect_model_owner(
     url: str, certs: str | Path, max_message_bytes: int = DEFAULT_MAX_MESSAGE, **kw: Any
 ) -> NetworkChannel:
