@@ -1,0 +1,140 @@
+"""The trained parameters as ciphertexts under the data owner's key (DESIGN §2.1; layout ours).
+
+The model owner initialises LoRA A, B (query and value of every adapted layer) and the classifier in
+plaintext, encrypts them with the data owner's *public* key (:meth:`EncryptedAdapter.encrypt`), and
+from then on only holds ciphertexts: gradients are accumulated homomorphically and
+:meth:`EncryptedAdapter.apply_sgd` performs p <- p - lr * g on ciphertexts. Only the data owner can
+decrypt (:meth:`EncryptedAdapter.decrypt`), which yields peft-style names:
+
+* ``encoder.layer.{l}.attention.self.{query|value}.lora_A.weight`` (r x hidden),
+* ``encoder.layer.{l}.attention.self.{query|value}.lora_B.weight`` (hidden x r),
+* ``classifier.weight`` (labels x hidden), ``classifier.bias`` (labels).
+
+Each parameter is stored as the logical matrices of :func:`p3eft.privtuner.graph.param_matrices`
+(one per LoRA rank component and per label), each ``spec.cts`` ciphertexts.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from p3eft.errors import ProtocolError
+from p3eft.fhe import ops
+from p3eft.fhe.context import Ciphertext, CkksContext, SecretKey
+from p3eft.fhe.nonlinear import Refresher
+from p3eft.privtuner.twin import PrivTunerModel
+
+MODULE_NAMES = {"q": "query", "v": "value"}
+
+
+def peft_names(plain: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``L{l}.{q|v}.A``/``.B``, ``head.W``/``head.b`` -> peft-style parameter names."""
+    out = {}
+    for k, v in plain.items():
+        if k == "head.W":
+            out["classifier.weight"] = v
+        elif k == "head.b":
+            out["classifier.bias"] = v
+        else:
+            layer, mod, ab = k.split(".")
+            out[f"encoder.layer.{layer[1:]}.attention.self.{MODULE_NAMES[mod]}.lora_{ab}.weight"] = v
+    return out
+
+
+class EncryptedAdapter:
+    """LoRA factors + classifier as ciphertexts (model owner's side), with encrypted gradients."""
+
+    def __init__(self, ctx: CkksContext, mats: dict[str, list[Ciphertext]]) -> None:
+        self.ctx = ctx
+        self.mats = mats
+        self.grads: dict[str, list[Ciphertext]] = {}
+        self.steps = 0
+
+    @classmethod
+    def encrypt(cls, ctx: CkksContext, model: PrivTunerModel, params: dict[str, np.ndarray]) -> EncryptedAdapter:
+        """Encrypt plaintext logical matrices (``model.init_params()``) under ``ctx``'s public key."""
+        lay = model.spec.layout()
+        mats = {
+            name: [ctx.encrypt_slots(s, lay) for s in model.spec.pack_matrix(m)] for name, m in params.items()
+        }
+        return cls(ctx, mats)
+
+    def accumulate(self, grads: dict[str, list[Ciphertext]]) -> None:
+        """g <- g + grads (several examples before one update)."""
+        for k, g in grads.items():
+            if k not in self.mats:
+                raise ProtocolError(f"gradient for unknown parameter {k}")
+            cur = self.grads.get(k)
+            self.grads[k] = list(g) if cur is None else [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
+
+    def apply_sgd(self, lr: float, refresher: Refresher | None = None, min_levels: int = 3) -> int:
+        """p <- p - lr * g homomorphically, then clear g. Parameters left with fewer than
+        ``min_levels`` levels above the refresh floor are refreshed. Returns the number of refreshes."""
+        refreshes = 0
+        for k, g in self.grads.items():
+            new = []
+            for p, gi in zip(self.mats[k], g, strict=True):
+                if refresher is not None and self.ctx.level(gi) - 1 < refresher.min_level:
+                    gi = refresher(gi)
+                    refreshes += 1
+                step = ops.mul_plain(self.ctx, gi, float(lr))
+                q = ops.sub(self.ctx, p, step)
+                if refresher is not None and self.ctx.level(q) - refresher.min_level < min_levels:
+                    q = refresher(q)
+                    refreshes += 1
+                q.layout = p.layout
+                new.append(q)
+            self.mats[k] = new
+        self.grads = {}
+        self.steps += 1
+        return refreshes
+
+    # ----- bytes -----------------------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Checked ciphertext envelopes behind a JSON index (names, counts)."""
+        index = {k: len(v) for k, v in self.mats.items()}
+        head = json.dumps({"index": index, "steps": self.steps}).encode()
+        parts = [struct.pack(">I", len(head)), head]
+        for k in index:
+            for c in self.mats[k]:
+                b = self.ctx.ciphertext_to_bytes(c)
+                parts += [struct.pack(">I", len(b)), b]
+        return b"".join(parts)
+
+    @classmethod
+    def from_bytes(cls, ctx: CkksContext, data: bytes) -> EncryptedAdapter:
+        try:
+            (n,) = struct.unpack(">I", data[:4])
+            head = json.loads(data[4 : 4 + n])
+            pos = 4 + n
+            mats: dict[str, list[Ciphertext]] = {}
+            for k, count in head["index"].items():
+                lst = []
+                for _ in range(int(count)):
+                    (m,) = struct.unpack(">I", data[pos : pos + 4])
+                    lst.append(ctx.ciphertext_from_bytes(data[pos + 4 : pos + 4 + m]))
+                    pos += 4 + m
+                mats[k] = lst
+        except (struct.error, ValueError, KeyError, TypeError) as err:
+            raise ProtocolError(f"malformed encrypted adapter: {err}") from err
+        if pos != len(data):
+            raise ProtocolError("trailing bytes after the encrypted adapter")
+        out = cls(ctx, mats)
+        out.steps = int(head.get("steps", 0))
+        return out
+
+    # ----- data owner ----------------------------------------------------------------------------
+    def decrypt_matrices(self, sk: SecretKey, model: PrivTunerModel) -> dict[str, np.ndarray]:
+        """The logical matrices (the twin's parameter format)."""
+        return {k: model.spec.unpack_matrix([sk.decrypt_slots(self.ctx, c) for c in v]) for k, v in self.mats.items()}
+
+    def decrypt(self, sk: SecretKey, model: PrivTunerModel) -> dict[str, np.ndarray]:
+        """Data owner: the adapter and head with peft-style names (see module doc)."""
+        return peft_names(model.plain_params(self.decrypt_matrices(sk, model)))
+
+    def describe(self) -> dict[str, Any]:
+        return {"parameters": len(self.mats), "ciphertexts": sum(len(v) for v in self.mats.values()), "steps": self.steps}

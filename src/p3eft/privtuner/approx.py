@@ -1,0 +1,150 @@
+"""The non-linear functions of the encrypted encoder, one per *site*, with calibrated ranges (ours).
+
+A site is one place in the network where a non-linear function is applied: ``emb.inv_sqrt``,
+``L0.exp``, ``L0.recip``, ``L0.ln1.inv_sqrt``, ``L0.gelu``, ``L0.gelu_grad``, ``L0.ln2.inv_sqrt``,
+``pool.tanh``. Each site gets its own engine :class:`~p3eft.fhe.nonlinear.Approximation` fitted to
+the range calibrated on training data (:mod:`p3eft.privtuner.calibration`), so a narrow site is not
+paid for with the degree a wide one needs. The plaintext twin calls :attr:`Fn.plain` (the same
+arithmetic, in NumPy), the encrypted path :meth:`Fn.encrypted`; ``exact`` functions have no
+encrypted form and define the plain model.
+
+Degree/iteration choices (ours): polynomials take the lowest even degree (4..16) whose error on the
+range is below ``tol``; exp uses enough squarings that the reduced argument spans at most 2, with a
+degree-6 polynomial; reciprocal and inverse square root iterate until the relative error is below
+``1e-4`` on the range.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.special import erf
+
+from p3eft.fhe import nonlinear
+from p3eft.fhe.context import Ciphertext, CkksContext
+from p3eft.fhe.nonlinear import Approximation, Refresher
+
+
+def gelu_exact(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + erf(x / math.sqrt(2.0)))
+
+
+def gelu_grad_exact(x: np.ndarray) -> np.ndarray:
+    """d/dx of the erf GELU: Phi(x) + x phi(x)."""
+    return 0.5 * (1.0 + erf(x / math.sqrt(2.0))) + x * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+
+
+EXACT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "exp": np.exp,
+    "recip": lambda x: 1.0 / x,
+    "inv_sqrt": lambda x: 1.0 / np.sqrt(x),
+    "gelu": gelu_exact,
+    "gelu_grad": gelu_grad_exact,
+    "tanh": np.tanh,
+}
+
+
+def kind_of(site: str) -> str:
+    """``L0.ln1.inv_sqrt`` -> ``inv_sqrt``."""
+    return site.rsplit(".", 1)[-1]
+
+
+@dataclass
+class Fn:
+    """One site's function: exact, or an engine approximation on [lo, hi]."""
+
+    site: str
+    lo: float
+    hi: float
+    approximation: Approximation | None = None
+
+    @property
+    def exact(self) -> bool:
+        return self.approximation is None
+
+    def plain(self, x: np.ndarray) -> np.ndarray:
+        if self.approximation is None:
+            return EXACT[kind_of(self.site)](x)
+        return self.approximation.plain(x)
+
+    def encrypted(self, ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
+        if self.approximation is None:
+            raise ValueError(f"site {self.site} is exact; it has no encrypted form")
+        return self.approximation.encrypted(ctx, ct, refresher)
+
+    def describe(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"site": self.site, "range": [self.lo, self.hi]}
+        if self.approximation is not None:
+            a = self.approximation
+            d.update(
+                {
+                    "degree": a.degree,
+                    "depth": a.depth,
+                    "note": a.note,
+                    "max_abs_error_on_range": a.max_error(),
+                    "max_rel_error_on_range": a.max_rel_error(),
+                }
+            )
+        return d
+
+
+def _lowest_degree_poly(name: str, f: Callable, lo: float, hi: float, tol: float, odd: bool) -> Approximation:
+    best = None
+    for degree in range(3 if odd else 4, 17, 2):
+        a = nonlinear.polynomial(name, f, lo, hi, degree, odd=odd)
+        best = a
+        if a.max_error() <= tol:
+            return a
+    assert best is not None
+    return best
+
+
+def build(site: str, lo: float, hi: float, tol: float = 2e-3) -> Fn:
+    """The approximation of ``site``'s function on [lo, hi]."""
+    kind = kind_of(site)
+    if kind == "exp":
+        r = max(0, math.ceil(math.log2(max((hi - lo) / 2.0, 1e-9))))
+        a = nonlinear.exp(lo, hi, squarings=r, degree=6)
+    elif kind == "recip":
+        a = nonlinear.reciprocal(lo, hi, target_rel=1e-4)
+    elif kind == "inv_sqrt":
+        a = nonlinear.inv_sqrt(lo, hi, guess_degree=3, target_rel=1e-4)
+    elif kind == "gelu":
+        a = _lowest_degree_poly("gelu", gelu_exact, lo, hi, tol, odd=False)
+    elif kind == "gelu_grad":
+        a = _lowest_degree_poly("gelu_grad", gelu_grad_exact, lo, hi, tol, odd=False)
+    elif kind == "tanh":
+        bound = max(abs(lo), abs(hi))
+        a = _lowest_degree_poly("tanh", np.tanh, -bound, bound, tol, odd=True)
+        lo, hi = -bound, bound
+    else:
+        raise ValueError(f"unknown function kind {kind!r}")
+    return Fn(site, lo, hi, a)
+
+
+class FnSet(dict[str, Fn]):
+    """site -> Fn. An exact set answers any site with the exact function (infinite range)."""
+
+    def __init__(self, fns: dict[str, Fn] | None = None, exact: bool = False, exp_shift: dict | None = None):
+        super().__init__(fns or {})
+        self.exact = exact
+        self.exp_shift: dict[str, float] = dict(exp_shift or {})
+
+    def get_fn(self, site: str) -> Fn:
+        if self.exact:
+            return self.get(site) or Fn(site, -math.inf, math.inf, None)
+        try:
+            return self[site]
+        except KeyError:
+            raise KeyError(f"no calibrated range for site {site}; run calibration first") from None
+
+    def shift(self, layer: int) -> float:
+        """The constant subtracted from layer ``layer``'s scores before exp (softmax is shift-free)."""
+        return self.exp_shift.get(f"L{layer}", 0.0)
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [fn.describe() for fn in self.values()]

@@ -1,0 +1,426 @@
+"""Two backends for one network description: NumPy matrices (the twin) and ciphertexts (ours).
+
+The encoder's forward and backward (:mod:`p3eft.privtuner.graph`) are written once against the
+small set of operations below. :class:`PlainBackend` runs them on logical (seq, width) float64
+matrices; :class:`CipherBackend` on lists of ciphertexts in the packing of
+:mod:`p3eft.privtuner.packing`. Since both run the same sequence of operations, the twin reproduces
+the encrypted path's approximations, ranges and order of operations by construction, and the only
+difference left is CKKS noise and the refresh's rounding.
+
+Operation semantics (every slot of a row holds a value the twin computes too):
+
+* ``lin(L, x)``: x W^T + b per row (W, b padded to ``width``), optionally only some rows;
+* ``feature_sum(x, n, s)``: every slot of row r <- s * sum_{j<n} x[r, j];
+* ``head_sum(x, dh, H, s)``: slot j < H*dh of row r <- s * sum over j's head of x[r, .]; others 0;
+* ``rot_rows(x, d)``: row r <- row (r + d) mod seq;
+* ``row_sum(x)``: every row <- sum of all rows;
+* ``fn(site, x)``: the site's (approximate or exact) function, element-wise.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from p3eft.fhe import ops
+from p3eft.fhe.context import Ciphertext, CkksContext, Layout
+from p3eft.fhe.nonlinear import Refresher
+from p3eft.privtuner.approx import FnSet
+from p3eft.privtuner.kernels import RowsKernel
+from p3eft.privtuner.packing import PackingSpec
+
+
+@dataclass
+class Linear:
+    """A frozen plaintext linear map on padded features: y = W x + b, on the rows in ``row_mask``."""
+
+    key: str
+    weight: np.ndarray  # (width, width)
+    bias: np.ndarray | None  # (width,)
+    row_mask: np.ndarray | None = None  # (seq,)
+
+
+@dataclass
+class RangeFlag:
+    """An approximation input that left its calibrated range (the twin's out-of-range report)."""
+
+    site: str
+    observed: tuple[float, float]
+    allowed: tuple[float, float]
+
+
+class PlainBackend:
+    """Logical matrices in NumPy; records ranges (calibration) and flags out-of-range inputs."""
+
+    def __init__(self, spec: PackingSpec, fns: FnSet, record: bool = False) -> None:
+        self.spec, self.fns, self.record = spec, fns, record
+        self.ranges: dict[str, list[float]] = {}
+        self.flags: list[RangeFlag] = []
+        self.max_abs = 0.0
+
+    def _track(self, x: np.ndarray) -> np.ndarray:
+        if self.record:
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(x))))
+        return x
+
+    def const(self, m: np.ndarray) -> np.ndarray:
+        return np.array(m, dtype=np.float64)
+
+    def lin(self, lin: Linear, x: np.ndarray) -> np.ndarray:
+        y = x @ lin.weight.T
+        if lin.bias is not None:
+            y = y + lin.bias[None, :]
+        if lin.row_mask is not None:
+            y = y * lin.row_mask[:, None]
+        return self._track(y)
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._track(a + b)
+
+    def sub(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._track(a - b)
+
+    def mul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._track(a * b)
+
+    def mul_plain(self, a: np.ndarray, p: np.ndarray | float) -> np.ndarray:
+        return self._track(a * p)
+
+    def add_plain(self, a: np.ndarray, p: np.ndarray | float) -> np.ndarray:
+        return self._track(a + p)
+
+    def neg(self, a: np.ndarray) -> np.ndarray:
+        return -a
+
+    def rot_rows(self, a: np.ndarray, delta: int) -> np.ndarray:
+        return np.roll(a, -delta, axis=0)
+
+    def feature_sum(self, a: np.ndarray, n: int, scale: float) -> np.ndarray:
+        s = scale * a[:, :n].sum(axis=1, keepdims=True)
+        return self._track(np.repeat(s, a.shape[1], axis=1))
+
+    def head_sum(self, a: np.ndarray, dh: int, heads: int, scale: float) -> np.ndarray:
+        out = np.zeros_like(a)
+        for h in range(heads):
+            out[:, h * dh : (h + 1) * dh] = scale * a[:, h * dh : (h + 1) * dh].sum(axis=1, keepdims=True)
+        return self._track(out)
+
+    def row_sum(self, a: np.ndarray) -> np.ndarray:
+        return self._track(np.repeat(a.sum(axis=0, keepdims=True), a.shape[0], axis=0))
+
+    def fn(self, site: str, x: np.ndarray) -> np.ndarray:
+        f = self.fns.get_fn(site)
+        lo, hi = float(np.min(x)), float(np.max(x))
+        if self.record:
+            r = self.ranges.setdefault(site, [lo, hi])
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        if not f.exact and (lo < f.lo or hi > f.hi):
+            self.flags.append(RangeFlag(site, (lo, hi), (f.lo, f.hi)))
+        return self._track(f.plain(x))
+
+    def logits(self, per_label: list[np.ndarray]) -> np.ndarray:
+        return np.array([t[0, 0] for t in per_label])
+
+    def level(self, a: Any) -> int:
+        return 0
+
+
+@dataclass
+class CipherStats:
+    """Where an encrypted pass spends its time (seconds, wall) and how many refreshes it made."""
+
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    counts: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, what: str, t0: float, n: int = 1) -> None:
+        self.seconds[what] += time.perf_counter() - t0
+        self.counts[what] += n
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seconds": dict(self.seconds), "counts": dict(self.counts)}
+
+
+class CipherBackend:
+    """Logical matrices as ``spec.cts`` ciphertexts each; refreshes through ``refresher`` when a
+    ciphertext would drop below the refresh floor."""
+
+    def __init__(self, ctx: CkksContext, spec: PackingSpec, fns: FnSet, refresher: Refresher) -> None:
+        self.ctx, self.spec, self.fns, self.refresher = ctx, spec, fns, refresher
+        self.kernels: dict[str, RowsKernel] = {}
+        self.stats = CipherStats()
+        self._masks: dict[Any, np.ndarray] = {}
+
+    # ----- levels ------------------------------------------------------------------------------
+    @property
+    def floor(self) -> int:
+        return self.refresher.min_level
+
+    def level(self, a: list[Ciphertext]) -> int:
+        return min(self.ctx.level(c) for c in a)
+
+    def _fresh(self, c: Ciphertext, need: int) -> Ciphertext:
+        if self.ctx.level(c) - need >= self.floor:
+            return c
+        t0 = time.perf_counter()
+        out = self.refresher(c)
+        self.stats.add("refresh", t0)
+        return out
+
+    def ready(self, a: list[Ciphertext], need: int = 1) -> list[Ciphertext]:
+        return [self._fresh(c, need) for c in a]
+
+    # ----- packing -----------------------------------------------------------------------------
+    def _slots(self, p: np.ndarray | float) -> list[np.ndarray | float]:
+        """A plaintext operand as slot vectors: scalars stay scalars, (width,) rows repeat, (seq, width)."""
+        if np.isscalar(p):
+            return [float(p)] * self.spec.cts
+        m = np.asarray(p, dtype=np.float64)
+        if m.ndim == 1:
+            m = np.repeat(m[None, :], self.spec.seq, axis=0)
+        return self.spec.pack_matrix(m)
+
+    def const(self, m: np.ndarray) -> list[Ciphertext]:
+        """Encrypt a public plaintext matrix (only used for public constants)."""
+        lay = self.spec.layout()
+        return [self.ctx.encrypt_slots(s, lay) for s in self.spec.pack_matrix(np.asarray(m))]
+
+    def _mask(self, key: Any, build: Any) -> np.ndarray:
+        if key not in self._masks:
+            self._masks[key] = build()
+        return self._masks[key]
+
+    # ----- linear ------------------------------------------------------------------------------
+    def _kernel(self, lin: Linear) -> RowsKernel:
+        if lin.key not in self.kernels:
+            self.kernels[lin.key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, None)
+        return self.kernels[lin.key]
+
+    def _replicate(self, c: Ciphertext) -> Ciphertext:
+        """rows form (zeros beyond width) -> rows_rep (period width through the block); no level."""
+        cover = self.spec.width
+        while cover < self.spec.block:
+            c = ops.add(self.ctx, c, ops.rotate(self.ctx, c, -cover))
+            cover *= 2
+        c.layout = self.spec.layout()
+        return c
+
+    def lin(self, lin: Linear, x: list[Ciphertext]) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        k = self._kernel(lin)
+        out = []
+        r = self.spec.rows_per_ct
+        for ci, c in enumerate(self.ready(x)):
+            rm = None if lin.row_mask is None else lin.row_mask[ci * r : (ci + 1) * r]
+            if rm is not None and not np.any(rm):
+                y = ops.mul_plain(self.ctx, c, 0.0, self.spec.layout())
+            else:
+                kk = k
+                if rm is not None and not np.all(rm):
+                    key = (lin.key, ci)
+                    if key not in self.kernels:
+                        self.kernels[key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, rm)
+                    kk = self.kernels[key]
+                y = self._replicate(kk(self.ctx, c))
+            if lin.bias is not None:
+                b = np.repeat(lin.bias[None, :], r, axis=0)
+                if rm is not None:
+                    b = b * rm[:, None]
+                if np.any(b):
+                    y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
+            out.append(y)
+        self.stats.add("linear", t0, len(out))
+        return out
+
+    # ----- element-wise --------------------------------------------------------------------------
+    def add(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
+        return [ops.add(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
+
+    def sub(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
+        return [ops.sub(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
+
+    def mul(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        out = [ops.multiply(self.ctx, x, y) for x, y in zip(self.ready(a), self.ready(b), strict=True)]
+        self.stats.add("ct_x_ct", t0, len(out))
+        return out
+
+    def mul_plain(self, a: list[Ciphertext], p: np.ndarray | float) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        out = [ops.mul_plain(self.ctx, x, s) for x, s in zip(self.ready(a), self._slots(p), strict=True)]
+        self.stats.add("ct_x_pt", t0, len(out))
+        return out
+
+    def add_plain(self, a: list[Ciphertext], p: np.ndarray | float) -> list[Ciphertext]:
+        return [ops.add_plain(self.ctx, x, s) for x, s in zip(a, self._slots(p), strict=True)]
+
+    def neg(self, a: list[Ciphertext]) -> list[Ciphertext]:
+        return [ops.negate(self.ctx, x) for x in a]
+
+    # ----- rotations ----------------------------------------------------------------------------
+    def _row_masks(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+        def build() -> np.ndarray:
+            r, blk = self.spec.rows_per_ct, self.spec.block
+            lo = np.zeros(self.ctx.slots)
+            lo[: (r - b) * blk] = 1.0
+            return lo
+
+        lo = self._mask(("rowlo", b), build)
+        return lo, 1.0 - lo
+
+    def rot_rows(self, a: list[Ciphertext], delta: int) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        spec = self.spec
+        delta %= spec.seq
+        if delta == 0:
+            return a
+        q, b = divmod(delta, spec.rows_per_ct)
+        n = spec.cts
+        out = []
+        for c in range(n):
+            first = a[(c + q) % n]
+            if b == 0:
+                out.append(first)
+                continue
+            r1 = ops.rotate(self.ctx, first, b * spec.block)
+            if n == 1:
+                out.append(r1)
+                continue
+            second = a[(c + q + 1) % n]
+            r2 = ops.rotate(self.ctx, second, b * spec.block)
+            lo, hi = self._row_masks(b)
+            r1, r2 = self._fresh(r1, 1), self._fresh(r2, 1)
+            out.append(ops.add(self.ctx, ops.mul_plain(self.ctx, r1, lo), ops.mul_plain(self.ctx, r2, hi)))
+        self.stats.add("rotations", t0, len(out))
+        return out
+
+    def _window_sum(self, c: Ciphertext, n: int) -> Ciphertext:
+        """Slot j <- sum of slots j..j+n-1 (binary decomposition of n; left rotations)."""
+        partial = {1: c}
+        m = 1
+        while 2 * m <= n:
+            partial[2 * m] = ops.add(self.ctx, partial[m], ops.rotate(self.ctx, partial[m], m))
+            m *= 2
+        total, offset = None, 0
+        while m >= 1:
+            if n & m:
+                term = ops.rotate(self.ctx, partial[m], offset) if offset else partial[m]
+                total = term if total is None else ops.add(self.ctx, total, term)
+                offset += m
+            m //= 2
+        assert total is not None
+        return total
+
+    def _spread(self, c: Ciphertext, span: int) -> Ciphertext:
+        """Slot j*span... <- copy the value at the start of every span-group over the group (right)."""
+        step = 1
+        while step < span:
+            c = ops.add(self.ctx, c, ops.rotate(self.ctx, c, -step))
+            step *= 2
+        return c
+
+    def feature_sum(self, a: list[Ciphertext], n: int, scale: float) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        blk = self.spec.block
+
+        def build() -> np.ndarray:
+            m = np.zeros(self.ctx.slots)
+            m[::blk] = 1.0
+            return m
+
+        mask = self._mask(("first", blk), build)
+        out = []
+        for c in self.ready(a):
+            s = self._window_sum(c, n)
+            s = ops.mul_plain(self.ctx, s, mask * scale)
+            s = self._spread(s, blk)
+            s.layout = self.spec.layout()
+            out.append(s)
+        self.stats.add("feature_sums", t0, len(out))
+        return out
+
+    def head_sum(self, a: list[Ciphertext], dh: int, heads: int, scale: float) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        blk = self.spec.block
+
+        def build() -> np.ndarray:
+            m = np.zeros(self.ctx.slots)
+            for h in range(heads):
+                m[h * dh :: blk] = 1.0
+            return m
+
+        mask = self._mask(("heads", dh, heads), build)
+        out = []
+        for c in self.ready(a):
+            s = ops.rotate_sum(self.ctx, c, dh)
+            s = ops.mul_plain(self.ctx, s, mask * scale)
+            s = self._spread(s, dh)
+            out.append(self._replicate(s))
+        self.stats.add("head_sums", t0, len(out))
+        return out
+
+    def row_sum(self, a: list[Ciphertext]) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        total = a[0]
+        for c in a[1:]:
+            total = ops.add(self.ctx, total, c)
+        total = ops.rotate_sum(self.ctx, total, self.spec.rows_per_ct, self.spec.block)
+        total.layout = self.spec.layout()
+        self.stats.add("row_sums", t0)
+        return [total] * self.spec.cts
+
+    def fn(self, site: str, x: list[Ciphertext]) -> list[Ciphertext]:
+        t0 = time.perf_counter()
+        f = self.fns.get_fn(site)
+        out = []
+        for c in x:
+            y = f.encrypted(self.ctx, c, self.refresher)
+            y.layout = self.spec.layout()
+            out.append(y)
+        self.stats.add("nonlinear", t0, len(out))
+        return out
+
+    def logits(self, per_label: list[list[Ciphertext]]) -> Ciphertext:
+        """Label c's row 0 moved to row c of one ciphertext (no level)."""
+        total = None
+        for c, t in enumerate(per_label):
+            r = ops.rotate(self.ctx, t[0], -c * self.spec.block) if c else t[0]
+            total = r if total is None else ops.add(self.ctx, total, r)
+        assert total is not None
+        total.layout = self.spec.logits_layout(len(per_label))
+        return total
+
+
+def galois_steps(spec: PackingSpec, heads: int, head_dim: int) -> list[int]:
+    """Every rotation step :class:`CipherBackend` uses for this geometry (for the data owner's keygen)."""
+    slots, blk, w = spec.slots, spec.block, spec.width
+    k = RowsKernel(np.eye(w), blk, slots)
+    steps = set(k.galois_steps())
+    cover = w
+    while cover < blk:  # replicate
+        steps.add(-cover)
+        cover *= 2
+    m = 1
+    while m < blk:  # window sums (and their offsets), spreads
+        steps.update({m, -m})
+        m *= 2
+    for n in (spec.hidden,):
+        offset = 0
+        mm = 1 << (n.bit_length() - 1)
+        while mm >= 1:
+            if n & mm:
+                if offset:
+                    steps.add(offset)
+                offset += mm
+            mm //= 2
+    steps.update(ops.rotate_sum_steps(head_dim))
+    steps.update(b * blk for b in range(1, spec.rows_per_ct))  # row rotations
+    steps.update(-c * blk for c in range(1, 8))  # logits rows
+    steps.update(ops.rotate_sum_steps(spec.rows_per_ct, blk))
+    return sorted({s % slots for s in steps} - {0})
+
+
+__all__ = ["Linear", "PlainBackend", "CipherBackend", "galois_steps", "Layout"]

@@ -1,0 +1,133 @@
+"""Input ranges of every approximation, calibrated on training data; out-of-range inputs flagged (ours).
+
+Procedure (:func:`calibrate`):
+
+1. run the *exact* twin (forward and backward) on the calibration examples, recording the min and
+   max of every site's input over every slot (padding rows and padded features included: the
+   encrypted path evaluates them too);
+2. attention scores are shifted by the largest calibrated score of their layer (softmax does not
+   change), so exp only sees [lo - max, 0] and its outputs stay below 1 -- the values that go into
+   the reciprocal and the refreshes stay small;
+3. widen each range by ``margin`` (signed sites: margin x width on each side; positive sites --
+   reciprocal, inverse square root -- by the factor 1 + 4 x margin at each end) and fit the site's
+   approximation on it (:func:`p3eft.privtuner.approx.build`);
+4. run the *approximate* twin on the same examples; a site whose inputs now leave its range (the
+   approximations shift later values a little) is widened again and refitted (up to 3 rounds).
+
+An input outside its range is never clipped: the twin reports it as a
+:class:`~p3eft.privtuner.backend.RangeFlag` (:func:`check_ranges`), and the report says so.
+The largest |value| of any intermediate must stay below the refresh bound; the report checks that too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from p3eft.errors import P3eftError
+from p3eft.privtuner.approx import FnSet, build, kind_of
+from p3eft.privtuner.backend import RangeFlag
+from p3eft.privtuner.twin import Example, PrivTunerModel, Twin
+
+POSITIVE = ("recip", "inv_sqrt")
+
+
+@dataclass
+class CalibrationReport:
+    fns: FnSet
+    observed: dict[str, list[float]]
+    max_abs_value: float
+    refresh_bound: float
+    rounds: int
+    flags: list[RangeFlag] = field(default_factory=list)
+
+    @property
+    def bound_ok(self) -> bool:
+        return self.max_abs_value < self.refresh_bound
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "sites": self.fns.describe(),
+            "exp_shift": dict(self.fns.exp_shift),
+            "observed": self.observed,
+            "max_abs_value": self.max_abs_value,
+            "refresh_bound": self.refresh_bound,
+            "bound_ok": self.bound_ok,
+            "rounds": self.rounds,
+            "flags": [f.__dict__ for f in self.flags],
+        }
+
+
+def _record(twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray]) -> tuple[dict, float, list]:
+    ranges: dict[str, list[float]] = {}
+    max_abs = 0.0
+    flags: list[RangeFlag] = []
+    for ex in examples:
+        bk = twin.backend(record=True)
+        logits, cache = twin.forward(ex, params, keep=True, bk=bk)
+        assert cache is not None
+        spec = twin.model.spec
+        gm = []
+        for _ in range(len(logits)):
+            m = np.zeros((spec.seq, spec.width))
+            m[0] = 1.0  # |dL/dlogit| <= 1 for cross-entropy: calibrate the backward at that bound
+            gm.append(m)
+        twin.model.graph.backward(bk, cache, gm, params)
+        for site, (lo, hi) in bk.ranges.items():
+            r = ranges.setdefault(site, [lo, hi])
+            r[0], r[1] = min(r[0], lo), max(r[1], hi)
+        max_abs = max(max_abs, bk.max_abs)
+        flags.extend(bk.flags)
+    return ranges, max_abs, flags
+
+
+def _widen(site: str, lo: float, hi: float, margin: float) -> tuple[float, float]:
+    if kind_of(site) in POSITIVE:
+        if lo <= 0:
+            raise P3eftError(f"site {site} saw a non-positive input {lo}; cannot calibrate")
+        return lo / (1 + 4 * margin), hi * (1 + 4 * margin)
+    w = max(hi - lo, 1e-3)
+    return lo - margin * w, hi + margin * w
+
+
+def calibrate(
+    model: PrivTunerModel, examples: Sequence[Example], params: dict[str, np.ndarray], margin: float | None = None
+) -> CalibrationReport:
+    """Fit every site's approximation to its calibrated range (see module doc)."""
+    if not examples:
+        raise P3eftError("calibration needs at least one example")
+    m = model.cfg.margin if margin is None else margin
+    exact_twin = Twin(model, exact=True)
+    observed, _, _ = _record(exact_twin, examples, params)
+    shifts = {site.split(".")[0]: hi for site, (lo, hi) in observed.items() if kind_of(site) == "exp"}
+    fns = FnSet(exact=False, exp_shift=shifts)
+    targets: dict[str, tuple[float, float]] = {}
+    for site, (lo, hi) in observed.items():
+        if kind_of(site) == "exp":
+            s = shifts[site.split(".")[0]]
+            lo, hi = lo - s, hi - s
+        targets[site] = _widen(site, lo, hi, m)
+    rounds = 0
+    flags: list[RangeFlag] = []
+    max_abs = 0.0
+    for rounds in range(1, 4):
+        for site, (lo, hi) in targets.items():
+            if site not in fns or (fns[site].lo, fns[site].hi) != (lo, hi):
+                fns[site] = build(site, lo, hi)
+        approx_twin = Twin(model, fns)
+        seen, max_abs, flags = _record(approx_twin, examples, params)
+        if not flags:
+            break
+        for f in flags:
+            lo, hi = targets[f.site]
+            targets[f.site] = _widen(f.site, min(lo, f.observed[0]), max(hi, f.observed[1]), m)
+    return CalibrationReport(fns, observed, max_abs, model.cfg.refresh_bound, rounds, flags)
+
+
+def check_ranges(twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray]) -> list[RangeFlag]:
+    """Every out-of-range approximation input the twin meets on ``examples`` (empty: all in range)."""
+    _, _, flags = _record(twin, examples, params)
+    return flags

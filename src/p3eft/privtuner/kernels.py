@@ -1,0 +1,51 @@
+"""A plaintext-weight x ciphertext kernel for PrivTuner's token-row layout (ours, on the engine's BSGS).
+
+The engine's :class:`~p3eft.fhe.linalg.BatchMatrix` fixes its block to next_pow2(n_in + n_out - 1);
+PrivTuner's blocks are wider (``slots / rows_per_ct``, so that row rotations are cyclic), and the
+pooler needs a kernel that only produces the first token's row. This kernel reuses the engine's
+diagonal machinery (:class:`~p3eft.fhe.linalg._DiagonalKernel`: baby/giant steps, per-level
+encoding cache) with diagonals for any block >= 2*width and an optional per-row mask folded into the
+diagonals (free: the mask rides on the plaintext multiplications the product does anyway).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from p3eft.fhe.context import Ciphertext, CkksContext, Layout
+from p3eft.fhe.linalg import _DiagonalKernel
+
+
+class RowsKernel(_DiagonalKernel):
+    """y_r = W x_r for every row r of a ``rows_rep`` ciphertext (period ``width`` = n_in = n_out).
+
+    Input: row r's ``width`` features repeated through its block. Output: ``rows`` form, y_r in
+    slots [0, width) of its block and zeros in the rest of the block (rows whose ``row_mask`` is 0
+    are all zero).
+    """
+
+    def __init__(self, weight: np.ndarray, block: int, slots: int, row_mask: np.ndarray | None = None):
+        w_mat = np.asarray(weight, dtype=np.float64)
+        n_out, n_in = w_mat.shape
+        if n_out != n_in or 2 * n_in > block or slots % block:
+            raise ValueError(f"RowsKernel takes a square matrix with 2*width <= block; got {w_mat.shape}")
+        super().__init__(n_out, n_in, n_in, slots)
+        self.block = block
+        t = np.arange(slots)
+        j = t % block
+        rows = t // block
+        rm = np.ones(slots // block) if row_mask is None else np.asarray(row_mask, dtype=np.float64)
+        row_factor = rm[rows]
+
+        def diag(k: int) -> np.ndarray:
+            col = (j + k) % n_in
+            return np.where(j < n_out, w_mat[np.minimum(j, n_out - 1), col], 0.0) * row_factor
+
+        self._add_tile((0, 0), diag)
+
+    def galois_steps(self) -> list[int]:
+        return self.bsgs_steps()
+
+    def __call__(self, ctx: CkksContext, x: Ciphertext) -> Ciphertext:
+        lay = Layout(self.n_out, ctx.slots // self.block, self.block, "rows")
+        return self._apply(ctx, [x], 1, lay)[0]
