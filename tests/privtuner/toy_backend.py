@@ -56,11 +56,11 @@ class ToyCodec:
     def logits(self, values: np.ndarray, layout: Layout) -> np.ndarray:
         return np.array([values[c * layout.block] for c in range(layout.rows)])
 
-    def dlogits_slots(self, dlogits: np.ndarray, layout: Layout) -> tuple[np.ndarray, Layout]:
+    def dlogits_slots(self, dlogits: np.ndarray, layout: Layout) -> list[tuple[np.ndarray, Layout]]:
         slots = np.zeros(PARAMS.slots)
         for c in range(CLASSES):
             slots[c * DIM : (c + 1) * DIM] = dlogits[c]
-        return slots, Layout(DIM, CLASSES, DIM, "rows")
+        return [(slots, Layout(DIM, CLASSES, DIM, "rows"))]
 
     def adapter(self, decrypted: dict[str, list[tuple[np.ndarray, Layout]]]) -> dict[str, np.ndarray]:
         values, layout = decrypted["classifier.weight"][0]
@@ -86,9 +86,9 @@ class ToyModel:
             self.x = x
         return ops.mul_plain(self.ctx, s, self.pick, logits_layout())
 
-    def backward(self, dlogits: Ciphertext) -> None:
+    def backward(self, dlogits: list[Ciphertext]) -> None:
         assert self.x is not None
-        g = ops.multiply(self.ctx, dlogits, self.x)
+        g = ops.multiply(self.ctx, dlogits[0], self.x)
         self.grad = g if self.grad is None else ops.add(self.ctx, self.grad, g)
 
     def apply_sgd(self, lr: float) -> None:

@@ -32,7 +32,7 @@ class EncryptedModel(Protocol):
         keeps what :meth:`backward` needs."""
         ...
 
-    def backward(self, dlogits: Ciphertext) -> None:
+    def backward(self, dlogits: list[Ciphertext]) -> None:
         """Accumulate the encrypted gradients of the adapter for the last training forward."""
         ...
 
@@ -78,7 +78,7 @@ class ClientCodec(Protocol):
         """The logits from the decrypted slots of the logits ciphertext."""
         ...
 
-    def dlogits_slots(self, dlogits: np.ndarray, layout: Layout) -> tuple[np.ndarray, Layout]:
+    def dlogits_slots(self, dlogits: np.ndarray, layout: Layout) -> list[tuple[np.ndarray, Layout]]:
         """dL/dlogits packed the way :meth:`EncryptedModel.backward` expects it."""
         ...
 

@@ -110,12 +110,12 @@ class ModelOwner:
         return s.start(job)
 
     @remote
-    def pt_backward(self, session: str, dlogits: bytes) -> Any:
+    def pt_backward(self, session: str, dlogits: list[bytes]) -> Any:
         s = self._session(session)
         model = s.require_model()
         ctx = s.ctx
         assert ctx is not None
-        return s.start(lambda: model.backward(ctx.ciphertext_from_bytes(dlogits)))
+        return s.start(lambda: model.backward([ctx.ciphertext_from_bytes(b) for b in dlogits]))
 
     @remote
     def pt_update(self, session: str, lr: float) -> Any:
@@ -255,9 +255,9 @@ class DataOwner:
             z = self.logits(text, key=None if keys is None else keys[i], train=True)
             with self.ledger.device_time():
                 loss, grad = cross_entropy_grad(z, label)
-                slots, layout = self.codec.dlogits_slots(grad / len(batch), self._last_logits_layout)
-                dl = self._sk.encrypt_seeded_bytes(self.ctx, slots, layout)
-                self.ledger.encryptions += 1
+                blocks = self.codec.dlogits_slots(grad / len(batch), self._last_logits_layout)
+                dl = [self._sk.encrypt_seeded_bytes(self.ctx, s, lay) for s, lay in blocks]
+                self.ledger.encryptions += len(dl)
             losses.append(loss)
             self._request(P.BACKWARD, dlogits=dl)
         self._request(P.UPDATE, lr=float(self.config.lr))
