@@ -251,8 +251,10 @@ class DataOwner:
     def train_step(self, batch: list[tuple[str, int]], keys: list[str] | None = None) -> float:
         """One SGD step on a batch: per example forward, local loss, encrypted dL/dlogits back; update."""
         losses = []
+        self.last_step_logits: list[np.ndarray] = []
         for i, (text, label) in enumerate(batch):
             z = self.logits(text, key=None if keys is None else keys[i], train=True)
+            self.last_step_logits.append(z)
             with self.ledger.device_time():
                 loss, grad = cross_entropy_grad(z, label)
                 blocks = self.codec.dlogits_slots(grad / len(batch), self._last_logits_layout)
