@@ -71,6 +71,21 @@ class Fn:
             return EXACT[kind_of(self.site)](x)
         return self.approximation.plain(x)
 
+    @property
+    def first_phase_depth(self) -> int:
+        """Levels the approximation's first phase needs (so the caller can refresh its input first)."""
+        a = self.approximation
+        if a is None:
+            return 0
+        kind = kind_of(self.site)
+        if kind == "exp":
+            return nonlinear.poly_depth(6)
+        if kind == "recip":
+            return 2
+        if kind == "inv_sqrt":
+            return nonlinear.poly_depth(3)
+        return a.depth
+
     def encrypted(self, ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
         if self.approximation is None:
             raise ValueError(f"site {self.site} is exact; it has no encrypted form")
@@ -129,10 +144,27 @@ def build(site: str, lo: float, hi: float, tol: float = 2e-3) -> Fn:
 class FnSet(dict[str, Fn]):
     """site -> Fn. An exact set answers any site with the exact function (infinite range)."""
 
-    def __init__(self, fns: dict[str, Fn] | None = None, exact: bool = False, exp_shift: dict | None = None):
+    def __init__(
+        self,
+        fns: dict[str, Fn] | None = None,
+        exact: bool = False,
+        exp_shift: dict | None = None,
+        scales: dict | None = None,
+    ):
         super().__init__(fns or {})
         self.exact = exact
         self.exp_shift: dict[str, float] = dict(exp_shift or {})
+        self.scales: dict[str, float] = dict(scales or {})
+        self.value_bounds: dict[int, float] = {}  # op index -> refresh mask bound (calibrated)
+        self.frozen_ops = 0  # operations of the frozen prefix (embeddings + frozen layers)
+
+    def value_bound(self, op: int) -> float | None:
+        return self.value_bounds.get(op)
+
+    def in_scale(self, site: str) -> float:
+        """The factor sigma that scales a site's input into its fitted range (LayerNorm variances:
+        a tiny variance would put x^3 of the first guess under CKKS's absolute noise floor)."""
+        return self.scales.get(site, 1.0)
 
     def get_fn(self, site: str) -> Fn:
         if self.exact:

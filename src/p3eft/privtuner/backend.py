@@ -61,10 +61,15 @@ class PlainBackend:
         self.ranges: dict[str, list[float]] = {}
         self.flags: list[RangeFlag] = []
         self.max_abs = 0.0
+        self.op = 0  # operation counter: the encrypted path counts the same operations in the same order
+        self.op_max: dict[int, float] = {}
 
     def _track(self, x: np.ndarray) -> np.ndarray:
         if self.record:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(x))))
+            v = float(np.max(np.abs(x)))
+            self.max_abs = max(self.max_abs, v)
+            self.op_max[self.op] = max(self.op_max.get(self.op, 0.0), v)
+        self.op += 1
         return x
 
     def const(self, m: np.ndarray) -> np.ndarray:
@@ -94,10 +99,10 @@ class PlainBackend:
         return self._track(a + p)
 
     def neg(self, a: np.ndarray) -> np.ndarray:
-        return -a
+        return self._track(-a)
 
     def rot_rows(self, a: np.ndarray, delta: int) -> np.ndarray:
-        return np.roll(a, -delta, axis=0)
+        return self._track(np.roll(a, -delta, axis=0))
 
     def feature_sum(self, a: np.ndarray, n: int, scale: float) -> np.ndarray:
         s = scale * a[:, :n].sum(axis=1, keepdims=True)
@@ -123,7 +128,7 @@ class PlainBackend:
         return self._track(f.plain(x))
 
     def logits(self, per_label: list[np.ndarray]) -> np.ndarray:
-        return np.array([t[0, 0] for t in per_label])
+        return self._track(np.array([t[0, 0] for t in per_label]))
 
     def level(self, a: Any) -> int:
         return 0
@@ -153,6 +158,15 @@ class CipherBackend:
         self.kernels: dict[str, RowsKernel] = {}
         self.stats = CipherStats()
         self._masks: dict[Any, np.ndarray] = {}
+        self.op = 0  # same numbering as PlainBackend.op: indexes the calibrated value bounds
+
+    def _tag(self, out: Any) -> Any:
+        """Attach the calibrated bound of this operation's output (used if it gets refreshed)."""
+        b = self.fns.value_bound(self.op)
+        for c in out if isinstance(out, list) else [out]:
+            c.pt_bound = b
+        self.op += 1
+        return out
 
     # ----- levels ------------------------------------------------------------------------------
     @property
@@ -163,10 +177,25 @@ class CipherBackend:
         return min(self.ctx.level(c) for c in a)
 
     def _fresh(self, c: Ciphertext, need: int) -> Ciphertext:
+        """Refresh ``c`` if it has fewer than ``need`` levels above the floor. The mask bound is the
+        calibrated bound of the value (ours): the refresh's rounding error is 2^(lambda+1-53) times
+        the bound, so a per-value bound keeps small values (gradients) precise; the hiding argument
+        is unchanged as long as |value| stays below it. The refresher must expose ``bound``
+        (LocalRefresher and RemoteRefresher do); the configured bound is the ceiling."""
         if self.ctx.level(c) - need >= self.floor:
             return c
         t0 = time.perf_counter()
-        out = self.refresher(c)
+        b = getattr(c, "pt_bound", None)
+        ceiling = getattr(self.refresher, "bound", None)
+        if b is not None and ceiling is not None and b < ceiling:
+            self.refresher.bound = b  # type: ignore[attr-defined]
+            try:
+                out = self.refresher(c)
+            finally:
+                self.refresher.bound = ceiling  # type: ignore[attr-defined]
+        else:
+            out = self.refresher(c)
+        out.pt_bound = b
         self.stats.add("refresh", t0)
         return out
 
@@ -214,7 +243,7 @@ class CipherBackend:
         out = []
         r = self.spec.rows_per_ct
         for ci, c in enumerate(self.ready(x)):
-            rm = None if lin.row_mask is None else lin.row_mask[ci * r : (ci + 1) * r]
+            rm = None if lin.row_mask is None else self.spec.physical(lin.row_mask, ci)
             if rm is not None and not np.any(rm):
                 y = ops.mul_plain(self.ctx, c, 0.0, self.spec.layout())
             else:
@@ -233,32 +262,32 @@ class CipherBackend:
                     y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
             out.append(y)
         self.stats.add("linear", t0, len(out))
-        return out
+        return self._tag(out)
 
     # ----- element-wise --------------------------------------------------------------------------
     def add(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return [ops.add(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
+        return self._tag([ops.add(self.ctx, x, y) for x, y in zip(a, b, strict=True)])
 
     def sub(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return [ops.sub(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
+        return self._tag([ops.sub(self.ctx, x, y) for x, y in zip(a, b, strict=True)])
 
     def mul(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
         out = [ops.multiply(self.ctx, x, y) for x, y in zip(self.ready(a), self.ready(b), strict=True)]
         self.stats.add("ct_x_ct", t0, len(out))
-        return out
+        return self._tag(out)
 
     def mul_plain(self, a: list[Ciphertext], p: np.ndarray | float) -> list[Ciphertext]:
         t0 = time.perf_counter()
         out = [ops.mul_plain(self.ctx, x, s) for x, s in zip(self.ready(a), self._slots(p), strict=True)]
         self.stats.add("ct_x_pt", t0, len(out))
-        return out
+        return self._tag(out)
 
     def add_plain(self, a: list[Ciphertext], p: np.ndarray | float) -> list[Ciphertext]:
-        return [ops.add_plain(self.ctx, x, s) for x, s in zip(a, self._slots(p), strict=True)]
+        return self._tag([ops.add_plain(self.ctx, x, s) for x, s in zip(a, self._slots(p), strict=True)])
 
     def neg(self, a: list[Ciphertext]) -> list[Ciphertext]:
-        return [ops.negate(self.ctx, x) for x in a]
+        return self._tag([ops.negate(self.ctx, x) for x in a])
 
     # ----- rotations ----------------------------------------------------------------------------
     def _row_masks(self, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -276,7 +305,9 @@ class CipherBackend:
         spec = self.spec
         delta %= spec.seq
         if delta == 0:
-            return a
+            return self._tag(list(a))
+        if spec.cts == 1:  # rows repeat with period seq: one cyclic rotation
+            return self._tag([ops.rotate(self.ctx, a[0], delta * spec.block)])
         q, b = divmod(delta, spec.rows_per_ct)
         n = spec.cts
         out = []
@@ -295,7 +326,7 @@ class CipherBackend:
             r1, r2 = self._fresh(r1, 1), self._fresh(r2, 1)
             out.append(ops.add(self.ctx, ops.mul_plain(self.ctx, r1, lo), ops.mul_plain(self.ctx, r2, hi)))
         self.stats.add("rotations", t0, len(out))
-        return out
+        return self._tag(out)
 
     def _window_sum(self, c: Ciphertext, n: int) -> Ciphertext:
         """Slot j <- sum of slots j..j+n-1 (binary decomposition of n; left rotations)."""
@@ -340,7 +371,7 @@ class CipherBackend:
             s.layout = self.spec.layout()
             out.append(s)
         self.stats.add("feature_sums", t0, len(out))
-        return out
+        return self._tag(out)
 
     def head_sum(self, a: list[Ciphertext], dh: int, heads: int, scale: float) -> list[Ciphertext]:
         t0 = time.perf_counter()
@@ -360,28 +391,29 @@ class CipherBackend:
             s = self._spread(s, dh)
             out.append(self._replicate(s))
         self.stats.add("head_sums", t0, len(out))
-        return out
+        return self._tag(out)
 
     def row_sum(self, a: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
         total = a[0]
         for c in a[1:]:
             total = ops.add(self.ctx, total, c)
-        total = ops.rotate_sum(self.ctx, total, self.spec.rows_per_ct, self.spec.block)
+        total = ops.rotate_sum(self.ctx, total, min(self.spec.rows_per_ct, self.spec.seq), self.spec.block)
         total.layout = self.spec.layout()
         self.stats.add("row_sums", t0)
-        return [total] * self.spec.cts
+        return self._tag([total] * self.spec.cts)
 
     def fn(self, site: str, x: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
         f = self.fns.get_fn(site)
         out = []
         for c in x:
+            c = self._fresh(c, f.first_phase_depth)
             y = f.encrypted(self.ctx, c, self.refresher)
             y.layout = self.spec.layout()
             out.append(y)
         self.stats.add("nonlinear", t0, len(out))
-        return out
+        return self._tag(out)
 
     def logits(self, per_label: list[list[Ciphertext]]) -> Ciphertext:
         """Label c's row 0 moved to row c of one ciphertext (no level)."""
@@ -391,7 +423,7 @@ class CipherBackend:
             total = r if total is None else ops.add(self.ctx, total, r)
         assert total is not None
         total.layout = self.spec.logits_layout(len(per_label))
-        return total
+        return self._tag(total)
 
 
 def galois_steps(spec: PackingSpec, heads: int, head_dim: int) -> list[int]:
@@ -417,9 +449,10 @@ def galois_steps(spec: PackingSpec, heads: int, head_dim: int) -> list[int]:
                 offset += mm
             mm //= 2
     steps.update(ops.rotate_sum_steps(head_dim))
-    steps.update(b * blk for b in range(1, spec.rows_per_ct))  # row rotations
+    rows = min(spec.rows_per_ct, spec.seq)
+    steps.update(b * blk for b in range(1, rows))  # row rotations
     steps.update(-c * blk for c in range(1, 8))  # logits rows
-    steps.update(ops.rotate_sum_steps(spec.rows_per_ct, blk))
+    steps.update(ops.rotate_sum_steps(rows, blk))
     return sorted({s % slots for s in steps} - {0})
 
 

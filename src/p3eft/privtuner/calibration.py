@@ -33,6 +33,8 @@ from p3eft.privtuner.backend import RangeFlag
 from p3eft.privtuner.twin import Example, PrivTunerModel, Twin
 
 POSITIVE = ("recip", "inv_sqrt")
+VALUE_BOUND_FACTOR = 16.0  # headroom over the calibrated |value| (other examples, training drift)
+MIN_VALUE_BOUND = 1e-3
 
 
 @dataclass
@@ -61,7 +63,9 @@ class CalibrationReport:
         }
 
 
-def _record(twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray]) -> tuple[dict, float, list]:
+def _record(
+    twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray], op_max: dict[int, float] | None = None
+) -> tuple[dict, float, list]:
     ranges: dict[str, list[float]] = {}
     max_abs = 0.0
     flags: list[RangeFlag] = []
@@ -81,6 +85,9 @@ def _record(twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarra
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
         max_abs = max(max_abs, bk.max_abs)
         flags.extend(bk.flags)
+        if op_max is not None:
+            for k, v in bk.op_max.items():
+                op_max[k] = max(op_max.get(k, 0.0), v)
     return ranges, max_abs, flags
 
 
@@ -103,13 +110,18 @@ def calibrate(
     exact_twin = Twin(model, exact=True)
     observed, _, _ = _record(exact_twin, examples, params)
     shifts = {site.split(".")[0]: hi for site, (lo, hi) in observed.items() if kind_of(site) == "exp"}
-    fns = FnSet(exact=False, exp_shift=shifts)
     targets: dict[str, tuple[float, float]] = {}
+    scales: dict[str, float] = {}
     for site, (lo, hi) in observed.items():
         if kind_of(site) == "exp":
             s = shifts[site.split(".")[0]]
             lo, hi = lo - s, hi - s
-        targets[site] = _widen(site, lo, hi, m)
+        lo, hi = _widen(site, lo, hi, m)
+        if kind_of(site) == "inv_sqrt":  # scale the variance so that its range starts at 1
+            scales[site] = 1.0 / lo
+            lo, hi = 1.0, hi / lo
+        targets[site] = (lo, hi)
+    fns = FnSet(exact=False, exp_shift=shifts, scales=scales)
     rounds = 0
     flags: list[RangeFlag] = []
     max_abs = 0.0
@@ -118,12 +130,22 @@ def calibrate(
             if site not in fns or (fns[site].lo, fns[site].hi) != (lo, hi):
                 fns[site] = build(site, lo, hi)
         approx_twin = Twin(model, fns)
-        seen, max_abs, flags = _record(approx_twin, examples, params)
+        op_max: dict[int, float] = {}
+        seen, max_abs, flags = _record(approx_twin, examples, params, op_max)
         if not flags:
             break
         for f in flags:
             lo, hi = targets[f.site]
             targets[f.site] = _widen(f.site, min(lo, f.observed[0]), max(hi, f.observed[1]), m)
+    # per-operation refresh bounds: VALUE_BOUND_FACTOR x the largest calibrated |value|, at least
+    # MIN_VALUE_BOUND, at most the configured refresh bound (ours)
+    fns.value_bounds = {
+        k: float(min(model.cfg.refresh_bound, max(MIN_VALUE_BOUND, VALUE_BOUND_FACTOR * v))) for k, v in op_max.items()
+    }
+    bk = approx_twin.backend()
+    x_rot, km = model.example_inputs(examples[0])
+    model.graph.forward_frozen(bk, x_rot, km)
+    fns.frozen_ops = bk.op
     return CalibrationReport(fns, observed, max_abs, model.cfg.refresh_bound, rounds, flags)
 
 

@@ -102,8 +102,8 @@ class _LayerCache:
     es: list[Any] = field(default_factory=list)
     n: Any = None
     inv: Any = None
-    ln1: tuple[Any, Any] | None = None
-    ln2: tuple[Any, Any] | None = None
+    ln1: tuple[Any, Any, float] | None = None
+    ln2: tuple[Any, Any, float] | None = None
     y1: Any = None
     fs: list[Any] = field(default_factory=list)
     lora: dict[str, list[Any]] = field(default_factory=dict)
@@ -149,21 +149,26 @@ class EncoderGraph:
 
     # ----- pieces --------------------------------------------------------------------------------
     def _ln(self, bk: Any, h: Any, gamma: np.ndarray, beta: np.ndarray, site: str, centered: Any = None):
+        """LayerNorm with the variance scaled by sigma into the site's range (sigma folded into the
+        feature sum and eps; sqrt(sigma) folded into gamma: no extra level, ours)."""
         d = self.d
+        sigma = bk.fns.in_scale(site)
+        rs = math.sqrt(sigma)
         c = centered if centered is not None else bk.sub(h, bk.feature_sum(h, d, 1.0 / d))
-        var = bk.feature_sum(bk.mul(c, c), d, 1.0 / d)
-        inv = bk.fn(site, bk.add_plain(var, self.w.ln_eps))
-        y = bk.add_plain(bk.mul(bk.mul_plain(c, gamma), inv), beta)
-        return y, (c, inv)
+        var_s = bk.feature_sum(bk.mul(c, c), d, sigma / d)
+        inv_s = bk.fn(site, bk.add_plain(var_s, self.w.ln_eps * sigma))
+        y = bk.add_plain(bk.mul(bk.mul_plain(c, gamma * rs), inv_s), beta)
+        return y, (c, inv_s, rs)
 
-    def _ln_back(self, bk: Any, dy: Any, cache: tuple[Any, Any], gamma: np.ndarray) -> Any:
-        c, inv = cache
+    def _ln_back(self, bk: Any, dy: Any, cache: tuple[Any, Any, float], gamma: np.ndarray) -> Any:
+        """dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with inv = sqrt(sigma) inv_s."""
+        c, inv_s, rs = cache
         d = self.d
-        dxhat = bk.mul_plain(dy, gamma)
-        xhat = bk.mul(c, inv)
+        dxhat = bk.mul_plain(dy, gamma * rs)
+        xhat = bk.mul(bk.mul_plain(c, rs), inv_s)
         m1 = bk.feature_sum(dxhat, d, 1.0 / d)
         m2 = bk.feature_sum(bk.mul(dxhat, xhat), d, 1.0 / d)
-        return bk.mul(inv, bk.sub(bk.sub(dxhat, m1), bk.mul(xhat, m2)))
+        return bk.mul(inv_s, bk.sub(bk.sub(dxhat, m1), bk.mul(xhat, m2)))
 
     def _lora(self, bk: Any, x: Any, params: dict[str, Any], prefix: str, store: list[Any]) -> Any:
         s = self.cfg.lora_scaling

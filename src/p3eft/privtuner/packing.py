@@ -12,7 +12,10 @@ two). Row ``t`` lives in ciphertext ``t // rows_per_ct`` at block ``t % rows_per
   the plaintext twin also computes, so calibrated ranges cover every slot (no hidden garbage slot
   can leave a range and spoil its ciphertext);
 * row rotations (attention: token r meets token r+delta) are rotations by multiples of ``block``;
-  ``rows_per_ct * block`` fills all slots, so they are cyclic inside a ciphertext.
+  ``rows_per_ct * block`` fills all slots, so they are cyclic inside a ciphertext. When the whole
+  sequence fits one ciphertext several times over, the token rows repeat with period ``seq``
+  (``copies`` times), which keeps rotations cyclic while the block stays at its minimum 2*width
+  (a wide block would cost extra rotations in every replication and sum).
 
 The data owner packs its rotated embeddings and the key mask (1 for a real token, 0 for padding) with
 :func:`pack_example`; the mask travels encrypted, so the model owner does not learn the length.
@@ -42,22 +45,31 @@ class PackingSpec:
     cts: int
     max_len: int
     slots: int
+    seq: int  # logical rows: max_len padded (to a power of two in one ciphertext, else to whole cts)
 
     @property
-    def seq(self) -> int:
-        """Rows including the padding up to a whole number of ciphertexts."""
-        return self.rows_per_ct * self.cts
+    def copies(self) -> int:
+        """How often the token rows repeat inside one ciphertext (1 when they span several)."""
+        return self.rows_per_ct // self.seq if self.cts == 1 else 1
 
     @classmethod
     def build(cls, hidden: int, max_len: int, slots: int) -> PackingSpec:
         width = next_pow2(hidden)
-        min_block = 2 * width  # the diagonal kernel reads slots j+k < 2*width-1 of a block
-        if min_block > slots:
-            raise P3eftError(f"hidden size {hidden} needs {min_block} slots per token, only {slots}")
-        rows = min(slots // min_block, next_pow2(max_len))
-        block = slots // rows
+        block = 2 * width  # the diagonal kernel reads slots j+k < 2*width-1 of a block
+        if block > slots:
+            raise P3eftError(f"hidden size {hidden} needs {block} slots per token, only {slots}")
+        rows = slots // block
+        if next_pow2(max_len) <= rows:
+            return cls(hidden, width, block, rows, 1, max_len, slots, next_pow2(max_len))
         cts = -(-max_len // rows)
-        return cls(hidden, width, block, rows, cts, max_len, slots)
+        return cls(hidden, width, block, rows, cts, max_len, slots, cts * rows)
+
+    def physical(self, m: np.ndarray, ct: int) -> np.ndarray:
+        """The rows of logical matrix (or row vector) ``m`` that ciphertext ``ct`` holds."""
+        if self.cts == 1:
+            return np.concatenate([m] * self.copies, axis=0)
+        r = self.rows_per_ct
+        return m[ct * r : (ct + 1) * r]
 
     def layout(self) -> Layout:
         return Layout(self.width, self.rows_per_ct, self.block, "rows_rep")
@@ -79,8 +91,7 @@ class PackingSpec:
         if m.shape != (self.seq, self.width):
             raise P3eftError(f"matrix of shape {m.shape} does not fit the packing ({self.seq}, {self.width})")
         lay = self.layout()
-        r = self.rows_per_ct
-        return [fhe_packing.pack(m[c * r : (c + 1) * r], lay, self.slots) for c in range(self.cts)]
+        return [fhe_packing.pack(self.physical(m, c), lay, self.slots) for c in range(self.cts)]
 
     def pack_rows(self, rows: np.ndarray) -> np.ndarray:
         """``rows_per_ct`` rows (rows_per_ct, width) -> one slot vector (rows_rep form)."""
@@ -88,7 +99,7 @@ class PackingSpec:
 
     def unpack_matrix(self, slot_vectors: list[np.ndarray]) -> np.ndarray:
         lay = self.layout()
-        return np.vstack([fhe_packing.unpack(s, lay) for s in slot_vectors])
+        return np.vstack([fhe_packing.unpack(s, lay) for s in slot_vectors])[: self.seq]
 
 
 def token_matrix(spec: PackingSpec, embedded: np.ndarray) -> np.ndarray:
