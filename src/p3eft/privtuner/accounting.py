@@ -70,11 +70,13 @@ class Ledger:
     server_cpu_s: float = 0.0
     server_wall_s: float = 0.0
     min_level: int | None = None
+    server_breakdown: dict[str, Any] = field(default_factory=dict)  # model owner's, cumulative
     per_method: dict[str, list[int]] = field(default_factory=dict)  # method -> [calls, up, down]
 
     def snapshot(self) -> dict[str, Any]:
         d = asdict(self)
         d["per_method"] = {k: list(v) for k, v in self.per_method.items()}
+        d["server_breakdown"] = json_copy(self.server_breakdown)
         return d
 
     @contextlib.contextmanager
@@ -90,18 +92,32 @@ class Ledger:
     def add_server_cost(self, cost: dict[str, float]) -> None:
         self.server_cpu_s += float(cost.get("server_cpu_s", 0.0))
         self.server_wall_s += float(cost.get("server_wall_s", 0.0))
+        if isinstance(cost.get("breakdown"), dict):
+            self.server_breakdown = cost["breakdown"]
         lvl = cost.get("min_level")
         if lvl is not None:
             self.min_level = int(lvl) if self.min_level is None else min(self.min_level, int(lvl))
 
 
+def json_copy(value: Any) -> Any:
+    """A deep copy of nested dicts/lists of numbers and strings."""
+    if isinstance(value, dict):
+        return {k: json_copy(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_copy(v) for v in value]
+    return value
+
+
 def diff(after: dict[str, Any], before: dict[str, Any]) -> dict[str, Any]:
-    """Per-step figures: numeric fields of two snapshots subtracted (levels and per-method kept as is)."""
+    """Per-step figures: numeric fields of two snapshots subtracted, nested dicts too (levels and
+    per-method kept as they are)."""
     out: dict[str, Any] = {}
     for k, v in after.items():
         if k in ("min_level", "per_method"):
             out[k] = v
-        elif isinstance(v, int | float):
+        elif isinstance(v, dict):
+            out[k] = diff(v, before.get(k) or {})
+        elif isinstance(v, int | float) and not isinstance(v, bool):
             out[k] = v - before.get(k, 0)
     return out
 

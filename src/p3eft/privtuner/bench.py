@@ -56,6 +56,12 @@ def _median_costs(rows: list[dict[str, Any]]) -> dict[str, Any]:
         out[k] = int(round(med)) if isinstance(vals[0], int) else float(med)
     levels = [r.get("min_level") for r in rows if r.get("min_level") is not None]
     out["min_level"] = min(levels) if levels else None
+    secs = [r.get("server_breakdown", {}).get("seconds", {}) for r in rows]
+    if any(secs):  # where the model owner's time goes (median per kind of work)
+        kinds = sorted({k for s in secs for k in s})
+        out["server_seconds_by_kind"] = {
+            k: float(statistics.median([s.get(k, 0.0) for s in secs])) for k in kinds
+        }
     return out
 
 

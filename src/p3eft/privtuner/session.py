@@ -127,6 +127,9 @@ class ModelOwnerSession:
             cost: dict[str, Any] = {"server_cpu_s": cpu, "server_wall_s": wall}
             if self.counters.min_level is not None:
                 cost["min_level"] = self.counters.min_level
+            stats = getattr(self.model, "stats", None)
+            if callable(stats):  # where the model owner's time goes, cumulative over the session
+                cost["breakdown"] = stats()
             self._channel.post(Done(result, cost))
 
         self._worker = threading.Thread(target=run, daemon=True, name=f"privtuner-session-{self.token[:8]}")
