@@ -186,28 +186,40 @@ def find_decryptions_in_inbox(
     """Search the model owner's inbox for decrypted values (check 2); return what was found.
 
     For each decrypted slot vector, the ``per_vector`` values of largest magnitude are searched as
-    float64 bytes (both byte orders) in every request, and compared with every numeric control field.
-    A chance match of 8 given bytes in random ciphertext bytes has probability ~ size / 2^64.
+    float64 bytes (both byte orders, at every byte offset) in every request, and compared with every
+    numeric control field. A chance match of 8 given bytes in random bytes has probability ~ 2^-64 per
+    position. The search reads each request once: all patterns at once, 8 offsets, sorted lookup.
     """
     blobs: list[bytes] = []
     scalars: list[float] = []
     for ex in transcript:
         _payload_bytes(ex.request, blobs)
-        _scalars({k: v for k, v in ex.request.items()}, scalars)
-    found = []
+        _scalars(dict(ex.request), scalars)
+    owner: dict[int, tuple[int, float]] = {}
     scalar_set = set(scalars)
+    found = []
     for i, vec in enumerate(decrypted):
         v = np.asarray(vec, dtype=np.float64).ravel()
         nz = v[v != 0.0]
-        if nz.size == 0:
-            continue
-        top = nz[np.argsort(-np.abs(nz))[:per_vector]]
-        for x in top:
-            pats = (np.float64(x).tobytes(), np.float64(x).byteswap().tobytes())
-            if any(p in b for b in blobs for p in pats):
-                found.append(f"decryption {i}: value {x!r} found in the model owner's inbox")
+        for x in nz[np.argsort(-np.abs(nz))[:per_vector]]:
+            for word in (np.float64(x).view(np.uint64), np.float64(x).byteswap().view(np.uint64)):
+                owner[int(word)] = (i, float(x))
             if float(x) in scalar_set:
-                found.append(f"decryption {i}: value {x!r} sent as a control field")
+                found.append(f"decryption {i}: value {float(x)!r} sent as a control field")
+    if not owner:
+        return found
+    patterns = np.array(sorted(owner), dtype=np.uint64)
+    for blob in blobs:
+        raw = np.frombuffer(blob, dtype=np.uint8)
+        for offset in range(8):
+            n = (raw.size - offset) // 8
+            if n <= 0:
+                continue
+            words = raw[offset : offset + 8 * n].view(np.uint64)
+            idx = np.minimum(np.searchsorted(patterns, words), patterns.size - 1)
+            for w in np.unique(words[patterns[idx] == words]):
+                i, x = owner[int(w)]
+                found.append(f"decryption {i}: value {x!r} found in the model owner's inbox")
     return found
 
 
