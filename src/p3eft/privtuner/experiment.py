@@ -100,7 +100,6 @@ def run(
     dev_task = load_task("sst2", "eval", data_dir=data_dir)
     init = model.init_params(seed=cfg.seed)
     twin = Twin(model, backend.fns)
-    plain = Twin(model, exact=True)
     _write(out_json, res)
 
     if "plain_twin" in ecfg.phases:
@@ -108,11 +107,14 @@ def run(
         dev = [tokens.example(e.text, e.label) for e in dev_task.examples[: ecfg.dev]]
         labels = np.array([e.label for e in dev])
         phase: dict[str, Any] = {"train_examples": len(train), "dev_examples": len(dev)}
-        for name, t in (("plain", plain), ("twin", twin)):
+        runs = (
+            ("plain", lambda: plain_lora(cfg, backend, init, train, dev)),
+            ("twin", lambda: _twin_run(twin, init, train, dev, cfg.lr)),
+        )
+        for name, fn in runs:
             t0 = time.perf_counter()
             say(f"phase 1: training the {name} model on {len(train)} examples")
-            params, losses = t.train(train, init, cfg.lr)
-            preds = t.predict(dev, params)
+            losses, preds = fn()
             phase[name] = {
                 "losses": losses,
                 "dev_accuracy": _accuracy(preds, labels),
@@ -120,7 +122,8 @@ def run(
                 "seconds": time.perf_counter() - t0,
             }
             say(f"phase 1: {name} dev accuracy {phase[name]['dev_accuracy']:.4f}")
-        phase["untrained_dev_accuracy"] = _accuracy(plain.predict(dev, init), labels)
+            res["plain_twin"] = phase
+            _write(out_json, res)
         phase["agreement_twin_plain"] = float(
             np.mean(np.array(phase["plain"]["predictions"]) == np.array(phase["twin"]["predictions"]))
         )
@@ -194,6 +197,42 @@ def run(
     return res
 
 
+def _twin_run(twin: Any, init: dict[str, np.ndarray], train: list, dev: list, lr: float):
+    params, losses = twin.train(train, init, lr)
+    return losses, twin.predict(dev, params)
+
+
+def plain_lora(cfg: PrivTunerConfig, backend: Any, init: dict[str, np.ndarray], train: list, dev: list):
+    """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
+    per-example SGD on the same examples as the twin; the reference the twin is compared with."""
+    import torch
+
+    from p3eft.privtuner.adapter import peft_names
+    from p3eft.privtuner.export import peft_model_with
+    from p3eft.privtuner.wiring import export_base
+
+    model = peft_model_with(
+        export_base(cfg).double(), peft_names(backend.model.plain_params(init)), cfg.lora_rank, cfg.lora_alpha
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=cfg.lr)
+    losses = []
+    model.eval()  # no dropout: the twin has none (gradients flow in eval mode all the same)
+    for ex in train:
+        ids = torch.as_tensor(ex.ids[: ex.length])[None, :]
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([ex.label]))
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+        losses.append(out.loss.item())
+    preds = []
+    with torch.no_grad():
+        for ex in dev:
+            ids = torch.as_tensor(ex.ids[: ex.length])[None, :]
+            preds.append(int(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.argmax()))
+    return losses, np.array(preds)
+
+
 def plot(res: dict[str, Any], png: Path) -> None:
     """Loss curves (plain, twin, encrypted vs twin) and dev accuracies."""
     import matplotlib
@@ -233,3 +272,32 @@ def plot(res: dict[str, Any], png: Path) -> None:
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m p3eft.privtuner.experiment --out DIR [--train N --dev N --enc-train N --enc-eval N]``."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(description="PrivTuner SST-2 experiment (writes JSON + PNG into --out)")
+    ap.add_argument("--out", type=Path, required=True)
+    for f in ExperimentConfig.__dataclass_fields__.values():
+        if f.name == "phases":
+            ap.add_argument("--phases", default=",".join(f.default))
+        elif f.type in ("int", "float", "str", "str | None"):
+            kind = {"int": int, "float": float}.get(f.type, str)
+            ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
+    a = ap.parse_args(argv)
+    kw = {k: getattr(a, k) for k in ExperimentConfig.__dataclass_fields__ if k != "phases"}
+    ecfg = ExperimentConfig(**kw, phases=tuple(a.phases.split(",")))
+    a.out.mkdir(parents=True, exist_ok=True)
+
+    def say(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+    res = run(ecfg, a.out / "privtuner_sst2.json", say=say)
+    plot(res, a.out / "privtuner_sst2.png")
+
+
+if __name__ == "__main__":
+    main()
