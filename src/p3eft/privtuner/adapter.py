@@ -55,7 +55,9 @@ class EncryptedAdapter:
         self.steps = 0
 
     @classmethod
-    def encrypt(cls, ctx: CkksContext, model: PrivTunerModel, params: dict[str, np.ndarray]) -> EncryptedAdapter:
+    def encrypt(
+        cls, ctx: CkksContext, model: PrivTunerModel, params: dict[str, np.ndarray]
+    ) -> EncryptedAdapter:
         """Encrypt plaintext logical matrices (``model.init_params()``) under ``ctx``'s public key."""
         lay = model.spec.layout()
         mats = {
@@ -69,7 +71,9 @@ class EncryptedAdapter:
             if k not in self.mats:
                 raise ProtocolError(f"gradient for unknown parameter {k}")
             cur = self.grads.get(k)
-            self.grads[k] = list(g) if cur is None else [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
+            self.grads[k] = (
+                list(g) if cur is None else [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
+            )
 
     def apply_sgd(self, lr: float, refresher: Refresher | None = None, min_levels: int = 3) -> int:
         """p <- p - lr * g homomorphically, then clear g. Parameters left with fewer than
@@ -130,11 +134,18 @@ class EncryptedAdapter:
     # ----- data owner ----------------------------------------------------------------------------
     def decrypt_matrices(self, sk: SecretKey, model: PrivTunerModel) -> dict[str, np.ndarray]:
         """The logical matrices (the twin's parameter format)."""
-        return {k: model.spec.unpack_matrix([sk.decrypt_slots(self.ctx, c) for c in v]) for k, v in self.mats.items()}
+        return {
+            k: model.spec.unpack_matrix([sk.decrypt_slots(self.ctx, c) for c in v])
+            for k, v in self.mats.items()
+        }
 
     def decrypt(self, sk: SecretKey, model: PrivTunerModel) -> dict[str, np.ndarray]:
         """Data owner: the adapter and head with peft-style names (see module doc)."""
         return peft_names(model.plain_params(self.decrypt_matrices(sk, model)))
 
     def describe(self) -> dict[str, Any]:
-        return {"parameters": len(self.mats), "ciphertexts": sum(len(v) for v in self.mats.values()), "steps": self.steps}
+        return {
+            "parameters": len(self.mats),
+            "ciphertexts": sum(len(v) for v in self.mats.values()),
+            "steps": self.steps,
+        }

@@ -354,22 +354,24 @@ class CipherBackend:
         return c
 
     def feature_sum(self, a: list[Ciphertext], n: int, scale: float) -> list[Ciphertext]:
+        """Window sums of n slots; on a rows_rep input the windows starting in [0, width) stay inside
+        the block (block = 2*width >= width + n) and all hold the row total. Keep those (mask times
+        scale, one level) and copy them into the block's second half (one rotation)."""
         t0 = time.perf_counter()
-        blk = self.spec.block
+        blk, w = self.spec.block, self.spec.width
 
         def build() -> np.ndarray:
             m = np.zeros(self.ctx.slots)
-            m[::blk] = 1.0
+            for start in range(0, self.ctx.slots, blk):
+                m[start : start + w] = 1.0
             return m
 
-        mask = self._mask(("first", blk), build)
+        mask = self._mask(("firsthalf", blk), build)
         out = []
         for c in self.ready(a):
             s = self._window_sum(c, n)
             s = ops.mul_plain(self.ctx, s, mask * scale)
-            s = self._spread(s, blk)
-            s.layout = self.spec.layout()
-            out.append(s)
+            out.append(self._replicate(s))
         self.stats.add("feature_sums", t0, len(out))
         return self._tag(out)
 
@@ -436,7 +438,7 @@ def galois_steps(spec: PackingSpec, heads: int, head_dim: int) -> list[int]:
         steps.add(-cover)
         cover *= 2
     m = 1
-    while m < blk:  # window sums (and their offsets), spreads
+    while m < w:  # window sums (and their offsets), spreads inside a head
         steps.update({m, -m})
         m *= 2
     for n in (spec.hidden,):

@@ -64,7 +64,10 @@ class CalibrationReport:
 
 
 def _record(
-    twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray], op_max: dict[int, float] | None = None
+    twin: Twin,
+    examples: Sequence[Example],
+    params: dict[str, np.ndarray],
+    op_max: dict[int, float] | None = None,
 ) -> tuple[dict, float, list]:
     ranges: dict[str, list[float]] = {}
     max_abs = 0.0
@@ -101,7 +104,10 @@ def _widen(site: str, lo: float, hi: float, margin: float) -> tuple[float, float
 
 
 def calibrate(
-    model: PrivTunerModel, examples: Sequence[Example], params: dict[str, np.ndarray], margin: float | None = None
+    model: PrivTunerModel,
+    examples: Sequence[Example],
+    params: dict[str, np.ndarray],
+    margin: float | None = None,
 ) -> CalibrationReport:
     """Fit every site's approximation to its calibrated range (see module doc)."""
     if not examples:
@@ -125,7 +131,8 @@ def calibrate(
     rounds = 0
     flags: list[RangeFlag] = []
     max_abs = 0.0
-    for rounds in range(1, 4):
+    for attempt in range(1, 4):
+        rounds = attempt
         for site, (lo, hi) in targets.items():
             if site not in fns or (fns[site].lo, fns[site].hi) != (lo, hi):
                 fns[site] = build(site, lo, hi)
@@ -140,7 +147,8 @@ def calibrate(
     # per-operation refresh bounds: VALUE_BOUND_FACTOR x the largest calibrated |value|, at least
     # MIN_VALUE_BOUND, at most the configured refresh bound (ours)
     fns.value_bounds = {
-        k: float(min(model.cfg.refresh_bound, max(MIN_VALUE_BOUND, VALUE_BOUND_FACTOR * v))) for k, v in op_max.items()
+        k: float(min(model.cfg.refresh_bound, max(MIN_VALUE_BOUND, VALUE_BOUND_FACTOR * v)))
+        for k, v in op_max.items()
     }
     bk = approx_twin.backend()
     x_rot, km = model.example_inputs(examples[0])

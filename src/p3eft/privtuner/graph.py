@@ -48,7 +48,11 @@ def _padv(spec: PackingSpec, b: np.ndarray) -> np.ndarray:
 
 
 def param_matrices(
-    spec: PackingSpec, cfg: PrivTunerConfig, lora: dict[str, np.ndarray], head_w: np.ndarray, head_b: np.ndarray
+    spec: PackingSpec,
+    cfg: PrivTunerConfig,
+    lora: dict[str, np.ndarray],
+    head_w: np.ndarray,
+    head_b: np.ndarray,
 ) -> dict[str, np.ndarray]:
     """Plain LoRA factors and head -> the logical matrices the graph takes (see module doc).
 
@@ -135,7 +139,12 @@ class EncoderGraph:
         self.lin: dict[str, Linear] = {}
         w = spec.width
         for li, lw in enumerate(weights.layers):
-            for nm, mat, b in (("q", lw.wq, lw.bq), ("k", lw.wk, lw.bk), ("v", lw.wv, lw.bv), ("o", lw.wo, lw.bo)):
+            for nm, mat, b in (
+                ("q", lw.wq, lw.bq),
+                ("k", lw.wk, lw.bk),
+                ("v", lw.wv, lw.bv),
+                ("o", lw.wo, lw.bo),
+            ):
                 self.lin[f"L{li}.{nm}"] = Linear(f"L{li}.{nm}", p(mat), pv(b))
                 self.lin[f"L{li}.{nm}.T"] = Linear(f"L{li}.{nm}.T", p(mat.T), None)
             inter = lw.w1.shape[0]
@@ -143,7 +152,9 @@ class EncoderGraph:
                 sl = slice(c * w, min((c + 1) * w, inter))
                 self.lin[f"L{li}.w1.{c}"] = Linear(f"L{li}.w1.{c}", p(lw.w1[sl]), pv(lw.b1[sl]))
                 self.lin[f"L{li}.w1.{c}.T"] = Linear(f"L{li}.w1.{c}.T", p(lw.w1[sl].T), None)
-                self.lin[f"L{li}.w2.{c}"] = Linear(f"L{li}.w2.{c}", p(lw.w2[:, sl]), pv(lw.b2) if c == 0 else None)
+                self.lin[f"L{li}.w2.{c}"] = Linear(
+                    f"L{li}.w2.{c}", p(lw.w2[:, sl]), pv(lw.b2) if c == 0 else None
+                )
                 self.lin[f"L{li}.w2.{c}.T"] = Linear(f"L{li}.w2.{c}.T", p(lw.w2[:, sl].T), None)
         self.chunks = -(-weights.intermediate // w)
 
@@ -181,7 +192,15 @@ class EncoderGraph:
         return total
 
     def _lora_back(
-        self, bk: Any, dy: Any, x: Any, us: list[Any], params: dict[str, Any], prefix: str, grads: dict, need_dx: bool
+        self,
+        bk: Any,
+        dy: Any,
+        x: Any,
+        us: list[Any],
+        params: dict[str, Any],
+        prefix: str,
+        grads: dict,
+        need_dx: bool,
     ) -> Any:
         s = self.cfg.lora_scaling
         dx = None
@@ -204,7 +223,9 @@ class EncoderGraph:
         y, _ = self._ln(bk, None, self.emb_g, self.emb_b, "emb.inv_sqrt", centered=c)
         return y
 
-    def layer(self, bk: Any, li: int, x: Any, km: Any, params: dict[str, Any], cache: _LayerCache | None) -> Any:
+    def layer(
+        self, bk: Any, li: int, x: Any, km: Any, params: dict[str, Any], cache: _LayerCache | None
+    ) -> Any:
         lw = self.lin
         fns_shift = bk.fns.shift(li)
         train = cache is not None and self.adapted(li)
@@ -233,7 +254,9 @@ class EncoderGraph:
         att = bk.mul(num, inv)
         h1 = bk.add(x, bk.lin(lw[f"L{li}.o"], att))
         lay = self.w.layers[li]
-        y1, ln1 = self._ln(bk, h1, _padv(self.spec, lay.ln1_g), _padv(self.spec, lay.ln1_b), f"L{li}.ln1.inv_sqrt")
+        y1, ln1 = self._ln(
+            bk, h1, _padv(self.spec, lay.ln1_g), _padv(self.spec, lay.ln1_b), f"L{li}.ln1.inv_sqrt"
+        )
         f2 = None
         fs = []
         for c in range(self.chunks):
@@ -242,7 +265,9 @@ class EncoderGraph:
             t = bk.lin(lw[f"L{li}.w2.{c}"], bk.fn(f"L{li}.gelu", f))
             f2 = t if f2 is None else bk.add(f2, t)
         h2 = bk.add(y1, f2)
-        y2, ln2 = self._ln(bk, h2, _padv(self.spec, lay.ln2_g), _padv(self.spec, lay.ln2_b), f"L{li}.ln2.inv_sqrt")
+        y2, ln2 = self._ln(
+            bk, h2, _padv(self.spec, lay.ln2_g), _padv(self.spec, lay.ln2_b), f"L{li}.ln2.inv_sqrt"
+        )
         if train:
             assert cache is not None
             cache.x, cache.q, cache.k, cache.vm, cache.es = x, q, k, vm, es
@@ -256,7 +281,9 @@ class EncoderGraph:
             cache.pooled = pooled
         per_label = []
         for c in range(self.w.num_labels):
-            lg = bk.add(bk.feature_sum(bk.mul(pooled, params[f"head.W{c}"]), self.d, 1.0), params[f"head.b{c}"])
+            lg = bk.add(
+                bk.feature_sum(bk.mul(pooled, params[f"head.W{c}"]), self.d, 1.0), params[f"head.b{c}"]
+            )
             per_label.append(lg)
         return bk.logits(per_label)
 
@@ -281,7 +308,9 @@ class EncoderGraph:
         return self.head(bk, x, params, cache)
 
     # ----- backward ------------------------------------------------------------------------------
-    def backward(self, bk: Any, cache: ForwardCache, dlogits: list[Any], params: dict[str, Any]) -> dict[str, Any]:
+    def backward(
+        self, bk: Any, cache: ForwardCache, dlogits: list[Any], params: dict[str, Any]
+    ) -> dict[str, Any]:
         """Gradients of every trained parameter (same layout as the parameter), from dL/dlogits."""
         grads: dict[str, Any] = {}
         p = cache.pooled
@@ -294,7 +323,9 @@ class EncoderGraph:
         one_minus_p2 = bk.add_plain(bk.neg(bk.mul(p, p)), 1.0)
         dy = bk.lin(self.pool_t, bk.mul(dp, one_minus_p2))
         for li in range(len(self.w.layers) - 1, self.cfg.adapt_from - 1, -1):
-            dy = self._layer_back(bk, li, cache.layers[li], cache.km, dy, params, grads, li > self.cfg.adapt_from)
+            dy = self._layer_back(
+                bk, li, cache.layers[li], cache.km, dy, params, grads, li > self.cfg.adapt_from
+            )
         return grads
 
     def _layer_back(

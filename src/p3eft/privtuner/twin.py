@@ -43,7 +43,9 @@ class PrivTunerModel:
 
     def __init__(self, cfg: PrivTunerConfig, weights: EncoderWeights | None = None) -> None:
         self.cfg = cfg
-        self.weights = weights if weights is not None else load_encoder(cfg.model, cfg.layers, cfg.num_labels, cfg.seed)
+        self.weights = (
+            weights if weights is not None else load_encoder(cfg.model, cfg.layers, cfg.num_labels, cfg.seed)
+        )
         if len(self.weights.layers) != cfg.layers:
             raise P3eftError(f"weights have {len(self.weights.layers)} layers, config says {cfg.layers}")
         self.spec = PackingSpec.build(self.weights.hidden, cfg.max_len, cfg.params.slots)
@@ -52,9 +54,12 @@ class PrivTunerModel:
         self.graph = EncoderGraph(self.weights, cfg, self.spec, self._rotation)
 
     def rotated_tables(self) -> dict[str, np.ndarray]:
-        """What the model owner hands the data owner (see :mod:`p3eft.privtuner.rotation`)."""
-        w = self.weights
-        return rotated_embedding_tables(w.word, w.position, w.token_type, self._rotation)
+        """What the model owner hands the data owner (see :mod:`p3eft.privtuner.rotation`); computed
+        once (a 30522 x 384 table takes seconds)."""
+        if getattr(self, "_tables", None) is None:
+            w = self.weights
+            self._tables = rotated_embedding_tables(w.word, w.position, w.token_type, self._rotation)
+        return self._tables
 
     # ----- parameters ------------------------------------------------------------------------------
     def init_params(self, seed: int | None = None, b_scale: float = 0.0) -> dict[str, np.ndarray]:
@@ -74,7 +79,9 @@ class PrivTunerModel:
         return matrices_to_params(self.spec, self.cfg, self.weights.hidden, mats)
 
     # ----- data owner's side (used by the twin and by tests) ----------------------------------------
-    def example_inputs(self, ex: Example, tables: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def example_inputs(
+        self, ex: Example, tables: dict[str, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(rotated token matrix, key mask) as logical (seq, width) matrices."""
         tables = tables if tables is not None else self.rotated_tables()
         ids = np.asarray(ex.ids)
@@ -150,7 +157,9 @@ class Twin:
         """p <- p - lr * g (what :meth:`EncryptedAdapter.apply_sgd` does on ciphertexts)."""
         return {k: v - lr * grads[k] if k in grads else v for k, v in params.items()}
 
-    def step(self, ex: Example, params: dict[str, np.ndarray], lr: float) -> tuple[float, dict[str, np.ndarray]]:
+    def step(
+        self, ex: Example, params: dict[str, np.ndarray], lr: float
+    ) -> tuple[float, dict[str, np.ndarray]]:
         loss, _, grads = self.gradients(ex, params)
         return loss, self.sgd(params, grads, lr)
 

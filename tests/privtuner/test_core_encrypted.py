@@ -1,0 +1,82 @@
+"""The encrypted path against the twin: logits, one SGD step, the adapter's bytes and names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe.context import keygen
+from p3eft.privtuner.adapter import EncryptedAdapter
+from p3eft.privtuner.local import LocalSession, verify_local
+from p3eft.privtuner.toy import calibrated
+from p3eft.privtuner.twin import Twin
+
+LR = 0.5  # large, so that a wrong gradient moves the adapter by more than the tolerance
+
+
+@pytest.fixture(scope="module")
+def one_layer():
+    model, report, params, examples = calibrated(layers=1, adapt_from=0)
+    result = verify_local(model, report.fns, params, examples[:1], LR)
+    return model, report, params, examples, result
+
+
+def test_encrypted_logits_equal_twin(one_layer):
+    model, report, params, examples, result = one_layer
+    assert result["logit_max_abs_diff"] < 1e-4
+    assert not result["range_flags"]
+    logits = np.array(result["steps"][0]["logits"])
+    assert np.max(np.abs(logits)) > 1e-3  # a comparison of non-trivial values
+
+
+def test_one_encrypted_step_equals_twin_step(one_layer):
+    model, report, params, examples, result = one_layer
+    assert result["step_max_abs_diff"] < 1e-3
+    # negative control: the twin's step moves the adapter by far more than that tolerance
+    _, _, grads = Twin(model, report.fns).gradients(examples[0], params)
+    moved = max(float(np.max(np.abs(LR * g))) for k, g in grads.items() if not k.startswith("head.b"))
+    assert moved > 1e-2
+    assert result["refreshes"] > 0 and result["refresh_floor"] >= 1
+
+
+def test_adapter_bytes_round_trip_and_peft_names():
+    model, report, params, _ = calibrated(layers=1, adapt_from=0)
+    ctx, sk = keygen(model.cfg.params, [])
+    adapter = EncryptedAdapter.encrypt(ctx, model, params)
+    again = EncryptedAdapter.from_bytes(ctx, adapter.to_bytes())
+    out = again.decrypt(sk, model)
+    plain = model.plain_params(params)
+    a = out["encoder.layer.0.attention.self.query.lora_A.weight"]
+    assert a.shape == (2, model.weights.hidden) and np.allclose(a, plain["L0.q.A"], atol=1e-6)
+    assert np.allclose(out["encoder.layer.0.attention.self.value.lora_B.weight"], plain["L0.v.B"], atol=1e-6)
+    assert np.allclose(out["classifier.weight"], model.weights.classifier_w, atol=1e-6)
+    assert out["classifier.bias"].shape == (model.weights.num_labels,)
+    other, _ = keygen(model.cfg.params, [])
+    with pytest.raises(SecurityError):
+        EncryptedAdapter.from_bytes(other, adapter.to_bytes())
+    with pytest.raises(ProtocolError):
+        EncryptedAdapter.from_bytes(ctx, adapter.to_bytes()[:-5])
+
+
+@pytest.mark.slow
+def test_two_layers_backward_through_upper_layer_and_frozen_cache():
+    # layer 1 adapted and layer 0 adapted: the backward runs through all of layer 1 into layer 0
+    model, report, params, examples = calibrated(layers=2, adapt_from=0)
+    result = verify_local(model, report.fns, params, examples[:1], LR)
+    assert result["logit_max_abs_diff"] < 1e-4
+    assert result["step_max_abs_diff"] < 1e-3
+
+
+@pytest.mark.slow
+def test_frozen_layers_are_cached():
+    model, report, params, examples = calibrated(layers=2, adapt_from=1)
+    sess = LocalSession.start(model, report.fns, params)
+    cts = sess.encrypt_example(examples[0])
+    first = sess.decrypt_logits(sess.encoder.forward(cts, sess.adapter, cache_key="ex0", keep=False))
+    ops_first = sess.encoder.backend.op
+    again = sess.decrypt_logits(sess.encoder.forward(cts, sess.adapter, cache_key="ex0", keep=False))
+    assert sess.encoder.backend.op == ops_first  # same numbering: calibrated bounds stay aligned
+    assert len(sess.encoder._frozen) == 1
+    twin = Twin(model, report.fns).logits(examples[0], params)
+    assert np.max(np.abs(first - twin)) < 1e-4 and np.max(np.abs(again - twin)) < 1e-4

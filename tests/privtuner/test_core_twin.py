@@ -1,0 +1,132 @@
+"""The twin: exact mode equals transformers/peft; approximate mode stays within the approximations'
+error; calibration flags out-of-range inputs; the rotation is removed exactly; packing round-trips."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from p3eft.privtuner.approx import build
+from p3eft.privtuner.calibration import check_ranges
+from p3eft.privtuner.graph import EncoderGraph
+from p3eft.privtuner.model import tiny_hf_model
+from p3eft.privtuner.packing import PackingSpec
+from p3eft.privtuner.rotation import recover_rotation
+from p3eft.privtuner.toy import calibrated, random_examples, tiny_model
+from p3eft.privtuner.twin import Twin
+
+
+def _hf_logits(hf, ex) -> np.ndarray:
+    mask = (np.arange(len(ex.ids)) < ex.length).astype(np.int64)
+    with torch.no_grad():
+        out = hf(input_ids=torch.tensor(ex.ids[None]), attention_mask=torch.tensor(mask[None]))
+    return out.logits[0].double().numpy()
+
+
+def test_exact_twin_equals_transformers():
+    model = tiny_model(layers=2, hidden=32, max_len=8)
+    hf = tiny_hf_model(hidden=32, intermediate=64, layers=2)
+    params = model.init_params(b_scale=0.0)  # B = 0: the LoRA branch adds nothing, as in transformers
+    twin = Twin(model, exact=True)
+    for ex in random_examples(model, 3):
+        ours, ref = twin.logits(ex, params), _hf_logits(hf, ex)
+        assert np.max(np.abs(ours - ref)) < 1e-6
+        assert np.max(np.abs(ref)) > 1e-3  # not a trivially zero comparison
+
+
+def test_exact_twin_gradients_equal_peft_autograd():
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_model(layers=2, hidden=32, max_len=8)
+    params = model.init_params(b_scale=0.3)
+    plain = model.plain_params(params)
+    cfg = LoraConfig(
+        r=2, lora_alpha=8, target_modules=["query", "value"], task_type="SEQ_CLS", lora_dropout=0.0
+    )
+    pm = get_peft_model(tiny_hf_model(hidden=32, intermediate=64, layers=2), cfg).double()
+    for name, p in pm.named_parameters():
+        for li in range(2):
+            for short, long in (("q", "query"), ("v", "value")):
+                for ab in ("A", "B"):
+                    if f"layer.{li}.attention.self.{long}.lora_{ab}" in name:
+                        p.data = torch.tensor(plain[f"L{li}.{short}.{ab}"])
+    ex = random_examples(model, 1, seed=3)[0]
+    mask = (np.arange(len(ex.ids)) < ex.length).astype(np.int64)
+    out = pm(
+        input_ids=torch.tensor(ex.ids[None]),
+        attention_mask=torch.tensor(mask[None]),
+        labels=torch.tensor([ex.label]),
+    )
+    out.loss.backward()
+    loss, _, grads = Twin(model, exact=True).gradients(ex, params)
+    ours = model.plain_params(grads)
+    assert abs(loss - out.loss.item()) < 1e-10
+    checked = 0
+    for name, p in pm.named_parameters():
+        if p.grad is None:
+            continue
+        for li in range(2):
+            for short, long in (("q", "query"), ("v", "value")):
+                for ab in ("A", "B"):
+                    if f"layer.{li}.attention.self.{long}.lora_{ab}" in name:
+                        ref = p.grad.numpy()
+                        assert np.max(np.abs(ours[f"L{li}.{short}.{ab}"] - ref)) <= 1e-9 * max(
+                            1.0, np.abs(ref).max()
+                        )
+                        assert np.abs(ref).max() > 0
+                        checked += 1
+        if "classifier" in name and name.endswith("weight"):
+            assert np.max(np.abs(ours["head.W"] - p.grad.numpy())) < 1e-10
+            checked += 1
+    assert checked == 9
+
+
+def test_approximate_twin_close_to_exact():
+    model, report, params, examples = calibrated()
+    approx, exact = Twin(model, report.fns), Twin(model, exact=True)
+    worst = 0.0
+    for ex in examples:
+        worst = max(worst, float(np.max(np.abs(approx.logits(ex, params) - exact.logits(ex, params)))))
+    # every site's approximation error is below 2e-3 on its range (approx.build's tolerance)
+    assert all(fn.approximation.max_error() <= 2e-3 for fn in report.fns.values())
+    assert 0.0 < worst < 1e-2
+    assert not approx.flags
+
+
+def test_calibration_flags_out_of_range_inputs():
+    model, report, params, examples = calibrated()
+    assert check_ranges(Twin(model, report.fns), examples, params) == []  # negative control
+    fns = type(report.fns)(dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales)
+    g = report.fns["L0.gelu"]
+    mid, half = (g.lo + g.hi) / 2, (g.hi - g.lo) / 8
+    fns["L0.gelu"] = build("L0.gelu", mid - half, mid + half)
+    flags = check_ranges(Twin(model, fns), examples, params)
+    assert flags and all(f.site == "L0.gelu" for f in flags)
+    assert flags[0].observed[0] < fns["L0.gelu"].lo or flags[0].observed[1] > fns["L0.gelu"].hi
+
+
+def test_rotation_is_removed_exactly_and_revealed_by_procrustes():
+    model, _, params, examples = calibrated()
+    plain = tiny_model()
+    plain._rotation = np.eye(model.weights.hidden)
+    plain.graph = EncoderGraph(plain.weights, plain.cfg, plain.spec, plain._rotation)
+    for ex in examples[:2]:
+        a = Twin(model, exact=True).logits(ex, params)
+        b = Twin(plain, exact=True).logits(ex, params)
+        assert np.max(np.abs(a - b)) < 1e-12
+    tables = model.rotated_tables()
+    assert np.max(np.abs(tables["word"] - model.weights.word)) > 1e-3  # the table is changed...
+    rot = recover_rotation(model.weights.word, tables["word"])  # ...but anyone with the original undoes it
+    assert np.allclose(rot, model._rotation, atol=1e-9)
+    assert np.allclose(tables["word"] @ tables["word"].T, model.weights.word @ model.weights.word.T)
+
+
+@pytest.mark.parametrize("hidden,max_len,slots", [(16, 4, 8192), (128, 64, 8192), (384, 16, 8192)])
+def test_packing_round_trip(hidden, max_len, slots):
+    spec = PackingSpec.build(hidden, max_len, slots)
+    assert spec.seq >= max_len and spec.rows_per_ct * spec.block == slots
+    m = np.random.default_rng(0).standard_normal((spec.seq, spec.width))
+    vecs = spec.pack_matrix(m)
+    assert len(vecs) == spec.cts
+    assert np.array_equal(spec.unpack_matrix(vecs), m)
