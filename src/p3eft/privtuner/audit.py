@@ -189,11 +189,14 @@ def find_decryptions_in_inbox(
     float64 bytes (both byte orders, at every byte offset) in every request, and compared with every
     numeric control field. A chance match of 8 given bytes in random bytes has probability ~ 2^-64 per
     position. The search reads each request once: all patterns at once, 8 offsets, sorted lookup.
+    The key upload is not searched: the data owner sends it when the session opens, before its first
+    decryption (check 1 has parsed it as key material).
     """
     blobs: list[bytes] = []
     scalars: list[float] = []
     for ex in transcript:
-        _payload_bytes(ex.request, blobs)
+        if ex.method != P.KEYS:
+            _payload_bytes(ex.request, blobs)
         _scalars(dict(ex.request), scalars)
     owner: dict[int, tuple[int, float]] = {}
     scalar_set = set(scalars)

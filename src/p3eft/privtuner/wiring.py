@@ -148,7 +148,11 @@ class BertSessionSpec:
             dataclasses.replace(backend.cfg, seed=secret_seed), weights=backend.model.weights
         )
         self.backend = backend
-        self.init = backend.model.init_params(seed=init_seed)
+        self.init = (
+            backend.init_params
+            if backend.init_params is not None
+            else backend.model.init_params(seed=init_seed)
+        )
 
     def public_setup(self) -> dict[str, Any]:
         m, cfg = self.model, self.model.cfg
@@ -173,21 +177,31 @@ class BertBackend:
     """The model owner's encrypted BERT service (the contract's ``ModelBackend``)."""
 
     def __init__(
-        self, cfg: PrivTunerConfig, data_dir: str | Path | None = None, calibration: list | None = None
-    ):
+        self,
+        cfg: PrivTunerConfig,
+        data_dir: str | Path | None = None,
+        model: PrivTunerModel | None = None,
+        calibration: Any = None,
+        init_params: dict[str, np.ndarray] | None = None,
+    ) -> None:
+        """Load ``cfg``'s model and calibrate on public text; or take an already built ``model`` and
+        ``calibration`` report (tests). ``init_params`` fixes every session's initial adapter."""
         from p3eft.privtuner.calibration import calibrate
 
         self.cfg = cfg
         self.name = cfg.model
-        self.model = PrivTunerModel(cfg)
+        self.model = model if model is not None else PrivTunerModel(cfg)
         self.params = cfg.params
         self.galois_steps = required_galois_steps(self.model)
         self.refresh_bound = float(cfg.refresh_bound)
         self.refresh_lambda = int(cfg.refresh_lambda)
         self.tokens = tokens_for(self.model)
-        examples = calibration or calibration_examples(self.model, self.tokens, data_dir=data_dir)
-        self.calibration = calibrate(self.model, examples, self.model.init_params())
-        self.fns = self.calibration.fns
+        self.init_params = init_params
+        if calibration is None:
+            examples = calibration_examples(self.model, self.tokens, data_dir=data_dir)
+            calibration = calibrate(self.model, examples, self.model.init_params())
+        self.calibration = calibration
+        self.fns = calibration.fns
 
     def open_session(self, seed: int | None) -> BertSessionSpec:
         return BertSessionSpec(self, self.cfg.seed if seed is None else int(seed))
