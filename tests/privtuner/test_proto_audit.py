@@ -22,7 +22,7 @@ BATCHES = [[("good movie", 1), ("bad film", 0)], [("great fun", 1)]]
 def recorded(toy):
     backend = toy.ToyBackend(seed=4)
     rec = audit.RecordingChannel(InProcessChannel(ModelOwner(backend)))
-    do = DataOwner(rec, toy.ToyCodec, DataOwnerConfig(lr=0.5, record_decryptions=True))
+    do = DataOwner(rec, toy.ToyCodec, DataOwnerConfig(lr=0.5, record_decryptions=True, keep_views=True))
     for b in BATCHES:
         do.train_step(b)
     do.logits("a new sentence")
@@ -105,3 +105,22 @@ def test_views_of_a_real_run_are_uniform(recorded):
     norm = audit.normalised_views(views, do.setup.refresh_bound, do.setup.refresh_lambda)
     assert np.abs(norm).max() <= 1.0 + 1e-6
     assert audit.uniformity_test(norm).p_value > 1e-3
+
+
+def test_online_audit_equals_the_recorded_one(toy):
+    backend = toy.ToyBackend(seed=5)
+    aud = audit.AuditingChannel(InProcessChannel(ModelOwner(backend)))
+    do = DataOwner(aud, toy.ToyCodec, DataOwnerConfig(lr=0.5, record_decryptions=True))
+    aud.bind(do.decryptions)
+    do.train_step(BATCHES[0])
+    do.logits("one more")
+    verdict = aud.summary()
+    assert verdict["model_owner_saw_plaintext"] is False and verdict["inbox"]["ciphertexts"] > 0
+    assert aud.search.vectors == len(do.decryptions) - 1  # all but the last logits preceded a request
+    # negative control: a request carrying a value decrypted earlier is caught online
+    leak = float(do.decryptions[0].values[0])
+    aud.inbox.check(P.FORWARD, {"session": do.setup.session, "inputs": [np.zeros(3)]})
+    assert aud.search.search(
+        P.BACKWARD, {"session": do.setup.session, "dlogits": [np.float64(leak).tobytes()]}
+    )
+    assert aud.summary()["model_owner_saw_plaintext"] is True

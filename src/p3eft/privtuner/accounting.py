@@ -52,6 +52,25 @@ def count_envelopes(payload: Any, counts: dict[str, int] | None = None) -> dict[
     return counts
 
 
+def _strip_bytes(value: Any, total: list[int]) -> Any:
+    if isinstance(value, bytes | bytearray):
+        total[0] += len(value)
+        return b""
+    if isinstance(value, list | tuple):
+        return [_strip_bytes(v, total) for v in value]
+    if isinstance(value, dict):
+        return {k: _strip_bytes(v, total) for k, v in value.items()}
+    return value
+
+
+def wire_size(payload: Any) -> int:
+    """Bytes of ``payload`` in the runtime's wire codec, without copying its (large) byte strings:
+    the codec writes a ``bytes`` value as a fixed 9-byte header and the bytes themselves."""
+    total = [0]
+    skeleton = _strip_bytes(payload, total)
+    return len(codec.encode(skeleton)) + total[0]
+
+
 @dataclass
 class Ledger:
     """Running totals for one data owner's link and both parties' work on it."""
@@ -130,9 +149,9 @@ class AccountingChannel:
         self.ledger = ledger or Ledger()
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
-        up = len(codec.encode(kwargs))
+        up = wire_size(kwargs)
         result = self.inner.call(method, **kwargs)
-        down = len(codec.encode(result))
+        down = wire_size(result)
         led = self.ledger
         led.calls += 1
         led.bytes_up += up

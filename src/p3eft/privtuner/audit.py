@@ -2,6 +2,9 @@
 
 Three checks, run on a recorded protocol run (:class:`RecordingChannel` on the data owner's link):
 
+Run them on a recorded transcript (tests) or online with :class:`AuditingChannel` (``verify``; no
+transcript is held, so long runs fit in memory).
+
 1. :func:`audit_model_owner_inbox` -- every field of every request the model owner received is either a
    control field the protocol allows for that method (:data:`p3eft.privtuner.protocol.CONTROL_FIELDS`)
    or ``bytes`` that the engine's *checked* envelope parser accepts as a ciphertext or public key
@@ -122,21 +125,25 @@ def _check_envelopes(
     )
 
 
-def audit_model_owner_inbox(transcript: list[Exchange]) -> InboxReport:
-    """Check every field the model owner received (see the module docstring, check 1)."""
-    rep = InboxReport()
-    context_id: bytes | None = None
-    for ex in transcript:
+class InboxChecker:
+    """Check 1, one request at a time (what :class:`AuditingChannel` runs as messages pass)."""
+
+    def __init__(self) -> None:
+        self.report = InboxReport()
+        self._context_id: bytes | None = None
+
+    def check(self, method: str, request: dict[str, Any]) -> None:
+        rep = self.report
         rep.messages += 1
-        controls = P.CONTROL_FIELDS.get(ex.method)
+        controls = P.CONTROL_FIELDS.get(method)
         if controls is None:
-            rep.violations.append(f"{ex.method}: not a method of the PrivTuner model owner")
-            continue
-        data_fields = P.SECRET_FREE_BYTES.get(ex.method, {})
-        for name, value in ex.request.items():
-            where = f"{ex.method}.{name}"
+            rep.violations.append(f"{method}: not a method of the PrivTuner model owner")
+            return
+        data_fields = P.SECRET_FREE_BYTES.get(method, {})
+        for name, value in request.items():
+            where = f"{method}.{name}"
             if name in data_fields:
-                _check_envelopes(value, data_fields[name], context_id, where, rep)
+                _check_envelopes(value, data_fields[name], self._context_id, where, rep)
             elif name in controls:
                 if not isinstance(value, controls[name]) or isinstance(value, bytes):
                     rep.violations.append(f"{where}: control field of type {type(value).__name__}")
@@ -147,11 +154,18 @@ def audit_model_owner_inbox(transcript: list[Exchange]) -> InboxReport:
                 rep.control_fields[name] = rep.control_fields.get(name, 0) + 1
             else:
                 rep.violations.append(f"{where}: field not allowed by the protocol")
-        if ex.method == P.KEYS and isinstance(ex.request.get("keys"), dict):
-            pk = ex.request["keys"].get("public_key")
+        if method == P.KEYS and isinstance(request.get("keys"), dict):
+            pk = request["keys"].get("public_key")
             with contextlib.suppress(P3eftError):
-                context_id = serial.unpack(pk, "public_key").context_id
-    return rep
+                self._context_id = serial.unpack(pk, "public_key").context_id
+
+
+def audit_model_owner_inbox(transcript: list[Exchange]) -> InboxReport:
+    """Check every field the model owner received (see the module docstring, check 1)."""
+    checker = InboxChecker()
+    for ex in transcript:
+        checker.check(ex.method, ex.request)
+    return checker.report
 
 
 def _payload_bytes(value: Any, out: list[bytes]) -> None:
@@ -180,50 +194,115 @@ def _scalars(value: Any, out: list[float]) -> None:
             _scalars(v, out)
 
 
+def top_values(vec: np.ndarray, k: int = 8) -> np.ndarray:
+    """The ``k`` non-zero values of largest magnitude (what the decryption search looks for)."""
+    v = np.asarray(vec, dtype=np.float64).ravel()
+    nz = v[v != 0.0]
+    return nz[np.argsort(-np.abs(nz))[:k]]
+
+
+class DecryptionSearch:
+    """Check 2: float64 bytes of decrypted values, searched for in requests (all patterns at once).
+
+    A chance match of 8 given bytes in random bytes has probability ~ 2^-64 per position. Each request
+    is read once: 8 byte offsets, sorted lookup of every 8-byte word among the patterns. The key upload
+    is not searched: the data owner sends it when the session opens, before its first decryption
+    (check 1 has parsed it as key material).
+    """
+
+    def __init__(self, per_vector: int = 8) -> None:
+        self.per_vector = per_vector
+        self._owner: dict[int, tuple[int, float]] = {}
+        self._values: dict[float, int] = {}
+        self._patterns = np.zeros(0, dtype=np.uint64)
+        self.vectors = 0
+        self.found: list[str] = []
+
+    def add(self, vec: np.ndarray) -> None:
+        i = self.vectors
+        self.vectors += 1
+        for x in top_values(vec, self.per_vector):
+            for word in (np.float64(x).view(np.uint64), np.float64(x).byteswap().view(np.uint64)):
+                self._owner[int(word)] = (i, float(x))
+            self._values[float(x)] = i
+        self._patterns = np.array(sorted(self._owner), dtype=np.uint64)
+
+    def search(self, method: str, request: dict[str, Any]) -> list[str]:
+        found: list[str] = []
+        scalars: list[float] = []
+        _scalars(dict(request), scalars)
+        for x in scalars:
+            if x in self._values:
+                found.append(f"decryption {self._values[x]}: value {x!r} sent as a control field of {method}")
+        if method != P.KEYS and self._patterns.size:
+            blobs: list[bytes] = []
+            _payload_bytes(request, blobs)
+            pats = self._patterns
+            for blob in blobs:
+                raw = np.frombuffer(blob, dtype=np.uint8)
+                for offset in range(8):
+                    n = (raw.size - offset) // 8
+                    if n <= 0:
+                        continue
+                    words = raw[offset : offset + 8 * n].view(np.uint64)
+                    idx = np.minimum(np.searchsorted(pats, words), pats.size - 1)
+                    for w in np.unique(words[pats[idx] == words]):
+                        i, x = self._owner[int(w)]
+                        found.append(f"decryption {i}: value {x!r} found in a {method} request")
+        self.found += found
+        return found
+
+
 def find_decryptions_in_inbox(
     transcript: list[Exchange], decrypted: list[np.ndarray], per_vector: int = 8
 ) -> list[str]:
-    """Search the model owner's inbox for decrypted values (check 2); return what was found.
-
-    For each decrypted slot vector, the ``per_vector`` values of largest magnitude are searched as
-    float64 bytes (both byte orders, at every byte offset) in every request, and compared with every
-    numeric control field. A chance match of 8 given bytes in random bytes has probability ~ 2^-64 per
-    position. The search reads each request once: all patterns at once, 8 offsets, sorted lookup.
-    The key upload is not searched: the data owner sends it when the session opens, before its first
-    decryption (check 1 has parsed it as key material).
-    """
-    blobs: list[bytes] = []
-    scalars: list[float] = []
+    """Search the whole recorded inbox for every decrypted value (check 2; see :class:`DecryptionSearch`)."""
+    search = DecryptionSearch(per_vector)
+    for vec in decrypted:
+        search.add(vec)
     for ex in transcript:
-        if ex.method != P.KEYS:
-            _payload_bytes(ex.request, blobs)
-        _scalars(dict(ex.request), scalars)
-    owner: dict[int, tuple[int, float]] = {}
-    scalar_set = set(scalars)
-    found = []
-    for i, vec in enumerate(decrypted):
-        v = np.asarray(vec, dtype=np.float64).ravel()
-        nz = v[v != 0.0]
-        for x in nz[np.argsort(-np.abs(nz))[:per_vector]]:
-            for word in (np.float64(x).view(np.uint64), np.float64(x).byteswap().view(np.uint64)):
-                owner[int(word)] = (i, float(x))
-            if float(x) in scalar_set:
-                found.append(f"decryption {i}: value {float(x)!r} sent as a control field")
-    if not owner:
-        return found
-    patterns = np.array(sorted(owner), dtype=np.uint64)
-    for blob in blobs:
-        raw = np.frombuffer(blob, dtype=np.uint8)
-        for offset in range(8):
-            n = (raw.size - offset) // 8
-            if n <= 0:
-                continue
-            words = raw[offset : offset + 8 * n].view(np.uint64)
-            idx = np.minimum(np.searchsorted(patterns, words), patterns.size - 1)
-            for w in np.unique(words[patterns[idx] == words]):
-                i, x = owner[int(w)]
-                found.append(f"decryption {i}: value {x!r} found in the model owner's inbox")
-    return found
+        search.search(ex.method, ex.request)
+    return search.found
+
+
+class AuditingChannel:
+    """Checks 1 and 2 online, as the data owner's requests pass, holding no transcript: each request is
+    checked against the protocol's tables and searched for every value the data owner had decrypted
+    before sending it (a value cannot leak before it is known, so this covers every leak)."""
+
+    def __init__(self, inner: Channel, decrypted: list[Any] | None = None) -> None:
+        self.inner = inner
+        self._decrypted: list[Any] = [] if decrypted is None else decrypted
+        self._seen = 0
+        self.inbox = InboxChecker()
+        self.search = DecryptionSearch()
+
+    def bind(self, decrypted: list[Any]) -> None:
+        """Follow the data owner's list of decryptions (it is created with the data owner)."""
+        self._decrypted, self._seen = decrypted, 0
+
+    def call(self, method: str, /, **kwargs: Any) -> Any:
+        new = self._decrypted[self._seen :]
+        for d in new:
+            self.search.add(getattr(d, "values", d))
+        self._seen += len(new)
+        self.inbox.check(method, kwargs)
+        self.search.search(method, kwargs)
+        return self.inner.call(method, **kwargs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def summary(self) -> dict[str, Any]:
+        return verdict(self.inbox.report, self.search.found)
+
+
+def verdict(inbox: InboxReport, leaks: list[str]) -> dict[str, Any]:
+    return {
+        "inbox": inbox.to_dict(),
+        "decryption_results_in_inbox": list(leaks),
+        "model_owner_saw_plaintext": bool(inbox.violations or leaks),
+    }
 
 
 def normalised_views(views: list[np.ndarray], bound: float, lam: int) -> np.ndarray:
@@ -262,14 +341,8 @@ def uniformity_test(normalised: np.ndarray) -> ViewTest:
 
 
 def summary(transcript: list[Exchange], decrypted: list[np.ndarray]) -> dict[str, Any]:
-    """The audit's verdict for a run: inbox check + decryption search; ``model_owner_saw_plaintext``."""
-    inbox = audit_model_owner_inbox(transcript)
-    leaks = find_decryptions_in_inbox(transcript, decrypted)
-    return {
-        "inbox": inbox.to_dict(),
-        "decryption_results_in_inbox": leaks,
-        "model_owner_saw_plaintext": bool(inbox.violations or leaks),
-    }
+    """The audit's verdict for a recorded run: inbox check + decryption search; ``model_owner_saw_plaintext``."""
+    return verdict(audit_model_owner_inbox(transcript), find_decryptions_in_inbox(transcript, decrypted))
 
 
 def dumps(report: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ from p3eft.fhe.context import Ciphertext, CkksContext, Layout, keygen
 from p3eft.fhe.params import ParamSet
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.accounting import AccountingChannel, Ledger
+from p3eft.privtuner.audit import top_values
 from p3eft.privtuner.contract import ClientCodec, ModelBackend
 from p3eft.privtuner.session import ModelOwnerSession
 
@@ -164,7 +165,8 @@ class DataOwnerConfig:
     lr: float = 1e-2
     seed: int | None = None
     label: str = "data-owner"
-    record_decryptions: bool = False  # audit only: keeps every decrypted slot vector in memory
+    record_decryptions: bool = False  # audit only: keeps what the data owner decrypted, in its process
+    keep_views: bool = False  # with record_decryptions: whole slot vectors (else the largest values)
 
 
 class DataOwner:
@@ -199,13 +201,17 @@ class DataOwner:
         # the key holder's side of p3eft.fhe.refresh.refresh_respond, with the view kept for the audit
         masked = self.ctx.ciphertext_from_bytes(ciphertext)
         view = self._sk.decrypt_slots(self.ctx, masked)
-        if self.config.record_decryptions:
-            self.decryptions.append(Decryption("refresh", view))
+        self._record("refresh", view)
         self.ledger.decryptions += 1
         self.ledger.encryptions += 1
         return self.ctx.ciphertext_to_bytes(self.ctx.encrypt_slots(view, masked.layout))
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    def _record(self, purpose: str, values: np.ndarray) -> None:
+        if self.config.record_decryptions:
+            kept = values if self.config.keep_views else top_values(values)
+            self.decryptions.append(Decryption(purpose, kept))
+
     def _answer(self, cb: P.Callback) -> bytes:
         self.ledger.refresh_round_trips += 1
         with self.ledger.device_time():
@@ -228,8 +234,7 @@ class DataOwner:
         ct: Ciphertext = self.ctx.ciphertext_from_bytes(data)
         values = self._sk.decrypt_slots(self.ctx, ct)
         self.ledger.decryptions += 1
-        if self.config.record_decryptions:
-            self.decryptions.append(Decryption(purpose, values))
+        self._record(purpose, values)
         return values, ct.layout
 
     def _encrypt_inputs(self, text: str) -> list[bytes]:

@@ -22,7 +22,7 @@ import numpy as np
 from p3eft.channel import Channel, InProcessChannel
 from p3eft.errors import P3eftError
 from p3eft.privtuner import accounting
-from p3eft.privtuner.audit import RecordingChannel
+from p3eft.privtuner.audit import AuditingChannel
 from p3eft.privtuner.contract import ClientCodec, ModelBackend
 from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
 
@@ -36,11 +36,11 @@ def data_owner(
     backend: ModelBackend | None = None,
     server: str | None = None,
     certs: str | Path | None = None,
-    record: bool = False,
-) -> Iterator[tuple[DataOwner, RecordingChannel | None]]:
+    audit: bool = False,
+) -> Iterator[tuple[DataOwner, AuditingChannel | None]]:
     """A data owner connected to an in-process model owner (``backend``) or to ``server`` (HOST:PORT).
 
-    ``record`` keeps the transcript for the audit (and the data owner's decryptions, in its process).
+    ``audit`` runs the transcript audit online (:class:`~p3eft.privtuner.audit.AuditingChannel`).
     """
     channel: Channel
     if server is not None:
@@ -53,12 +53,14 @@ def data_owner(
         channel = InProcessChannel(ModelOwner(backend))
     else:
         raise P3eftError("no model owner: give a model (in process) or --server HOST:PORT")
-    rec = RecordingChannel(channel) if record else None
-    if record:
+    aud = AuditingChannel(channel) if audit else None
+    if audit:
         config = DataOwnerConfig(**{**config.__dict__, "record_decryptions": True})
-    do = DataOwner(rec or channel, codec_factory, config)
+    do = DataOwner(aud or channel, codec_factory, config)
+    if aud is not None:
+        aud.bind(do.decryptions)
     try:
-        yield do, rec
+        yield do, aud
     finally:
         do.close()
 

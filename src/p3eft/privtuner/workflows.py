@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from p3eft.errors import P3eftError
-from p3eft.privtuner import accounting, audit
+from p3eft.privtuner import accounting
 from p3eft.privtuner.config import PRIVTUNER_PARAM_SETS, PrivTunerConfig
 from p3eft.privtuner.export import EndPolicy, export_adapter, exported_meta, load_exported
 from p3eft.privtuner.roles import DataOwnerConfig
@@ -93,8 +93,8 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
     backend = BertBackend(cfg, data_dir)
     twin = Twin(backend.model, backend.fns)
     init = backend.model.init_params(seed=cfg.seed)
-    with data_owner(BertCodec, DataOwnerConfig(lr=cfg.lr), backend, record=True) as (do, rec):
-        assert rec is not None
+    with data_owner(BertCodec, DataOwnerConfig(lr=cfg.lr), backend, audit=True) as (do, aud):
+        assert aud is not None
         examples = [do.codec.example(t, y) for t, y in pairs]
         say("one encrypted training step (forward, encrypted dL/dlogits, backward, update) on 2 examples")
         t_step = time.perf_counter()
@@ -105,7 +105,6 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
         enc_logits = np.array(do.last_step_logits)
         say("data owner: decrypting the adapter after the step")
         enc_adapter = do.decrypt_adapter()
-        decrypted = [d.values for d in do.decryptions]
         ledger = do.ledger
     # the twin: same initial adapter, same examples, same SGD step (gradient averaged over the batch)
     twin_logits, grads, twin_losses = [], [], []
@@ -118,7 +117,7 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
     twin_after = peft_names(backend.model.plain_params(Twin.sgd(init, mean_grad, cfg.lr)))
     logit_diff = float(np.max(np.abs(enc_logits - np.array(twin_logits))))
     step_diff = max(float(np.max(np.abs(np.asarray(enc_adapter[k]) - twin_after[k]))) for k in twin_after)
-    verdict = audit.summary(rec.transcript, decrypted)
+    verdict = aud.summary()
     flags = check_ranges(twin, examples, init)
     res = {
         "model": _model_info(cfg, backend),
