@@ -284,6 +284,72 @@ def plot(res: dict[str, Any], png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
+    """A short report of what ran, with its true sizes, and of what did not."""
+    c = res["config"]
+    lines = [
+        "# PrivTuner on SST-2: plaintext LoRA, the approximate twin, encrypted fine-tuning",
+        "",
+        f"Model `{c['model']}` cut to its first {c['layers']} layers (weights: "
+        f"{'RANDOM' if res['weights']['random'] else 'real'}, {res['weights']['source']}), LoRA rank {c['rank']} "
+        f"(alpha {c['alpha']}) on query and value of every layer plus the classifier head, {c['max_len']} tokens, "
+        f"per-example SGD with lr {c['lr']}. Data: {json_name}; figure: {png_name}. "
+        f"Started {res['started']}, finished {res.get('finished', '(not finished)')}; machine: "
+        f"{res['machine'].get('cpu_model')}, {res['machine'].get('cores')} cores (shared with other work).",
+        "",
+    ]
+    pt = res.get("plain_twin")
+    if pt:
+        p, t = pt["plain"], pt.get("twin")
+        lines += [
+            "## Phase 1: plaintext LoRA and the approximate twin, same data",
+            "",
+            f"Both trained on the first {pt['train_examples']} SST-2 training examples from the same initial adapter.",
+            "",
+            "| model | dev examples | dev accuracy | training seconds |",
+            "|---|---|---|---|",
+            f"| plaintext LoRA (torch + peft, float64) | {p['dev_examples']} | {p['dev_accuracy']:.4f} | {p['seconds']:.0f} |",
+        ]
+        if t:
+            lines += [
+                f"| approximate twin | {t['dev_examples']} | {t['dev_accuracy']:.4f} | {t['seconds']:.0f} |",
+                "",
+                f"On the {t['dev_examples']} dev examples the twin saw, plaintext LoRA scores "
+                f"{pt['plain_dev_accuracy_on_twin_dev']:.4f} and the two agree on {pt['agreement_twin_plain']:.4f} "
+                f"of the predictions; the twin raised {pt['range_flags_twin']} range flags.",
+            ]
+        lines.append("")
+    et = res.get("encrypted_train")
+    if et:
+        lines += [
+            "## Phase 2: encrypted fine-tuning through the protocol",
+            "",
+            f"{et.get('steps_done', 0)} of {et['examples']} encrypted SGD steps ran (one example each) in "
+            f"{et.get('seconds', 0):.0f} s; largest |encrypted loss - twin loss| per step: "
+            f"{et.get('max_abs_loss_diff', float('nan')):.2e}.",
+            "",
+        ]
+    ev = res.get("encrypted_eval")
+    if ev and ev.get("examples"):
+        lines += [
+            "## Phase 3: encrypted inference with the still-encrypted adapter",
+            "",
+            f"{ev['examples']} dev examples: encrypted accuracy {ev['accuracy']:.4f}, twin {ev['twin_accuracy']:.4f}, "
+            f"agreement {ev['agreement_with_twin']:.4f}, largest logit difference {ev['max_abs_logit_diff']:.2e}.",
+            "",
+        ]
+    missing = [p for p in ("plain_twin", "encrypted_train", "encrypted_eval") if p not in res["phases_done"]]
+    if missing:
+        lines += [
+            "## Not run or not finished",
+            "",
+            "Phases " + ", ".join(missing) + " did not run to their configured sizes in this run "
+            "(see the JSON for what ran).",
+            "",
+        ]
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m p3eft.privtuner.experiment --out DIR [--train N --dev N --enc-train N --enc-eval N]``."""
     import argparse
@@ -307,6 +373,7 @@ def main(argv: list[str] | None = None) -> None:
 
     res = run(ecfg, a.out / "privtuner_sst2.json", say=say)
     plot(res, a.out / "privtuner_sst2.png")
+    (a.out / "privtuner_sst2.md").write_text(markdown(res, "privtuner_sst2.json", "privtuner_sst2.png"))
 
 
 if __name__ == "__main__":
