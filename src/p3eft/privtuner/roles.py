@@ -197,14 +197,16 @@ class DataOwner:
     # -- what the model owner may ask for in a callback -------------------------------------------------
     @remote
     def fhe_refresh(self, ciphertext: bytes) -> bytes:
-        """Decrypt the masked ciphertext (a view of m + r only) and re-encrypt it fresh at the top level."""
-        # the key holder's side of p3eft.fhe.refresh.refresh_respond, with the view kept for the audit
+        """Decrypt the masked ciphertext (a view of m + r only) and re-encrypt it fresh at the top level
+        (the key holder's side of :func:`p3eft.fhe.refresh.refresh_respond`)."""
         masked = self.ctx.ciphertext_from_bytes(ciphertext)
         view = self._sk.decrypt_slots(self.ctx, masked)
         self._record("refresh", view)
         self.ledger.decryptions += 1
         self.ledger.encryptions += 1
-        return self.ctx.ciphertext_to_bytes(self.ctx.encrypt_slots(view, masked.layout))
+        # a fresh top-level encryption of the same slots; under the secret key with SEAL's seed
+        # compression (ours): the same fresh ciphertext to the model owner, at about half the bytes
+        return self._sk.encrypt_seeded_bytes(self.ctx, view, masked.layout)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _record(self, purpose: str, values: np.ndarray) -> None:
