@@ -130,3 +130,13 @@ def test_packing_round_trip(hidden, max_len, slots):
     vecs = spec.pack_matrix(m)
     assert len(vecs) == spec.cts
     assert np.array_equal(spec.unpack_matrix(vecs), m)
+
+
+def test_twin_training_lowers_the_loss():
+    model, report, params, examples = calibrated()
+    twin = Twin(model, report.fns)
+    before = np.mean([twin.gradients(ex, params)[0] for ex in examples])
+    trained, losses = twin.train(examples, params, lr=0.5, epochs=15)
+    after = np.mean([twin.gradients(ex, trained)[0] for ex in examples])
+    assert len(losses) == 15 * len(examples)
+    assert after < before - 0.05

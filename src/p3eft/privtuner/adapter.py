@@ -75,20 +75,36 @@ class EncryptedAdapter:
                 list(g) if cur is None else [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
             )
 
-    def apply_sgd(self, lr: float, refresher: Refresher | None = None, min_levels: int = 3) -> int:
+    def apply_sgd(
+        self, lr: float, refresher: Refresher | None = None, min_levels: int = 3, param_bound: float = 4.0
+    ) -> int:
         """p <- p - lr * g homomorphically, then clear g. Parameters left with fewer than
-        ``min_levels`` levels above the refresh floor are refreshed. Returns the number of refreshes."""
+        ``min_levels`` levels above the refresh floor are refreshed, with the mask bound
+        ``param_bound`` (|parameter| is assumed below it; the refresh's rounding error scales with the
+        bound, and a parameter is refreshed at every step). Returns the number of refreshes."""
         refreshes = 0
+
+        def refresh(ct: Ciphertext, bound: float | None) -> Ciphertext:
+            assert refresher is not None
+            ceiling = getattr(refresher, "bound", None)
+            if bound is None or ceiling is None or bound >= ceiling:
+                return refresher(ct)
+            refresher.bound = bound  # type: ignore[attr-defined]
+            try:
+                return refresher(ct)
+            finally:
+                refresher.bound = ceiling  # type: ignore[attr-defined]
+
         for k, g in self.grads.items():
             new = []
             for p, gi in zip(self.mats[k], g, strict=True):
                 if refresher is not None and self.ctx.level(gi) - 1 < refresher.min_level:
-                    gi = refresher(gi)
+                    gi = refresh(gi, getattr(gi, "pt_bound", None))
                     refreshes += 1
                 step = ops.mul_plain(self.ctx, gi, float(lr))
                 q = ops.sub(self.ctx, p, step)
                 if refresher is not None and self.ctx.level(q) - refresher.min_level < min_levels:
-                    q = refresher(q)
+                    q = refresh(q, param_bound)
                     refreshes += 1
                 q.layout = p.layout
                 new.append(q)

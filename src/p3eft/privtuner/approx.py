@@ -49,18 +49,28 @@ EXACT: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 def kind_of(site: str) -> str:
-    """``L0.ln1.inv_sqrt`` -> ``inv_sqrt``."""
-    return site.rsplit(".", 1)[-1]
+    """``L0.ln1.inv_sqrt`` -> ``inv_sqrt``; ``L0.recip2`` -> ``recip`` (one site per softmax round)."""
+    tail = site.rsplit(".", 1)[-1]
+    return tail.rstrip("0123456789") if tail.startswith("recip") else tail
+
+
+ARG_SCALED = ("gelu", "gelu_grad", "tanh")  # input x' = sigma * x, function f(x' / sigma)
 
 
 @dataclass
 class Fn:
-    """One site's function: exact, or an engine approximation on [lo, hi]."""
+    """One site's function: exact, or an engine approximation on [lo, hi].
+
+    For GELU, GELU' and tanh the input arrives scaled by ``arg_scale`` (sigma, folded into the
+    preceding plaintext kernel), so the fitted polynomial is f(x' / sigma) on a range inside [-1, 1]:
+    monomials of |x'| <= 1 keep CKKS's absolute noise from being amplified by large powers.
+    """
 
     site: str
     lo: float
     hi: float
     approximation: Approximation | None = None
+    arg_scale: float = 1.0
 
     @property
     def exact(self) -> bool:
@@ -68,7 +78,7 @@ class Fn:
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         if self.approximation is None:
-            return EXACT[kind_of(self.site)](x)
+            return EXACT[kind_of(self.site)](x / self.arg_scale)
         return self.approximation.plain(x)
 
     @property
@@ -118,27 +128,40 @@ def _lowest_degree_poly(name: str, f: Callable, lo: float, hi: float, tol: float
     return best
 
 
-def build(site: str, lo: float, hi: float, tol: float = 2e-3) -> Fn:
-    """The approximation of ``site``'s function on [lo, hi]."""
+def _inv_sqrt(lo: float, hi: float, target_rel: float = 1e-4) -> Approximation:
+    """Degree-3 first guess on narrow ranges, degree 7 on wide ones; Newton steps until the relative
+    error is below ``target_rel`` (at most 12)."""
+    degree = 3 if hi / lo <= 16 else 7
+    a = nonlinear.inv_sqrt(lo, hi, guess_degree=degree, iters=0)
+    for n in range(0, 13):
+        a = nonlinear.inv_sqrt(lo, hi, guess_degree=degree, iters=n)
+        if a.max_rel_error() <= target_rel:
+            break
+    return a
+
+
+def build(site: str, lo: float, hi: float, tol: float = 2e-3, arg_scale: float = 1.0) -> Fn:
+    """The approximation of ``site``'s function on [lo, hi] (in the scaled input x' = sigma x)."""
     kind = kind_of(site)
+    sig = arg_scale if kind in ARG_SCALED else 1.0
     if kind == "exp":
         r = max(0, math.ceil(math.log2(max((hi - lo) / 2.0, 1e-9))))
         a = nonlinear.exp(lo, hi, squarings=r, degree=6)
     elif kind == "recip":
         a = nonlinear.reciprocal(lo, hi, target_rel=1e-4)
     elif kind == "inv_sqrt":
-        a = nonlinear.inv_sqrt(lo, hi, guess_degree=3, target_rel=1e-4)
+        a = _inv_sqrt(lo, hi)
     elif kind == "gelu":
-        a = _lowest_degree_poly("gelu", gelu_exact, lo, hi, tol, odd=False)
+        a = _lowest_degree_poly("gelu", lambda x: gelu_exact(x / sig), lo, hi, tol, odd=False)
     elif kind == "gelu_grad":
-        a = _lowest_degree_poly("gelu_grad", gelu_grad_exact, lo, hi, tol, odd=False)
+        a = _lowest_degree_poly("gelu_grad", lambda x: gelu_grad_exact(x / sig), lo, hi, tol, odd=False)
     elif kind == "tanh":
         bound = max(abs(lo), abs(hi))
-        a = _lowest_degree_poly("tanh", np.tanh, -bound, bound, tol, odd=True)
+        a = _lowest_degree_poly("tanh", lambda x: np.tanh(x / sig), -bound, bound, tol, odd=True)
         lo, hi = -bound, bound
     else:
         raise ValueError(f"unknown function kind {kind!r}")
-    return Fn(site, lo, hi, a)
+    return Fn(site, lo, hi, a, sig)
 
 
 class FnSet(dict[str, Fn]):
@@ -150,11 +173,13 @@ class FnSet(dict[str, Fn]):
         exact: bool = False,
         exp_shift: dict | None = None,
         scales: dict | None = None,
+        rounds: dict | None = None,
     ):
         super().__init__(fns or {})
         self.exact = exact
         self.exp_shift: dict[str, float] = dict(exp_shift or {})
         self.scales: dict[str, float] = dict(scales or {})
+        self.rounds: dict[str, int] = dict(rounds or {})
         self.value_bounds: dict[int, float] = {}  # op index -> refresh mask bound (calibrated)
         self.frozen_ops = 0  # operations of the frozen prefix (embeddings + frozen layers)
 
@@ -166,9 +191,18 @@ class FnSet(dict[str, Fn]):
         a tiny variance would put x^3 of the first guess under CKKS's absolute noise floor)."""
         return self.scales.get(site, 1.0)
 
+    def exact_copy(self) -> FnSet:
+        """The exact functions with this set's shifts, scales and softmax rounds (same graph)."""
+        return FnSet(exact=True, exp_shift=self.exp_shift, scales=self.scales, rounds=self.rounds)
+
+    def softmax_rounds(self, layer: int) -> int:
+        """Normalise-and-square rounds of layer ``layer``'s softmax (0: plain exp and normalise)."""
+        return self.rounds.get(f"L{layer}", 0)
+
     def get_fn(self, site: str) -> Fn:
         if self.exact:
-            return self.get(site) or Fn(site, -math.inf, math.inf, None)
+            sig = self.scales.get(site, 1.0) if kind_of(site) in ARG_SCALED else 1.0
+            return Fn(site, -math.inf, math.inf, None, sig)
         try:
             return self[site]
         except KeyError:

@@ -21,6 +21,7 @@ The largest |value| of any intermediate must stay below the refresh bound; the r
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -48,6 +49,8 @@ class CalibrationReport:
 
     @property
     def bound_ok(self) -> bool:
+        """Every calibrated intermediate |value| lies below the configured refresh ceiling (else the
+        refresh of the largest values hides them with less than lambda bits: raise ``refresh_bound``)."""
         return self.max_abs_value < self.refresh_bound
 
     def describe(self) -> dict[str, Any]:
@@ -58,6 +61,7 @@ class CalibrationReport:
             "max_abs_value": self.max_abs_value,
             "refresh_bound": self.refresh_bound,
             "bound_ok": self.bound_ok,
+            "refresh_bound_needed": self.max_abs_value,
             "rounds": self.rounds,
             "flags": [f.__dict__ for f in self.flags],
         }
@@ -108,53 +112,64 @@ def calibrate(
     examples: Sequence[Example],
     params: dict[str, np.ndarray],
     margin: float | None = None,
+    reduced_width: float = 2.0,
 ) -> CalibrationReport:
     """Fit every site's approximation to its calibrated range (see module doc)."""
     if not examples:
         raise P3eftError("calibration needs at least one example")
     m = model.cfg.margin if margin is None else margin
-    exact_twin = Twin(model, exact=True)
-    observed, _, _ = _record(exact_twin, examples, params)
-    shifts = {site.split(".")[0]: hi for site, (lo, hi) in observed.items() if kind_of(site) == "exp"}
-    targets: dict[str, tuple[float, float]] = {}
-    scales: dict[str, float] = {}
-    for site, (lo, hi) in observed.items():
-        if kind_of(site) == "exp":
-            s = shifts[site.split(".")[0]]
-            lo, hi = lo - s, hi - s
-        lo, hi = _widen(site, lo, hi, m)
-        if kind_of(site) == "inv_sqrt":  # scale the variance so that its range starts at 1
-            scales[site] = 1.0 / lo
-            lo, hi = 1.0, hi / lo
-        targets[site] = (lo, hi)
-    fns = FnSet(exact=False, exp_shift=shifts, scales=scales)
-    rounds = 0
+    # pass 1: raw ranges with the exact functions and no transformation
+    raw, _, _ = _record(Twin(model, exact=True), examples, params)
+    shifts, rounds, scales = {}, {}, {}
+    for site, (lo, hi) in raw.items():
+        kind, layer = kind_of(site), site.split(".")[0]
+        wlo, whi = _widen(site, lo, hi, m)
+        if kind == "exp":  # softmax: shift by the largest score, 2^r reduction to a narrow range
+            shifts[layer] = hi
+            rounds[layer] = max(0, math.ceil(math.log2(max((whi - wlo) / reduced_width, 1.0))))
+        elif kind == "inv_sqrt":  # variance scaled so that its range starts at 1
+            scales[site] = 1.0 / wlo
+        elif kind in ("gelu", "tanh"):  # input scaled into [-1, 1]
+            scales[site] = 1.0 / max(abs(wlo), abs(whi))
+    for site in list(scales):
+        if kind_of(site) == "gelu":
+            scales[site + "_grad"] = scales[site]  # GELU' reads GELU's (scaled) input
+    # pass 2: ranges of the transformed inputs (same graph, exact functions)
+    exact = FnSet(exact=True, exp_shift=shifts, scales=scales, rounds=rounds)
+    observed, _, _ = _record(Twin(model, exact), examples, params)
+    fns = FnSet(exact=False, exp_shift=shifts, scales=scales, rounds=rounds)
+    targets = {site: _widen(site, lo, hi, m) for site, (lo, hi) in observed.items()}
+    rounds_done = 0
     flags: list[RangeFlag] = []
     max_abs = 0.0
+    op_max: dict[int, float] = {}
     for attempt in range(1, 4):
-        rounds = attempt
+        rounds_done = attempt
         for site, (lo, hi) in targets.items():
             if site not in fns or (fns[site].lo, fns[site].hi) != (lo, hi):
-                fns[site] = build(site, lo, hi)
-        approx_twin = Twin(model, fns)
-        op_max: dict[int, float] = {}
-        seen, max_abs, flags = _record(approx_twin, examples, params, op_max)
+                fns[site] = build(site, lo, hi, arg_scale=scales.get(site, 1.0))
+        op_max = {}
+        _, max_abs, flags = _record(Twin(model, fns), examples, params, op_max)
         if not flags:
             break
-        for f in flags:
-            lo, hi = targets[f.site]
-            targets[f.site] = _widen(f.site, min(lo, f.observed[0]), max(hi, f.observed[1]), m)
+        seen: dict[str, list[float]] = {}
+        for f in flags:  # one widening per site and round, over all of its flags
+            r = seen.setdefault(f.site, [f.observed[0], f.observed[1]])
+            r[0], r[1] = min(r[0], f.observed[0]), max(r[1], f.observed[1])
+        for site, (olo, ohi) in seen.items():
+            lo, hi = targets[site]
+            targets[site] = _widen(site, min(lo, olo), max(hi, ohi), m)
     # per-operation refresh bounds: VALUE_BOUND_FACTOR x the largest calibrated |value|, at least
     # MIN_VALUE_BOUND, at most the configured refresh bound (ours)
     fns.value_bounds = {
         k: float(min(model.cfg.refresh_bound, max(MIN_VALUE_BOUND, VALUE_BOUND_FACTOR * v)))
         for k, v in op_max.items()
     }
-    bk = approx_twin.backend()
+    bk = Twin(model, fns).backend()
     x_rot, km = model.example_inputs(examples[0])
     model.graph.forward_frozen(bk, x_rot, km)
     fns.frozen_ops = bk.op
-    return CalibrationReport(fns, observed, max_abs, model.cfg.refresh_bound, rounds, flags)
+    return CalibrationReport(fns, observed, max_abs, model.cfg.refresh_bound, rounds_done, flags)
 
 
 def check_ranges(twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray]) -> list[RangeFlag]:

@@ -10,14 +10,14 @@ The trained parameters -- LoRA A and B of query and value in the adapted layers,
 * ``head.W{c}``: row 0 holds row c of the classifier, other rows 0; ``head.b{c}``: row 0 holds b_c.
 
 Order of operations (the twin follows it exactly, since it is this code):
-softmax as (sum_d e_d v'_d) * recip(sum_d e_d m_d) with e_d = exp(score_d - shift), m the key mask
-and v' = v * m; LayerNorm as (c * gamma) * inv_sqrt(mean(c^2) + eps) + beta with c = x - mean(x); the
+softmax by normalise-and-square (see :meth:`EncoderGraph.layer`), with the key mask m applied to the
+first exps; LayerNorm as (c * gamma) * inv_sqrt(mean(c^2) + eps) + beta with c = x - mean(x); the
 embedding LayerNorm's centering fused with the removal of the secret rotation; LoRA as
 sum_i (s * <x, A_i>) B_i with s = alpha / r.
 
 Backward (ours): the data owner's dL/dlogits enters at the classifier; derivatives use the forward's
-own values where the function allows it (exp' = exp, tanh' = 1 - tanh^2) and a fitted polynomial
-for GELU'; softmax, LayerNorm and attention backward follow the textbook formulas.
+own values where the function allows it (softmax from its probabilities, tanh' = 1 - tanh^2) and a
+fitted polynomial for GELU'; softmax, LayerNorm and attention backward follow the textbook formulas.
 """
 
 from __future__ import annotations
@@ -102,10 +102,8 @@ class _LayerCache:
     x: Any = None
     q: Any = None
     k: Any = None
-    vm: Any = None
-    es: list[Any] = field(default_factory=list)
-    n: Any = None
-    inv: Any = None
+    v: Any = None
+    ps: list[Any] = field(default_factory=list)  # attention probabilities, one per row offset
     ln1: tuple[Any, Any, float] | None = None
     ln2: tuple[Any, Any, float] | None = None
     y1: Any = None
@@ -157,6 +155,17 @@ class EncoderGraph:
                 )
                 self.lin[f"L{li}.w2.{c}.T"] = Linear(f"L{li}.w2.{c}.T", p(lw.w2[:, sl].T), None)
         self.chunks = -(-weights.intermediate // w)
+
+    def _scaled(self, lin: Linear, factor: float) -> Linear:
+        """``lin`` with its output multiplied by ``factor`` (an approximation's input scale, folded
+        into the weights so it costs no level)."""
+        if factor == 1.0:
+            return lin
+        key = f"{lin.key}@{factor!r}"
+        if key not in self.lin:
+            bias = None if lin.bias is None else lin.bias * factor
+            self.lin[key] = Linear(key, lin.weight * factor, bias, lin.row_mask)
+        return self.lin[key]
 
     # ----- pieces --------------------------------------------------------------------------------
     def _ln(self, bk: Any, h: Any, gamma: np.ndarray, beta: np.ndarray, site: str, centered: Any = None):
@@ -227,7 +236,7 @@ class EncoderGraph:
         self, bk: Any, li: int, x: Any, km: Any, params: dict[str, Any], cache: _LayerCache | None
     ) -> Any:
         lw = self.lin
-        fns_shift = bk.fns.shift(li)
+        shift, rounds = bk.fns.shift(li), bk.fns.softmax_rounds(li)
         train = cache is not None and self.adapted(li)
         lora_q: list[Any] = []
         lora_v: list[Any] = []
@@ -238,20 +247,22 @@ class EncoderGraph:
         v = bk.lin(lw[f"L{li}.v"], x)
         if self.adapted(li):
             v = bk.add(v, self._lora(bk, x, params, f"L{li}.v", lora_v))
-        vm = bk.mul(v, km)
-        num = den = None
-        es = []
+        # softmax by normalise-and-square (ours): a_d ~ exp((s_d - shift) / 2^r) on a narrow range,
+        # masked, normalised to a distribution, then r rounds of z <- z^2 / sum z^2, which ends at
+        # exp(s_d) / sum exp(s): every reciprocal sees a sum in [~1/seq, ~seq], whatever the scores
+        reduce = 2.0**rounds
+        zs = []
         for delta in range(self.spec.seq):
-            s = bk.head_sum(bk.mul(q, bk.rot_rows(k, delta)), self.dh, self.heads, self.inv_sqrt_dh)
-            e = bk.fn(f"L{li}.exp", bk.add_plain(s, -fns_shift))
-            if train:
-                es.append(e)
-            nv = bk.mul(e, bk.rot_rows(vm, delta))
-            nd = bk.mul(e, bk.rot_rows(km, delta))
-            num = nv if num is None else bk.add(num, nv)
-            den = nd if den is None else bk.add(den, nd)
-        inv = bk.fn(f"L{li}.recip", den)
-        att = bk.mul(num, inv)
+            s = bk.head_sum(bk.mul(q, bk.rot_rows(k, delta)), self.dh, self.heads, self.inv_sqrt_dh / reduce)
+            e = bk.fn(f"L{li}.exp", bk.add_plain(s, -shift / reduce))
+            zs.append(bk.mul(e, bk.rot_rows(km, delta)))
+        zs = self._normalise(bk, zs, f"L{li}.recip0")
+        for rnd in range(1, rounds + 1):
+            zs = self._normalise(bk, [bk.mul(z, z) for z in zs], f"L{li}.recip{rnd}")
+        att = None
+        for delta, z in enumerate(zs):
+            t = bk.mul(z, bk.rot_rows(v, delta))
+            att = t if att is None else bk.add(att, t)
         h1 = bk.add(x, bk.lin(lw[f"L{li}.o"], att))
         lay = self.w.layers[li]
         y1, ln1 = self._ln(
@@ -260,7 +271,7 @@ class EncoderGraph:
         f2 = None
         fs = []
         for c in range(self.chunks):
-            f = bk.lin(lw[f"L{li}.w1.{c}"], y1)
+            f = bk.lin(self._scaled(lw[f"L{li}.w1.{c}"], bk.fns.in_scale(f"L{li}.gelu")), y1)
             fs.append(f)
             t = bk.lin(lw[f"L{li}.w2.{c}"], bk.fn(f"L{li}.gelu", f))
             f2 = t if f2 is None else bk.add(f2, t)
@@ -270,13 +281,13 @@ class EncoderGraph:
         )
         if train:
             assert cache is not None
-            cache.x, cache.q, cache.k, cache.vm, cache.es = x, q, k, vm, es
-            cache.n, cache.inv, cache.ln1, cache.ln2, cache.y1, cache.fs = num, inv, ln1, ln2, y1, fs
+            cache.x, cache.q, cache.k, cache.v, cache.ps = x, q, k, v, zs
+            cache.ln1, cache.ln2, cache.y1, cache.fs = ln1, ln2, y1, fs
             cache.lora = {"q": lora_q, "v": lora_v}
         return y2
 
     def head(self, bk: Any, x: Any, params: dict[str, Any], cache: ForwardCache | None) -> Any:
-        pooled = bk.fn("pool.tanh", bk.lin(self.pool, x))
+        pooled = bk.fn("pool.tanh", bk.lin(self._scaled(self.pool, bk.fns.in_scale("pool.tanh")), x))
         if cache is not None:
             cache.pooled = pooled
         per_label = []
@@ -306,6 +317,13 @@ class EncoderGraph:
                 lc = cache.layers.setdefault(li, _LayerCache())
             x = self.layer(bk, li, x, km, params, lc)
         return self.head(bk, x, params, cache)
+
+    def _normalise(self, bk: Any, zs: list[Any], site: str) -> list[Any]:
+        total = zs[0]
+        for z in zs[1:]:
+            total = bk.add(total, z)
+        inv = bk.fn(site, total)
+        return [bk.mul(z, inv) for z in zs]
 
     # ----- backward ------------------------------------------------------------------------------
     def backward(
@@ -342,25 +360,25 @@ class EncoderGraph:
             dy1 = bk.add(dy1, bk.lin(lw[f"L{li}.w1.{c}.T"], df))
         dh1 = self._ln_back(bk, dy1, lc.ln1, _padv(self.spec, lay.ln1_g))
         datt = bk.lin(lw[f"L{li}.o.T"], dh1)
-        dn = bk.mul(datt, lc.inv)
-        # d(inv) per head, pre-scaled by 1/sqrt(dh) so every score gradient below carries that factor
-        dinv = bk.head_sum(bk.mul(datt, lc.n), self.dh, self.heads, self.inv_sqrt_dh)
-        dden = bk.neg(bk.mul(dinv, bk.mul(lc.inv, lc.inv)))
-        dq = dk = dvm = None
+        # softmax backward: ds = P * (dP - sum_d P_d dP_d), dP pre-scaled by 1/sqrt(dh)
+        dps = [
+            bk.head_sum(bk.mul(datt, bk.rot_rows(lc.v, delta)), self.dh, self.heads, self.inv_sqrt_dh)
+            for delta in range(self.spec.seq)
+        ]
+        centre = None
+        for p_d, dp_d in zip(lc.ps, dps, strict=True):
+            t = bk.mul(p_d, dp_d)
+            centre = t if centre is None else bk.add(centre, t)
+        dq = dk = dv = None
         for delta in range(self.spec.seq):
-            de = bk.add(
-                bk.head_sum(bk.mul(dn, bk.rot_rows(lc.vm, delta)), self.dh, self.heads, self.inv_sqrt_dh),
-                bk.mul(dden, bk.rot_rows(km, delta)),
-            )
-            ds = bk.mul(de, lc.es[delta])
+            ds = bk.mul(lc.ps[delta], bk.sub(dps[delta], centre))
             t = bk.mul(ds, bk.rot_rows(lc.k, delta))
             dq = t if dq is None else bk.add(dq, t)
             if need_dx:
                 t = bk.rot_rows(bk.mul(ds, lc.q), -delta)
                 dk = t if dk is None else bk.add(dk, t)
-            t = bk.rot_rows(bk.mul(lc.es[delta], dn), -delta)
-            dvm = t if dvm is None else bk.add(dvm, t)
-        dv = bk.mul(dvm, km)
+            t = bk.rot_rows(bk.mul(lc.ps[delta], datt), -delta)
+            dv = t if dv is None else bk.add(dv, t)
         dxq = self._lora_back(bk, dq, lc.x, lc.lora["q"], params, f"L{li}.q", grads, need_dx)
         dxv = self._lora_back(bk, dv, lc.x, lc.lora["v"], params, f"L{li}.v", grads, need_dx)
         if not need_dx:

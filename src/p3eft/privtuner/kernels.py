@@ -10,10 +10,29 @@ diagonals (free: the mask rides on the plaintext multiplications the product doe
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
+from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
-from p3eft.fhe.linalg import _DiagonalKernel
+from p3eft.fhe.linalg import _DiagonalKernel, _Tile
+
+# Encoded diagonals are cached only for small kernels, and for one level at a time: one diagonal at
+# N=16384 and level 8 is 1.2 MB, so MiniLM's 512-diagonal kernels would hold 600 MB each per level.
+CACHE_DIAGONALS = 64
+
+
+class _LazyPlaintexts:
+    """Encodes a diagonal when the product asks for it (large kernels: no cache)."""
+
+    def __init__(self, ctx: CkksContext, tile: _Tile, level: int) -> None:
+        self.ctx, self.tile, self.level = ctx, tile, level
+        self.scale = ops.prime_at(ctx, level)
+
+    def get(self, key: tuple[int, int]) -> Any:
+        d = self.tile.diagonals.get(key)
+        return None if d is None else self.ctx.encode(d, self.level, self.scale)
 
 
 class RowsKernel(_DiagonalKernel):
@@ -45,6 +64,13 @@ class RowsKernel(_DiagonalKernel):
 
     def galois_steps(self) -> list[int]:
         return self.bsgs_steps()
+
+    def _plaintexts(self, ctx: CkksContext, tile: _Tile, level: int) -> Any:
+        if len(tile.diagonals) > CACHE_DIAGONALS:
+            return _LazyPlaintexts(ctx, tile, level)
+        if level not in tile.encoded:
+            tile.encoded.clear()  # one level at a time
+        return super()._plaintexts(ctx, tile, level)
 
     def __call__(self, ctx: CkksContext, x: Ciphertext) -> Ciphertext:
         lay = Layout(self.n_out, ctx.slots // self.block, self.block, "rows")

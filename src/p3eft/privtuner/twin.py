@@ -107,11 +107,7 @@ class Twin:
             raise P3eftError("the approximate twin needs calibrated functions (see calibration.calibrate)")
         self.model = model
         self.exact = exact
-        self.fns = (
-            FnSet(exact=True, exp_shift=fns.exp_shift if fns else None, scales=fns.scales if fns else None)
-            if exact
-            else fns
-        )
+        self.fns = (fns.exact_copy() if fns is not None else FnSet(exact=True)) if exact else fns
         self.flags: list[RangeFlag] = []
 
     def backend(self, record: bool = False) -> PlainBackend:

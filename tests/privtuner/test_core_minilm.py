@@ -1,0 +1,40 @@
+"""Real weights: minilm-l6 cut to one layer, two SST-2 training sentences, encrypted vs the twin."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from p3eft.data.paths import resolve_data_dir
+from p3eft.privtuner.calibration import calibrate
+from p3eft.privtuner.config import PrivTunerConfig
+from p3eft.privtuner.local import examples_from_sentences, verify_local
+from p3eft.privtuner.model import from_hf, load_hf_model
+from p3eft.privtuner.twin import PrivTunerModel, Twin
+
+
+@pytest.mark.slow
+def test_minilm_one_layer_encrypted_step_matches_twin():
+    hf, tok, random, source = load_hf_model("minilm-l6")
+    if random:
+        pytest.skip("minilm-l6 real weights are not installed")
+    # refresh ceiling 2^20: the [CLS] row's squared deviations reach ~5e4 in MiniLM (calibration says so)
+    cfg = PrivTunerConfig(model="minilm-l6", layers=1, max_len=4, refresh_bound=2.0**20, lr=0.05)
+    model = PrivTunerModel(cfg, from_hf(hf, 1, "minilm-l6", random, source))
+    with (resolve_data_dir() / "sst2" / "train.tsv").open() as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))[1:]
+    calib = examples_from_sentences(
+        tok, model.spec, [r[0] for r in rows[-16:]], [int(r[1]) for r in rows[-16:]]
+    )
+    train = examples_from_sentences(tok, model.spec, [r[0] for r in rows[:2]], [int(r[1]) for r in rows[:2]])
+    params = model.init_params()
+    report = calibrate(model, calib, params)
+    assert report.bound_ok
+    exact = Twin(model, exact=True)
+    twin = Twin(model, report.fns)
+    assert max(np.max(np.abs(twin.logits(e, params) - exact.logits(e, params))) for e in train) < 1e-2
+    result = verify_local(model, report.fns, params, train, cfg.lr)
+    assert result["logit_max_abs_diff"] < 1e-2
+    assert result["step_max_abs_diff"] < 1e-2
