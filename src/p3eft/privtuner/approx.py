@@ -82,6 +82,15 @@ class Fn:
         return self.approximation.plain(x)
 
     @property
+    def internal_bound(self) -> float:
+        """A bound on every value the approximation refreshes internally (its input and its running
+        result on the range), x2; the refresh mask inside the function uses it (ours)."""
+        if self.approximation is None:
+            return math.inf
+        x = np.linspace(self.lo, self.hi, 513)
+        return 2.0 * float(max(np.max(np.abs(x)), np.max(np.abs(self.approximation.plain(x))), 1.0))
+
+    @property
     def first_phase_depth(self) -> int:
         """Levels the approximation's first phase needs (so the caller can refresh its input first)."""
         a = self.approximation

@@ -354,24 +354,34 @@ class CipherBackend:
         return c
 
     def feature_sum(self, a: list[Ciphertext], n: int, scale: float) -> list[Ciphertext]:
-        """Window sums of n slots; on a rows_rep input the windows starting in [0, width) stay inside
-        the block (block = 2*width >= width + n) and all hold the row total. Keep those (mask times
-        scale, one level) and copy them into the block's second half (one rotation)."""
+        """Every slot of a row <- scale * (sum of its first n features).
+
+        n == width: on a rows_rep input every window of ``width`` slots starting in [0, width) stays
+        inside the block and covers one whole period, so all those slots hold the total; keep them
+        (mask times scale, one level) and copy them into the block's second half (one rotation).
+        n < width (padded features): only the window at slot 0 is the sum of the first n features;
+        keep slot 0 and spread it over the block (log2(block) rotations)."""
         t0 = time.perf_counter()
         blk, w = self.spec.block, self.spec.width
+        whole = n == w
 
         def build() -> np.ndarray:
             m = np.zeros(self.ctx.slots)
             for start in range(0, self.ctx.slots, blk):
-                m[start : start + w] = 1.0
+                m[start : start + (w if whole else 1)] = 1.0
             return m
 
-        mask = self._mask(("firsthalf", blk), build)
+        mask = self._mask(("fsum", blk, whole), build)
         out = []
         for c in self.ready(a):
             s = self._window_sum(c, n)
             s = ops.mul_plain(self.ctx, s, mask * scale)
-            out.append(self._replicate(s))
+            if whole:
+                out.append(self._replicate(s))
+            else:
+                s = self._spread(s, blk)
+                s.layout = self.spec.layout()
+                out.append(s)
         self.stats.add("feature_sums", t0, len(out))
         return self._tag(out)
 
@@ -409,9 +419,17 @@ class CipherBackend:
         t0 = time.perf_counter()
         f = self.fns.get_fn(site)
         out = []
+        ceiling = getattr(self.refresher, "bound", None)
+        inner = f.internal_bound
         for c in x:
             c = self._fresh(c, f.first_phase_depth)
-            y = f.encrypted(self.ctx, c, self.refresher)
+            if ceiling is not None and inner < ceiling:
+                self.refresher.bound = inner  # type: ignore[attr-defined]
+            try:
+                y = f.encrypted(self.ctx, c, self.refresher)
+            finally:
+                if ceiling is not None:
+                    self.refresher.bound = ceiling  # type: ignore[attr-defined]
             y.layout = self.spec.layout()
             out.append(y)
         self.stats.add("nonlinear", t0, len(out))
@@ -438,7 +456,8 @@ def galois_steps(spec: PackingSpec, heads: int, head_dim: int) -> list[int]:
         steps.add(-cover)
         cover *= 2
     m = 1
-    while m < w:  # window sums (and their offsets), spreads inside a head
+    span = w if spec.hidden == w else blk  # padded features: feature sums spread over the block
+    while m < span:  # window sums (and their offsets), spreads
         steps.update({m, -m})
         m *= 2
     for n in (spec.hidden,):
