@@ -245,7 +245,10 @@ class CipherBackend:
         for ci, c in enumerate(self.ready(x)):
             rm = None if lin.row_mask is None else self.spec.physical(lin.row_mask, ci)
             if rm is not None and not np.any(rm):
-                y = ops.mul_plain(self.ctx, c, 0.0, self.spec.layout())
+                # all rows masked out: a fresh encryption of zeros (SEAL refuses a product by 0,
+                # whose result would be transparent)
+                lvl = max(self.ctx.level(c) - 1, 0)
+                y = self.ctx.encrypt_slots(np.zeros(self.ctx.slots), self.spec.layout(), lvl)
             else:
                 kk = k
                 if rm is not None and not np.all(rm):
