@@ -1,5 +1,289 @@
-"""`p3eft privtuner`: placeholder until its capability lands."""
+"""`p3eft privtuner finetune | evaluate | verify | bench`: encrypted LoRA fine-tuning (thin: parse, call, print).
 
-from p3eft.cli.pending import pending_group
+The data owner's commands. The model owner runs in this process by default; ``--server HOST:PORT
+--certs DIR`` reaches a model owner started with ``p3eft serve privtuner-model-owner`` instead (then the
+model flags are the server's). Bad input ends as one line on stderr and exit code 2.
+"""
 
-app = pending_group("privtuner", "the PrivTuner encrypted-training protocol (no open issue yet)")
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from p3eft.errors import P3eftError
+
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+app = typer.Typer(no_args_is_help=True, help="PrivTuner: encrypted (CKKS) LoRA fine-tuning and inference.")
+
+MODEL = typer.Option("minilm-l6", "--model", help="minilm-l6 (real weights), bert-tiny (cost shape) or tiny.")
+LAYERS = typer.Option(2, "--layers", help="Keep the encoder's first K layers (all adapted).")
+MAX_LEN = typer.Option(64, "--max-len", help="Tokens per example (longer sentences are cut).")
+RANK = typer.Option(8, "--rank", help="LoRA rank.")
+ALPHA = typer.Option(8.0, "--alpha", help="LoRA alpha.")
+LR = typer.Option(0.05, "--lr", help="SGD learning rate (batch 1).")
+PARAM_SET = typer.Option(None, "--param-set", help="CKKS chain, e.g. PT16384 (default: the model's).")
+SEED = typer.Option(0, "--seed")
+DATA_DIR = typer.Option(None, "--data-dir", help="Dataset folder (default: $P3EFT_DATA, ../shared/data).")
+SERVER = typer.Option(None, "--server", help="HOST:PORT of `p3eft serve privtuner-model-owner`.")
+CERTS = typer.Option(None, "--certs", help="Folder from `p3eft keys init` (with --server).")
+JSON_OUT = typer.Option(None, "--json", help="Also write the results JSON here.")
+PROGRESS = typer.Option(True, "--progress/--no-progress")
+
+
+def _write(payload: dict[str, Any], path: Path | None) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(payload, indent=2, default=str))
+
+
+def _positive(name: str, value: int | None) -> None:
+    if value is not None and value < 1:
+        raise P3eftError(f"{name} must be at least 1, got {value}")
+
+
+def _network(server: str | None, certs: Path | None) -> None:
+    if server is None:
+        if certs is not None:
+            raise P3eftError("--certs is only used with --server HOST:PORT")
+        return
+    from p3eft.runtime.client import parse_url
+
+    parse_url(server)
+    if certs is None:
+        raise P3eftError("--server needs --certs (the folder from `p3eft keys init`)")
+    if not certs.is_dir():
+        raise P3eftError(f"--certs {certs} is not a folder; run `p3eft keys init {certs}` first")
+
+
+def _settings(**kw: Any) -> Any:
+    from p3eft.privtuner.wiring import settings
+
+    return settings(**kw)
+
+
+@app.command()
+def finetune(
+    out: Path = typer.Option(..., "--out", help="Output folder: results.json, adapter/ (with --end export)."),
+    model: str = MODEL,
+    layers: int = LAYERS,
+    max_len: int = MAX_LEN,
+    rank: int = RANK,
+    alpha: float = ALPHA,
+    lr: float = LR,
+    param_set: str | None = PARAM_SET,
+    limit: int = typer.Option(64, "--limit", help="Train on the first N SST-2 training examples."),
+    epochs: int = typer.Option(1, "--epochs"),
+    eval_limit: int = typer.Option(
+        0, "--eval-limit", help="Then evaluate encrypted on the first N dev examples (same session)."
+    ),
+    end: str = typer.Option(
+        "export",
+        "--end",
+        help="export: the data owner decrypts adapter + head into a PEFT folder; "
+        "encrypted: the adapter stays encrypted (inference stays two-party).",
+    ),
+    seed: int = SEED,
+    data_dir: Path | None = DATA_DIR,
+    server: str | None = SERVER,
+    certs: Path | None = CERTS,
+    json_out: Path | None = JSON_OUT,
+    progress: bool = PROGRESS,
+) -> None:
+    """Fine-tune LoRA + head under encryption on SST-2 (one SGD step per example)."""
+    from p3eft.privtuner.export import EndPolicy
+
+    _positive("--limit", limit)
+    _positive("--epochs", epochs)
+    if eval_limit < 0:
+        raise P3eftError(f"--eval-limit must be >= 0, got {eval_limit}")
+    try:
+        policy = EndPolicy(end)
+    except ValueError:
+        raise P3eftError(f"--end must be export or encrypted, not {end!r}") from None
+    _network(server, certs)
+    cfg = _settings(
+        model=model,
+        layers=layers,
+        max_len=max_len,
+        rank=rank,
+        alpha=alpha,
+        lr=lr,
+        param_set=param_set,
+        seed=seed,
+    )
+    from p3eft.privtuner.workflows import finetune as run
+
+    res = run(
+        cfg,
+        out,
+        limit=limit,
+        epochs=epochs,
+        eval_limit=eval_limit,
+        policy=policy,
+        data_dir=data_dir,
+        server=server,
+        certs=certs,
+        progress=progress,
+    )
+    _write(res, json_out)
+    losses = res["train"]["losses"]
+    typer.echo(
+        f"trained {res['model']['name']} ({res['model']['layers']} layers) under encryption on {len(losses)} "
+        f"examples: loss {losses[0]:.4f} -> {losses[-1]:.4f}; {res['totals']['bytes_up'] / 1e6:.1f} MB up, "
+        f"{res['totals']['bytes_down'] / 1e6:.1f} MB down, {res['totals']['refresh_round_trips']} refreshes"
+    )
+    if "eval" in res:
+        typer.echo(
+            f"encrypted dev accuracy on {res['eval']['examples']} examples: {res['eval']['accuracy']:.4f}"
+        )
+    typer.echo(
+        f"adapter: {res.get('adapter', 'kept encrypted on the model owner')}; results: {out / 'results.json'}"
+    )
+
+
+@app.command()
+def evaluate(
+    adapter: Path | None = typer.Option(
+        None, "--adapter", help="An exported PEFT adapter folder: plaintext evaluation with peft."
+    ),
+    model: str = MODEL,
+    layers: int = LAYERS,
+    max_len: int = MAX_LEN,
+    rank: int = RANK,
+    alpha: float = ALPHA,
+    param_set: str | None = PARAM_SET,
+    limit: int = typer.Option(200, "--limit", help="Evaluate on the first N SST-2 dev examples."),
+    train_limit: int = typer.Option(
+        0, "--train-limit", help="Encrypted mode: first train encrypted on N examples in the same session."
+    ),
+    lr: float = LR,
+    seed: int = SEED,
+    data_dir: Path | None = DATA_DIR,
+    server: str | None = SERVER,
+    certs: Path | None = CERTS,
+    json_out: Path | None = JSON_OUT,
+    progress: bool = PROGRESS,
+) -> None:
+    """Evaluate on SST-2 dev: encrypted two-party inference, or plaintext with an exported adapter."""
+    _positive("--limit", limit)
+    if train_limit < 0:
+        raise P3eftError(f"--train-limit must be >= 0, got {train_limit}")
+    if adapter is not None and (server is not None or train_limit):
+        raise P3eftError("--adapter evaluates in plaintext: it takes neither --server nor --train-limit")
+    _network(server, certs)
+    from p3eft.privtuner import workflows
+
+    if adapter is not None:
+        res = workflows.evaluate_exported(adapter, limit=limit, data_dir=data_dir, progress=progress)
+        how = "plaintext, exported adapter"
+    else:
+        cfg = _settings(
+            model=model,
+            layers=layers,
+            max_len=max_len,
+            rank=rank,
+            alpha=alpha,
+            lr=lr,
+            param_set=param_set,
+            seed=seed,
+        )
+        res = workflows.evaluate_encrypted(
+            cfg,
+            limit=limit,
+            train_limit=train_limit,
+            data_dir=data_dir,
+            server=server,
+            certs=certs,
+            progress=progress,
+        )
+        how = "encrypted, two-party"
+    _write(res, json_out)
+    typer.echo(
+        f"SST-2 dev accuracy ({how}) on {res['eval']['examples']} examples: {res['eval']['accuracy']:.4f}"
+    )
+
+
+@app.command()
+def verify(
+    model: str = MODEL,
+    layers: int = LAYERS,
+    max_len: int = MAX_LEN,
+    rank: int = RANK,
+    alpha: float = ALPHA,
+    lr: float = LR,
+    param_set: str | None = PARAM_SET,
+    seed: int = SEED,
+    data_dir: Path | None = DATA_DIR,
+    json_out: Path | None = JSON_OUT,
+    progress: bool = PROGRESS,
+) -> None:
+    """One encrypted forward pass and one encrypted training step on two real SST-2 examples, checked
+    against the approximate twin, with the transcript audit."""
+    cfg = _settings(
+        model=model,
+        layers=layers,
+        max_len=max_len,
+        rank=rank,
+        alpha=alpha,
+        lr=lr,
+        param_set=param_set,
+        seed=seed,
+    )
+    from p3eft.privtuner.workflows import verify as run
+
+    res = run(cfg, data_dir=data_dir, progress=progress)
+    _write(res, json_out)
+    typer.echo(
+        f"logit_max_abs_diff {res['logit_max_abs_diff']:.2e}, step_max_abs_diff {res['step_max_abs_diff']:.2e}, "
+        f"model_owner_saw_plaintext {str(res['model_owner_saw_plaintext']).lower()}, {res['seconds']:.1f} s, "
+        f"{res['refresh_round_trips']} refreshes, {res['bytes_up'] / 1e6:.1f} MB up, "
+        f"{res['bytes_down'] / 1e6:.1f} MB down: {'PASS' if res['pass'] else 'FAIL'}"
+    )
+    if not res["pass"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def bench(
+    json_out: Path = typer.Option(..., "--json", help="Write the step-cost file here."),
+    model: str = typer.Option("bert-tiny", "--model", help="minilm-l6, bert-tiny or tiny."),
+    layers: int = LAYERS,
+    max_len: int = MAX_LEN,
+    rank: int = RANK,
+    alpha: float = ALPHA,
+    param_sets: str | None = typer.Option(
+        None, "--param-sets", help="Comma-separated CKKS chains (default: every PrivTuner set that fits)."
+    ),
+    repeats: int = typer.Option(1, "--repeats", help="Steps and inferences measured per set (median)."),
+    seed: int = SEED,
+    data_dir: Path | None = DATA_DIR,
+    progress: bool = PROGRESS,
+) -> None:
+    """Measure one encrypted training step and one inference per parameter set; write the step-cost file
+    that `p3eft wireless run --costs FILE` reads."""
+    _positive("--repeats", repeats)
+    names = [s.strip() for s in param_sets.split(",")] if param_sets else None
+    if names is not None and not all(names):
+        raise P3eftError("--param-sets has an empty name")
+    from p3eft.privtuner.workflows import bench as run
+
+    res = run(
+        model=model,
+        layers=layers,
+        max_len=max_len,
+        rank=rank,
+        alpha=alpha,
+        param_sets=names,
+        repeats=repeats,
+        seed=seed,
+        data_dir=data_dir,
+        progress=progress,
+    )
+    _write(res["costs"], json_out)
+    typer.echo(res["table"])
+    typer.echo(f"step costs: {json_out}")

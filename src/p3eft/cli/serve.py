@@ -1,4 +1,4 @@
-"""`p3eft serve cloud|enclave`: run one party as its own process (thin: parse, call the runtime)."""
+"""`p3eft serve cloud|enclave|privtuner-model-owner`: run one party as its own process (thin: parse, call the runtime)."""
 
 from __future__ import annotations
 
@@ -113,3 +113,47 @@ def enclave(
         role_kwargs,
         session_seed=seed,
     )
+
+
+@app.command("privtuner-model-owner")
+def privtuner_model_owner(
+    certs: Path = _CERTS,
+    host: str = _HOST,
+    port: int = _PORT,
+    ready_file: Path | None = _READY,
+    max_message_mb: int = typer.Option(1024, "--max-message-mb", help="Largest payload accepted, in MiB."),
+    model: str = typer.Option("minilm-l6", "--model", help="minilm-l6 (real weights), bert-tiny or tiny."),
+    layers: int = typer.Option(2, "--layers", help="Keep the encoder's first K layers."),
+    max_len: int = typer.Option(64, "--max-len", help="Tokens per example."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
+    alpha: float = typer.Option(8.0, "--alpha", help="LoRA alpha."),
+    param_set: str | None = typer.Option(None, "--param-set", help="CKKS chain (default: the model's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the adapter's initialisation."),
+    factory: str | None = typer.Option(
+        None, "--factory", help="Backend factory MODULE:NAME or FILE.py:NAME (default: the encrypted BERT)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v"),
+) -> None:
+    """Serve PrivTuner's model owner: one encrypted session per connecting data owner."""
+    from p3eft.privtuner.net import run_model_owner
+
+    _logging(verbose)
+    if factory is not None:
+        from p3eft.runtime.launch import load_factory
+
+        backend = load_factory(factory)()
+    else:
+        from p3eft.privtuner.wiring import build_backend, settings
+
+        backend = build_backend(
+            settings(
+                model=model,
+                layers=layers,
+                max_len=max_len,
+                rank=rank,
+                alpha=alpha,
+                param_set=param_set,
+                seed=seed,
+            )
+        )
+    run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20)

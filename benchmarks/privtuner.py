@@ -1,0 +1,57 @@
+"""Seconds, bytes and refresh round trips of one encrypted PrivTuner training step and one encrypted
+inference, per model shape and CKKS parameter set, through the real protocol (one process).
+
+Usage: ``python benchmarks/privtuner.py [--models bert-tiny,minilm-l6] [--layers 2] [--max-len 64]
+[--param-sets PT16384,PT32768] [--repeats 1] [--json FILE]``. Prints one table per model and writes
+``{"models": {name: <step-cost file>}}`` (each entry is the format ``p3eft wireless run --costs`` reads),
+plus where the model owner's time goes (linear products, ciphertext products, nonlinear functions,
+refreshes) from the encoder's own counters. ``bert-tiny`` has random weights from its config (the
+cost shape); ``minilm-l6`` has its real weights.
+
+Process pool: the encrypted encoder runs in one process; ``p3eft.fhe.parallel`` parallelises one
+plaintext matrix over many inputs, which the encoder does not use yet, so there is no pool row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from p3eft.privtuner.workflows import bench
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="bert-tiny,minilm-l6")
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--max-len", type=int, default=64)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=8.0)
+    ap.add_argument("--param-sets", default=None, help="comma-separated (default: every PrivTuner set)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    out: dict = {"command": " ".join(["python", *sys.argv]), "models": {}}
+    for name in args.models.split(","):
+        res = bench(
+            model=name,
+            layers=args.layers,
+            max_len=args.max_len,
+            rank=args.rank,
+            alpha=args.alpha,
+            param_sets=args.param_sets.split(",") if args.param_sets else None,
+            repeats=args.repeats,
+            command=out["command"],
+        )
+        out["models"][name] = res["costs"]
+        print(f"\n{name}, {args.layers} layers, {args.max_len} tokens")
+        print(res["table"])
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(out, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

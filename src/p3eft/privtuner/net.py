@@ -1,0 +1,86 @@
+"""PrivTuner's parties over the network: the runtime's gRPC + mutual TLS, nothing PrivTuner-specific.
+
+The model owner is a :class:`~p3eft.runtime.server.PartyServer` serving a
+:class:`~p3eft.privtuner.roles.ModelOwner`; a data owner opens a
+:class:`~p3eft.runtime.client.NetworkChannel` to it and builds its
+:class:`~p3eft.privtuner.roles.DataOwner` on that channel, exactly as in process. Only data owners may
+call the model owner (certificate common name ``data-owner``); several may be connected at once, each
+in its own PrivTuner session.
+
+Certificates come from ``p3eft keys init DIR``. Every use of the key folder's layout is in this module
+(:func:`model_owner_identity`, :func:`data_owner_identity`), so a change of layout is one edit here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from p3eft.runtime.client import NetworkChannel
+from p3eft.runtime.pki import PartyIdentity, load_identity
+from p3eft.runtime.server import PartyServer, ServerConfig
+
+MODEL_OWNER = "model-owner"
+DATA_OWNER = "data-owner"
+# keys and ciphertexts of the largest parameter sets exceed gRPC's usual limits
+DEFAULT_MAX_MESSAGE = 1024 * 2**20
+
+
+def model_owner_identity(certs: str | Path) -> PartyIdentity:
+    return load_identity(certs, MODEL_OWNER)
+
+
+def data_owner_identity(certs: str | Path) -> PartyIdentity:
+    return load_identity(certs, DATA_OWNER)
+
+
+def model_owner_server(
+    role: object,
+    certs: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    workers: int = 8,
+) -> PartyServer:
+    """A (not yet started) server for the model owner's role; only data owners may call it."""
+    config = ServerConfig(
+        host, port, max_message_bytes, allowed_peers=frozenset({DATA_OWNER}), workers=workers
+    )
+    return PartyServer(role, model_owner_identity(certs), config)
+
+
+def serve_model_owner(
+    role: object,
+    certs: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: str | Path | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+) -> None:
+    """Serve until SIGTERM/SIGINT, announcing ``{party, pid, port, url}`` (the runtime's serve loop)."""
+    from p3eft.runtime.launch import _serve
+
+    _serve(model_owner_server(role, certs, host, port, max_message_bytes), MODEL_OWNER, host, ready_file)
+
+
+def run_model_owner(
+    backend: Any,
+    certs: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    ready_file: str | Path | None = None,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+) -> None:
+    """``p3eft serve privtuner-model-owner``: one :class:`ModelOwner` for every data owner that connects."""
+    from p3eft.privtuner.roles import ModelOwner
+
+    serve_model_owner(ModelOwner(backend), certs, host, port, ready_file, max_message_bytes)
+
+
+def connect_model_owner(
+    url: str, certs: str | Path, max_message_bytes: int = DEFAULT_MAX_MESSAGE, **kw: Any
+) -> NetworkChannel:
+    """The data owner's mutual-TLS channel to the model owner at ``url`` (HOST:PORT)."""
+    return NetworkChannel(
+        url, data_owner_identity(certs), MODEL_OWNER, max_message_bytes=max_message_bytes, **kw
+    )

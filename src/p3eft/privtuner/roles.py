@@ -1,0 +1,299 @@
+"""PrivTuner's two parties as role objects (ours, DESIGN.md §2.1).
+
+* :class:`ModelOwner` holds the plaintext model and serves any number of data owners, one
+  :class:`~p3eft.privtuner.session.ModelOwnerSession` each (own keys, own rotation, own encrypted
+  adapter). It only ever receives public keys, ciphertexts and the control fields listed in
+  :mod:`p3eft.privtuner.protocol`; it never decrypts (it has no secret key to decrypt with).
+* :class:`DataOwner` holds the CKKS secret key and its labelled sentences. It encrypts its inputs,
+  answers refreshes (the only decryptions it makes before its outputs are masked views), decrypts the
+  logits it is entitled to, and returns dL/dlogits of its own loss *encrypted*, so its labels never
+  leave it. At the end it may decrypt the adapter (export policy).
+
+They talk only through a :class:`~p3eft.channel.Channel` with payload types, so the same objects run
+in one process and over the runtime's gRPC + mutual TLS (:mod:`p3eft.privtuner.net`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from p3eft.channel import Channel, remote, resolve_remote
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe.context import Ciphertext, CkksContext, Layout, keygen
+from p3eft.fhe.params import ParamSet
+from p3eft.privtuner import protocol as P
+from p3eft.privtuner.accounting import AccountingChannel, Ledger
+from p3eft.privtuner.audit import top_values
+from p3eft.privtuner.contract import ClientCodec, ModelBackend
+from p3eft.privtuner.session import ModelOwnerSession
+
+MAX_SESSIONS = 64
+
+
+class ModelOwner:
+    """The model owner's role: one model, one session per data owner, nothing shared between sessions."""
+
+    def __init__(self, backend: ModelBackend, max_sessions: int = MAX_SESSIONS) -> None:
+        self.backend = backend
+        self.max_sessions = max_sessions
+        self._sessions: dict[str, ModelOwnerSession] = {}
+        self._lock = threading.Lock()
+
+    def _session(self, token: Any) -> ModelOwnerSession:
+        s = self._sessions.get(token) if isinstance(token, str) else None
+        if s is None:
+            raise ProtocolError("unknown or closed PrivTuner session")
+        return s
+
+    @property
+    def sessions(self) -> int:
+        return len(self._sessions)
+
+    @remote
+    def pt_open_session(self, options: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A new session with its own secret rotation; returns what the data owner needs to start."""
+        options = dict(options or {})
+        for k, v in options.items():
+            if k not in P.OPEN_OPTIONS or not isinstance(v, P.OPEN_OPTIONS[k]):
+                raise ProtocolError(f"session option {k!r} is not allowed")
+        with self._lock:
+            if len(self._sessions) >= self.max_sessions:
+                raise ProtocolError(f"model owner serves at most {self.max_sessions} sessions at once")
+            token = os.urandom(16).hex()
+            spec = self.backend.open_session(options.get("seed"))
+            self._sessions[token] = ModelOwnerSession(
+                token, spec, self.backend.refresh_bound, self.backend.refresh_lambda
+            )
+        setup = P.SessionSetup(
+            token,
+            self.backend.params.to_json(),
+            list(self.backend.galois_steps),
+            self.backend.refresh_bound,
+            self.backend.refresh_lambda,
+            spec.public_setup(),
+        )
+        return setup.to_payload()
+
+    @remote
+    def pt_upload_keys(self, session: str, keys: dict[str, bytes]) -> dict[str, Any]:
+        s = self._session(session)
+        ctx = CkksContext.from_payload(keys)
+        if ctx.params != self.backend.params:
+            raise SecurityError("the uploaded keys are for another parameter set than this session's")
+        missing = set(self.backend.galois_steps) - set(ctx.galois_steps)
+        if missing:
+            raise ProtocolError(
+                f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs"
+            )
+        s.bind_keys(ctx)
+        return {"context_id": ctx.context_id.hex()}
+
+    @remote
+    def pt_forward(
+        self, session: str, inputs: list[bytes], key: str | None = None, train: bool = False
+    ) -> Any:
+        s = self._session(session)
+        model = s.require_model()
+        ctx = s.ctx
+        assert ctx is not None
+
+        def job() -> bytes:
+            cts = [ctx.ciphertext_from_bytes(b) for b in inputs]
+            return ctx.ciphertext_to_bytes(model.forward(cts, key, train))
+
+        return s.start(job)
+
+    @remote
+    def pt_backward(self, session: str, dlogits: list[bytes]) -> Any:
+        s = self._session(session)
+        model = s.require_model()
+        ctx = s.ctx
+        assert ctx is not None
+        return s.start(lambda: model.backward([ctx.ciphertext_from_bytes(b) for b in dlogits]))
+
+    @remote
+    def pt_update(self, session: str, lr: float) -> Any:
+        s = self._session(session)
+        model = s.require_model()
+        if not (isinstance(lr, int | float) and math.isfinite(lr) and 0 < lr < 10):
+            raise ProtocolError(f"learning rate {lr!r} outside (0, 10)")
+        return s.start(lambda: model.apply_sgd(float(lr)))
+
+    @remote
+    def pt_resume(self, session: str, answer: bytes) -> Any:
+        return self._session(session).resume(answer)
+
+    @remote
+    def pt_adapter(self, session: str) -> dict[str, list[bytes]]:
+        """The encrypted adapter and head (ciphertexts under the data owner's own key)."""
+        s = self._session(session)
+        model = s.require_model()
+        ctx = s.ctx
+        assert ctx is not None
+        return {
+            name: [ctx.ciphertext_to_bytes(c) for c in cts]
+            for name, cts in model.adapter_ciphertexts().items()
+        }
+
+    @remote
+    def pt_close_session(self, session: str) -> None:
+        with self._lock:
+            s = self._sessions.pop(session, None) if isinstance(session, str) else None
+        if s is not None:
+            s.close()
+
+
+@dataclass
+class Decryption:
+    """One decryption the data owner made, for the transcript audit (kept in the data owner's process)."""
+
+    purpose: str  # "refresh" (a masked view) or "logits" / "adapter" (entitled outputs)
+    values: np.ndarray
+
+
+@dataclass
+class DataOwnerConfig:
+    """The data owner's choices for its session."""
+
+    lr: float = 1e-2
+    seed: int | None = None
+    label: str = "data-owner"
+    record_decryptions: bool = False  # audit only: keeps what the data owner decrypted, in its process
+    keep_views: bool = False  # with record_decryptions: whole slot vectors (else the largest values)
+
+
+class DataOwner:
+    """The data owner's role: keys, inputs, refresh answers, its loss, and (by policy) the adapter."""
+
+    def __init__(
+        self,
+        channel: Channel,
+        codec_factory: Callable[[dict[str, Any]], ClientCodec],
+        config: DataOwnerConfig | None = None,
+    ) -> None:
+        self.config = config or DataOwnerConfig()
+        self.ledger = Ledger()
+        self.channel = AccountingChannel(channel, self.ledger)
+        self.decryptions: list[Decryption] = []
+        options = {"label": self.config.label}
+        if self.config.seed is not None:
+            options["seed"] = int(self.config.seed)
+        self.setup = P.SessionSetup.from_payload(self.channel.call(P.OPEN, options=options))
+        self.codec = codec_factory(self.setup.model)
+        params = ParamSet.from_json(self.setup.params)
+        with self.ledger.device_time():
+            self.ctx, self._sk = keygen(params, self.setup.galois_steps)
+            keys = self.ctx.to_payload()
+        self.key_upload_bytes = sum(len(v) for v in keys.values())
+        self.channel.call(P.KEYS, session=self.setup.session, keys=keys)
+
+    # -- what the model owner may ask for in a callback -------------------------------------------------
+    @remote
+    def fhe_refresh(self, ciphertext: bytes) -> bytes:
+        """Decrypt the masked ciphertext (a view of m + r only) and re-encrypt it fresh at the top level
+        (the key holder's side of :func:`p3eft.fhe.refresh.refresh_respond`)."""
+        masked = self.ctx.ciphertext_from_bytes(ciphertext)
+        view = self._sk.decrypt_slots(self.ctx, masked)
+        self._record("refresh", view)
+        self.ledger.decryptions += 1
+        self.ledger.encryptions += 1
+        # a fresh top-level encryption of the same slots; under the secret key with SEAL's seed
+        # compression (ours): the same fresh ciphertext to the model owner, at about half the bytes
+        return self._sk.encrypt_seeded_bytes(self.ctx, view, masked.layout)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _record(self, purpose: str, values: np.ndarray) -> None:
+        if self.config.record_decryptions:
+            kept = values if self.config.keep_views else top_values(values)
+            self.decryptions.append(Decryption(purpose, kept))
+
+    def _answer(self, cb: P.Callback) -> bytes:
+        self.ledger.refresh_round_trips += 1
+        with self.ledger.device_time():
+            out = resolve_remote(self, cb.method)(**cb.kwargs)
+        if not isinstance(out, bytes):
+            raise ProtocolError(f"{cb.method} must answer bytes")
+        return out
+
+    def _request(self, method: str, **kwargs: Any) -> Any:
+        reply = self.channel.call(method, session=self.setup.session, **kwargs)
+        done = P.drive(
+            reply,
+            self._answer,
+            lambda ans: self.channel.call(P.RESUME, session=self.setup.session, answer=ans),
+        )
+        self.ledger.add_server_cost(done.cost)
+        return done.result
+
+    def _decrypt(self, data: bytes, purpose: str) -> tuple[np.ndarray, Layout]:
+        ct: Ciphertext = self.ctx.ciphertext_from_bytes(data)
+        values = self._sk.decrypt_slots(self.ctx, ct)
+        self.ledger.decryptions += 1
+        self._record(purpose, values)
+        return values, ct.layout
+
+    def _encrypt_inputs(self, text: str) -> list[bytes]:
+        blocks = self.codec.encode(text)
+        self.ledger.encryptions += len(blocks)
+        return [self._sk.encrypt_seeded_bytes(self.ctx, slots, layout) for slots, layout in blocks]
+
+    # -- the data owner's operations -------------------------------------------------------------------------
+    def logits(self, text: str, key: str | None = None, train: bool = False) -> np.ndarray:
+        """Encrypted forward pass of one sentence; the data owner decrypts the logits it is entitled to."""
+        with self.ledger.device_time():
+            inputs = self._encrypt_inputs(text)
+        out = self._request(P.FORWARD, inputs=inputs, key=key, train=train)
+        with self.ledger.device_time():
+            values, layout = self._decrypt(out, "logits")
+            self._last_logits_layout = layout
+            return self.codec.logits(values, layout)
+
+    def train_step(self, batch: list[tuple[str, int]], keys: list[str] | None = None) -> float:
+        """One SGD step on a batch: per example forward, local loss, encrypted dL/dlogits back; update."""
+        losses = []
+        self.last_step_logits: list[np.ndarray] = []
+        for i, (text, label) in enumerate(batch):
+            z = self.logits(text, key=None if keys is None else keys[i], train=True)
+            self.last_step_logits.append(z)
+            with self.ledger.device_time():
+                loss, grad = cross_entropy_grad(z, label)
+                blocks = self.codec.dlogits_slots(grad / len(batch), self._last_logits_layout)
+                dl = [self._sk.encrypt_seeded_bytes(self.ctx, s, lay) for s, lay in blocks]
+                self.ledger.encryptions += len(dl)
+            losses.append(loss)
+            self._request(P.BACKWARD, dlogits=dl)
+        self._request(P.UPDATE, lr=float(self.config.lr))
+        return float(np.mean(losses))
+
+    def decrypt_adapter(self) -> dict[str, np.ndarray]:
+        """Export policy: fetch the encrypted adapter and head and decrypt them (peft-named tensors)."""
+        enc = self.channel.call(P.ADAPTER, session=self.setup.session)
+        with self.ledger.device_time():
+            dec = {name: [self._decrypt(b, "adapter") for b in blobs] for name, blobs in enc.items()}
+            return self.codec.adapter(dec)
+
+    def close(self) -> None:
+        try:
+            self.channel.call(P.CLOSE, session=self.setup.session)
+        finally:
+            self.channel.close()
+
+
+def cross_entropy_grad(logits: np.ndarray, label: int) -> tuple[float, np.ndarray]:
+    """Cross-entropy of one example and its gradient softmax(z) - onehot(label) (the data owner's local loss)."""
+    z = np.asarray(logits, dtype=np.float64)
+    if not 0 <= label < z.size:
+        raise ProtocolError(f"label {label} outside the {z.size} classes")
+    shifted = z - z.max()
+    p = np.exp(shifted) / np.exp(shifted).sum()
+    loss = float(-np.log(max(p[label], 1e-300)))
+    grad = p.copy()
+    grad[label] -= 1.0
+    return loss, grad

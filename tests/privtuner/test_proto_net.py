@@ -1,0 +1,68 @@
+"""`p3eft serve privtuner-model-owner` as its own process on 127.0.0.1: two data owners train at the
+same time over mutual TLS, each equal to its own twin (no cross-talk), and a party without a
+data-owner certificate is refused."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from p3eft.errors import P3eftError
+from p3eft.privtuner.net import connect_model_owner
+from p3eft.privtuner.roles import DataOwner, DataOwnerConfig
+from p3eft.runtime.client import NetworkChannel
+from p3eft.runtime.launch import PartyGroup, p3eft_argv
+from p3eft.runtime.pki import load_identity
+
+from .conftest import TOY_PATH
+
+DATA = {
+    "a": ([[("good movie", 1), ("bad film", 0)], [("great fun", 1)]], 0.5),
+    "b": ([[("dull", 0), ("wonderful", 1)], [("boring", 0), ("lovely", 1)]], 0.2),
+}
+
+
+def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path):
+    argv = p3eft_argv(
+        "serve",
+        "privtuner-model-owner",
+        "--certs",
+        str(certs),
+        "--factory",
+        f"{TOY_PATH}:ToyBackend",
+        "--ready-file",
+        "{ready}",
+    )
+    results: dict[str, tuple] = {}
+    errors: list[BaseException] = []
+    with PartyGroup(tmp_path) as group:
+        url = group.start("model-owner", argv, timeout_s=60).url
+
+        def run(name: str) -> None:
+            try:
+                batches, lr = DATA[name]
+                do = DataOwner(connect_model_owner(url, certs), toy.ToyCodec, DataOwnerConfig(lr=lr))
+                losses = [do.train_step(b) for b in batches]
+                results[name] = (losses, do.decrypt_adapter()["classifier.weight"])
+                do.close()
+            except BaseException as err:  # surfaced below
+                errors.append(err)
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in DATA]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        # a certificate of another party may not call the model owner
+        with pytest.raises(P3eftError):
+            ch = NetworkChannel(url, load_identity(certs, "cloud"), "model-owner")
+            ch.call("pt_open_session")
+    assert not errors, errors
+    backend = toy.ToyBackend()  # the served factory's default seed
+    for name, (batches, lr) in DATA.items():
+        twin_losses, twin_w = toy.twin_train(backend, batches, lr)
+        losses, w = results[name]
+        assert np.allclose(losses, twin_losses, atol=1e-4)
+        assert np.abs(w - twin_w).max() < 1e-4

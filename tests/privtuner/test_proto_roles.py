@@ -1,0 +1,106 @@
+"""PrivTuner's roles and sessions: training through the protocol equals its twin, in process and over
+gRPC + mutual TLS; one model owner serves two data owners without cross-talk; misuse is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from p3eft.channel import InProcessChannel
+from p3eft.errors import ProtocolError, SecurityError
+from p3eft.privtuner import protocol as P
+from p3eft.privtuner.net import connect_model_owner, model_owner_server
+from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
+
+BATCHES = [[("good movie", 1), ("bad film", 0)], [("great fun", 1), ("awful plot", 0)]]
+TOL = 1e-4  # CKKS noise and the lambda=30 slot-mask refresh error are ~1e-5 at these magnitudes
+
+
+def _train(do: DataOwner, batches) -> tuple[list[float], np.ndarray]:
+    losses = [do.train_step(b) for b in batches]
+    return losses, do.decrypt_adapter()["classifier.weight"]
+
+
+def test_in_process_training_equals_twin(toy):
+    backend = toy.ToyBackend(seed=1)
+    do = DataOwner(InProcessChannel(ModelOwner(backend)), toy.ToyCodec, DataOwnerConfig(lr=0.5))
+    losses, w = _train(do, BATCHES)
+    twin_losses, twin_w = toy.twin_train(backend, BATCHES, 0.5)
+    assert np.allclose(losses, twin_losses, atol=TOL)
+    assert np.abs(w - twin_w).max() < TOL
+    assert not np.allclose(w, backend.w0, atol=1e-2)  # the step really moved the head
+    led = do.ledger
+    assert led.refresh_round_trips == 2 * 2 + 2  # one per forward, one per update
+    assert led.bytes_up > 0 and led.bytes_down > 0 and led.server_cpu_s > 0 and led.device_cpu_s > 0
+
+
+def test_networked_run_equals_in_process(toy, certs):
+    backend = toy.ToyBackend(seed=2)
+    local = DataOwner(InProcessChannel(ModelOwner(backend)), toy.ToyCodec, DataOwnerConfig(lr=0.5))
+    local_losses, local_w = _train(local, BATCHES)
+    server = model_owner_server(ModelOwner(backend), certs)
+    port = server.start()
+    try:
+        remote = DataOwner(
+            connect_model_owner(f"127.0.0.1:{port}", certs), toy.ToyCodec, DataOwnerConfig(lr=0.5)
+        )
+        net_losses, net_w = _train(remote, BATCHES)
+        remote.close()
+    finally:
+        server.stop()
+    assert np.allclose(net_losses, local_losses, atol=TOL)
+    assert np.abs(net_w - local_w).max() < TOL
+    # the same messages crossed: same calls per method, same refresh round trips
+    assert {k: v[0] for k, v in remote.ledger.per_method.items() if k != P.CLOSE} == {
+        k: v[0] for k, v in local.ledger.per_method.items()
+    }
+    assert remote.ledger.refresh_round_trips == local.ledger.refresh_round_trips
+    assert server.stats["refused"] == 0
+
+
+def test_two_data_owners_on_one_model_owner_do_not_cross(toy):
+    backend = toy.ToyBackend(seed=3)
+    mo = ModelOwner(backend)
+    a = DataOwner(InProcessChannel(mo), toy.ToyCodec, DataOwnerConfig(lr=0.5))
+    b = DataOwner(InProcessChannel(mo), toy.ToyCodec, DataOwnerConfig(lr=0.2))
+    data_b = [[("dull", 0), ("wonderful", 1)], [("boring", 0)]]
+    la, lb = [], []
+    for ba, bb in zip(BATCHES, data_b, strict=True):  # interleaved steps
+        la.append(a.train_step(ba))
+        lb.append(b.train_step(bb))
+    wa = a.decrypt_adapter()["classifier.weight"]
+    wb = b.decrypt_adapter()["classifier.weight"]
+    ta, twa = toy.twin_train(backend, BATCHES, 0.5)
+    tb, twb = toy.twin_train(backend, data_b, 0.2)
+    assert np.allclose(la, ta, atol=TOL) and np.abs(wa - twa).max() < TOL
+    assert np.allclose(lb, tb, atol=TOL) and np.abs(wb - twb).max() < TOL
+    assert a.ctx.context_id != b.ctx.context_id and mo.sessions == 2
+    # a's ciphertext in b's session is refused by the engine's context check
+    slots, layout = a.codec.encode("good movie")[0]
+    foreign = a.ctx.ciphertext_to_bytes(a.ctx.encrypt_slots(slots, layout))
+    with pytest.raises(SecurityError):
+        InProcessChannel(mo).call(P.FORWARD, session=b.setup.session, inputs=[foreign])
+    # and b's adapter cannot be decrypted with a's key
+    enc_b = InProcessChannel(mo).call(P.ADAPTER, session=b.setup.session)
+    with pytest.raises(SecurityError):
+        a._decrypt(enc_b["classifier.weight"][0], "adapter")
+
+
+def test_model_owner_refuses_misuse(toy):
+    mo = ModelOwner(toy.ToyBackend())
+    ch = InProcessChannel(mo)
+    setup = P.SessionSetup.from_payload(ch.call(P.OPEN))
+    with pytest.raises(ProtocolError, match="unknown or closed"):
+        ch.call(P.FORWARD, session="0" * 32, inputs=[])
+    with pytest.raises(ProtocolError, match="upload the FHE public keys"):
+        ch.call(P.FORWARD, session=setup.session, inputs=[])
+    with pytest.raises(ProtocolError, match="not allowed"):
+        ch.call(P.OPEN, options={"labels": [1, 0]})
+    with pytest.raises(ProtocolError, match="no request"):
+        ch.call(P.RESUME, session=setup.session, answer=b"")
+    with pytest.raises(ProtocolError, match="learning rate"):
+        do = DataOwner(ch, toy.ToyCodec)
+        ch.call(P.UPDATE, session=do.setup.session, lr=float("nan"))
+    ch.call(P.CLOSE, session=setup.session)
+    with pytest.raises(ProtocolError, match="unknown or closed"):
+        ch.call(P.ADAPTER, session=setup.session)
