@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from p3eft.cli.main import app
+from p3eft.cli.main import app, main
 
 GROUPS = [
     "finetune",
@@ -60,7 +60,7 @@ def test_bare_group_prints_its_help(capsys):
 
 
 # Groups being rewritten on other branches at the time of writing (their flags get help there).
-HELP_CHECKED_ELSEWHERE = ("wireless", "serve", "privtuner")
+HELP_CHECKED_ELSEWHERE: tuple[str, ...] = ()
 
 
 def test_every_flag_has_help_text():

@@ -31,5 +31,5 @@ def certs(tmp_path_factory):
     from p3eft.runtime.pki import init_keys
 
     d = tmp_path_factory.mktemp("ptcerts")
-    init_keys(d)
+    init_keys(d, data_owners=2)  # one key folder per party: DIR/model-owner, DIR/data-owner, DIR/data-owner-2
     return d

@@ -80,7 +80,7 @@ def _views(do: DataOwner, message: np.ndarray, bound: float, lam: int, n: int) -
         masked = masker.mask(ct)
         do.fhe_refresh(ctx.ciphertext_to_bytes(masked))
         out.append(do.decryptions.pop().values)
-    return np.concatenate(out) / (2.0**lam * bound)
+    return audit.normalised_views(out, bound, lam, ctx.params.scale)
 
 
 def test_refresh_views_do_not_depend_on_the_message(recorded):
@@ -102,7 +102,7 @@ def test_views_of_a_real_run_are_uniform(recorded):
     do, _ = recorded
     views = [d.values for d in do.decryptions if d.purpose == "refresh"][:4]
     assert len(views) == 4
-    norm = audit.normalised_views(views, do.setup.refresh_bound, do.setup.refresh_lambda)
+    norm = audit.normalised_views(views, do.setup.refresh_bound, do.setup.refresh_lambda, do.ctx.params.scale)
     assert np.abs(norm).max() <= 1.0 + 1e-6
     assert audit.uniformity_test(norm).p_value > 1e-3
 

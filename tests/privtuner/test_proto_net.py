@@ -29,7 +29,7 @@ def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path)
         "serve",
         "privtuner-model-owner",
         "--certs",
-        str(certs),
+        str(certs / "model-owner"),
         "--factory",
         f"{TOY_PATH}:ToyBackend",
         "--ready-file",
@@ -43,7 +43,8 @@ def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path)
         def run(name: str) -> None:
             try:
                 batches, lr = DATA[name]
-                do = DataOwner(connect_model_owner(url, certs), toy.ToyCodec, DataOwnerConfig(lr=lr))
+                folder = certs / ("data-owner" if name == "a" else "data-owner-2")  # two identities
+                do = DataOwner(connect_model_owner(url, folder), toy.ToyCodec, DataOwnerConfig(lr=lr))
                 losses = [do.train_step(b) for b in batches]
                 results[name] = (losses, do.decrypt_adapter()["classifier.weight"])
                 do.close()
@@ -57,7 +58,7 @@ def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path)
             t.join(timeout=120)
         # a certificate of another party may not call the model owner
         with pytest.raises(P3eftError):
-            ch = NetworkChannel(url, load_identity(certs, "cloud"), "model-owner")
+            ch = NetworkChannel(url, load_identity(certs / "cloud", "cloud"), "model-owner")
             ch.call("pt_open_session")
     assert not errors, errors
     backend = toy.ToyBackend()  # the served factory's default seed

@@ -38,11 +38,13 @@ def test_networked_run_equals_in_process(toy, certs):
     backend = toy.ToyBackend(seed=2)
     local = DataOwner(InProcessChannel(ModelOwner(backend)), toy.ToyCodec, DataOwnerConfig(lr=0.5))
     local_losses, local_w = _train(local, BATCHES)
-    server = model_owner_server(ModelOwner(backend), certs)
+    server = model_owner_server(ModelOwner(backend), certs / "model-owner")
     port = server.start()
     try:
         remote = DataOwner(
-            connect_model_owner(f"127.0.0.1:{port}", certs), toy.ToyCodec, DataOwnerConfig(lr=0.5)
+            connect_model_owner(f"127.0.0.1:{port}", certs / "data-owner"),
+            toy.ToyCodec,
+            DataOwnerConfig(lr=0.5),
         )
         net_losses, net_w = _train(remote, BATCHES)
         remote.close()

@@ -27,12 +27,16 @@ RANK = typer.Option(8, "--rank", help="LoRA rank.")
 ALPHA = typer.Option(8.0, "--alpha", help="LoRA alpha.")
 LR = typer.Option(0.05, "--lr", help="SGD learning rate (batch 1).")
 PARAM_SET = typer.Option(None, "--param-set", help="CKKS chain, e.g. PT16384 (default: the model's).")
-SEED = typer.Option(0, "--seed")
+SEED = typer.Option(0, "--seed", help="Seed of the model owner's LoRA initialisation and the data order.")
 DATA_DIR = typer.Option(None, "--data-dir", help="Dataset folder (default: $P3EFT_DATA, ../shared/data).")
 SERVER = typer.Option(None, "--server", help="HOST:PORT of `p3eft serve privtuner-model-owner`.")
-CERTS = typer.Option(None, "--certs", help="Folder from `p3eft keys init` (with --server).")
+CERTS = typer.Option(
+    None,
+    "--certs",
+    help="The data owner's own key folder, DIR/data-owner from `p3eft keys init DIR` (with --server).",
+)
 JSON_OUT = typer.Option(None, "--json", help="Also write the results JSON here.")
-PROGRESS = typer.Option(True, "--progress/--no-progress")
+PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
 def _write(payload: dict[str, Any], path: Path | None) -> None:
@@ -55,7 +59,7 @@ def _network(server: str | None, certs: Path | None) -> None:
 
     parse_url(server)
     if certs is None:
-        raise P3eftError("--server needs --certs (the folder from `p3eft keys init`)")
+        raise P3eftError("--server needs --certs (DIR/data-owner from `p3eft keys init DIR`)")
     if not certs.is_dir():
         raise P3eftError(f"--certs {certs} is not a folder; run `p3eft keys init {certs}` first")
 
@@ -77,7 +81,7 @@ def finetune(
     lr: float = LR,
     param_set: str | None = PARAM_SET,
     limit: int = typer.Option(64, "--limit", help="Train on the first N SST-2 training examples."),
-    epochs: int = typer.Option(1, "--epochs"),
+    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training examples."),
     eval_limit: int = typer.Option(
         0, "--eval-limit", help="Then evaluate encrypted on the first N dev examples (same session)."
     ),

@@ -37,7 +37,9 @@ def cloud(
     factory: str | None = typer.Option(
         None, "--factory", help="Role factory MODULE:NAME (default ObfuscaTune)."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
+    ),
 ) -> None:
     """Serve the untrusted cloud: only obfuscated weights and masked tensors reach it."""
     from p3eft.obfuscatune.net.roles import CLOUD_FACTORY
@@ -70,7 +72,9 @@ def enclave(
         help="File (or - for stdin) holding 64 hex digits that pin the mask seed; reproducibility checks "
         "only (the quote then says seed=pinned). Never on the command line, which every local user can read.",
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
+    ),
 ) -> None:
     """Serve the enclave (simulated TEE): attests, holds the masks, seals its checkpoints."""
     from p3eft.errors import P3eftError
@@ -132,7 +136,9 @@ def privtuner_model_owner(
     factory: str | None = typer.Option(
         None, "--factory", help="Backend factory MODULE:NAME or FILE.py:NAME (default: the encrypted BERT)."
     ),
-    verbose: bool = typer.Option(False, "--verbose", "-v"),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
+    ),
 ) -> None:
     """Serve PrivTuner's model owner: one encrypted session per connecting data owner."""
     from p3eft.privtuner.net import run_model_owner

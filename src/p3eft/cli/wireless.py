@@ -163,7 +163,7 @@ def figures(
     ),
     costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
     users: int = typer.Option(10, "--users", help="Users in the base scenario of the sweeps."),
 ) -> None:
@@ -187,7 +187,7 @@ def regenerate(
     ),
     costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
 ) -> None:
     """Every published result in one go: the figures, the 6-user exhaustive check, the benchmark."""

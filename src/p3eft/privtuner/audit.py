@@ -32,6 +32,7 @@ from p3eft.channel import Channel
 from p3eft.errors import P3eftError
 from p3eft.fhe import serial
 from p3eft.fhe.params import ParamSet
+from p3eft.fhe.refresh import mask_bits
 from p3eft.privtuner import protocol as P
 
 
@@ -305,9 +306,11 @@ def verdict(inbox: InboxReport, leaks: list[str]) -> dict[str, Any]:
     }
 
 
-def normalised_views(views: list[np.ndarray], bound: float, lam: int) -> np.ndarray:
-    """Refresh views divided by the mask half-width 2^lambda * bound: uniform on [-1, 1] if hiding holds."""
-    return np.concatenate([np.asarray(v).ravel() for v in views]) / (2.0**lam * bound)
+def normalised_views(views: list[np.ndarray], bound: float, lam: int, scale: float) -> np.ndarray:
+    """Refresh views (the decrypted integer coefficients) divided by the mask width
+    W = 2^(lambda + ceil(log2((bound + 1) * scale))): uniform on [-1, 1) if hiding holds."""
+    width = float(2 ** mask_bits(bound, scale, lam))
+    return np.concatenate([np.asarray(v, dtype=np.float64).ravel() for v in views]) / width
 
 
 @dataclass(frozen=True)

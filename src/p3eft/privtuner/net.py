@@ -7,8 +7,10 @@ The model owner is a :class:`~p3eft.runtime.server.PartyServer` serving a
 call the model owner (certificate common name ``data-owner``); several may be connected at once, each
 in its own PrivTuner session.
 
-Certificates come from ``p3eft keys init DIR``. Every use of the key folder's layout is in this module
-(:func:`model_owner_identity`, :func:`data_owner_identity`), so a change of layout is one edit here.
+Certificates come from ``p3eft keys init DIR [--data-owners N]``, one folder per party: the model owner
+gets ``DIR/model-owner``, each data owner its own ``DIR/data-owner`` or ``DIR/data-owner-N`` (any of
+them may call the model owner). Every use of that layout is in this module (:func:`model_owner_identity`,
+:func:`data_owner_identity`).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from p3eft.errors import MissingResourceError
 from p3eft.runtime.client import NetworkChannel
-from p3eft.runtime.pki import PartyIdentity, load_identity
+from p3eft.runtime.pki import PartyIdentity, is_data_owner, load_identity
 from p3eft.runtime.server import PartyServer, ServerConfig
 
 MODEL_OWNER = "model-owner"
@@ -27,11 +30,21 @@ DEFAULT_MAX_MESSAGE = 1024 * 2**20
 
 
 def model_owner_identity(certs: str | Path) -> PartyIdentity:
+    """The model owner's identity from its own key folder (``DIR/model-owner``)."""
     return load_identity(certs, MODEL_OWNER)
 
 
 def data_owner_identity(certs: str | Path) -> PartyIdentity:
-    return load_identity(certs, DATA_OWNER)
+    """A data owner's identity from its own key folder (``DIR/data-owner`` or ``DIR/data-owner-N``):
+    the one data-owner key pair the folder holds names the party."""
+    folder = Path(certs)
+    names = sorted(p.stem for p in folder.glob("*.key") if is_data_owner(p.stem))
+    if len(names) != 1:
+        raise MissingResourceError(
+            f"{folder} is not a data owner's key folder (found {len(names)} data-owner keys); "
+            "pass DIR/data-owner from `p3eft keys init DIR`"
+        )
+    return load_identity(folder, names[0])
 
 
 def model_owner_server(
@@ -43,9 +56,7 @@ def model_owner_server(
     workers: int = 8,
 ) -> PartyServer:
     """A (not yet started) server for the model owner's role; only data owners may call it."""
-    config = ServerConfig(
-        host, port, max_message_bytes, allowed_peers=frozenset({DATA_OWNER}), workers=workers
-    )
+    config = ServerConfig(host, port, max_message_bytes, peer_filter=is_data_owner, workers=workers)
     return PartyServer(role, model_owner_identity(certs), config)
 
 
@@ -58,9 +69,11 @@ def serve_model_owner(
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
 ) -> None:
     """Serve until SIGTERM/SIGINT, announcing ``{party, pid, port, url}`` (the runtime's serve loop)."""
-    from p3eft.runtime.launch import _serve
+    from p3eft.runtime.launch import serve_until_signal
 
-    _serve(model_owner_server(role, certs, host, port, max_message_bytes), MODEL_OWNER, host, ready_file)
+    serve_until_signal(
+        model_owner_server(role, certs, host, port, max_message_bytes), MODEL_OWNER, host, ready_file
+    )
 
 
 def run_model_owner(

@@ -28,6 +28,7 @@ from p3eft.channel import Channel, remote, resolve_remote
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, keygen
 from p3eft.fhe.params import ParamSet
+from p3eft.fhe.refresh import refresh_respond_with_view
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.accounting import AccountingChannel, Ledger
 from p3eft.privtuner.audit import top_values
@@ -197,16 +198,16 @@ class DataOwner:
     # -- what the model owner may ask for in a callback -------------------------------------------------
     @remote
     def fhe_refresh(self, ciphertext: bytes) -> bytes:
-        """Decrypt the masked ciphertext (a view of m + r only) and re-encrypt it fresh at the top level
-        (the key holder's side of :func:`p3eft.fhe.refresh.refresh_respond`)."""
+        """Decrypt the masked ciphertext to its integer polynomial (a view of p + r only) and encrypt
+        that polynomial again at the top level (:func:`p3eft.fhe.refresh.refresh_respond_with_view`:
+        the coefficient-domain refresh, no double rounding)."""
         masked = self.ctx.ciphertext_from_bytes(ciphertext)
-        view = self._sk.decrypt_slots(self.ctx, masked)
-        self._record("refresh", view)
+        fresh, coeffs = refresh_respond_with_view(self.ctx, self._sk, masked)
+        # the view as float64 (exact to 53 bits: enough for the audit's distribution tests)
+        self._record("refresh", np.array([float(c) for c in coeffs]))
         self.ledger.decryptions += 1
         self.ledger.encryptions += 1
-        # a fresh top-level encryption of the same slots; under the secret key with SEAL's seed
-        # compression (ours): the same fresh ciphertext to the model owner, at about half the bytes
-        return self._sk.encrypt_seeded_bytes(self.ctx, view, masked.layout)
+        return self.ctx.ciphertext_to_bytes(fresh)
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _record(self, purpose: str, values: np.ndarray) -> None:

@@ -93,8 +93,9 @@ def write_ready(path: str | Path, info: dict[str, Any]) -> None:
     os.replace(tmp, p)
 
 
-def _serve(server: PartyServer, party: str, host: str, ready_file: str | Path | None) -> None:
-    """Start, announce, and block until SIGTERM/SIGINT."""
+def serve_until_signal(server: PartyServer, party: str, host: str, ready_file: str | Path | None) -> None:
+    """Start, announce ``{party, pid, port, url}`` (stdout and ``ready_file``), and block until
+    SIGTERM/SIGINT: how every party process serves, whatever its scheme."""
     port = server.start()
     info = {"party": party, "pid": os.getpid(), "port": port, "url": f"{host}:{port}"}
     if ready_file:
@@ -175,7 +176,7 @@ def run_cloud(
         host, port, max_message_bytes, allowed_peers=frozenset({"enclave"}), tenants_per_party=32
     )
     server = PartyServer(make(**kwargs), identity, config, tenant_factory=lambda: make(**kwargs))
-    _serve(server, "cloud", host, ready_file)
+    serve_until_signal(server, "cloud", host, ready_file)
 
 
 def enclave_sealing_key(certs: str | Path, measurement: bytes) -> bytes:
@@ -270,7 +271,7 @@ def run_enclave(
         attested_config=attested,
         on_close=host_obj.session_closed,
     )
-    _serve(server, "enclave", host, ready_file)
+    serve_until_signal(server, "enclave", host, ready_file)
 
 
 def connect_attested(
