@@ -1,4 +1,4 @@
-"""The trained parameters as ciphertexts under the data owner's key (DESIGN §2.1; layout ours).
+"""The trained parameters as ciphertexts under the data owner's key (ours).
 
 The model owner initialises LoRA A, B (query and value of every adapted layer) and the classifier in
 plaintext, encrypts them with the data owner's *public* key (:meth:`EncryptedAdapter.encrypt`), and

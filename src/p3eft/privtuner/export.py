@@ -1,5 +1,5 @@
 """End-of-training policy: the data owner decrypts the adapter into a standard PEFT folder, or it stays
-encrypted and inference stays two-party (ours, DESIGN.md §2.1).
+encrypted and inference stays two-party (ours).
 
 Export writes what ``peft.PeftModel.from_pretrained(base, folder)`` loads without p3eft: a LoRA
 adapter on query and value (peft's default BERT targets) and the classifier head as a saved module,

@@ -1,4 +1,4 @@
-"""PrivTuner's messages between a data owner and a model owner (ours, DESIGN.md §2.1).
+"""PrivTuner's messages between a data owner and a model owner (ours).
 
 Every exchange is started by the data owner (it is the client; a device behind a NAT can run it).
 When the model owner needs the data owner's help in the middle of a computation -- a client-aided

@@ -1,4 +1,4 @@
-"""PrivTuner's two parties as role objects (ours, DESIGN.md §2.1).
+"""PrivTuner's two parties as role objects (ours).
 
 * :class:`ModelOwner` holds the plaintext model and serves any number of data owners, one
   :class:`~p3eft.privtuner.session.ModelOwnerSession` each (own keys, own rotation, own encrypted

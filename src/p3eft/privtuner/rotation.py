@@ -1,4 +1,4 @@
-"""The secret orthogonal rotation of the embedding space (DESIGN §2.1, details ours).
+"""The secret orthogonal rotation of the embedding space (ours).
 
 The model owner draws an orthogonal R (hidden x hidden) and hands the data owner the *rotated*
 tables: word, position and token-type rows multiplied by R^T (row e becomes R e). The data owner
