@@ -8,8 +8,11 @@ import copy
 
 import numpy as np
 import pytest
+import tenseal.sealapi as sealapi
 
 from p3eft.channel import InProcessChannel
+from p3eft.fhe import rawpoly
+from p3eft.fhe.context import Ciphertext, Layout
 from p3eft.fhe.refresh import RefreshMasker
 from p3eft.privtuner import audit
 from p3eft.privtuner import protocol as P
@@ -69,32 +72,41 @@ def test_decryption_search_catches_a_leaked_logit(recorded):
     assert audit.find_decryptions_in_inbox(as_bytes, logits)
 
 
-def _views(do: DataOwner, message: np.ndarray, bound: float, lam: int, n: int) -> np.ndarray:
+def _poly_ciphertext(ctx, coeff: int):
+    """A ciphertext one level below the top whose plaintext polynomial has every coefficient ``coeff``."""
+    zero = sealapi.Ciphertext(ctx.seal)
+    ctx.encrypt_zero(zero, ctx.top_level - 1, ctx.params.scale)
+    poly = np.full(ctx.params.poly_modulus_degree, coeff, dtype=object)
+    return Ciphertext(rawpoly.add_integer_poly(ctx, zero, poly), ctx.context_id, Layout(1))
+
+
+def _views(do: DataOwner, coeff: int, bound: float, lam: int, n: int) -> np.ndarray:
     """The data owner's views of ``n`` refreshes of one message, masked by the model owner's masker."""
     ctx = do.ctx
     out = []
     for _ in range(n):
         masker = RefreshMasker(ctx, bound, 30)
         masker.lam = lam  # negative control only: the masker refuses lambda < 30 when built
-        ct = ctx.encrypt_slots(message, do.codec.encode("x")[0][1])
-        masked = masker.mask(ct)
+        masked = masker.mask(_poly_ciphertext(ctx, coeff))
         do.fhe_refresh(ctx.ciphertext_to_bytes(masked))
         out.append(do.decryptions.pop().values)
     return audit.normalised_views(out, bound, lam, ctx.params.scale)
 
 
 def test_refresh_views_do_not_depend_on_the_message(recorded):
+    """Two messages at opposite ends of the covered range (every plaintext coefficient +B*scale or
+    -B*scale): the data owner's views are uniform and indistinguishable."""
     do, transcript = recorded
-    bound, slots = do.setup.refresh_bound, do.ctx.slots
-    zero, full = np.zeros(slots), np.full(slots, bound)
-    a = _views(do, zero, bound, do.setup.refresh_lambda, 2)
-    b = _views(do, full, bound, do.setup.refresh_lambda, 2)
+    bound = do.setup.refresh_bound
+    top = int(bound * do.ctx.params.scale)
+    a = _views(do, top, bound, do.setup.refresh_lambda, 2)
+    b = _views(do, -top, bound, do.setup.refresh_lambda, 2)
     same = audit.refresh_view_test(a, b)
     assert same.p_value > 1e-3, same
     assert audit.uniformity_test(a).p_value > 1e-3
-    # negative control: a mask only twice as wide as the message is detected by the same test
-    a2 = _views(do, zero, bound, 1, 2)
-    b2 = _views(do, full, bound, 1, 2)
+    # negative control: a mask only a few times wider than the message is detected by the same test
+    a2 = _views(do, top, bound, 1, 2)
+    b2 = _views(do, -top, bound, 1, 2)
     assert audit.refresh_view_test(a2, b2).p_value < 1e-6
 
 
