@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import typer
 
+from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -70,16 +72,44 @@ def _settings(**kw: Any) -> Any:
     return settings(**kw)
 
 
+@dataclass(frozen=True)
+class TuningFlags:
+    """The model and LoRA flags that finetune, evaluate and verify share."""
+
+    model: str
+    layers: int
+    max_len: int
+    rank: int
+    alpha: float
+    lr: float
+    param_set: str | None
+    seed: int
+
+    def settings(self) -> Any:
+        return _settings(**asdict(self))
+
+
+with_tuning_flags = opt.flag_group(
+    "tuning",
+    TuningFlags,
+    (
+        ("model", str, MODEL),
+        ("layers", int, LAYERS),
+        ("max_len", int, MAX_LEN),
+        ("rank", int, RANK),
+        ("alpha", float, ALPHA),
+        ("lr", float, LR),
+        ("param_set", str | None, PARAM_SET),
+        ("seed", int, SEED),
+    ),
+)
+
+
 @app.command()
+@with_tuning_flags
 def finetune(
+    tuning: TuningFlags,
     out: Path = typer.Option(..., "--out", help="Output folder: results.json, adapter/ (with --end export)."),
-    model: str = MODEL,
-    layers: int = LAYERS,
-    max_len: int = MAX_LEN,
-    rank: int = RANK,
-    alpha: float = ALPHA,
-    lr: float = LR,
-    param_set: str | None = PARAM_SET,
     limit: int = typer.Option(64, "--limit", help="Train on the first N SST-2 training examples."),
     epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training examples."),
     eval_limit: int = typer.Option(
@@ -91,7 +121,6 @@ def finetune(
         help="export: the data owner decrypts adapter + head into a PEFT folder; "
         "encrypted: the adapter stays encrypted (inference stays two-party).",
     ),
-    seed: int = SEED,
     data_dir: Path | None = DATA_DIR,
     server: str | None = SERVER,
     certs: Path | None = CERTS,
@@ -110,16 +139,7 @@ def finetune(
     except ValueError:
         raise P3eftError(f"--end must be export or encrypted, not {end!r}") from None
     _network(server, certs)
-    cfg = _settings(
-        model=model,
-        layers=layers,
-        max_len=max_len,
-        rank=rank,
-        alpha=alpha,
-        lr=lr,
-        param_set=param_set,
-        seed=seed,
-    )
+    cfg = tuning.settings()
     from p3eft.privtuner.workflows import finetune as run
 
     res = run(
@@ -151,22 +171,16 @@ def finetune(
 
 
 @app.command()
+@with_tuning_flags
 def evaluate(
+    tuning: TuningFlags,
     adapter: Path | None = typer.Option(
         None, "--adapter", help="An exported PEFT adapter folder: plaintext evaluation with peft."
     ),
-    model: str = MODEL,
-    layers: int = LAYERS,
-    max_len: int = MAX_LEN,
-    rank: int = RANK,
-    alpha: float = ALPHA,
-    param_set: str | None = PARAM_SET,
     limit: int = typer.Option(200, "--limit", help="Evaluate on the first N SST-2 dev examples."),
     train_limit: int = typer.Option(
         0, "--train-limit", help="Encrypted mode: first train encrypted on N examples in the same session."
     ),
-    lr: float = LR,
-    seed: int = SEED,
     data_dir: Path | None = DATA_DIR,
     server: str | None = SERVER,
     certs: Path | None = CERTS,
@@ -186,16 +200,7 @@ def evaluate(
         res = workflows.evaluate_exported(adapter, limit=limit, data_dir=data_dir, progress=progress)
         how = "plaintext, exported adapter"
     else:
-        cfg = _settings(
-            model=model,
-            layers=layers,
-            max_len=max_len,
-            rank=rank,
-            alpha=alpha,
-            lr=lr,
-            param_set=param_set,
-            seed=seed,
-        )
+        cfg = tuning.settings()
         res = workflows.evaluate_encrypted(
             cfg,
             limit=limit,
@@ -213,31 +218,16 @@ def evaluate(
 
 
 @app.command()
+@with_tuning_flags
 def verify(
-    model: str = MODEL,
-    layers: int = LAYERS,
-    max_len: int = MAX_LEN,
-    rank: int = RANK,
-    alpha: float = ALPHA,
-    lr: float = LR,
-    param_set: str | None = PARAM_SET,
-    seed: int = SEED,
+    tuning: TuningFlags,
     data_dir: Path | None = DATA_DIR,
     json_out: Path | None = JSON_OUT,
     progress: bool = PROGRESS,
 ) -> None:
     """One encrypted forward pass and one encrypted training step on two real SST-2 examples, checked
     against the approximate twin, with the transcript audit."""
-    cfg = _settings(
-        model=model,
-        layers=layers,
-        max_len=max_len,
-        rank=rank,
-        alpha=alpha,
-        lr=lr,
-        param_set=param_set,
-        seed=seed,
-    )
+    cfg = tuning.settings()
     from p3eft.privtuner.workflows import verify as run
 
     res = run(cfg, data_dir=data_dir, progress=progress)
