@@ -102,8 +102,8 @@ def test_refresh_views_do_not_depend_on_the_message(recorded):
     a = _views(do, top, bound, do.setup.refresh_lambda, 2)
     b = _views(do, -top, bound, do.setup.refresh_lambda, 2)
     same = audit.refresh_view_test(a, b)
-    assert same.p_value > 1e-3, same
-    assert audit.uniformity_test(a).p_value > 1e-3
+    assert same.p_value > 1e-4, same
+    assert audit.uniformity_test(a).p_value > 1e-4
     # negative control: a mask only a few times wider than the message is detected by the same test
     a2 = _views(do, top, bound, 1, 2)
     b2 = _views(do, -top, bound, 1, 2)
@@ -116,7 +116,7 @@ def test_views_of_a_real_run_are_uniform(recorded):
     assert len(views) == 4
     norm = audit.normalised_views(views, do.setup.refresh_bound, do.setup.refresh_lambda, do.ctx.params.scale)
     assert np.abs(norm).max() <= 1.0 + 1e-6
-    assert audit.uniformity_test(norm).p_value > 1e-3
+    assert audit.uniformity_test(norm).p_value > 1e-4
 
 
 def test_online_audit_equals_the_recorded_one(toy):
