@@ -60,22 +60,6 @@ def model_owner_server(
     return PartyServer(role, model_owner_identity(certs), config)
 
 
-def serve_model_owner(
-    role: object,
-    certs: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 0,
-    ready_file: str | Path | None = None,
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE,
-) -> None:
-    """Serve until SIGTERM/SIGINT, announcing ``{party, pid, port, url}`` (the runtime's serve loop)."""
-    from p3eft.runtime.launch import serve_until_signal
-
-    serve_until_signal(
-        model_owner_server(role, certs, host, port, max_message_bytes), MODEL_OWNER, host, ready_file
-    )
-
-
 def run_model_owner(
     backend: Any,
     certs: str | Path,
@@ -84,10 +68,13 @@ def run_model_owner(
     ready_file: str | Path | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
 ) -> None:
-    """``p3eft serve privtuner-model-owner``: one :class:`ModelOwner` for every data owner that connects."""
+    """``p3eft serve privtuner-model-owner``: one :class:`ModelOwner` for every data owner that connects,
+    served until SIGTERM/SIGINT and announced as ``{party, pid, port, url}`` (the runtime's serve loop)."""
     from p3eft.privtuner.roles import ModelOwner
+    from p3eft.runtime.launch import serve_until_signal
 
-    serve_model_owner(ModelOwner(backend), certs, host, port, ready_file, max_message_bytes)
+    server = model_owner_server(ModelOwner(backend), certs, host, port, max_message_bytes)
+    serve_until_signal(server, MODEL_OWNER, host, ready_file)
 
 
 def connect_model_owner(
