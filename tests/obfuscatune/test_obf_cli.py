@@ -83,7 +83,7 @@ def test_finetune_resume_evaluate_export(tiny_dir, tmp_path):
         "--masks",
         "kron",
         "--lr",
-        "1e-2",
+        "3e-2",
         "--no-progress",
     ]
     assert main(["obfuscatune", "finetune", "--out", str(run), "--max-steps", "2", *common]) == 0
@@ -119,7 +119,11 @@ def test_finetune_resume_evaluate_export(tiny_dir, tmp_path):
     obf, plain, base = scores["obfuscated"], scores["plain"], scores["base"]
     assert obf["n"] == plain["n"] == 8 and (obf["acc"], obf["acc_norm"]) == (plain["acc"], plain["acc_norm"])
     assert obf["mean_gold_loglik"] == pytest.approx(plain["mean_gold_loglik"], abs=1e-4)
-    assert abs(plain["mean_gold_loglik"] - base["mean_gold_loglik"]) > 100 * 1e-4
+    # The adapter's effect must stand well clear of the obfuscation's float error (1e-4 above); 1e-3 is
+    # 10x that. (100x was too close to what 3 steps move: 0.0088 was seen at lr 1e-2 in CI.)
+    adapter_effect = abs(plain["mean_gold_loglik"] - base["mean_gold_loglik"])
+    assert adapter_effect > 10 * 1e-4
+    assert adapter_effect > 10 * abs(obf["mean_gold_loglik"] - plain["mean_gold_loglik"])
 
     again = tmp_path / "again"
     assert main(["obfuscatune", "export", "--from", str(run), "--out", str(again)]) == 0
