@@ -164,11 +164,14 @@ def test_derived_chain_scales_round_trips_and_says_ours(cost_file):
     assert "ours" in d7.source
 
 
-def test_candidate_at_an_unmeasured_n_is_refused(cost_file, costs_raw, tmp_path):
+def test_named_candidate_at_an_unmeasured_n_is_refused(cost_file, costs_raw, tmp_path):
+    """The scenario names its candidates: one that cannot be priced is an error, not a silent drop."""
     del costs_raw["param_sets"]["N16384"]
     p = tmp_path / "c.json"
     p.write_text(json.dumps(costs_raw))
-    with pytest.raises(ScenarioError, match="no entry at N=16384"):
+    with pytest.raises(
+        ScenarioError, match="N16384-d4: no PrivTuner measurement at N=16384.*not derived across N"
+    ):
         solve(_sc(), load_costs(p))
 
 

@@ -25,7 +25,11 @@ def _command_line(ctx: click.Context) -> str:
     parts = ["p3eft", "wireless", ctx.info_name or ""]
     for param in ctx.command.params:
         val = ctx.params.get(param.name)
-        if val is None or val is False or not param.opts:
+        if val is None or val is False or not param.opts or val == [] or val == ():
+            continue
+        if isinstance(val, (list, tuple)):  # a repeatable option: repeat the flag
+            for v in val:
+                parts += [param.opts[0], shlex.quote(str(v))]
             continue
         parts.append(param.opts[0])
         if val is not True:
@@ -33,15 +37,16 @@ def _command_line(ctx: click.Context) -> str:
     return " ".join(parts)
 
 
-def _load(costs: Path | None, cpu_hz: float | None):  # noqa: ANN202 - CostSource, imported lazily
+def _load(costs: list[Path] | None, cpu_hz: float | None):  # noqa: ANN202 - CostSource, imported lazily
     from p3eft.wireless import load_costs
 
-    return load_costs(costs, cpu_hz=cpu_hz)
+    return load_costs(list(costs or []), cpu_hz=cpu_hz)
 
 
 _COSTS_HELP = (
     "Cost file: the PrivTuner step costs of `p3eft privtuner bench --json`, or the CKKS engine's "
-    "`p3eft bench fhe --json` file (default: the packaged engine file, CPU times)."
+    "`p3eft bench fhe --json` file (default: the packaged engine file, CPU times). Repeat the option to "
+    "combine several PrivTuner step-cost files of one model shape (each keeps its own provenance)."
 )
 
 
@@ -60,7 +65,7 @@ def run(
     server_ghz: float = typer.Option(
         None, "--server-ghz", help="Total server capacity F_s in GHz (default: 1 GHz per generated user)."
     ),
-    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
     cpu_hz: float = typer.Option(
         None,
         "--cpu-hz",
@@ -122,6 +127,9 @@ def run(
         "violations": check_allocation(sc, table, res),
     }
     t = res.terms
+    for why in dict.fromkeys(x["reason"] for x in res.costs.get("excluded", [])):
+        names = [x["candidate"] for x in res.costs["excluded"] if x["reason"] == why]
+        typer.echo(f"note: excluded {', '.join(names)}: {why}")
     typer.echo(
         f"proposed: objective {res.fun:.6g}  total energy {t['energy_total_j']:.6g} J  "
         f"mean privacy {t['privacy_mean_bits']:.1f} bits  ({res.time_s:.3f} s, {res.message})"
@@ -161,7 +169,7 @@ def figures(
         "--out",
         help="Output folder (a run folder; the committed results live in docs/results/wireless).",
     ),
-    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
@@ -185,7 +193,7 @@ def regenerate(
         "--out",
         help="Output folder; pass docs/results/wireless to rewrite the committed results.",
     ),
-    costs: Path = typer.Option(None, "--costs", help=_COSTS_HELP),
+    costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),

@@ -20,6 +20,10 @@ from p3eft.fhe.params import ParamSet
 PRIVTUNER_PARAM_SETS: dict[str, ParamSet] = {
     "PT16384": ParamSet("PT16384", 16384, (50, *([40] * 8), 50)),
     "PT32768": ParamSet("PT32768", 32768, (60, *([40] * 19), 60)),
+    # N=32768 at PT16384's depth (440 bits: 256-bit), the wireless optimiser's N32768-d8 candidate. The
+    # full PT32768 chain's Galois keys (20 key-switching components over 21 primes) did not fit the
+    # in-process bench on a 23 GB machine (killed by the OOM killer); this chain's keys are ~1/5 of them.
+    "PT32768-d8": ParamSet("PT32768-d8", 32768, (60, *([40] * 8), 60)),
 }
 
 MIN_REFRESH_LAMBDA = 30

@@ -104,6 +104,6 @@ def benchmark_record(table: CostSource, rows: list[dict[str, Any]], command: str
         "command": command,
         "machine": platform.platform(),
         "processor": platform.processor(),
-        "costs": table.resolve(generate_scenario(1).candidate_list).summary(),
+        "costs": table.for_scenario(generate_scenario(1)).summary(),
         "rows": rows,
     }

@@ -6,7 +6,9 @@ Two kinds of file are accepted, both validated with clear :class:`CostFileError`
   ``p3eft privtuner bench --json`` writes: per parameter set, the measured per-example device and
   server CPU seconds, bytes up and down, refresh round trips and the one-off key upload. A candidate
   that the file measured is used as measured; any other candidate at a measured N is derived from it
-  by the refresh-scaling model of :mod:`p3eft.wireless.derive` (ours, stated in ``source``);
+  by the refresh-scaling model of :mod:`p3eft.wireless.derive` (ours, stated in ``source``). Several
+  such files (e.g. one bench run per parameter set) combine into one source, each keeping its own
+  provenance and clock, provided they measured the same model shape and no (N, chain) twice;
 * the **CKKS engine's file** (``p3eft bench fhe``, the packaged ``data/fhe_costs.json``): per-ciphertext
   CPU times and sizes, from which :mod:`p3eft.wireless.derive` builds a per-example step by a stated
   workload model (ours). This is the default until the PrivTuner bench file exists.
@@ -14,6 +16,11 @@ Two kinds of file are accepted, both validated with clear :class:`CostFileError`
 Cycles always come from CPU time: ``cycles = cpu_s x cpu_hz``, ``cpu_hz`` being the measuring
 machine's clock from the file's provenance (or given explicitly). Wall-clock times are never used:
 on a loaded machine they include time spent waiting for the CPU.
+
+Costs are never derived across N. A candidate at an N that a PrivTuner file did not measure is
+*excluded*, with a one-line reason (:mod:`p3eft.wireless.availability`: PrivTuner cannot run there at
+all, or it was just not measured), when it comes from the default candidate set; a scenario that names
+its candidates explicitly gets a clear error instead (``resolve(..., strict=True)``).
 """
 
 from __future__ import annotations
@@ -68,10 +75,12 @@ class StepCost:
     refresh_round_trips: float
     key_upload_bytes: float  # one-off per run: public + relinearisation + Galois keys
     source: str  # "measured (<file>)" or how it was derived (ours)
+    cpu_hz: float | None = None  # clock of the file that measured it (None: the table's)
 
     def describe(self) -> dict[str, Any]:
         return {
             "candidate": self.candidate.describe(),
+            "cpu_hz": self.cpu_hz,
             "device_cpu_s": self.device_cpu_s,
             "server_cpu_s": self.server_cpu_s,
             "bytes_up": self.bytes_up,
@@ -83,14 +92,27 @@ class StepCost:
 
 
 @dataclass(frozen=True)
+class Excluded:
+    """A default candidate left out because no cost of its N exists, with the one-line reason."""
+
+    candidate: Candidate
+    reason: str
+
+    def describe(self) -> dict[str, Any]:
+        return {"candidate": self.candidate.name, "log_q": self.candidate.log_q, "reason": self.reason}
+
+
+@dataclass(frozen=True)
 class CostTable:
-    """The step costs of one scenario's candidates (in the scenario's order), with cycles per second."""
+    """The step costs of one scenario's candidates (in the scenario's order, less the excluded ones),
+    with cycles per second."""
 
     steps: tuple[StepCost, ...]
     cpu_hz: float
     kind: str
     path: str
     provenance: dict[str, Any]
+    excluded: tuple[Excluded, ...] = ()
 
     @property
     def names(self) -> list[str]:
@@ -99,11 +121,12 @@ class CostTable:
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-candidate arrays; cycles = CPU seconds x the measuring machine's clock."""
         st = self.steps
+        hz = np.array([s.cpu_hz if s.cpu_hz is not None else self.cpu_hz for s in st], dtype=float)
         return {
             "n": np.array([s.candidate.n for s in st], dtype=float),
             "security_bits": np.array([s.candidate.security_bits for s in st], dtype=float),
-            "device_cycles": np.array([s.device_cpu_s for s in st]) * self.cpu_hz,
-            "server_cycles": np.array([s.server_cpu_s for s in st]) * self.cpu_hz,
+            "device_cycles": np.array([s.device_cpu_s for s in st]) * hz,
+            "server_cycles": np.array([s.server_cpu_s for s in st]) * hz,
             "bits_up": 8.0 * np.array([s.bytes_up for s in st]),
             "bits_down": 8.0 * np.array([s.bytes_down for s in st]),
             "round_trips": np.array([s.refresh_round_trips for s in st], dtype=float),
@@ -111,15 +134,24 @@ class CostTable:
         }
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready: which file, which kind, measured where, and every candidate's step cost."""
+        """JSON-ready: which file(s), which kind, measured where, every candidate's step cost, and the
+        default candidates left out (with why)."""
         return {
             "path": self.path,
             "kind": self.kind,
             "cpu_hz": self.cpu_hz,
-            "cycles_from": "CPU time (process CPU seconds x cpu_hz)",
+            "cycles_from": "CPU time (process CPU seconds x the measuring file's cpu_hz)",
             "provenance": self.provenance,
             "candidates": [s.describe() for s in self.steps],
+            "excluded": [x.describe() for x in self.excluded],
         }
+
+    def exclusion_note(self) -> str:
+        """One line per excluded ring dimension (empty if none), for figures and printed results."""
+        seen: dict[str, list[str]] = {}
+        for x in self.excluded:
+            seen.setdefault(x.reason, []).append(x.candidate.name)
+        return "; ".join(f"excluded {', '.join(names)}: {why}" for why, names in seen.items())
 
 
 @dataclass
@@ -131,33 +163,58 @@ class CostSource:
     provenance: dict[str, Any]
     cpu_hz: float
     entries: dict[tuple[int, tuple[int, ...]], dict[str, Any]] = field(default_factory=dict)
+    model: dict[str, Any] | None = None  # the measured model shape (PrivTuner files)
 
     def ring_dimensions(self) -> list[int]:
         return sorted({n for n, _ in self.entries})
 
-    def resolve(self, candidates: list[Candidate]) -> CostTable:
-        """Step costs of every candidate: measured where the file has it, else derived (ours)."""
+    def for_scenario(self, scenario: Any) -> CostTable:
+        """:meth:`resolve` for a scenario: lenient for the default candidate set, strict for one the
+        scenario names explicitly (a named candidate that cannot be priced is an error)."""
+        return self.resolve(scenario.candidate_list, strict=not scenario.uses_default_candidates)
+
+    def _no_entry(self, c: Candidate) -> str:
+        if self.kind != "privtuner_step":
+            return f"the cost file {self.path} has no entry at N={c.n} (it has N in {self.ring_dimensions()})"
+        from p3eft.wireless.availability import unmeasured_n
+
+        scale = min(bits[1] for _, bits in self.entries)
+        return unmeasured_n(c.n, scale, self.ring_dimensions()).reason
+
+    def resolve(self, candidates: list[Candidate], strict: bool = True) -> CostTable:
+        """Step costs of every candidate: measured where the file has it, else derived within its N
+        (ours). A candidate at an N without any entry raises (``strict``) or is excluded with its
+        reason; costs are never derived across N."""
         from p3eft.wireless import derive
 
-        steps = []
+        steps, excluded = [], []
         for c in candidates:
             same_n = {bits: e for (n, bits), e in self.entries.items() if n == c.n}
             if not same_n:
-                raise ScenarioError(
-                    f"candidate {c.name}: the cost file {self.path} has no entry at N={c.n} "
-                    f"(it has N in {self.ring_dimensions()}); costs are only derived within one N"
-                )
+                why = self._no_entry(c)
+                if strict:
+                    raise ScenarioError(
+                        f"candidate {c.name}: {why} (the scenario names this candidate; drop it, or "
+                        "measure its N)"
+                    )
+                excluded.append(Excluded(c, why))
+                continue
             if self.kind == "engine":
                 steps.append(derive.from_engine(c, same_n, self.path))
             elif c.coeff_modulus_bits in same_n:
-                steps.append(_measured_step(c, same_n[c.coeff_modulus_bits], self.path))
+                steps.append(_measured_step(c, same_n[c.coeff_modulus_bits]))
             else:
                 steps.append(derive.from_step_entry(c, same_n, self.path))
-        return CostTable(tuple(steps), self.cpu_hz, self.kind, self.path, self.provenance)
+        if not steps:
+            raise ScenarioError(
+                f"no candidate can be priced by {self.path}: " + "; ".join(x.reason for x in excluded)
+            )
+        return CostTable(tuple(steps), self.cpu_hz, self.kind, self.path, self.provenance, tuple(excluded))
 
 
-def _measured_step(c: Candidate, e: dict[str, Any], path: str) -> StepCost:
+def _measured_step(c: Candidate, e: dict[str, Any]) -> StepCost:
     pe = e["per_example"]
+    path = e["path"]
     return StepCost(
         candidate=c,
         device_cpu_s=pe["device_cpu_s"],
@@ -166,7 +223,8 @@ def _measured_step(c: Candidate, e: dict[str, Any], path: str) -> StepCost:
         bytes_down=pe["bytes_down"],
         refresh_round_trips=pe["refresh_round_trips"],
         key_upload_bytes=e["key_upload_bytes"],
-        source=f"measured ({path})",
+        source=f"measured ({path}, {e['name']})",
+        cpu_hz=e["cpu_hz"],
     )
 
 
@@ -240,8 +298,15 @@ def _parse_step_file(raw: dict[str, Any], path: str, cpu_hz: float | None) -> Co
             raise CostFileError(
                 f"{where}: log_q {e['log_q']} is not the sum of coeff_modulus_bits ({cand.log_q})"
             )
-        entries[(n, bits)] = {"name": name, "per_example": clean, "key_upload_bytes": key_bytes}
-    return CostSource("privtuner_step", path, prov, hz, entries)
+        entries[(n, bits)] = {
+            "name": name,
+            "per_example": clean,
+            "key_upload_bytes": key_bytes,
+            "path": path,
+            "cpu_hz": hz,
+        }
+    model = raw.get("model")
+    return CostSource("privtuner_step", path, prov, hz, entries, model if isinstance(model, dict) else None)
 
 
 def _parse_engine_file(raw: dict[str, Any], path: str, cpu_hz: float | None) -> CostSource:
@@ -282,8 +347,61 @@ def parse_costs(raw: Any, path: str = "<memory>", cpu_hz: float | None = None) -
     return _parse_engine_file(raw, path, cpu_hz)
 
 
-def load_costs(path: str | Path | None = None, cpu_hz: float | None = None) -> CostSource:
-    """Load and validate a cost file; ``None`` means the packaged default (``data/README.md``)."""
+def combine(sources: list[CostSource]) -> CostSource:
+    """One source from several PrivTuner step-cost files, each entry keeping its file and clock.
+
+    Refused (:class:`CostFileError`): an engine file among them, files that measured different model
+    shapes (their steps would not price the same workload), or an (N, chain) measured twice.
+    """
+    if len(sources) == 1:
+        return sources[0]
+    if any(s.kind != "privtuner_step" for s in sources):
+        raise CostFileError(
+            "only PrivTuner step-cost files can be combined; "
+            + ", ".join(s.path for s in sources if s.kind != "privtuner_step")
+            + " is an engine file"
+        )
+    first = sources[0]
+    entries: dict[tuple[int, tuple[int, ...]], dict[str, Any]] = {}
+    for s in sources:
+        if s.model != first.model:
+            raise CostFileError(
+                f"{s.path} measured the model {s.model}, {first.path} measured {first.model}: "
+                "step costs of different shapes do not price one workload"
+            )
+        for key, e in s.entries.items():
+            if key in entries:
+                raise CostFileError(
+                    f"N={key[0]} chain {list(key[1])} is measured in both {entries[key]['path']} and {s.path}"
+                )
+            entries[key] = e
+    files = [
+        {"path": s.path, "param_sets": [e["name"] for e in s.entries.values()], "provenance": s.provenance}
+        for s in sources
+    ]
+    return CostSource(
+        "privtuner_step",
+        " + ".join(s.path for s in sources),
+        {"files": files},
+        first.cpu_hz,
+        entries,
+        first.model,
+    )
+
+
+def load_costs(
+    path: str | Path | list[str | Path] | tuple[str | Path, ...] | None = None, cpu_hz: float | None = None
+) -> CostSource:
+    """Load and validate a cost file, or several PrivTuner step-cost files (:func:`combine`);
+    ``None`` (or an empty list) means the packaged default (``data/README.md``)."""
+    if isinstance(path, (list, tuple)):
+        if len(path) > 1:
+            return combine([_load_one(p, cpu_hz) for p in path])
+        path = path[0] if path else None
+    return _load_one(path, cpu_hz)
+
+
+def _load_one(path: str | Path | None, cpu_hz: float | None) -> CostSource:
     p = Path(path) if path is not None else default_cost_path()
     if not p.is_file():
         hint = " (write one with `p3eft privtuner bench --json FILE` or `p3eft bench fhe --json FILE`)"

@@ -101,6 +101,7 @@ def from_engine(
 def from_step_entry(c: Candidate, same_n: dict[tuple[int, ...], dict[str, Any]], path: str) -> StepCost:
     """Step cost of candidate ``c`` from a measured PrivTuner entry at another chain of its N (model 2)."""
     bits, e = _nearest(c, same_n)
+    path = e.get("path", path)  # the file that measured the entry (several files may be combined)
     m = Candidate(c.n, bits)
     pe = e["per_example"]
     k_m, k_c = m.data_primes, c.data_primes
@@ -120,4 +121,5 @@ def from_step_entry(c: Candidate, same_n: dict[tuple[int, ...], dict[str, Any]],
             f"derived (ours) from the measured entry {e['name']} {list(bits)} ({path}): "
             f"{trips} refresh round trips for <= {levels:g} levels, traffic/CPU per exchange and per prime"
         ),
+        cpu_hz=e.get("cpu_hz"),
     )

@@ -10,6 +10,7 @@ and is written with its JSON data and the command that made it.
 from __future__ import annotations
 
 import json
+import textwrap
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,7 +239,9 @@ def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, path: Path, x
         ncol, bottom = 2, 0.2
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    fig.suptitle(title + "\n" + data["fixed_text"], fontsize=10)
+    note = data.get("excluded_note") or ""
+    wrapped = "\n".join(textwrap.wrap(note, 150 if key == "energy_total_j" else 95))
+    fig.suptitle(title + "\n" + data["fixed_text"] + ("\n" + wrapped if wrapped else ""), fontsize=10)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path)
     plt.close(fig)
@@ -260,7 +263,7 @@ def make_figures(
     for sw in default_sweeps(seed=seed, users=users, quick=quick):
         data = run_sweep(sw, table, seed=seed, progress=progress)
         first = sw.make(sw.values[0])
-        resolved = table.resolve(first.candidate_list)
+        resolved = table.for_scenario(first)
         fixed = fixed_parameters(sw)
         kind = "PrivTuner step costs" if resolved.kind == "privtuner_step" else "engine file, CPU times"
         data.update(
@@ -269,6 +272,7 @@ def make_figures(
                 "seed": seed,
                 "fixed": fixed,
                 "fixed_text": _fixed_text(fixed, kind),
+                "excluded_note": resolved.exclusion_note(),
                 "costs": resolved.summary(),
                 "scenario_base": first.to_dict(),
                 "note": "system model: our reconstruction in the PrivTuner paper's frame (docs/wireless.md)",

@@ -81,7 +81,7 @@ class Problem:
 
     @classmethod
     def build(cls, scenario: Scenario, source: CostSource | CostTable) -> Problem:
-        table = source if isinstance(source, CostTable) else source.resolve(scenario.candidate_list)
+        table = source if isinstance(source, CostTable) else source.for_scenario(scenario)
         a = table.arrays()
         s = scenario
         e = np.array(s.examples, dtype=float)[:, None]

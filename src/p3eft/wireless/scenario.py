@@ -130,6 +130,13 @@ class Scenario:
     def candidate_list(self) -> list[Candidate]:
         return [Candidate.from_spec(c) for c in self.candidates]
 
+    @property
+    def uses_default_candidates(self) -> bool:
+        """True when the candidates are the default set (written out or not, in any order): then a
+        cost file may leave some out with a stated reason; a set of one's own must be priced whole."""
+        default = {(c.n, c.coeff_modulus_bits) for c in map(Candidate.from_spec, DEFAULT_CANDIDATE_SPECS)}
+        return {(c.n, c.coeff_modulus_bits) for c in self.candidate_list} == default
+
     def effective_deadlines(self) -> np.ndarray:
         """T_n, with the horizon standing in for users without a deadline of their own.
 
