@@ -36,6 +36,8 @@ def _write(tmp_path, raw, name):
 def _without(costs_raw, tmp_path, *sets):
     for s in sets:
         del costs_raw["param_sets"][s]
+        if s == "N8192":  # the fixture's second N=8192 chain
+            del costs_raw["param_sets"]["N8192b"]
     return _write(tmp_path, costs_raw, "partial.json")
 
 
@@ -57,6 +59,26 @@ def test_an_unmeasured_n_where_privtuner_can_run_says_just_that(costs_raw, tmp_p
     assert {x.candidate.name for x in tab.excluded} == {"N32768-d8", "N32768-d12"}
     assert "no PrivTuner measurement at N=32768" in tab.exclusion_note()
     assert "not derived across N" in tab.exclusion_note()
+
+
+def test_an_unmeasured_chain_too_shallow_for_privtuner_is_excluded_not_derived(costs_raw, tmp_path):
+    p = _without(costs_raw, tmp_path, "N16384")  # N=16384 now only via a measured d7 entry
+    d7 = Candidate.from_spec("N16384-d7")
+    costs_raw = json.loads(p.read_text())
+    costs_raw["param_sets"]["D7"] = costs_raw["param_sets"]["N32768"] | {
+        "poly_modulus_degree": 16384,
+        "coeff_modulus_bits": list(d7.coeff_modulus_bits),
+        "log_q": d7.log_q,
+        "security_bits": d7.security_bits,
+    }
+    src = load_costs(_write(tmp_path, costs_raw, "d7.json"))
+    tab = src.for_scenario(generate_scenario(2, seed=0))
+    (x,) = [x for x in tab.excluded if x.candidate.n == 16384]
+    assert x.candidate.name == "N16384-d4" and x.candidate.usable_levels == 3
+    assert "PrivTuner cannot run on N16384-d4" in x.reason and "has 3" in x.reason
+    assert "N16384-d7" in tab.names  # measured: used
+    with pytest.raises(ScenarioError, match="cannot run on N16384-d4"):
+        src.resolve([Candidate.from_spec("N16384-d4")])
 
 
 def test_a_named_candidate_that_cannot_be_priced_is_an_error(costs_raw, tmp_path):
@@ -137,7 +159,7 @@ def test_combining_refuses_mixed_shapes_duplicates_and_engine_files(costs_raw, t
 
 
 def test_cli_takes_several_cost_files_and_prints_the_exclusion(costs_raw, tmp_path):
-    del costs_raw["param_sets"]["N8192"]
+    del costs_raw["param_sets"]["N8192"], costs_raw["param_sets"]["N8192b"]
     pa, pb = _split(costs_raw, tmp_path)
     out = tmp_path / "r.json"
     args = ["wireless", "run", "--users", "2", "--costs", str(pa), "--costs", str(pb), "--json", str(out)]

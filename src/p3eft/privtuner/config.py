@@ -20,10 +20,11 @@ from p3eft.fhe.params import ParamSet
 PRIVTUNER_PARAM_SETS: dict[str, ParamSet] = {
     "PT16384": ParamSet("PT16384", 16384, (50, *([40] * 8), 50)),
     "PT32768": ParamSet("PT32768", 32768, (60, *([40] * 19), 60)),
-    # N=32768 at PT16384's depth (440 bits: 256-bit), the wireless optimiser's N32768-d8 candidate. The
-    # full PT32768 chain's Galois keys (20 key-switching components over 21 primes) did not fit the
-    # in-process bench on a 23 GB machine (killed by the OOM killer); this chain's keys are ~1/5 of them.
-    "PT32768-d8": ParamSet("PT32768-d8", 32768, (60, *([40] * 8), 60)),
+    # The shallowest N=32768 chain PrivTuner runs (softmax's exp needs 4 levels above the refresh floor at
+    # level 1): 320 bits, 256-bit. Measured for the wireless optimiser because the in-process bench of
+    # PT32768 (and of a depth-8 chain) was killed by the OOM killer on a 23 GB machine: its key-switching
+    # keys grow with (primes - 1) x primes, and this chain's are ~1/10 of PT32768's.
+    "PT32768-d5": ParamSet("PT32768-d5", 32768, (60, *([40] * 5), 60)),
 }
 
 MIN_REFRESH_LAMBDA = 30

@@ -84,3 +84,14 @@ def unmeasured_n(n: int, scale_bits: int, measured: list[int]) -> Unavailable:
         True,
         f"no PrivTuner measurement at N={n} (measured: N in {measured}); step costs are not derived across N",
     )
+
+
+def chain_too_shallow(c: Candidate) -> str:
+    """Why PrivTuner cannot run on chain ``c`` ('' if its usable levels hold the deepest phase)."""
+    need = privtuner_phase_levels()
+    if c.usable_levels >= need:
+        return ""
+    return (
+        f"PrivTuner cannot run on {c.label}: softmax's exp needs {need} levels above the refresh floor in "
+        f"one phase, the chain has {c.usable_levels}"
+    )

@@ -181,22 +181,29 @@ class CostSource:
         scale = min(bits[1] for _, bits in self.entries)
         return unmeasured_n(c.n, scale, self.ring_dimensions()).reason
 
+    def _cannot_run(self, c: Candidate, same_n: dict[tuple[int, ...], Any]) -> str:
+        """Why PrivTuner cannot run an unmeasured chain at a measured N ('' if it can): its deepest
+        phase must fit the chain's usable levels (:mod:`p3eft.wireless.availability`)."""
+        if self.kind != "privtuner_step" or c.coeff_modulus_bits in same_n:
+            return ""
+        from p3eft.wireless.availability import chain_too_shallow
+
+        return chain_too_shallow(c)
+
     def resolve(self, candidates: list[Candidate], strict: bool = True) -> CostTable:
         """Step costs of every candidate: measured where the file has it, else derived within its N
-        (ours). A candidate at an N without any entry raises (``strict``) or is excluded with its
-        reason; costs are never derived across N."""
+        (ours). A candidate at an N without any entry, or an unmeasured chain too shallow for
+        PrivTuner's deepest phase, raises (``strict``) or is excluded with its reason; costs are never
+        derived across N."""
         from p3eft.wireless import derive
 
         steps, excluded = [], []
         for c in candidates:
             same_n = {bits: e for (n, bits), e in self.entries.items() if n == c.n}
-            if not same_n:
-                why = self._no_entry(c)
+            why = self._no_entry(c) if not same_n else self._cannot_run(c, same_n)
+            if why:
                 if strict:
-                    raise ScenarioError(
-                        f"candidate {c.name}: {why} (the scenario names this candidate; drop it, or "
-                        "measure its N)"
-                    )
+                    raise ScenarioError(f"candidate {c.name}: {why} (the scenario names this candidate)")
                 excluded.append(Excluded(c, why))
                 continue
             if self.kind == "engine":
