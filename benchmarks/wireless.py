@@ -21,12 +21,14 @@ def main() -> None:
     ap.add_argument("--users", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeats", type=int, default=3, help="solve-time repeats (median reported)")
-    ap.add_argument("--costs", default=None)
+    ap.add_argument("--costs", nargs="+", default=None, help="cost file(s) (several PrivTuner step files)")
+    ap.add_argument("--deadline-s", default=None, help="'LO,HI' seconds: range of the generated deadlines")
     ap.add_argument("--cpu-hz", type=float, default=None, help="clock of the machine that measured --costs")
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     table = load_costs(args.costs, cpu_hz=args.cpu_hz)
-    rows = run_benchmark(table, args.users, seed=args.seed, repeats=args.repeats)
+    dl = None if args.deadline_s is None else tuple(float(x) for x in args.deadline_s.split(","))
+    rows = run_benchmark(table, args.users, seed=args.seed, repeats=args.repeats, deadline_s=dl)
     print("\n" + format_tables(rows, args.repeats))
     if args.json:
         command = "python benchmarks/wireless.py " + " ".join(

@@ -153,3 +153,21 @@ def test_figures_quick_default_to_a_run_folder_and_show_the_trends(cost_file, tm
     assert pw["x"][0] <= 0.001 and pw["fixed"]["p_max_W"] == "varied"
     assert pw["fixed"]["users"] == 3 and pw["fixed"]["B_MHz"] == 6.0 and pw["fixed"]["F_s_GHz"] == 3.0
     assert data["energy_vs_users"]["fixed"]["B_MHz"] == 6.0  # users compete for the same B
+
+
+def test_deadline_range_flag_draws_generated_deadlines_from_it(cost_file, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    args = ["wireless", "run", "--users", "3", "--costs", str(cost_file), "--json", str(out)]
+    assert main([*args, "--deadline-s", "7200,14400"]) == 0
+    d = json.loads(out.read_text())
+    assert all(7200 <= t <= 14400 for t in d["scenario"]["deadlines_s"])
+    assert "--deadline-s 7200,14400" in d["command"]
+    assert main([*args]) == 0  # negative control: the generator's own range
+    assert all(t <= 300 for t in json.loads(out.read_text())["scenario"]["deadlines_s"])
+    for bad in ("7200", "5,1", "0,10", "a,b"):
+        capsys.readouterr()
+        assert main([*args, "--deadline-s", bad]) == 2
+        assert "--deadline-s" in capsys.readouterr().err
+    sc = tmp_path / "s.json"
+    generate_scenario(2, seed=0).save(sc)
+    assert main(["wireless", "run", "--scenario", str(sc), "--deadline-s", "1,2"]) == 2

@@ -43,6 +43,24 @@ def _load(costs: list[Path] | None, cpu_hz: float | None):  # noqa: ANN202 - Cos
     return load_costs(list(costs or []), cpu_hz=cpu_hz)
 
 
+def _deadlines(text: str | None) -> tuple[float, float] | None:
+    """``"LO,HI"`` seconds -> the range generated deadlines are drawn from (None: the generator's)."""
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError:
+        raise P3eftError(f"--deadline-s takes 'LO,HI' in seconds, got {text!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi) and 0 < lo <= hi):
+        raise P3eftError(f"--deadline-s needs 0 < LO <= HI (finite seconds), got {text!r}")
+    return lo, hi
+
+
+_DEADLINE_HELP = (
+    "Range 'LO,HI' (seconds) the generated users' deadlines are drawn from (default 150,300: the "
+    "engine-file workload; one real PrivTuner step takes tens of minutes, see docs/wireless.md)."
+)
+
 _COSTS_HELP = (
     "Cost file: the PrivTuner step costs of `p3eft privtuner bench --json`, or the CKKS engine's "
     "`p3eft bench fhe --json` file (default: the packaged engine file, CPU times). Repeat the option to "
@@ -66,6 +84,7 @@ def run(
         None, "--server-ghz", help="Total server capacity F_s in GHz (default: 1 GHz per generated user)."
     ),
     costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
+    deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
     cpu_hz: float = typer.Option(
         None,
         "--cpu-hz",
@@ -104,7 +123,13 @@ def run(
             if not (math.isfinite(val) and val > 0):
                 raise P3eftError(f"{flag} must be a positive number, got {val}")
             system[key] = val * unit
-    sc = Scenario.load(scenario) if scenario is not None else generate_scenario(users, seed=seed)
+    dl = _deadlines(deadline_s)
+    if scenario is not None and dl is not None:
+        raise P3eftError(
+            "--deadline-s applies to generated scenarios (--users); the scenario file has its own"
+        )
+    gen = {} if dl is None else {"deadline_s": dl}
+    sc = Scenario.load(scenario) if scenario is not None else generate_scenario(users, seed=seed, **gen)
     if w3 is not None:
         system["weights"] = (sc.weights[0], sc.weights[1], w3)
     if system:
@@ -170,6 +195,7 @@ def figures(
         help="Output folder (a run folder; the committed results live in docs/results/wireless).",
     ),
     costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
+    deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
@@ -180,8 +206,10 @@ def figures(
 
     if users < 2:
         raise P3eftError(f"--users must be >= 2 for the figures, got {users}")
+    dl = _deadlines(deadline_s)
     table = _load(costs, cpu_hz)
-    for p in make_figures(out, table, _command_line(ctx), seed=seed, quick=quick, users=users):
+    cmd = _command_line(ctx)
+    for p in make_figures(out, table, cmd, seed=seed, quick=quick, users=users, deadline_s=dl):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
 
 
@@ -194,6 +222,7 @@ def regenerate(
         help="Output folder; pass docs/results/wireless to rewrite the committed results.",
     ),
     costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
+    deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
@@ -205,12 +234,14 @@ def regenerate(
 
     if repeats < 1:
         raise P3eftError(f"--repeats must be >= 1, got {repeats}")
+    dl = _deadlines(deadline_s)
+    gen = {} if dl is None else {"deadline_s": dl}
     table = _load(costs, cpu_hz)
     command = _command_line(ctx)
     out.mkdir(parents=True, exist_ok=True)
-    for p in make_figures(out, table, command, seed=seed, users=10):
+    for p in make_figures(out, table, command, seed=seed, users=10, deadline_s=dl):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
-    sc = generate_scenario(6, seed=seed)
+    sc = generate_scenario(6, seed=seed, **gen)
     res = solve(sc, table)
     ex = solve_exhaustive(sc, table)
     gap = (res.fun - ex.fun) / max(abs(ex.fun), 1e-12)
@@ -226,7 +257,7 @@ def regenerate(
     typer.echo(
         f"exhaustive check (6 users): gap_to_exhaustive {gap:.3e}; wrote {out / 'run_users6_exhaustive.json'}"
     )
-    rows = run_benchmark(table, [10, 100, 1000], seed=seed, repeats=repeats)
+    rows = run_benchmark(table, [10, 100, 1000], seed=seed, repeats=repeats, deadline_s=dl)
     typer.echo(format_tables(rows, repeats))
     (out / "benchmark.json").write_text(json.dumps(benchmark_record(table, rows, command), indent=2))
     (out / "regenerate.command.txt").write_text(command + "\n")

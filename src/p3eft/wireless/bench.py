@@ -20,12 +20,17 @@ from p3eft.wireless.scenario import generate_scenario
 
 
 def run_benchmark(
-    table: CostSource, users: list[int], seed: int = 0, repeats: int = 3
+    table: CostSource,
+    users: list[int],
+    seed: int = 0,
+    repeats: int = 3,
+    deadline_s: tuple[float, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per user count: median solve time, search statistics, energies, baselines."""
+    """One row per user count: median solve time, search statistics, energies, baselines
+    (``deadline_s``: the generated deadlines' range, default the generator's)."""
     rows = []
     for u in users:
-        sc = generate_scenario(u, seed=seed)
+        sc = generate_scenario(u, seed=seed, **({} if deadline_s is None else {"deadline_s": deadline_s}))
         times = []
         for _ in range(repeats):
             t0 = time.perf_counter()

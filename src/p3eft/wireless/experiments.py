@@ -53,9 +53,13 @@ class Sweep:
     xscale: str = "linear"
 
 
-def default_sweeps(seed: int = 0, users: int = 10, quick: bool = False) -> list[Sweep]:
-    """The four sweeps (our parameter ranges); B and F_s are those of the ``users``-user base scenario."""
-    base = generate_scenario(users, seed=seed)
+def default_sweeps(
+    seed: int = 0, users: int = 10, quick: bool = False, deadline_s: tuple[float, float] | None = None
+) -> list[Sweep]:
+    """The four sweeps (our parameter ranges); B and F_s are those of the ``users``-user base scenario.
+    ``deadline_s``: the range the generated deadlines are drawn from (default: the generator's)."""
+    gen: dict[str, Any] = {} if deadline_s is None else {"deadline_s": deadline_s}
+    base = generate_scenario(users, seed=seed, **gen)
 
     def sc(**kw: Any) -> Scenario:
         return base.with_(**kw)
@@ -68,7 +72,7 @@ def default_sweeps(seed: int = 0, users: int = 10, quick: bool = False) -> list[
         w3s, us, bws, pms = w3s[::3], [2, max(3, users)], bws[::2], [0.001, 0.01, 0.2]
     # one population for the user sweep: U users = the first U of it (nested curves), with the base
     # scenario's B and F_s held fixed, so the users compete for more and more of the same resources
-    population = generate_scenario(max(us), seed=seed).with_(
+    population = generate_scenario(max(us), seed=seed, **gen).with_(
         bandwidth_hz=base.bandwidth_hz, server_hz=base.server_hz
     )
     return [
@@ -105,6 +109,7 @@ def fixed_parameters(sweep: Sweep) -> dict[str, Any]:
         "F_s_GHz": s.server_hz / 1e9,
         "p_max_W": s.p_max_w,
         "w3_J_per_bit": s.weights[2],
+        "deadlines_h": f"{min(s.deadlines_s) / 3600:.2g}-{max(s.deadlines_s) / 3600:.2g}",
     }
     key = {"w3": "w3_J_per_bit", "users": "users", "B": "B_MHz", "p_max": "p_max_W"}[varied]
     fixed[key] = "varied"
@@ -112,9 +117,29 @@ def fixed_parameters(sweep: Sweep) -> dict[str, Any]:
 
 
 def _fixed_text(fixed: dict[str, Any], costs_kind: str) -> str:
-    names = {"users": "U", "B_MHz": "B", "F_s_GHz": "F_s", "p_max_W": "p_max", "w3_J_per_bit": "w3"}
-    units = {"B_MHz": " MHz", "F_s_GHz": " GHz", "p_max_W": " W", "w3_J_per_bit": " J/bit", "users": ""}
-    parts = [f"{names[k]} = {v if isinstance(v, str) else f'{v:g}{units[k]}'}" for k, v in fixed.items()]
+    names = {
+        "users": "U",
+        "B_MHz": "B",
+        "F_s_GHz": "F_s",
+        "p_max_W": "p_max",
+        "w3_J_per_bit": "w3",
+        "deadlines_h": "T_n",
+    }
+    units = {
+        "B_MHz": " MHz",
+        "F_s_GHz": " GHz",
+        "p_max_W": " W",
+        "w3_J_per_bit": " J/bit",
+        "users": "",
+        "deadlines_h": " h",
+    }
+
+    def cell(k: str, v: Any) -> str:
+        if v == "varied":
+            return f"{names[k]} = varied"
+        return f"{names[k]} = {v if isinstance(v, str) else f'{v:g}'}{units[k]}"
+
+    parts = [cell(k, v) for k, v in fixed.items()]
     return "fixed: " + ", ".join(parts) + f"; costs: {costs_kind}"
 
 
@@ -255,12 +280,13 @@ def make_figures(
     quick: bool = False,
     progress: bool = True,
     users: int = 10,
+    deadline_s: tuple[float, float] | None = None,
 ) -> list[Path]:
     """Run every sweep; write PNG + JSON + the command beside each figure; return the PNG paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for sw in default_sweeps(seed=seed, users=users, quick=quick):
+    for sw in default_sweeps(seed=seed, users=users, quick=quick, deadline_s=deadline_s):
         data = run_sweep(sw, table, seed=seed, progress=progress)
         first = sw.make(sw.values[0])
         resolved = table.for_scenario(first)
