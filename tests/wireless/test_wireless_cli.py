@@ -171,3 +171,16 @@ def test_deadline_range_flag_draws_generated_deadlines_from_it(cost_file, tmp_pa
     sc = tmp_path / "s.json"
     generate_scenario(2, seed=0).save(sc)
     assert main(["wireless", "run", "--scenario", str(sc), "--deadline-s", "1,2"]) == 2
+
+
+def test_w3_grid_flag_sets_the_privacy_sweep_and_refuses_bad_grids(capsys):
+    from p3eft.wireless.experiments import DEFAULT_W3, default_sweeps
+
+    (w3,) = [s for s in default_sweeps(users=3, w3_values=[0.0, 2.0, 8.0]) if s.name.endswith("weight")]
+    assert list(w3.values) == [0.0, 2.0, 8.0] and w3.make(8.0).weights[2] == 8.0
+    (dflt,) = [s for s in default_sweeps(users=3) if s.name.endswith("weight")]
+    assert list(dflt.values) == list(DEFAULT_W3)
+    for bad in ("1", "2,1", "0,-1", "0,x", "0,inf"):
+        capsys.readouterr()
+        assert main(["wireless", "figures", "--quick", "--w3-grid", bad]) == 2
+        assert "--w3-grid" in capsys.readouterr().err

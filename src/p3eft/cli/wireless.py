@@ -56,6 +56,21 @@ def _deadlines(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
+def _w3_grid(text: str | None) -> list[float] | None:
+    """``"0,0.5,1"`` -> the privacy weights of the w3 sweep (None: the default grid)."""
+    if text is None:
+        return None
+    try:
+        vals = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise P3eftError(f"--w3-grid takes comma-separated J/bit values, got {text!r}") from None
+    if len(vals) < 2 or any(not (math.isfinite(v) and v >= 0) for v in vals) or vals != sorted(set(vals)):
+        raise P3eftError(f"--w3-grid needs >= 2 increasing finite values >= 0, got {text!r}")
+    return vals
+
+
+_W3_HELP = "Privacy weights (J/bit, comma-separated, increasing) of the w3 sweep (default 0,...,0.2)."
+
 _DEADLINE_HELP = (
     "Range 'LO,HI' (seconds) the generated users' deadlines are drawn from (default 150,300: the "
     "engine-file workload; one real PrivTuner step takes tens of minutes, see docs/wireless.md)."
@@ -196,6 +211,7 @@ def figures(
     ),
     costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
     deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
+    w3_grid: str = typer.Option(None, "--w3-grid", help=_W3_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
@@ -209,7 +225,8 @@ def figures(
     dl = _deadlines(deadline_s)
     table = _load(costs, cpu_hz)
     cmd = _command_line(ctx)
-    for p in make_figures(out, table, cmd, seed=seed, quick=quick, users=users, deadline_s=dl):
+    w3s = _w3_grid(w3_grid)
+    for p in make_figures(out, table, cmd, seed=seed, quick=quick, users=users, deadline_s=dl, w3_values=w3s):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
 
 
@@ -223,6 +240,7 @@ def regenerate(
     ),
     costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
     deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
+    w3_grid: str = typer.Option(None, "--w3-grid", help=_W3_HELP),
     cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
     repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
@@ -235,11 +253,12 @@ def regenerate(
     if repeats < 1:
         raise P3eftError(f"--repeats must be >= 1, got {repeats}")
     dl = _deadlines(deadline_s)
+    w3s = _w3_grid(w3_grid)
     gen = {} if dl is None else {"deadline_s": dl}
     table = _load(costs, cpu_hz)
     command = _command_line(ctx)
     out.mkdir(parents=True, exist_ok=True)
-    for p in make_figures(out, table, command, seed=seed, users=10, deadline_s=dl):
+    for p in make_figures(out, table, command, seed=seed, users=10, deadline_s=dl, w3_values=w3s):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
     sc = generate_scenario(6, seed=seed, **gen)
     res = solve(sc, table)

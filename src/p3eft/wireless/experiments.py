@@ -53,11 +53,21 @@ class Sweep:
     xscale: str = "linear"
 
 
+#: The privacy weights of the w3 sweep (J per security bit), sized for the engine-file workload.
+DEFAULT_W3 = (0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+
+
 def default_sweeps(
-    seed: int = 0, users: int = 10, quick: bool = False, deadline_s: tuple[float, float] | None = None
+    seed: int = 0,
+    users: int = 10,
+    quick: bool = False,
+    deadline_s: tuple[float, float] | None = None,
+    w3_values: Sequence[float] | None = None,
 ) -> list[Sweep]:
     """The four sweeps (our parameter ranges); B and F_s are those of the ``users``-user base scenario.
-    ``deadline_s``: the range the generated deadlines are drawn from (default: the generator's)."""
+    ``deadline_s``: the range the generated deadlines are drawn from (default: the generator's);
+    ``w3_values``: the privacy weights swept (default :data:`DEFAULT_W3`). A real PrivTuner step costs
+    kJ per round, so the weight that moves the choice is larger than the engine workload's."""
     gen: dict[str, Any] = {} if deadline_s is None else {"deadline_s": deadline_s}
     base = generate_scenario(users, seed=seed, **gen)
 
@@ -65,7 +75,7 @@ def default_sweeps(
         return base.with_(**kw)
 
     us = sorted({2, 4, 6, 8, users, 12, 16, 20, 30})
-    w3s = [0.0, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2]
+    w3s = list(DEFAULT_W3 if w3_values is None else w3_values)
     bws = [5e6, 10e6, 20e6, 40e6, 80e6]
     pms = [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.4, 0.8]
     if quick:
@@ -281,12 +291,14 @@ def make_figures(
     progress: bool = True,
     users: int = 10,
     deadline_s: tuple[float, float] | None = None,
+    w3_values: Sequence[float] | None = None,
 ) -> list[Path]:
     """Run every sweep; write PNG + JSON + the command beside each figure; return the PNG paths."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    for sw in default_sweeps(seed=seed, users=users, quick=quick, deadline_s=deadline_s):
+    sweeps = default_sweeps(seed=seed, users=users, quick=quick, deadline_s=deadline_s, w3_values=w3_values)
+    for sw in sweeps:
         data = run_sweep(sw, table, seed=seed, progress=progress)
         first = sw.make(sw.values[0])
         resolved = table.for_scenario(first)
