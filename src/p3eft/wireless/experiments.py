@@ -274,9 +274,13 @@ def _plot(data: dict[str, Any], key: str, ylabel: str, title: str, path: Path, x
         ncol, bottom = 2, 0.2
     handles, labels = ax.get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
-    note = data.get("excluded_note") or ""
-    wrapped = "\n".join(textwrap.wrap(note, 150 if key == "energy_total_j" else 95))
-    fig.suptitle(title + "\n" + data["fixed_text"] + ("\n" + wrapped if wrapped else ""), fontsize=10)
+    width = 150 if key == "energy_total_j" else 95  # characters per line of the figure's header
+    lines = [
+        title,
+        *textwrap.wrap(data["fixed_text"], width),
+        *textwrap.wrap(data.get("excluded_note") or "", width),
+    ]
+    fig.suptitle("\n".join(lines), fontsize=10)
     fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path)
     plt.close(fig)
