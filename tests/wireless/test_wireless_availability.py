@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,3 +170,16 @@ def test_cli_takes_several_cost_files_and_prints_the_exclusion(costs_raw, tmp_pa
     got = json.loads(out.read_text())
     assert f"--costs {pa} --costs {pb}" in got["command"]
     assert len(got["result"]["costs"]["provenance"]["files"]) == 2
+
+
+def test_the_published_bench_files_combine_and_price_the_runnable_defaults():
+    """The two bench files behind docs/results/wireless load together, each with its own provenance."""
+    root = Path(__file__).resolve().parents[2] / "docs" / "results" / "privtuner"
+    files = [root / "step_costs_bert_tiny.json", root / "step_costs_bert_tiny_pt32768_d5.json"]
+    src = load_costs(files)
+    assert {n for n, _ in src.entries} == {16384, 32768}
+    assert [f["provenance"]["date"][:10] for f in src.provenance["files"]] == ["2026-11-29", "2026-11-30"]
+    tab = src.for_scenario(generate_scenario(2, seed=0))
+    assert tab.names == ["N16384-d7", "N32768-d8", "N32768-d12"]
+    assert {x.candidate.name for x in tab.excluded} == {"N8192-d2", "N8192-[45,40,40,40,45]", "N16384-d4"}
+    assert all(s.source.startswith("derived (ours)") and s.cpu_hz > 0 for s in tab.steps)
