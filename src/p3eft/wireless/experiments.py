@@ -113,13 +113,15 @@ def fixed_parameters(sweep: Sweep) -> dict[str, Any]:
         "energy_vs_bandwidth": "B",
         "energy_vs_max_power": "p_max",
     }[sweep.name]
+    # the drawn deadlines' span; for the user sweep that of its largest population (the others are subsets)
+    dl = (sweep.make(sweep.values[-1]) if varied == "users" else s).deadlines_s
     fixed = {
         "users": s.n_users,
         "B_MHz": s.bandwidth_hz / 1e6,
         "F_s_GHz": s.server_hz / 1e9,
         "p_max_W": s.p_max_w,
         "w3_J_per_bit": s.weights[2],
-        "deadlines_h": f"{min(s.deadlines_s) / 3600:.2g}-{max(s.deadlines_s) / 3600:.2g}",
+        "deadlines_h": f"{min(dl) / 3600:.2g}-{max(dl) / 3600:.2g}",
     }
     key = {"w3": "w3_J_per_bit", "users": "users", "B": "B_MHz", "p_max": "p_max_W"}[varied]
     fixed[key] = "varied"
