@@ -1,8 +1,12 @@
 """A generic gRPC server that serves any role object's ``@remote`` methods (ours).
 
-gRPC carries one unary method, ``/p3eft.Party/Call``, whose request and response are our own
-frames (:mod:`p3eft.runtime.frame`) passed as raw bytes -- no .proto file, no code generation. The
-server checks each frame (header, checksum, size, session, sequence number, attestation), decodes
+gRPC carries our own frames (:mod:`p3eft.runtime.frame`) as raw bytes -- no .proto file, no code
+generation -- on two methods: ``/p3eft.Party/Call`` (unary) for a request frame that fits in one
+chunk, and ``/p3eft.Party/Frames`` (client streaming) for a larger one, sent as a stream of bounded
+chunks (:mod:`p3eft.runtime.chunks`). gRPC's receive limit is one chunk, so the server never
+buffers more than a chunk of a frame whose header declares more than it accepts: gRPC refuses a
+larger message on its length prefix, and a stream is refused after the chunk holding its header.
+Each answer is one unary message. The server checks each frame (header, checksum, size, session, sequence number, attestation), decodes
 the keyword payload, checks it binds to the method's signature and calls the role under a lock
 (role objects are single-threaded state machines). Every refusal is answered with an error frame
 that says why; the server then goes on serving, which the bad-input tests check.
@@ -24,7 +28,7 @@ import ctypes
 import inspect
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,7 @@ from p3eft.channel import resolve_remote
 from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.runtime import codec
 from p3eft.runtime.attestation import Attestor
+from p3eft.runtime.chunks import CHUNK_BYTES, assemble
 from p3eft.runtime.errors import error_payload
 from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, aad, unpack
 from p3eft.runtime.pki import PartyIdentity
@@ -52,8 +57,8 @@ from p3eft.runtime.session import (
 log = logging.getLogger("p3eft.runtime.server")
 
 SERVICE = "p3eft.Party"
-METHOD = "Call"
-FULL_METHOD = f"/{SERVICE}/{METHOD}"
+METHOD, STREAM_METHOD = "Call", "Frames"
+FULL_METHOD, FULL_STREAM_METHOD = f"/{SERVICE}/{METHOD}", f"/{SERVICE}/{STREAM_METHOD}"
 OPEN, ATTEST, BIND, CLOSE, PING = (
     "_p3eft.open",
     "_p3eft.attest",
@@ -62,17 +67,17 @@ OPEN, ATTEST, BIND, CLOSE, PING = (
     "_p3eft.ping",
 )
 DEFAULT_MAX_MESSAGE = 256 * 2**20  # ours: eval logits of a batch (vocab x tokens) can pass 64 MiB
-TRIM_AFTER_BYTES = 16 * 2**20  # give freed buffers back to the OS after requests this large
-FRAME_OVERHEAD = 4096  # header + method name + slack, above the payload limit
+TRIM_AFTER_BYTES = 16 * 2**20  # give freed buffers back to the OS after frames this large
+FRAME_OVERHEAD = 4096  # header + method name + slack, above the payload limit (answers)
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     """How a party server listens and what it accepts.
 
-    Memory is bounded by ``max_concurrent_rpcs`` x ``max_message_bytes``: gRPC receives a unary
-    message in full before our handler sees its header, so the concurrency cap is what bounds the
-    memory a flood of oversized frames can take (ours).
+    A frame declaring more than ``max_message_bytes`` is refused after its first chunk, so what
+    a flood of them can make the server buffer is ``max_concurrent_rpcs`` chunks; frames within the
+    limit are buffered in full, at most ``max_concurrent_rpcs`` at a time (ours).
     """
 
     host: str = "127.0.0.1"
@@ -95,10 +100,20 @@ class CallContext:
     session: ServerSession
 
 
-def grpc_size_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """gRPC message limits set just above our payload limit, so our own check speaks first."""
-    n = min(max_message_bytes + FRAME_OVERHEAD, 2**31 - 1)
-    return [("grpc.max_receive_message_length", n), ("grpc.max_send_message_length", n)]
+def grpc_size_options(receive: int, send: int) -> list[tuple[str, int]]:
+    """gRPC's message limits. gRPC's C core refuses a message over its receive limit on the
+    message's length prefix, before buffering it (measured: a 200 MiB message against a 4 MiB limit
+    left the server's RSS within 2 MB of its baseline)."""
+    cap = 2**31 - 1
+    return [
+        ("grpc.max_receive_message_length", min(receive, cap)),
+        ("grpc.max_send_message_length", min(send, cap)),
+    ]
+
+
+def answer_limit(max_message_bytes: int) -> int:
+    """The size of the largest answer frame, whose payload is at most ``max_message_bytes``."""
+    return max_message_bytes + FRAME_OVERHEAD
 
 
 @dataclass
@@ -142,6 +157,7 @@ class PartyServer:
         self._role_lock = threading.Lock()
         self._enclave_key, self._enclave_public = x25519_keypair() if attestor else (None, b"")
         self.stats = {"requests": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0}
+        self._stats_lock = threading.Lock()
         self._server: grpc.Server | None = None
         self.port: int | None = None
 
@@ -150,11 +166,14 @@ class PartyServer:
         """Bind and start serving; return the port."""
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=self.config.workers),
-            options=grpc_size_options(self.config.max_message_bytes),
+            options=grpc_size_options(CHUNK_BYTES, answer_limit(self.config.max_message_bytes)),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
-        handler = grpc.unary_unary_rpc_method_handler(self._rpc)
-        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, {METHOD: handler}),))
+        handlers = {
+            METHOD: grpc.unary_unary_rpc_method_handler(self._rpc),
+            STREAM_METHOD: grpc.stream_unary_rpc_method_handler(self._rpc_stream),
+        }
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
         creds = grpc.ssl_server_credentials(
             [(self.identity.key_pem, self.identity.cert_pem)],
             root_certificates=self.identity.ca_pem,
@@ -178,15 +197,48 @@ class PartyServer:
             self._server.wait_for_termination()
 
     # -- request handling ------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._stats_lock:
+            self.stats[key] += n
+
     def _rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        """A frame that fits in one gRPC message (gRPC refused anything over a chunk already)."""
+        return self._serve(iter((request,)), context)
+
+    def _rpc_stream(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """A frame sent as a stream of chunks; refused after the chunk that holds its header if it
+        declares more than the limit, before any further chunk is read."""
+        return self._serve(chunks, context)
+
+    def _serve(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """Assemble one frame and answer it. ``stats["bytes_in"]`` counts every byte taken off the
+        link: what the server buffered, refused frames included."""
         peer = _peer_name(context)
-        self.stats["bytes_in"] += len(request)
-        out = self.handle(request, peer)
-        self.stats["bytes_out"] += len(out)
-        if len(request) >= TRIM_AFTER_BYTES:
-            del request
+        size = 0
+        try:
+            if not self._peer_allowed(peer):  # before reading a byte of the frame
+                raise SecurityError(f"party {peer!r} may not call {self.identity.name}")
+            raw = assemble(chunks, self.config.max_message_bytes, lambda n: self._count("bytes_in", n))
+        except P3eftError as err:
+            self._count("requests")
+            out = self._refusal(err, NO_SESSION, 0, "", peer)
+        else:
+            size = len(raw)
+            out = self.handle(raw, peer)
+            del raw
+        self._count("bytes_out", len(out))
+        if size >= TRIM_AFTER_BYTES:
             _trim_heap()
         return out
+
+    def _refusal(self, err: BaseException, sid: bytes, seq: int, method: str, peer: str) -> bytes:
+        """The error frame answering a refused request (logged, never raised)."""
+        self._count("refused")
+        if isinstance(err, P3eftError):
+            log.warning("refused %s from %s: %s", method or "<frame>", peer, err)
+        else:
+            log.exception("internal error in %s from %s", method, peer)
+        return Frame(Kind.ERROR, sid, seq, method, codec.encode(error_payload(err))).pack()
 
     def _peer_allowed(self, peer: str) -> bool:
         c = self.config
@@ -196,7 +248,7 @@ class PartyServer:
 
     def handle(self, raw: bytes, peer: str) -> bytes:
         """Answer one raw frame from ``peer`` with a response or an error frame (never raises)."""
-        self.stats["requests"] += 1
+        self._count("requests")
         sid, seq, method = NO_SESSION, 0, ""
         try:
             if not self._peer_allowed(peer):
@@ -233,12 +285,7 @@ class PartyServer:
                 body = session.cipher.seal(RESPONSE_DIRECTION, seq, head, body)
             return Frame(Kind.RESPONSE, sid, seq, method, body, flags).pack()
         except Exception as err:  # every failure becomes an error frame; the server keeps serving
-            self.stats["refused"] += 1
-            if isinstance(err, P3eftError):
-                log.warning("refused %s from %s: %s", method or "<frame>", peer, err)
-            else:
-                log.exception("internal error in %s from %s", method, peer)
-            return Frame(Kind.ERROR, sid, seq, method, codec.encode(error_payload(err))).pack()
+            return self._refusal(err, sid, seq, method, peer)
 
     def _open(self, frame: Frame, peer: str) -> bytes:
         if frame.flags & Flag.ENCRYPTED:
