@@ -33,13 +33,16 @@ def assemble(
     chunks: Iterable[bytes],
     max_payload: int,
     on_chunk: Callable[[int], None] | None = None,
+    on_header: Callable[[int], None] | None = None,
 ) -> bytes:
     """Read one frame's chunks and join them, refusing early.
 
     Refused with a :class:`ProtocolError`, each before the next chunk is read: a frame whose header
     declares a payload over ``max_payload``, a malformed header, an empty chunk, and more bytes than
     the header declares. A stream that ends short of the declared length is a truncated frame.
-    ``on_chunk(n)`` is told the size of every chunk taken (the server counts the bytes it buffered).
+    ``on_chunk(n)`` is told the size of every chunk taken (the server counts the bytes it buffered);
+    ``on_header(total)`` the declared total length once the header is in, before any further chunk
+    is read (the server reserves it in its byte budget, which may make it wait or refuse).
     """
     parts: list[bytes] = []
     have = 0
@@ -54,6 +57,8 @@ def assemble(
         if expected is None and have >= HEADER_BYTES:
             head = parts[0] if len(parts[0]) >= HEADER_BYTES else b"".join(parts)
             expected = declared_length(head[:HEADER_BYTES], max_payload)
+            if on_header is not None:
+                on_header(expected)
         if expected is not None and have > expected:
             raise ProtocolError(f"frame stream carries more than the {expected} bytes its header declares")
     if expected is None:

@@ -39,6 +39,7 @@ from p3eft.channel import resolve_remote
 from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.runtime import codec
 from p3eft.runtime.attestation import Attestor
+from p3eft.runtime.budget import ByteBudget
 from p3eft.runtime.chunks import CHUNK_BYTES, assemble
 from p3eft.runtime.errors import error_payload
 from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, aad, unpack
@@ -75,9 +76,12 @@ FRAME_OVERHEAD = 4096  # header + method name + slack, above the payload limit (
 class ServerConfig:
     """How a party server listens and what it accepts.
 
-    A frame declaring more than ``max_message_bytes`` is refused after its first chunk, so what
-    a flood of them can make the server buffer is ``max_concurrent_rpcs`` chunks; frames within the
-    limit are buffered in full, at most ``max_concurrent_rpcs`` at a time (ours).
+    What a peer can make the server buffer (ours): a frame declaring more than
+    ``max_message_bytes`` is refused after the chunk holding its header; a frame of one chunk or
+    less is at most one chunk, ``max_concurrent_rpcs`` at a time; larger frames reserve their
+    declared length in a shared budget of ``inflight_bytes`` (default: twice the size limit; never
+    below it, so any frame within the limit can be received), waiting
+    up to ``inflight_wait_s`` for room before they are refused as busy.
     """
 
     host: str = "127.0.0.1"
@@ -87,6 +91,8 @@ class ServerConfig:
     peer_filter: Callable[[str], bool] | None = None  # alternative to allowed_peers (name patterns)
     workers: int = 8
     max_concurrent_rpcs: int = 6
+    inflight_bytes: int | None = None  # None: 2 x max_message_bytes
+    inflight_wait_s: float = 60.0
     sessions_per_party: int = 32
     max_sessions: int = 256
     tenants_per_party: int = 8
@@ -158,6 +164,10 @@ class PartyServer:
         self._enclave_key, self._enclave_public = x25519_keypair() if attestor else (None, b"")
         self.stats = {"requests": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0}
         self._stats_lock = threading.Lock()
+        c = self.config
+        self.budget = ByteBudget(
+            max(c.inflight_bytes or 2 * c.max_message_bytes, c.max_message_bytes, 1), c.inflight_wait_s
+        )
         self._server: grpc.Server | None = None
         self.port: int | None = None
 
@@ -203,29 +213,44 @@ class PartyServer:
 
     def _rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         """A frame that fits in one gRPC message (gRPC refused anything over a chunk already)."""
-        return self._serve(iter((request,)), context)
+        return self._serve(iter((request,)), context, budgeted=False)
 
     def _rpc_stream(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        """A frame sent as a stream of chunks; refused after the chunk that holds its header if it
-        declares more than the limit, before any further chunk is read."""
-        return self._serve(chunks, context)
+        """A frame sent as a stream of chunks: refused after the chunk that holds its header if it
+        declares more than the limit, and held in the byte budget while it is read and answered."""
+        return self._serve(chunks, context, budgeted=True)
 
-    def _serve(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+    def _serve(self, chunks: Iterator[bytes], context: grpc.ServicerContext, budgeted: bool) -> bytes:
         """Assemble one frame and answer it. ``stats["bytes_in"]`` counts every byte taken off the
         link: what the server buffered, refused frames included."""
         peer = _peer_name(context)
-        size = 0
+        size, reserved = 0, 0
+
+        def reserve(n: int) -> None:
+            nonlocal reserved
+            self.budget.reserve(n)
+            reserved = n
+
         try:
-            if not self._peer_allowed(peer):  # before reading a byte of the frame
-                raise SecurityError(f"party {peer!r} may not call {self.identity.name}")
-            raw = assemble(chunks, self.config.max_message_bytes, lambda n: self._count("bytes_in", n))
-        except P3eftError as err:
-            self._count("requests")
-            out = self._refusal(err, NO_SESSION, 0, "", peer)
-        else:
-            size = len(raw)
-            out = self.handle(raw, peer)
-            del raw
+            try:
+                if not self._peer_allowed(peer):  # before reading a byte of the frame
+                    raise SecurityError(f"party {peer!r} may not call {self.identity.name}")
+                raw = assemble(
+                    chunks,
+                    self.config.max_message_bytes,
+                    on_chunk=lambda n: self._count("bytes_in", n),
+                    on_header=reserve if budgeted else None,
+                )
+            except P3eftError as err:
+                self._count("requests")
+                out = self._refusal(err, NO_SESSION, 0, "", peer)
+            else:
+                size = len(raw)
+                out = self.handle(raw, peer)
+                del raw
+        finally:
+            if reserved:
+                self.budget.release(reserved)
         self._count("bytes_out", len(out))
         if size >= TRIM_AFTER_BYTES:
             _trim_heap()
