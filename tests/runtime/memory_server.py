@@ -1,11 +1,11 @@
 """A party server in its own process whose memory the tests can read (issue 11, item 7).
 
-Usage: ``python memory_server.py KEYS_DIR LIMIT_BYTES INFLIGHT_BYTES [--no-trim]``. Prints its port,
+Usage: ``python memory_server.py KEYS_DIR LIMIT_BYTES INFLIGHT_BYTES``. Prints its port,
 then serves until its stdin closes (the test process ends or closes it) or 300 s pass. Its role
 takes a bytes payload and reports its own RSS, peak RSS, the bytes the server took off the link and
 the most bytes its budget ever held; ``reset_peak`` zeroes the kernel's peak RSS (``clear_refs``)
-and ``trim`` calls ``malloc_trim`` itself, for a clean baseline.
-``--no-trim`` turns ``malloc_trim`` off: the negative control of the memory-return test.
+and ``trim`` calls ``malloc_trim`` itself, for a clean baseline. ``take(data, keep=True)`` keeps
+the request's bytes (until ``drop``): the negative control of the memory-return test.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import sys
 import threading
 from pathlib import Path
 
-import p3eft.runtime.server as server_module
 from p3eft.channel import remote
 from p3eft.runtime.pki import load_identity
 from p3eft.runtime.server import PartyServer, ServerConfig
@@ -33,10 +32,18 @@ def _status_mb(field: str) -> float:
 class Sink:
     def __init__(self) -> None:
         self.server: PartyServer | None = None
+        self.kept: list[bytes] = []
 
     @remote
-    def take(self, data: bytes) -> int:
+    def take(self, data: bytes, keep: bool = False) -> int:
+        if keep:
+            self.kept.append(data)
         return len(data)
+
+    @remote
+    def drop(self) -> dict:
+        self.kept.clear()
+        return {}
 
     @remote
     def memory(self) -> dict:
@@ -65,8 +72,6 @@ class Sink:
 
 def main() -> None:
     keys, limit, inflight = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-    if "--no-trim" in sys.argv:
-        server_module._trim_heap = lambda: None
     role = Sink()
     config = ServerConfig(
         max_message_bytes=limit,

@@ -8,7 +8,8 @@ larger message on the length prefix, before buffering it). The receiver reads th
 from the first chunks and refuses a frame whose declared length exceeds its limit before it reads
 any further chunk; it also refuses more bytes than declared, and fewer (truncation).
 
-The declared length only bounds what is read. It is never trusted for anything else: the
+The declared length only bounds what is read (and sizes the buffer, once it passed the limit and,
+on a server, was reserved in the byte budget). It is never trusted for anything else: the
 assembled frame is checked in full (:func:`~p3eft.runtime.frame.unpack`) and, on an attested
 session, authenticated before any state changes.
 """
@@ -34,7 +35,7 @@ def assemble(
     max_payload: int,
     on_chunk: Callable[[int], None] | None = None,
     on_header: Callable[[int], None] | None = None,
-) -> bytes:
+) -> bytes | bytearray:
     """Read one frame's chunks and join them, refusing early.
 
     Refused with a :class:`ProtocolError`, each before the next chunk is read: a frame whose header
@@ -44,29 +45,41 @@ def assemble(
     ``on_header(total)`` the declared total length once the header is in, before any further chunk
     is read (the server reserves it in its byte budget, which may make it wait or refuse).
     """
-    parts: list[bytes] = []
+    head: list[bytes] = []  # the chunks up to the end of the header (one, from our own senders)
     have = 0
     expected: int | None = None
+    buf: bytearray | None = None
     for chunk in chunks:
         if on_chunk is not None:
             on_chunk(len(chunk))
         if not chunk:
             raise ProtocolError("empty chunk in a frame stream")
-        parts.append(chunk)
-        have += len(chunk)
-        if expected is None and have >= HEADER_BYTES:
-            head = parts[0] if len(parts[0]) >= HEADER_BYTES else b"".join(parts)
-            expected = declared_length(head[:HEADER_BYTES], max_payload)
-            if on_header is not None:
-                on_header(expected)
-        if expected is not None and have > expected:
+        if expected is not None and have + len(chunk) > expected:
             raise ProtocolError(f"frame stream carries more than the {expected} bytes its header declares")
+        if expected is None:
+            head.append(chunk)
+            have += len(chunk)
+            if have >= HEADER_BYTES:
+                head = [b"".join(head)]
+                expected = declared_length(head[0][:HEADER_BYTES], max_payload)
+                if have > expected:
+                    raise ProtocolError(
+                        f"frame stream carries more than the {expected} bytes its header declares"
+                    )
+                if on_header is not None:
+                    on_header(expected)
+            continue
+        if buf is None:
+            # One buffer of the declared size, filled in place: no regrowth, and a large frame is one
+            # allocation the C library maps and unmaps on its own (allocated only after the length
+            # passed the limit and, on a server, was reserved in the byte budget).
+            buf = bytearray(expected)
+            buf[:have] = head[0]
+            head.clear()
+        buf[have : have + len(chunk)] = chunk
+        have += len(chunk)
     if expected is None:
         raise ProtocolError(f"truncated frame: {have} bytes, the header alone needs {HEADER_BYTES}")
     if have < expected:
         raise ProtocolError(f"truncated frame: {have} bytes, header announces {expected}")
-    if len(parts) == 1:
-        return parts[0]
-    raw = b"".join(parts)
-    parts.clear()
-    return raw
+    return buf if buf is not None else head[0]

@@ -57,7 +57,7 @@ class Frame:
     session: bytes
     seq: int
     method: str
-    payload: bytes
+    payload: bytes | memoryview
     flags: Flag = Flag.NONE
 
     def pack(self) -> bytes:
@@ -114,8 +114,11 @@ def declared_length(head: bytes, max_payload: int) -> int:
     return HEADER_BYTES + mlen + plen
 
 
-def unpack(data: bytes, max_payload: int) -> Frame:
-    """Parse and check a frame; anything malformed is a :class:`ProtocolError` with the reason."""
+def unpack(data: bytes | bytearray, max_payload: int, copy: bool = True) -> Frame:
+    """Parse and check a frame; anything malformed is a :class:`ProtocolError` with the reason.
+
+    With ``copy=False`` the payload is a read-only view into ``data`` rather than a copy: a server
+    handling a large frame then holds it once, not twice."""
     expected = declared_length(data[:HEADER_BYTES], max_payload)
     _magic, _version, kind, flags, session, seq, mlen, _plen, crc = _HEADER.unpack_from(data)
     if len(data) < expected:
@@ -131,4 +134,5 @@ def unpack(data: bytes, max_payload: int) -> Frame:
         method = str(method_raw, "utf-8")
     except UnicodeDecodeError as err:
         raise ProtocolError("method name is not valid UTF-8") from err
-    return Frame(Kind(kind), bytes(session), seq, method, bytes(payload), Flag(flags))
+    payload = bytes(payload) if copy else payload.toreadonly()
+    return Frame(Kind(kind), bytes(session), seq, method, payload, Flag(flags))

@@ -271,14 +271,14 @@ class PartyServer:
             return c.peer_filter(peer)
         return c.allowed_peers is None or peer in c.allowed_peers
 
-    def handle(self, raw: bytes, peer: str) -> bytes:
+    def handle(self, raw: bytes | bytearray, peer: str) -> bytes:
         """Answer one raw frame from ``peer`` with a response or an error frame (never raises)."""
         self._count("requests")
         sid, seq, method = NO_SESSION, 0, ""
         try:
             if not self._peer_allowed(peer):
                 raise SecurityError(f"party {peer!r} may not call {self.identity.name}")
-            frame = unpack(raw, self.config.max_message_bytes)
+            frame = unpack(raw, self.config.max_message_bytes, copy=False)
             sid, seq, method = frame.session, frame.seq, frame.method
             if frame.kind != Kind.REQUEST:
                 raise ProtocolError(f"expected a request frame, got {frame.kind.name}")
