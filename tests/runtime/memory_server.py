@@ -1,6 +1,6 @@
 """A party server in its own process whose memory the tests can read (issue 11, item 7).
 
-Usage: ``python memory_server.py KEYS_DIR LIMIT_BYTES INFLIGHT_BYTES``. Prints its port,
+Usage: ``python memory_server.py KEYS_DIR LIMIT_BYTES INFLIGHT_BYTES [MMAP_THRESHOLD]``. Prints its port,
 then serves until its stdin closes (the test process ends or closes it) or 300 s pass. Its role
 takes a bytes payload and reports its own RSS, peak RSS, the bytes the server took off the link and
 the most bytes its budget ever held; ``reset_peak`` zeroes the kernel's peak RSS (``clear_refs``)
@@ -72,6 +72,7 @@ class Sink:
 
 def main() -> None:
     keys, limit, inflight = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    mmap_threshold = int(sys.argv[4]) if len(sys.argv) > 4 else None
     role = Sink()
     config = ServerConfig(
         max_message_bytes=limit,
@@ -79,6 +80,7 @@ def main() -> None:
         allowed_peers=frozenset({"enclave"}),
         max_concurrent_rpcs=8,
         workers=10,
+        mmap_threshold=mmap_threshold,
     )
     server = PartyServer(role, load_identity(keys / "cloud", "cloud"), config)
     role.server = server
