@@ -53,6 +53,7 @@ class Sink:
             "peak_mb": _status_mb("VmHWM"),
             "bytes_in": self.server.stats["bytes_in"],
             "budget_peak": self.server.budget.peak,
+            "budget_used": self.server.budget.used,
             "budget_limit": self.server.budget.limit,
         }
 

@@ -12,6 +12,7 @@ import struct
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from p3eft.runtime import codec
 from p3eft.runtime.budget import ByteBudget
 from p3eft.runtime.chunks import CHUNK_BYTES, split
 from p3eft.runtime.client import NetworkChannel
+from p3eft.runtime.errors import PartyUnavailableError
 from p3eft.runtime.frame import Frame, Kind, unpack
 from p3eft.runtime.pki import init_keys, load_identity
 
@@ -86,7 +88,7 @@ def _error(reply: bytes) -> str:
     return codec.decode(frame.payload)["message"]
 
 
-@pytest.mark.parametrize("declared", [LIMIT + 1, 8 * LIMIT], ids=["just-over", "8x-over"])
+@pytest.mark.parametrize("declared", [LIMIT + 1, 16 * LIMIT], ids=["just-over", "16x-over"])
 def test_frame_declaring_more_than_the_limit_is_refused_after_one_chunk(server, declared):
     server.call("reset_peak")
     before = server.call("memory")
@@ -96,9 +98,10 @@ def test_frame_declaring_more_than_the_limit_is_refused_after_one_chunk(server, 
     # the direct counter: the server read the chunk holding the header and nothing after it
     # (plus the ~100-byte frame of the memory call itself)
     assert after["bytes_in"] - before["bytes_in"] <= CHUNK_BYTES + 1024
-    if declared > LIMIT + 1:  # RSS, with a generous bound (measured 15-45 MiB: one chunk, gRPC's
-        # transport buffers and the allocator), well under the 288 MiB that buffering would cost
-        assert after["peak_mb"] - before["rss_mb"] < 96
+    if declared > LIMIT + 1:  # RSS, with a generous bound (measured 11-45 MiB: one chunk, gRPC's
+        # transport buffers and the allocator; more on a loaded machine), a quarter of the 576 MiB
+        # that buffering the frame would cost
+        assert after["peak_mb"] - before["rss_mb"] < 144
 
     # negative control: a large frame within the limit IS read in full, and the RSS shows it
     server.call("reset_peak")
@@ -111,7 +114,9 @@ def test_frame_declaring_more_than_the_limit_is_refused_after_one_chunk(server, 
 
 def test_concurrent_oversized_frames_keep_memory_bounded(server):
     """Six frames at once, each declaring and sending 4x the limit (144 MiB): full buffering would
-    cost 864 MiB; the server reads six chunks (24 MiB) at most."""
+    cost 864 MiB; the server reads six chunks (24 MiB) at most. The RSS bound is generous (gRPC's
+    transport buffers a few MiB per stream before the refusal reaches the sender: measured 7-28 MiB
+    in all on a quiet machine, 73 MiB on a loaded one)."""
     server.call("reset_peak")
     before = server.call("memory")
     errors: list[str] = []
@@ -127,7 +132,7 @@ def test_concurrent_oversized_frames_keep_memory_bounded(server):
     after = server.call("memory")
     assert len(errors) == 6 and all("exceeds the limit" in e for e in errors), errors
     assert after["bytes_in"] - before["bytes_in"] <= 6 * CHUNK_BYTES + 4096
-    assert after["peak_mb"] - before["rss_mb"] < 64  # 6 chunks and gRPC's buffers; 864 MiB if buffered
+    assert after["peak_mb"] - before["rss_mb"] < 192  # 6 chunks and gRPC's buffers; 864 MiB if buffered
 
 
 def test_frames_within_the_limit_share_a_byte_budget(keys, server):
@@ -153,6 +158,28 @@ def test_frames_within_the_limit_share_a_byte_budget(keys, server):
         c.close()
     assert got == [12 * MB] * 6
     assert 12 * MB <= mem["budget_peak"] <= mem["budget_limit"] == LIMIT
+
+
+def test_a_sender_that_gives_up_mid_frame_releases_its_budget(server):
+    """A client that stops mid-stream (its request iterator fails: gRPC cancels the call) leaves no
+    reservation behind, and the server goes on serving."""
+
+    def chunks():
+        head = bytearray(Frame(Kind.REQUEST, server.session_id, 1, "take", b"").pack())
+        struct.pack_into("<Q", head, PLEN_AT, 20 * MB)  # within the limit: reserved in the budget
+        yield bytes(head) + bytes(CHUNK_BYTES - len(head))
+        time.sleep(0.3)  # the server has read the header and reserved 20 MiB by now
+        raise RuntimeError("sender gave up")
+
+    server.call("reset_peak")
+    with pytest.raises(PartyUnavailableError):
+        server.send_chunks(chunks())
+    deadline = time.monotonic() + 10
+    while server.call("memory")["budget_used"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mem = server.call("memory")
+    assert mem["budget_used"] == 0 and mem["budget_peak"] >= 20 * MB
+    assert server.call("take", data=b"ok") == 2
 
 
 def test_byte_budget_waits_then_refuses():

@@ -6,10 +6,11 @@ chunk, and ``/p3eft.Party/Frames`` (client streaming) for a larger one, sent as 
 chunks (:mod:`p3eft.runtime.chunks`). gRPC's receive limit is one chunk, so the server never
 buffers more than a chunk of a frame whose header declares more than it accepts: gRPC refuses a
 larger message on its length prefix, and a stream is refused after the chunk holding its header.
-Each answer is one unary message. The server checks each frame (header, checksum, size, session, sequence number, attestation), decodes
-the keyword payload, checks it binds to the method's signature and calls the role under a lock
-(role objects are single-threaded state machines). Every refusal is answered with an error frame
-that says why; the server then goes on serving, which the bad-input tests check.
+Each answer is one unary message. The server checks each frame (header, checksum, size, session,
+sequence number, attestation), decodes the keyword payload, checks it binds to the method's
+signature and calls the role under a lock (role objects are single-threaded state machines). Every
+refusal is answered with an error frame that says why; the server then goes on serving, which the
+bad-input tests check.
 
 Control methods (names starting with ``_p3eft.``) open and close sessions and, on an enclave,
 answer attestation requests and bind the session key; they never reach the role. Once a session
@@ -80,8 +81,8 @@ class ServerConfig:
     ``max_message_bytes`` is refused after the chunk holding its header; a frame of one chunk or
     less is at most one chunk, ``max_concurrent_rpcs`` at a time; larger frames reserve their
     declared length in a shared budget of ``inflight_bytes`` (default: twice the size limit; never
-    below it, so any frame within the limit can be received), waiting
-    up to ``inflight_wait_s`` for room before they are refused as busy.
+    below it, so any frame within the limit can be received), waiting up to ``inflight_wait_s``
+    for room before they are refused as busy.
     """
 
     host: str = "127.0.0.1"
@@ -249,6 +250,9 @@ class PartyServer:
                     on_chunk=took,
                     on_header=reserve if budgeted else None,
                 )
+            except grpc.RpcError:  # the client cancelled or went away mid-stream: nobody to answer
+                log.info("%s dropped a frame stream after %d bytes", peer, read)
+                return b""
             except P3eftError as err:
                 self._count("requests")
                 out = self._refusal(err, NO_SESSION, 0, "", peer)
@@ -259,7 +263,7 @@ class PartyServer:
             if reserved:
                 self.budget.release(reserved)
         self._count("bytes_out", len(out))
-        if read >= TRIM_AFTER_BYTES:  # glibc keeps freed heap pages otherwise (per-thread arenas)
+        if read >= TRIM_AFTER_BYTES:  # glibc keeps freed heap pages otherwise
             _trim_heap()
         return out
 
