@@ -2,11 +2,12 @@
 
 gRPC receives a unary message in full before a handler sees a byte of it, so with one message per
 frame, a peer could make a party buffer a frame of any size up to the gRPC limit before our header
-check refused it. Instead, every frame crosses a link as a gRPC stream of chunks of at most
-:data:`CHUNK_BYTES`, and gRPC's own message limit is set to that chunk size (its C core refuses a
-larger message on the length prefix, before buffering it). The receiver reads the frame's header
-from the first chunks and refuses a frame whose declared length exceeds its limit before it reads
-any further chunk; it also refuses more bytes than declared, and fewer (truncation).
+check refused it. Instead, gRPC's own receive limit on a server is one chunk (:data:`CHUNK_BYTES`;
+its C core refuses a larger message on the length prefix, before buffering it), and a request
+frame larger than a chunk crosses the link as a gRPC stream of chunks. The receiver reads the
+frame's header from the first chunk and refuses a frame whose declared length exceeds its limit
+before it reads any further chunk; it also refuses more bytes than declared, and fewer
+(truncation).
 
 The declared length only bounds what is read (and sizes the buffer, once it passed the limit and,
 on a server, was reserved in the byte budget). It is never trusted for anything else: the
