@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ import grpc
 from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.runtime import codec
 from p3eft.runtime.attestation import NONCE_BYTES, Attested, Verifier
+from p3eft.runtime.chunks import CHUNK_BYTES, split
 from p3eft.runtime.errors import PartyUnavailableError, raise_remote
 from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, aad, unpack
 from p3eft.runtime.pki import PartyIdentity
@@ -29,8 +31,10 @@ from p3eft.runtime.server import (
     CLOSE,
     DEFAULT_MAX_MESSAGE,
     FULL_METHOD,
+    FULL_STREAM_METHOD,
     OPEN,
     PING,
+    answer_limit,
     grpc_size_options,
 )
 from p3eft.runtime.session import (
@@ -103,7 +107,7 @@ class NetworkChannel:
             certificate_chain=identity.cert_pem,
         )
         options = [
-            *grpc_size_options(max_message_bytes),
+            *grpc_size_options(answer_limit(max_message_bytes), CHUNK_BYTES),
             ("grpc.ssl_target_name_override", server_party),
             # A restarted party must be reachable at once: no subchannel (and its backoff state)
             # shared with the channel that saw it die, and short reconnect backoffs.
@@ -114,6 +118,7 @@ class NetworkChannel:
         ]
         self._grpc = grpc.secure_channel(parse_url(url), creds, options=options)
         self._stub = self._grpc.unary_unary(FULL_METHOD)
+        self._stream = self._grpc.stream_unary(FULL_STREAM_METHOD)
         try:
             grpc.channel_ready_future(self._grpc).result(timeout=connect_timeout_s)
         except grpc.FutureTimeoutError as err:
@@ -198,9 +203,20 @@ class NetworkChannel:
             return codec.decode(payload, self.limits)
 
     def send_raw(self, raw: bytes) -> bytes:
-        """Send one already-built frame and return the raw reply (tests use it to send bad frames)."""
+        """Send one already-built frame and return the raw reply (tests use it to send bad frames).
+        A frame that fits in one chunk goes as one unary message, a larger one as a chunk stream."""
+        if len(raw) <= CHUNK_BYTES:
+            return self._send(self._stub, raw)
+        return self.send_chunks(split(raw))
+
+    def send_chunks(self, chunks: Iterator[bytes]) -> bytes:
+        """Send a frame as the given chunk stream and return the raw reply (tests send hostile
+        streams: a header declaring more than the server accepts, more or fewer bytes than declared)."""
+        return self._send(self._stream, chunks)
+
+    def _send(self, stub: Any, request: bytes | Iterator[bytes]) -> bytes:
         try:
-            return self._stub(raw, timeout=self.timeout_s)
+            return stub(request, timeout=self.timeout_s)
         except grpc.RpcError as err:
             code = err.code() if hasattr(err, "code") else None
             detail = err.details() if hasattr(err, "details") else str(err)

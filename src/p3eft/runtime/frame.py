@@ -57,7 +57,7 @@ class Frame:
     session: bytes
     seq: int
     method: str
-    payload: bytes
+    payload: bytes | memoryview
     flags: Flag = Flag.NONE
 
     def pack(self) -> bytes:
@@ -88,26 +88,39 @@ def aad(kind: int, flags: int, session: bytes, seq: int, method: str, payload_le
     return _head(kind, flags, session, seq, raw, payload_len) + raw
 
 
-def unpack(data: bytes, max_payload: int) -> Frame:
-    """Parse and check a frame; anything malformed is a :class:`ProtocolError` with the reason."""
-    if len(data) < HEADER_BYTES:
-        raise ProtocolError(f"truncated frame: {len(data)} bytes, the header alone needs {HEADER_BYTES}")
-    magic, version, kind, flags, session, seq, mlen, plen, crc = _HEADER.unpack_from(data)
+def declared_length(head: bytes, max_payload: int) -> int:
+    """Check a frame's header alone and return the frame's total length it declares.
+
+    Needs only the first :data:`HEADER_BYTES` bytes, so a receiver can refuse a frame that
+    declares more than it accepts before reading its body. The declared length is untrusted: it
+    serves to refuse early and to bound what is read, never more (the frame is still checked in
+    full by :func:`unpack`, and authenticated on attested sessions).
+    """
+    if len(head) < HEADER_BYTES:
+        raise ProtocolError(f"truncated frame: {len(head)} bytes, the header alone needs {HEADER_BYTES}")
+    magic, version, kind, flags, _session, _seq, mlen, plen, _crc = _HEADER.unpack_from(head)
     if magic != MAGIC:
         raise ProtocolError("not a p3eft frame (bad magic)")
     if version != VERSION:
         raise ProtocolError(f"unsupported frame version {version} (this side speaks {VERSION})")
-    try:
-        kind = Kind(kind)
-    except ValueError as err:
-        raise ProtocolError(f"unknown frame kind {kind}") from err
+    if kind not in Kind.__members__.values():
+        raise ProtocolError(f"unknown frame kind {kind}")
     if flags & ~int(Flag.ENCRYPTED):
         raise ProtocolError(f"unknown frame flags {flags:#x}")
     if plen > max_payload:
         raise ProtocolError(f"payload of {plen} bytes exceeds the limit of {max_payload} bytes")
     if mlen > MAX_METHOD_BYTES:
         raise ProtocolError(f"method name longer than {MAX_METHOD_BYTES} bytes")
-    expected = HEADER_BYTES + mlen + plen
+    return HEADER_BYTES + mlen + plen
+
+
+def unpack(data: bytes | bytearray, max_payload: int, copy: bool = True) -> Frame:
+    """Parse and check a frame; anything malformed is a :class:`ProtocolError` with the reason.
+
+    With ``copy=False`` the payload is a read-only view into ``data`` rather than a copy: a server
+    handling a large frame then holds it once, not twice."""
+    expected = declared_length(data[:HEADER_BYTES], max_payload)
+    _magic, _version, kind, flags, session, seq, mlen, _plen, crc = _HEADER.unpack_from(data)
     if len(data) < expected:
         raise ProtocolError(f"truncated frame: {len(data)} bytes, header announces {expected}")
     if len(data) > expected:
@@ -121,4 +134,5 @@ def unpack(data: bytes, max_payload: int) -> Frame:
         method = str(method_raw, "utf-8")
     except UnicodeDecodeError as err:
         raise ProtocolError("method name is not valid UTF-8") from err
-    return Frame(kind, bytes(session), seq, method, bytes(payload), Flag(flags))
+    payload = bytes(payload) if copy else payload.toreadonly()
+    return Frame(Kind(kind), bytes(session), seq, method, payload, Flag(flags))
