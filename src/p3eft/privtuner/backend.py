@@ -10,7 +10,8 @@ difference left is CKKS noise and the refresh's rounding.
 Operation semantics (every slot of a row holds a value the twin computes too):
 
 * ``lin(L, x)``: x W^T + b per row (W, b padded to ``width``), optionally only some rows;
-* ``feature_sum(x, n, s)``: every slot of row r <- s * sum_{j<n} x[r, j];
+* ``feature_sum(x, n, s)``: every slot of row r <- s_r * sum_{j<n} x[r, j] (s a scalar, or one
+  public factor per row: LayerNorm's per-position variance scale);
 * ``head_sum(x, dh, H, s)``: slot j < H*dh of row r <- s * sum over j's head of x[r, .]; others 0;
 * ``rot_rows(x, d)``: row r <- row (r + d) mod seq;
 * ``row_sum(x)``: every row <- sum of all rows;
@@ -32,6 +33,11 @@ from p3eft.fhe.nonlinear import Refresher
 from p3eft.privtuner.approx import FnSet
 from p3eft.privtuner.kernels import RowsKernel
 from p3eft.privtuner.packing import PackingSpec
+
+
+def row_factor(scale: float | np.ndarray) -> float | np.ndarray:
+    """A scalar factor, or one factor per row as a (seq, 1) column that broadcasts over the row."""
+    return scale if np.isscalar(scale) else np.asarray(scale, dtype=np.float64).reshape(-1, 1)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class PlainBackend:
     def __init__(self, spec: PackingSpec, fns: FnSet, record: bool = False) -> None:
         self.spec, self.fns, self.record = spec, fns, record
         self.ranges: dict[str, list[float]] = {}
+        self.row_ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # site -> per-row (min, max)
         self.flags: list[RangeFlag] = []
         self.max_abs = 0.0
         self.op = 0  # operation counter: the encrypted path counts the same operations in the same order
@@ -104,8 +111,8 @@ class PlainBackend:
     def rot_rows(self, a: np.ndarray, delta: int) -> np.ndarray:
         return self._track(np.roll(a, -delta, axis=0))
 
-    def feature_sum(self, a: np.ndarray, n: int, scale: float) -> np.ndarray:
-        s = scale * a[:, :n].sum(axis=1, keepdims=True)
+    def feature_sum(self, a: np.ndarray, n: int, scale: float | np.ndarray) -> np.ndarray:
+        s = row_factor(scale) * a[:, :n].sum(axis=1, keepdims=True)
         return self._track(np.repeat(s, a.shape[1], axis=1))
 
     def head_sum(self, a: np.ndarray, dh: int, heads: int, scale: float) -> np.ndarray:
@@ -123,6 +130,11 @@ class PlainBackend:
         if self.record:
             r = self.ranges.setdefault(site, [lo, hi])
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
+            rlo, rhi = np.min(x, axis=1), np.max(x, axis=1)
+            if site in self.row_ranges:
+                plo, phi = self.row_ranges[site]
+                rlo, rhi = np.minimum(plo, rlo), np.maximum(phi, rhi)
+            self.row_ranges[site] = (rlo, rhi)
         if not f.exact and (lo < f.lo or hi > f.hi):
             self.flags.append(RangeFlag(site, (lo, hi), (f.lo, f.hi)))
         return self._track(f.plain(x))
@@ -356,8 +368,9 @@ class CipherBackend:
             step *= 2
         return c
 
-    def feature_sum(self, a: list[Ciphertext], n: int, scale: float) -> list[Ciphertext]:
-        """Every slot of a row <- scale * (sum of its first n features).
+    def feature_sum(self, a: list[Ciphertext], n: int, scale: float | np.ndarray) -> list[Ciphertext]:
+        """Every slot of a row <- scale * (sum of its first n features); ``scale`` a scalar or one public
+        factor per row, folded into the mask either way (no extra level).
 
         n == width: on a rows_rep input every window of ``width`` slots starting in [0, width) stays
         inside the block and covers one whole period, so all those slots hold the total; keep them
@@ -375,10 +388,15 @@ class CipherBackend:
             return m
 
         mask = self._mask(("fsum", blk, whole), build)
+        if np.isscalar(scale):
+            factors = [mask * float(scale)] * self.spec.cts
+        else:  # row r's factor in every slot of its block (rows_rep packing of a constant row)
+            rows = np.repeat(np.asarray(scale, dtype=np.float64)[:, None], w, axis=1)
+            factors = [mask * v for v in self.spec.pack_matrix(rows)]
         out = []
-        for c in self.ready(a):
+        for c, factor in zip(self.ready(a), factors, strict=True):
             s = self._window_sum(c, n)
-            s = ops.mul_plain(self.ctx, s, mask * scale)
+            s = ops.mul_plain(self.ctx, s, factor)
             if whole:
                 out.append(self._replicate(s))
             else:
