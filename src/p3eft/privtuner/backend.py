@@ -161,6 +161,26 @@ class CipherStats:
         return {"seconds": dict(self.seconds), "counts": dict(self.counts)}
 
 
+# relative gap between a ciphertext's true scale and the nominal one above which a refresh brings it
+# back (ours; see CipherBackend._renormalise)
+SCALE_DRIFT_RESET = 2.0**-10
+
+
+class _RenormalisingRefresher:
+    """The backend's refresher as the engine's functions see it: refresh, then bring the scale back
+    to nominal if it drifted (:meth:`CipherBackend._renormalise`)."""
+
+    def __init__(self, backend: CipherBackend) -> None:
+        self._backend = backend
+
+    @property
+    def min_level(self) -> int:
+        return self._backend.refresher.min_level
+
+    def __call__(self, ct: Ciphertext) -> Ciphertext:
+        return self._backend._renormalise(self._backend.refresher(ct))
+
+
 class CipherBackend:
     """Logical matrices as ``spec.cts`` ciphertexts each; refreshes through ``refresher`` when a
     ciphertext would drop below the refresh floor."""
@@ -170,6 +190,7 @@ class CipherBackend:
         self.kernels: dict[str, RowsKernel] = {}
         self.stats = CipherStats()
         self._masks: dict[Any, np.ndarray] = {}
+        self._inner_refresher = _RenormalisingRefresher(self)
         self.op = 0  # same numbering as PlainBackend.op: indexes the calibrated value bounds
 
     def _tag(self, out: Any) -> Any:
@@ -207,8 +228,29 @@ class CipherBackend:
                 self.refresher.bound = ceiling  # type: ignore[attr-defined]
         else:
             out = self.refresher(c)
+        out = self._renormalise(out)
         out.pt_bound = b
         self.stats.add("refresh", t0)
+        return out
+
+    def _renormalise(self, c: Ciphertext) -> Ciphertext:
+        """Bring a freshly refreshed ciphertext back to the nominal scale (a product by 1, one level)
+        when its true scale has drifted by more than :data:`SCALE_DRIFT_RESET` (ours).
+
+        Why: the engine keeps every ciphertext's true scale, and a product of scales s_a s_b / q_l
+        doubles the relative gap to 2^40 at each squaring; the refresh keeps the scale, so squaring
+        chains (softmax rounds, Goldschmidt, Newton) compound the gap across refreshes until a product
+        overflows the modulus (MiniLM: "scale out of bounds" inside a softmax reciprocal). Reset at a
+        refresh, the gap stays below 2^(levels between refreshes) x the threshold. The value is
+        unchanged (the product by 1 lands exactly on the nominal scale), so the twin has no
+        counterpart operation."""
+        nominal = self.ctx.params.scale
+        if abs(c.seal.scale / nominal - 1.0) <= SCALE_DRIFT_RESET:
+            return c
+        layout = c.layout
+        out = ops.mul_plain(self.ctx, c, 1.0, scale=nominal)
+        out.layout = layout
+        self.stats.counts["scale_resets"] += 1
         return out
 
     def ready(self, a: list[Ciphertext], need: int = 1) -> list[Ciphertext]:
@@ -447,7 +489,7 @@ class CipherBackend:
             if ceiling is not None and inner < ceiling:
                 self.refresher.bound = inner  # type: ignore[attr-defined]
             try:
-                y = f.encrypted(self.ctx, c, self.refresher)
+                y = f.encrypted(self.ctx, c, self._inner_refresher)
             finally:
                 if ceiling is not None:
                     self.refresher.bound = ceiling  # type: ignore[attr-defined]
