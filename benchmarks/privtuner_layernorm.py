@@ -6,7 +6,9 @@ sentences (as ``p3eft privtuner verify`` does), then on the first ``--examples``
 LayerNorm site: the variance spread across rows (row 0, [CLS], and the others), the calibrated range
 of the inverse square root, its first-guess degree, Newton steps and depth, the largest relative
 error of the twin's inverse square root against 1/sqrt of the same input, and the largest relative
-drift of that input from the exact model's (what the upstream approximations add); and the logits of the twin against the transformers model cut to the same layers.
+drift of that input from the exact model's (what the upstream approximations add); the logits of
+the twin against the transformers model cut to the same layers, the pooled [CLS] features of the twin
+against the exact twin's, and each GELU site's range and fit error.
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ class _Capture(PlainBackend):
         y = super().fn(site, x)
         if site.endswith("inv_sqrt"):
             self.seen[site] = (x[:, 0].copy(), y[:, 0].copy())  # every slot of a row holds its value
+        elif site == "pool.tanh":
+            self.seen[site] = (x[0].copy(), y[0].copy())  # the pooled [CLS] features
         return y
 
 
@@ -85,7 +89,7 @@ def main() -> None:
     hf.bert.encoder.layer = hf.bert.encoder.layer[: args.layers]
     hf.eval()
     sites: dict[str, dict[str, Any]] = {}
-    logit_twin_vs_torch = logit_exact_vs_torch = 0.0
+    logit_twin_vs_torch = logit_exact_vs_torch = pooled_diff = logit_scale = 0.0
     for ex in test:
         za, seen_a = _run(model, approx, ex, params)
         ze, seen_e = _run(model, exact, ex, params)
@@ -94,8 +98,12 @@ def main() -> None:
         with torch.no_grad():
             zt = hf(input_ids=ids, attention_mask=mask).logits[0].double().numpy()
         logit_twin_vs_torch = max(logit_twin_vs_torch, float(np.max(np.abs(za - zt))))
+        logit_scale = max(logit_scale, float(np.max(np.abs(zt))))
         logit_exact_vs_torch = max(logit_exact_vs_torch, float(np.max(np.abs(ze - zt))))
+        pooled_diff = max(pooled_diff, float(np.max(np.abs(seen_a["pool.tanh"][1] - seen_e["pool.tanh"][1]))))
         for site, (var_a, ya) in seen_a.items():
+            if site == "pool.tanh":
+                continue
             var_e, ye = seen_e[site]
             sigma = np.broadcast_to(np.asarray(report.fns.in_scale(site), dtype=np.float64), var_e.shape)
             raw = var_e / sigma  # the unscaled variance + eps of each row
@@ -123,7 +131,18 @@ def main() -> None:
             f" {s['rows1+'][1]:8.3g}] [{fn.lo:5.2f}, {fn.hi:6.2f}] {a.degree:3d} {a.note.split()[0]:>6s}"
             f" {a.depth:5d} {s['rel_err']:.1e} {s['input_drift']:.1e}"
         )
-    print(f"logits: twin vs torch {logit_twin_vs_torch:.2e}, exact twin vs torch {logit_exact_vs_torch:.2e}")
+    print(
+        f"logits (|torch| up to {logit_scale:.2e}): twin vs torch {logit_twin_vs_torch:.2e}, exact twin vs"
+        f" torch {logit_exact_vs_torch:.2e}; pooled [CLS] features (tanh, in [-1, 1]): twin vs exact"
+        f" {pooled_diff:.2e}"
+    )
+    gelu = {k: v.describe() for k, v in report.fns.items() if k.endswith(".gelu")}
+    for k, d in gelu.items():
+        sig = report.fns.in_scale(k)
+        print(
+            f"{k}: input range [{d['range'][0] / sig:.1f}, {d['range'][1] / sig:.1f}], degree {d['degree']},"
+            f" max abs error on it {d['max_abs_error_on_range']:.2e}"
+        )
     print(f"range flags: {len(approx.flags)}")
     out = {
         "model": {"name": args.model, "layers": args.layers, "max_len": args.max_len, "random": random},
@@ -133,6 +152,9 @@ def main() -> None:
         "sites": sites,
         "logit_max_abs_diff_twin_vs_torch": logit_twin_vs_torch,
         "logit_max_abs_diff_exact_twin_vs_torch": logit_exact_vs_torch,
+        "logit_max_abs_torch": logit_scale,
+        "pooled_max_abs_diff_twin_vs_exact": pooled_diff,
+        "gelu_sites": gelu,
         "range_flags": [f.__dict__ for f in approx.flags],
         "provenance": provenance(" ".join(["benchmarks/privtuner_layernorm.py", *sys.argv[1:]]), 1),
     }
