@@ -1,4 +1,8 @@
-"""Real weights: minilm-l6 cut to one layer, two SST-2 training sentences, encrypted vs the twin."""
+"""Real weights: minilm-l6 cut to one layer, one SST-2 training sentence, encrypted vs the twin.
+
+MiniLM's [CLS] row has a LayerNorm variance ~300x the other rows' (layer 0, second LayerNorm): this
+runs only because the variance is scaled per position (calibration) and the encrypted path resets the
+ciphertexts' scale drift at refreshes (backend)."""
 
 from __future__ import annotations
 
@@ -16,24 +20,21 @@ from p3eft.privtuner.twin import PrivTunerModel, Twin
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known: the encrypted inverse square root of layer 0's second LayerNorm diverges on MiniLM "
-    "(variance range ratio ~1300, set by the [CLS] row); the twin is fine (see docs/privtuner.md)",
-)
 def test_minilm_one_layer_encrypted_step_matches_twin():
     hf, tok, random, source = load_hf_model("minilm-l6")
     if random:
         pytest.skip("minilm-l6 real weights are not installed")
     # refresh ceiling 2^20: the [CLS] row's squared deviations reach ~5e4 in MiniLM (calibration says so)
-    cfg = PrivTunerConfig(model="minilm-l6", layers=1, max_len=4, refresh_bound=2.0**20, lr=0.05)
+    # rank 2, one training sentence, 8 calibration sentences: the smallest real-weights run (minutes:
+    # key generation and the 384-wide plaintext-weight kernels dominate)
+    cfg = PrivTunerConfig(model="minilm-l6", layers=1, max_len=4, lora_rank=2, refresh_bound=2.0**20, lr=0.05)
     model = PrivTunerModel(cfg, from_hf(hf, 1, "minilm-l6", random, source))
     with (resolve_data_dir() / "sst2" / "train.tsv").open() as fh:
         rows = list(csv.reader(fh, delimiter="\t"))[1:]
     calib = examples_from_sentences(
-        tok, model.spec, [r[0] for r in rows[-16:]], [int(r[1]) for r in rows[-16:]]
+        tok, model.spec, [r[0] for r in rows[-8:]], [int(r[1]) for r in rows[-8:]]
     )
-    train = examples_from_sentences(tok, model.spec, [r[0] for r in rows[:2]], [int(r[1]) for r in rows[:2]])
+    train = examples_from_sentences(tok, model.spec, [r[0] for r in rows[:1]], [int(r[1]) for r in rows[:1]])
     params = model.init_params()
     report = calibrate(model, calib, params)
     assert report.bound_ok
@@ -43,3 +44,10 @@ def test_minilm_one_layer_encrypted_step_matches_twin():
     result = verify_local(model, report.fns, params, train, cfg.lr)
     assert result["logit_max_abs_diff"] < 1e-2
     assert result["step_max_abs_diff"] < 1e-2
+    assert not result["range_flags"]
+    # the random classifier head gives logits of ~1e-2 and updates of ~1e-3, so the absolute bounds
+    # above are loose: also within 1% of the twin's own magnitudes (measured ~5e-4 on the logits)
+    _, logits, grads = twin.gradients(train[0], params)
+    assert result["logit_max_abs_diff"] < 1e-2 * float(np.max(np.abs(logits)))
+    update = max(float(np.max(np.abs(cfg.lr * g))) for g in grads.values())
+    assert result["step_max_abs_diff"] < 1e-2 * update

@@ -11,7 +11,8 @@ encrypted form and define the plain model.
 Degree/iteration choices (ours): polynomials take the lowest even degree (4..16) whose error on the
 range is below ``tol``; exp uses enough squarings that the reduced argument spans at most 2, with a
 degree-6 polynomial; reciprocal and inverse square root iterate until the relative error is below
-``1e-4`` on the range.
+``1e-4`` on the range (the inverse square root from a degree-3 guess, or a linear one on ranges wider
+than 16: see :func:`_inv_sqrt`).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ class Fn:
         if kind == "recip":
             return 2
         if kind == "inv_sqrt":
-            return nonlinear.poly_depth(3)
+            return nonlinear.poly_depth(a.degree)
         return a.depth
 
     def encrypted(self, ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
@@ -137,10 +138,22 @@ def _lowest_degree_poly(name: str, f: Callable, lo: float, hi: float, tol: float
     return best
 
 
+WIDE_INV_SQRT = 16.0  # range ratio above which the inverse square root starts from a linear guess
+
+
 def _inv_sqrt(lo: float, hi: float, target_rel: float = 1e-4) -> Approximation:
-    """Degree-3 first guess on narrow ranges, degree 7 on wide ones; Newton steps until the relative
-    error is below ``target_rel`` (at most 12)."""
-    degree = 3 if hi / lo <= 16 else 7
+    """Degree-3 first guess on ranges with hi / lo <= 16, a linear one on wider ranges; Newton steps
+    until the relative error is below ``target_rel`` (at most 12).
+
+    Why linear on wide ranges (ours): a higher-degree guess on [1, R] has large monomial terms that
+    cancel (on [1, 5200], a 1300x spread after the calibration margin, sum |c_i x^i| reaches ~400x the
+    result for degree 7, ~30x for degree 3, ~2x for degree 1), so the ciphertext products' relative error is amplified that much, enough to push a
+    Newton step out of its basin; and the guard-range linear programme of a degree-7 guess cannot be
+    solved beyond a ratio of ~50. A linear guess costs more Newton steps (two levels each; 1 + 2 x 10
+    levels on [1, 1300], 1 + 2 x 12 on [1, 5200], against 3 + 2 x 3 on [1, 13]) but stays well conditioned. LayerNorm sites are
+    kept narrow by the per-position variance scale (:mod:`p3eft.privtuner.calibration`), so this is
+    the fallback, not the common case."""
+    degree = 3 if hi / lo <= WIDE_INV_SQRT else 1
     a = nonlinear.inv_sqrt(lo, hi, guess_degree=degree, iters=0)
     for n in range(0, 13):
         a = nonlinear.inv_sqrt(lo, hi, guess_degree=degree, iters=n)
@@ -187,7 +200,8 @@ class FnSet(dict[str, Fn]):
         super().__init__(fns or {})
         self.exact = exact
         self.exp_shift: dict[str, float] = dict(exp_shift or {})
-        self.scales: dict[str, float] = dict(scales or {})
+        # site -> input factor: a float, or for LayerNorm variances one factor per row (position)
+        self.scales: dict[str, float | np.ndarray] = dict(scales or {})
         self.rounds: dict[str, int] = dict(rounds or {})
         self.value_bounds: dict[int, float] = {}  # op index -> refresh mask bound (calibrated)
         self.frozen_ops = 0  # operations of the frozen prefix (embeddings + frozen layers)
@@ -195,9 +209,11 @@ class FnSet(dict[str, Fn]):
     def value_bound(self, op: int) -> float | None:
         return self.value_bounds.get(op)
 
-    def in_scale(self, site: str) -> float:
+    def in_scale(self, site: str) -> float | np.ndarray:
         """The factor sigma that scales a site's input into its fitted range (LayerNorm variances:
-        a tiny variance would put x^3 of the first guess under CKKS's absolute noise floor)."""
+        a tiny variance would put x^3 of the first guess under CKKS's absolute noise floor). For
+        LayerNorm it is one factor per row (seq,): positions are public, and row 0 ([CLS]) has a
+        variance of its own (see :mod:`p3eft.privtuner.calibration`)."""
         return self.scales.get(site, 1.0)
 
     def exact_copy(self) -> FnSet:

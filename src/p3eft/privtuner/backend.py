@@ -10,7 +10,8 @@ difference left is CKKS noise and the refresh's rounding.
 Operation semantics (every slot of a row holds a value the twin computes too):
 
 * ``lin(L, x)``: x W^T + b per row (W, b padded to ``width``), optionally only some rows;
-* ``feature_sum(x, n, s)``: every slot of row r <- s * sum_{j<n} x[r, j];
+* ``feature_sum(x, n, s)``: every slot of row r <- s_r * sum_{j<n} x[r, j] (s a scalar, or one
+  public factor per row: LayerNorm's per-position variance scale);
 * ``head_sum(x, dh, H, s)``: slot j < H*dh of row r <- s * sum over j's head of x[r, .]; others 0;
 * ``rot_rows(x, d)``: row r <- row (r + d) mod seq;
 * ``row_sum(x)``: every row <- sum of all rows;
@@ -32,6 +33,11 @@ from p3eft.fhe.nonlinear import Refresher
 from p3eft.privtuner.approx import FnSet
 from p3eft.privtuner.kernels import RowsKernel
 from p3eft.privtuner.packing import PackingSpec
+
+
+def row_factor(scale: float | np.ndarray) -> float | np.ndarray:
+    """A scalar factor, or one factor per row as a (seq, 1) column that broadcasts over the row."""
+    return scale if np.isscalar(scale) else np.asarray(scale, dtype=np.float64).reshape(-1, 1)
 
 
 @dataclass
@@ -59,6 +65,7 @@ class PlainBackend:
     def __init__(self, spec: PackingSpec, fns: FnSet, record: bool = False) -> None:
         self.spec, self.fns, self.record = spec, fns, record
         self.ranges: dict[str, list[float]] = {}
+        self.row_ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # site -> per-row (min, max)
         self.flags: list[RangeFlag] = []
         self.max_abs = 0.0
         self.op = 0  # operation counter: the encrypted path counts the same operations in the same order
@@ -104,8 +111,8 @@ class PlainBackend:
     def rot_rows(self, a: np.ndarray, delta: int) -> np.ndarray:
         return self._track(np.roll(a, -delta, axis=0))
 
-    def feature_sum(self, a: np.ndarray, n: int, scale: float) -> np.ndarray:
-        s = scale * a[:, :n].sum(axis=1, keepdims=True)
+    def feature_sum(self, a: np.ndarray, n: int, scale: float | np.ndarray) -> np.ndarray:
+        s = row_factor(scale) * a[:, :n].sum(axis=1, keepdims=True)
         return self._track(np.repeat(s, a.shape[1], axis=1))
 
     def head_sum(self, a: np.ndarray, dh: int, heads: int, scale: float) -> np.ndarray:
@@ -123,6 +130,11 @@ class PlainBackend:
         if self.record:
             r = self.ranges.setdefault(site, [lo, hi])
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
+            rlo, rhi = np.min(x, axis=1), np.max(x, axis=1)
+            if site in self.row_ranges:
+                plo, phi = self.row_ranges[site]
+                rlo, rhi = np.minimum(plo, rlo), np.maximum(phi, rhi)
+            self.row_ranges[site] = (rlo, rhi)
         if not f.exact and (lo < f.lo or hi > f.hi):
             self.flags.append(RangeFlag(site, (lo, hi), (f.lo, f.hi)))
         return self._track(f.plain(x))
@@ -149,6 +161,26 @@ class CipherStats:
         return {"seconds": dict(self.seconds), "counts": dict(self.counts)}
 
 
+# relative gap between a ciphertext's true scale and the nominal one above which a refresh brings it
+# back (ours; see CipherBackend._renormalise)
+SCALE_DRIFT_RESET = 2.0**-10
+
+
+class _RenormalisingRefresher:
+    """The backend's refresher as the engine's functions see it: refresh, then bring the scale back
+    to nominal if it drifted (:meth:`CipherBackend._renormalise`)."""
+
+    def __init__(self, backend: CipherBackend) -> None:
+        self._backend = backend
+
+    @property
+    def min_level(self) -> int:
+        return self._backend.refresher.min_level
+
+    def __call__(self, ct: Ciphertext) -> Ciphertext:
+        return self._backend._renormalise(self._backend.refresher(ct))
+
+
 class CipherBackend:
     """Logical matrices as ``spec.cts`` ciphertexts each; refreshes through ``refresher`` when a
     ciphertext would drop below the refresh floor."""
@@ -158,6 +190,7 @@ class CipherBackend:
         self.kernels: dict[str, RowsKernel] = {}
         self.stats = CipherStats()
         self._masks: dict[Any, np.ndarray] = {}
+        self._inner_refresher = _RenormalisingRefresher(self)
         self.op = 0  # same numbering as PlainBackend.op: indexes the calibrated value bounds
 
     def _tag(self, out: Any) -> Any:
@@ -195,8 +228,29 @@ class CipherBackend:
                 self.refresher.bound = ceiling  # type: ignore[attr-defined]
         else:
             out = self.refresher(c)
+        out = self._renormalise(out)
         out.pt_bound = b
         self.stats.add("refresh", t0)
+        return out
+
+    def _renormalise(self, c: Ciphertext) -> Ciphertext:
+        """Bring a freshly refreshed ciphertext back to the nominal scale (a product by 1, one level)
+        when its true scale has drifted by more than :data:`SCALE_DRIFT_RESET` (ours).
+
+        Why: the engine keeps every ciphertext's true scale, and a product of scales s_a s_b / q_l
+        doubles the relative gap to 2^40 at each squaring; the refresh keeps the scale, so squaring
+        chains (softmax rounds, Goldschmidt, Newton) compound the gap across refreshes until a product
+        overflows the modulus (MiniLM: "scale out of bounds" inside a softmax reciprocal). Reset at a
+        refresh, the gap stays below 2^(levels between refreshes) x the threshold. The value is
+        unchanged (the product by 1 lands exactly on the nominal scale), so the twin has no
+        counterpart operation."""
+        nominal = self.ctx.params.scale
+        if abs(c.seal.scale / nominal - 1.0) <= SCALE_DRIFT_RESET:
+            return c
+        layout = c.layout
+        out = ops.mul_plain(self.ctx, c, 1.0, scale=nominal)
+        out.layout = layout
+        self.stats.counts["scale_resets"] += 1
         return out
 
     def ready(self, a: list[Ciphertext], need: int = 1) -> list[Ciphertext]:
@@ -356,8 +410,9 @@ class CipherBackend:
             step *= 2
         return c
 
-    def feature_sum(self, a: list[Ciphertext], n: int, scale: float) -> list[Ciphertext]:
-        """Every slot of a row <- scale * (sum of its first n features).
+    def feature_sum(self, a: list[Ciphertext], n: int, scale: float | np.ndarray) -> list[Ciphertext]:
+        """Every slot of a row <- scale * (sum of its first n features); ``scale`` a scalar or one public
+        factor per row, folded into the mask either way (no extra level).
 
         n == width: on a rows_rep input every window of ``width`` slots starting in [0, width) stays
         inside the block and covers one whole period, so all those slots hold the total; keep them
@@ -375,10 +430,15 @@ class CipherBackend:
             return m
 
         mask = self._mask(("fsum", blk, whole), build)
+        if np.isscalar(scale):
+            factors = [mask * float(scale)] * self.spec.cts
+        else:  # row r's factor in every slot of its block (rows_rep packing of a constant row)
+            rows = np.repeat(np.asarray(scale, dtype=np.float64)[:, None], w, axis=1)
+            factors = [mask * v for v in self.spec.pack_matrix(rows)]
         out = []
-        for c in self.ready(a):
+        for c, factor in zip(self.ready(a), factors, strict=True):
             s = self._window_sum(c, n)
-            s = ops.mul_plain(self.ctx, s, mask * scale)
+            s = ops.mul_plain(self.ctx, s, factor)
             if whole:
                 out.append(self._replicate(s))
             else:
@@ -429,7 +489,7 @@ class CipherBackend:
             if ceiling is not None and inner < ceiling:
                 self.refresher.bound = inner  # type: ignore[attr-defined]
             try:
-                y = f.encrypted(self.ctx, c, self.refresher)
+                y = f.encrypted(self.ctx, c, self._inner_refresher)
             finally:
                 if ceiling is not None:
                     self.refresher.bound = ceiling  # type: ignore[attr-defined]

@@ -5,7 +5,12 @@ Procedure (:func:`calibrate`):
 1. run the *exact* twin (forward and backward) on the calibration examples, recording the min and
    max of every site's input over every slot (padding rows and padded features included: the
    encrypted path evaluates them too);
-2. attention scores are shifted by the largest calibrated score of their layer (softmax does not
+2. every LayerNorm variance gets one public factor per position that puts the position's calibrated
+   minimum at 1 (:func:`position_scales`): row 0 always holds [CLS], whose variance can differ by
+   orders of magnitude from the other rows' (MiniLM: ~300x at layer 0's second LayerNorm), so it gets
+   its own factor, and all other positions share one (a position beyond 0 may hold a word, [SEP] or
+   padding, and the length is hidden from the model owner);
+   attention scores are shifted by the largest calibrated score of their layer (softmax does not
    change), so exp only sees [lo - max, 0] and its outputs stay below 1 -- the values that go into
    the reciprocal and the refreshes stay small;
 3. widen each range by ``margin`` (signed sites: margin x width on each side; positive sites --
@@ -29,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from p3eft.errors import P3eftError
-from p3eft.privtuner.approx import FnSet, build, kind_of
+from p3eft.privtuner.approx import ARG_SCALED, FnSet, build, kind_of
 from p3eft.privtuner.backend import RangeFlag
 from p3eft.privtuner.twin import Example, PrivTunerModel, Twin
 
@@ -72,6 +77,7 @@ def _record(
     examples: Sequence[Example],
     params: dict[str, np.ndarray],
     op_max: dict[int, float] | None = None,
+    row_ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict, float, list]:
     ranges: dict[str, list[float]] = {}
     max_abs = 0.0
@@ -95,7 +101,38 @@ def _record(
         if op_max is not None:
             for k, v in bk.op_max.items():
                 op_max[k] = max(op_max.get(k, 0.0), v)
+        if row_ranges is not None:
+            for site, (rlo, rhi) in bk.row_ranges.items():
+                if site in row_ranges:
+                    plo, phi = row_ranges[site]
+                    rlo, rhi = np.minimum(plo, rlo), np.maximum(phi, rhi)
+                row_ranges[site] = (rlo, rhi)
     return ranges, max_abs, flags
+
+
+# positions with a LayerNorm variance factor of their own; every other position shares one (ours)
+OWN_SCALE_POSITIONS = (0,)
+
+
+def position_scales(site: str, row_lo: np.ndarray, row_hi: np.ndarray, margin: float) -> np.ndarray:
+    """One factor per row for a LayerNorm variance site: 1 / (widened minimum of the row's group), the
+    groups being each position of :data:`OWN_SCALE_POSITIONS` and all the others together (ours).
+
+    Why: with one factor per site, the site's range spans the spread across rows (MiniLM's [CLS]
+    row: ~300x the others' variance at layer 0's second LayerNorm, over 1000x with the margin), and an
+    inverse square root on such a range needs many more levels and is ill-conditioned under encryption.
+    Per group, the range spans only the spread across examples (~3x on MiniLM). Positions are public,
+    so the factors reveal nothing about the data."""
+    seq = len(row_lo)
+    groups = [[p] for p in OWN_SCALE_POSITIONS if p < seq]
+    rest = [r for r in range(seq) if r not in OWN_SCALE_POSITIONS]
+    if rest:
+        groups.append(rest)
+    sigma = np.empty(seq)
+    for rows in groups:
+        wlo, _ = _widen(site, float(np.min(row_lo[rows])), float(np.max(row_hi[rows])), margin)
+        sigma[rows] = 1.0 / wlo
+    return sigma
 
 
 def _widen(site: str, lo: float, hi: float, margin: float) -> tuple[float, float]:
@@ -119,16 +156,19 @@ def calibrate(
         raise P3eftError("calibration needs at least one example")
     m = model.cfg.margin if margin is None else margin
     # pass 1: raw ranges with the exact functions and no transformation
-    raw, _, _ = _record(Twin(model, exact=True), examples, params)
-    shifts, rounds, scales = {}, {}, {}
+    raw_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    raw, _, _ = _record(Twin(model, exact=True), examples, params, row_ranges=raw_rows)
+    shifts: dict[str, float] = {}
+    rounds: dict[str, int] = {}
+    scales: dict[str, float | np.ndarray] = {}
     for site, (lo, hi) in raw.items():
         kind, layer = kind_of(site), site.split(".")[0]
         wlo, whi = _widen(site, lo, hi, m)
         if kind == "exp":  # softmax: shift by the largest score, 2^r reduction to a narrow range
             shifts[layer] = hi
             rounds[layer] = max(0, math.ceil(math.log2(max((whi - wlo) / reduced_width, 1.0))))
-        elif kind == "inv_sqrt":  # variance scaled so that its range starts at 1
-            scales[site] = 1.0 / wlo
+        elif kind == "inv_sqrt":  # variance scaled per position so that each group's range starts at 1
+            scales[site] = position_scales(site, *raw_rows[site], m)
         elif kind in ("gelu", "tanh"):  # input scaled into [-1, 1]
             scales[site] = 1.0 / max(abs(wlo), abs(whi))
     for site in list(scales):
@@ -147,7 +187,8 @@ def calibrate(
         rounds_done = attempt
         for site, (lo, hi) in targets.items():
             if site not in fns or (fns[site].lo, fns[site].hi) != (lo, hi):
-                fns[site] = build(site, lo, hi, arg_scale=scales.get(site, 1.0))
+                sig = scales.get(site, 1.0) if kind_of(site) in ARG_SCALED else 1.0
+                fns[site] = build(site, lo, hi, arg_scale=float(sig))
         op_max = {}
         _, max_abs, flags = _record(Twin(model, fns), examples, params, op_max)
         if not flags:

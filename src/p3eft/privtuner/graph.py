@@ -104,8 +104,8 @@ class _LayerCache:
     k: Any = None
     v: Any = None
     ps: list[Any] = field(default_factory=list)  # attention probabilities, one per row offset
-    ln1: tuple[Any, Any, float] | None = None
-    ln2: tuple[Any, Any, float] | None = None
+    ln1: tuple[Any, Any, Any] | None = None  # (centred input, inv_s, sqrt(sigma))
+    ln2: tuple[Any, Any, Any] | None = None
     y1: Any = None
     fs: list[Any] = field(default_factory=list)
     lora: dict[str, list[Any]] = field(default_factory=dict)
@@ -170,22 +170,32 @@ class EncoderGraph:
     # ----- pieces --------------------------------------------------------------------------------
     def _ln(self, bk: Any, h: Any, gamma: np.ndarray, beta: np.ndarray, site: str, centered: Any = None):
         """LayerNorm with the variance scaled by sigma into the site's range (sigma folded into the
-        feature sum and eps; sqrt(sigma) folded into gamma: no extra level, ours)."""
+        feature sum and eps; sqrt(sigma) folded into gamma: no extra level, ours). sigma is a scalar or
+        one public factor per position (row 0, [CLS], has its own: see calibration)."""
         d = self.d
         sigma = bk.fns.in_scale(site)
-        rs = math.sqrt(sigma)
+        rs = np.sqrt(sigma)
         c = centered if centered is not None else bk.sub(h, bk.feature_sum(h, d, 1.0 / d))
         var_s = bk.feature_sum(bk.mul(c, c), d, sigma / d)
-        inv_s = bk.fn(site, bk.add_plain(var_s, self.w.ln_eps * sigma))
-        y = bk.add_plain(bk.mul(bk.mul_plain(c, gamma * rs), inv_s), beta)
+        inv_s = bk.fn(site, bk.add_plain(var_s, self._per_row(self.w.ln_eps * sigma)))
+        y = bk.add_plain(bk.mul(bk.mul_plain(c, self._per_row(rs, gamma)), inv_s), beta)
         return y, (c, inv_s, rs)
 
-    def _ln_back(self, bk: Any, dy: Any, cache: tuple[Any, Any, float], gamma: np.ndarray) -> Any:
+    def _per_row(self, factor: float | np.ndarray, row: np.ndarray | None = None) -> Any:
+        """``factor * row`` as a plaintext operand: a scalar factor keeps its old form (a scalar or a
+        (width,) row); per-row factors give the (seq, width) matrix factor_r * row (ones if no row)."""
+        if np.isscalar(factor) or np.ndim(factor) == 0:
+            f = float(factor)
+            return f if row is None else row * f
+        base = np.ones(self.spec.width) if row is None else row
+        return np.outer(np.asarray(factor, dtype=np.float64), base)
+
+    def _ln_back(self, bk: Any, dy: Any, cache: tuple[Any, Any, Any], gamma: np.ndarray) -> Any:
         """dx = inv * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)), with inv = sqrt(sigma) inv_s."""
         c, inv_s, rs = cache
         d = self.d
-        dxhat = bk.mul_plain(dy, gamma * rs)
-        xhat = bk.mul(bk.mul_plain(c, rs), inv_s)
+        dxhat = bk.mul_plain(dy, self._per_row(rs, gamma))
+        xhat = bk.mul(bk.mul_plain(c, self._per_row(rs)), inv_s)
         m1 = bk.feature_sum(dxhat, d, 1.0 / d)
         m2 = bk.feature_sum(bk.mul(dxhat, xhat), d, 1.0 / d)
         return bk.mul(inv_s, bk.sub(bk.sub(dxhat, m1), bk.mul(xhat, m2)))
