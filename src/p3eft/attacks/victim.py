@@ -24,6 +24,7 @@ from p3eft.obfuscatune.enclave import (
     Enclave,
     EnclaveSettings,
 )
+from p3eft.obfuscatune.masks import Mask
 from p3eft.obfuscatune.session import provision_model
 from p3eft.obfuscatune.split import BoundaryGroup, boundary_groups, model_family, plain_weight
 
@@ -62,6 +63,8 @@ class Victim:
     transcript: Transcript
     traffic: Traffic
     proprietary: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # scoring only
+    # scoring only: the enclave's masks of the recorded layers, layer -> (mask_in, [mask_out per part])
+    masks: dict[str, tuple[Mask | None, list[Mask | None]]] = field(repr=False, default_factory=dict)
 
     @property
     def num_blocks(self) -> int:
@@ -76,6 +79,12 @@ class Victim:
 
     def true_weight(self, layer: str, part: int) -> torch.Tensor:
         return self.proprietary[self.group(layer).parts[part].path].to(torch.float64)
+
+    def true_mask(self, layer: str, part: int | None = None) -> torch.Tensor | None:
+        """Scoring only: the dense input mask (``part`` None) or output mask of ``part`` (None: unmasked side)."""
+        mask_in, masks_out = self.masks[layer]
+        m = mask_in if part is None else masks_out[part]
+        return None if m is None else m.matrix().to(torch.float64)
 
 
 def proprietary_model(public: torch.nn.Module, delta: float, seed: int = 0) -> tuple[torch.nn.Module, dict]:
@@ -134,4 +143,9 @@ def run_victim(
         enclave.train_step(
             traffic.train["input_ids"], traffic.train["attention_mask"], traffic.train["labels"]
         )
-    return Victim(config, public, boundary_groups(public), recorder.transcript, traffic, prop_weights)
+    masks = {
+        layer: (b.mask_in, list(b.masks_out))
+        for layer, b in enclave._boundaries.items()  # noqa: SLF001 -- scoring only, never given to an attack
+        if recorder.layers is None or layer in recorder.layers
+    }
+    return Victim(config, public, boundary_groups(public), recorder.transcript, traffic, prop_weights, masks)
