@@ -228,7 +228,9 @@ def structure_attack(
                 w_rec, fit = recover_right(a, w_pub, block_size(victim.config.masks, w_pub.shape[1]))
                 r_true = victim.true_mask(g.layer, k)
             else:  # input side only: W*^T = W^T R_in
-                w_rec_t, fit = recover_right(w_star.T, w_pub.T, block_size(victim.config.masks, w_pub.shape[0]))
+                w_rec_t, fit = recover_right(
+                    w_star.T, w_pub.T, block_size(victim.config.masks, w_pub.shape[0])
+                )
                 w_rec = w_rec_t.T
                 r_true = victim.true_mask(g.layer)
             supports.append(support_rate(fit, r_true))

@@ -1,0 +1,114 @@
+"""Structure-aware weight recovery (blockperm) and known-plaintext / many-call estimation of the static
+mask: each succeeds against an undefended configuration (so a broken attack cannot pass) and fails
+against fresh row mixing / the default."""
+
+import dataclasses
+
+import pytest
+import torch
+from helpers_attacks import prior, public_model, victim
+
+from p3eft.attacks import static_mask, structured, tokens, weights
+from p3eft.attacks.recorder import Crossing, Transcript
+from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
+
+DEFAULT = (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE)
+D = 64  # the tiny model's width
+
+
+@pytest.fixture(scope="module")
+def cands():
+    return tokens.candidate_table(public_model())
+
+
+def _guesses(v, cands):
+    return tokens.gram_attack(v, prior(), cands)["guesses"]
+
+
+def test_blockperm_gives_its_support_away_from_one_sided_weights_alone():
+    v = victim("paper", "blockperm:8", "none")
+    res = structured.structure_attack(v)
+    assert res["support_recovery"]["min"] == 1.0
+    assert res["mask_error"]["max"] < 0.01
+    dense = weights.weights_alone(v)
+    for part, r in res["rho"].items():  # far more of the delta than the dense Procrustes fit learns
+        assert r > 0.5 and r > dense[part] + 0.1, (part, r, dense[part])
+
+
+def test_blockperm_structure_with_decoded_activations_in_strict_mode(cands):
+    v = victim("strict", "blockperm:8", "none")
+    res = structured.structure_attack(v, _guesses(v, cands))
+    assert res["support_recovery"]["min"] == 1.0 and res["mask_error"]["max"] < 0.01
+    assert min(res["rho"].values()) > 0.4
+    dense = weights.known_plaintext_weights(v, _guesses(v, cands))
+    assert max(res["rho"].values()) > max(dense.values()) + 0.1
+
+
+def test_row_mixing_defeats_the_structure_attack_in_strict_mode(cands):
+    v = victim("strict", "blockperm:8", DEFAULT_DEFENCE)
+    res = structured.structure_attack(v, _guesses(v, cands))
+    assert max(res["rho"].values()) <= 0.05
+    assert res["support_recovery"]["mean"] <= 0.05
+
+
+def test_paper_mode_blockperm_leaks_weights_even_with_mixing():
+    """Mixing hides activations, not the one-sided weights: paper mode stays unsafe (documented)."""
+    res = structured.structure_attack(victim("paper", "blockperm:8", DEFAULT_DEFENCE))
+    assert min(res["rho"].values()) > 0.5
+
+
+def test_structure_attack_does_not_apply_to_the_default_kron_masks(cands):
+    v = victim(*DEFAULT)
+    assert structured.structure_attack(v, _guesses(v, cands))["applicable"] is False
+
+
+def test_block_fit_recovers_a_planted_blockperm_mask_from_fewer_rows_than_its_width():
+    """Direct check of the fit: a random blockperm mask, 24 exact pairs for width 32 (a dense fit
+    cannot be unique), support and blocks exact; a dense orthogonal mask does not fit the block model."""
+    from p3eft.obfuscatune.masks import parse_masks
+
+    mask = parse_masks("blockperm:4").make(b"k" * 32, "t", 32, torch.float64).matrix()
+    x = torch.randn(24, 32, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fit = structured.fit_blockperm(x, x @ mask, 4)
+    assert structured.support_rate(fit, mask) == 1.0
+    assert structured.mask_error(fit.r, mask) < 1e-10
+    dense = parse_masks("orthogonal").make(b"k" * 32, "t", 32, torch.float64).matrix()
+    assert structured.mask_error(structured.fit_blockperm(x, x @ dense, 4).r, dense) > 0.5
+
+
+def test_known_plaintext_recovers_a_static_mask_to_1e3_and_structure_needs_fewer_rows(cands):
+    dense = static_mask.aligned_rows(victim("strict", "orthogonal", "none"), cands)
+    assert dense["rows_needed"] is not None and dense["mask_error"] <= 1e-3
+    assert D <= dense["rows_needed"] <= 2 * D  # an orthogonal d x d mask needs about d rows
+    block = static_mask.aligned_rows(victim("strict", "blockperm:8", "none"), cands)
+    assert block["rows_needed"] is not None and block["rows_needed"] < dense["rows_needed"]
+    cond = static_mask.aligned_rows(victim("strict", "cond:100", "none"), cands)
+    assert cond["rows_needed"] is not None and cond["rows_needed"] <= 2 * D  # non-orthogonal: least squares
+
+
+def _shuffled(v):
+    """The undefended victim's view if the enclave only shuffled the rows of each call (no mixing)."""
+    g = torch.Generator().manual_seed(5)
+    crossings = []
+    for c in v.transcript.crossings:
+        if c.method == "forward" and c.layer == static_mask.LAYER:
+            x = c.sent[0].reshape(-1, c.sent[0].shape[-1])
+            c = Crossing(c.method, c.layer, c.tag, [x[torch.randperm(len(x), generator=g)]], c.answered)
+        crossings.append(c)
+    return dataclasses.replace(v, transcript=Transcript(v.transcript.weights, crossings))
+
+
+def test_many_call_matching_recovers_the_mask_without_row_order_but_not_through_mixing(cands):
+    und = victim("strict", "orthogonal", "none")
+    assert static_mask.matched_calls(und, cands)["calls_needed"] == 1
+    # negative control: shuffled rows defeat the aligned estimator but not the matched one
+    shuffled = _shuffled(und)
+    assert static_mask.aligned_rows(shuffled, cands)["rows_needed"] is None
+    assert static_mask.matched_calls(shuffled, cands)["calls_needed"] == 1
+    for config in [DEFAULT, ("strict", "orthogonal", DEFAULT_DEFENCE)]:
+        v = victim(*config)
+        res = static_mask.static_mask_attack(v, cands)
+        assert res["aligned"]["rows_needed"] is None and res["aligned"]["mask_error"] > 0.5, config
+        m = res["matched"]
+        assert m["calls_needed"] is None and m["calls"] == 3, config  # every call accumulated, no fit
+        assert all(e is None or e > 0.5 for e in m["mask_error"]), (config, m)
