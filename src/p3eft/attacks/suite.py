@@ -325,7 +325,7 @@ def markdown(result: dict[str, Any]) -> str:
         " block 0's linears; weights alone / weights + activations). Known rows: rows of known plaintext"
         " after which a fitted input mask predicts masked rows to 1%. Structure: blockperm masks only, rho"
         " of the block-support + per-block Procrustes recovery (max over block 0's linears; in brackets the"
-        " lowest share of masked coordinates whose support was recovered exactly). Static mask: known rows"
+        " lowest / mean share, over the masks fitted, of masked coordinates whose support was recovered exactly). Static mask: known rows"
         " (in order) until the fitted input mask of block 0 is within 1e-3 of the true one / calls until a"
         " mask fitted on norm-matched rows of known text (row order unknown) is. Loss span: accuracy of reading which"
         " positions carry the loss (majority baseline in brackets). Enclave / accelerator: GPT2-XL"
@@ -352,7 +352,9 @@ def markdown(result: dict[str, Any]) -> str:
         )
         if "structure_support_min" in h:
             structure = " | ".join(
-                f"{_num(h.get(f'structure_rho@{d}'))} ({_pct(h['structure_support_min'])})" for d in deltas
+                f"{_num(h.get(f'structure_rho@{d}'))} ({_pct(h['structure_support_min'])} / "
+                f"{_pct(h['structure_support_mean'])})"
+                for d in deltas
             )
         else:
             structure = " | ".join("–" for _ in deltas)
