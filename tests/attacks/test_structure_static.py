@@ -112,3 +112,32 @@ def test_many_call_matching_recovers_the_mask_without_row_order_but_not_through_
         m = res["matched"]
         assert m["calls_needed"] is None and m["calls"] == 3, config  # every call accumulated, no fit
         assert all(e is None or e > 0.5 for e in m["mask_error"]), (config, m)
+
+
+def test_a_model_cut_to_block_0_gives_the_same_block_0_traffic():
+    """The suite runs further deltas' weight attacks on a model cut to block 0 (speed): without mixing
+    its block-0 weights and crossings must equal the full model's bit for bit, and the fine-tune drawn
+    on the cut model must equal the full one's block 0."""
+    from helpers_attacks import traffic
+
+    from p3eft.attacks.victim import Traffic, VictimConfig, first_blocks, proprietary_model, run_victim
+
+    public = public_model()
+    cut = first_blocks(public)
+    assert len(cut.model.layers) == 1 and len(public.model.layers) == 2
+    cfg = VictimConfig("strict", "orthogonal", "none", 0.1)
+    t = Traffic(traffic().infer[:1])
+    full = run_victim(public, t, cfg)
+    part = run_victim(cut, t, cfg, proprietary=proprietary_model(cut, 0.1))
+    assert part.num_blocks == 1
+    layers = {g.layer for g in part.groups}
+    assert {k for k in full.transcript.weights if k[0] in layers} == set(part.transcript.weights)
+    for key, w in part.transcript.weights.items():
+        assert torch.equal(w, full.transcript.weights[key]), key
+    for layer in layers:
+        a, b = full.transcript.forwards(layer), part.transcript.forwards(layer)
+        assert len(a) == len(b) == 1
+        sa, sb = a[0].sent + a[0].answered, b[0].sent + b[0].answered
+        assert all(torch.equal(x, y) for x, y in zip(sa, sb, strict=True))
+        for k, _ in enumerate(part.group(layer).parts):
+            assert torch.equal(part.true_weight(layer, k), full.true_weight(layer, k))

@@ -19,7 +19,7 @@ import torch
 from tqdm.auto import tqdm
 
 from p3eft.attacks import gradients, static_mask, structured, tokens, weights
-from p3eft.attacks.victim import Traffic, VictimConfig, proprietary_model, run_victim
+from p3eft.attacks.victim import Traffic, VictimConfig, first_blocks, proprietary_model, run_victim
 from p3eft.errors import P3eftError
 from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
 from p3eft.obfuscatune.masks import parse_masks
@@ -246,7 +246,15 @@ def run_suite(
         traffic, prior_text = dataset_traffic(loaded.tokenizer, cfg)
     prior = tokens.unigram_prior(prior_text, int(public.config.vocab_size))
     cands = tokens.candidate_table(public)
-    props = {d: proprietary_model(public, d, cfg.seed) for d in cfg.deltas}
+    # the first delta's victim runs the full model; further deltas only run the weight attacks on block 0,
+    # so their fine-tune is drawn on the model cut to block 0 (block 0's weights draw the generator first:
+    # the same weights as on the full model)
+    weight_attacks = any(a in WEIGHT_ATTACKS for a in cfg.attacks)
+    props = {
+        d: proprietary_model(public if i == 0 else first_blocks(public), d, cfg.seed)
+        for i, d in enumerate(cfg.deltas)
+        if i == 0 or weight_attacks
+    }
     records = []
     combos = cfg.configurations()
     bar = tqdm(total=len(combos) * len(cfg.deltas), desc="attacks", disable=not progress)
@@ -261,9 +269,15 @@ def run_suite(
             light = [a for a in cfg.attacks if a in WEIGHT_ATTACKS] if i > 0 else None
             if light == []:
                 continue
-            victim = run_victim(
-                public, Traffic(traffic.infer[:1]) if light else traffic, vc, proprietary=props[delta]
-            )
+            if light:  # block 0 only: the same crossings from a model cut to its first block
+                victim = run_victim(
+                    first_blocks(public),
+                    Traffic(traffic.infer[:1]),
+                    vc,
+                    proprietary=props[delta],
+                )
+            else:
+                victim = run_victim(public, traffic, vc, proprietary=props[delta])
             res = attack_victim(victim, prior, cands, light or cfg.attacks)
             res["seconds"] = time.perf_counter() - t1
             rec["by_delta"][str(delta)] = res

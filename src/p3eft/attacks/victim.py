@@ -16,6 +16,7 @@ import torch
 
 from p3eft.attacks.recorder import RecordingChannel, Transcript
 from p3eft.channel import InProcessChannel
+from p3eft.errors import P3eftError
 from p3eft.obfuscatune.cloud import UntrustedCloud
 from p3eft.obfuscatune.enclave import (
     DEFAULT_DEFENCE,
@@ -88,9 +89,11 @@ class Victim:
 
 
 def proprietary_model(public: torch.nn.Module, delta: float, seed: int = 0) -> tuple[torch.nn.Module, dict]:
-    """A copy of ``public`` whose boundary weights carry a random delta of relative Frobenius size ``delta``."""
+    """A copy of ``public`` whose boundary weights carry a random delta of relative Frobenius size ``delta``;
+    with the proprietary weights of the recorded layers (the only ones an attack is scored on)."""
     model = copy.deepcopy(public)
     gen = torch.Generator().manual_seed(seed)
+    keep = recorded_layers(public)
     weights = {}
     with torch.no_grad():
         for g in boundary_groups(model):
@@ -100,8 +103,30 @@ def proprietary_model(public: torch.nn.Module, delta: float, seed: int = 0) -> t
                 w = module.weight.detach().to(torch.float64)
                 w = w + delta * w.norm() * noise / noise.norm()
                 module.weight.copy_(w.to(module.weight.dtype))
-                weights[part.path] = plain_weight(module)[0].detach().clone()
+                if g.layer in keep:
+                    weights[part.path] = plain_weight(module)[0].detach().clone()
     return model, weights
+
+
+def first_blocks(model: torch.nn.Module, n: int = 1) -> torch.nn.Module:
+    """A Llama-family ``model`` cut to its first ``n`` decoder blocks, sharing every tensor (ours, for
+    speed: block 0's traffic does not depend on later blocks, so attacks on block 0 alone -- the weight
+    attacks of further deltas -- see exactly the same crossings, masks and weights as on the full model;
+    the enclave builds its copy from the cut config, so it also provisions and runs n blocks only)."""
+    if not hasattr(getattr(model, "model", None), "layers"):
+        raise P3eftError("first_blocks: a Llama-family model (model.model.layers) is needed")
+    inner = copy.copy(model.model)
+    inner._modules = dict(model.model._modules)
+    inner.layers = torch.nn.ModuleList(list(model.model.layers)[:n])
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    out.model = inner
+    cfg = copy.deepcopy(model.config)
+    cfg.num_hidden_layers = n
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = list(cfg.layer_types)[:n]
+    out.config = inner.config = cfg
+    return out
 
 
 def recorded_layers(public: torch.nn.Module) -> set[str]:
