@@ -1,5 +1,5 @@
-"""Structure-aware weight recovery: a ``blockperm`` mask gives its support away (ours, after Procrustes-style
-recovery of permuted/orthogonal obfuscation).
+"""Structure-aware weight recovery: ``blockperm`` and ``kron`` masks give their structure away (ours, after
+Procrustes-style recovery of permuted/orthogonal obfuscation).
 
 ``blockperm:B`` is ``R = P1 diag(B_1..B_m) P2``: every masked coordinate is a combination of only B
 plaintext coordinates, and the B masked coordinates of one block all use the *same* B. So wherever the
@@ -29,8 +29,12 @@ only m B(B-1)/2, so the recovered ``W`` keeps almost all of the delta. Metrics: 
 :mod:`p3eft.attacks.weights`), the share of masked coordinates whose support was recovered exactly, and
 the relative error of the recovered mask, both scored against the victim's true masks.
 
-Kronecker masks (``kron``) are dense between their permutations; this module does not attack their
-structure (see the docs' limits). Other families are reported as not applicable.
+``kron:F`` is ``R = P1 (R_1 (x) ... (x) R_k) P2``, dense between its permutations; its structure is
+attacked through a dense estimate ``C`` (orthogonal Procrustes of the same pairs): the two permutations
+up to relabelling within each factor come from the spectrum of ``|C|^2 |C|^2^T`` (see
+:func:`kron_labels`), then the factors from the nearest Kronecker product of ``C`` (Van Loan and
+Pitsianis 1993), made orthogonal. The few parameters of the factors average out most of the error of
+``C``, whose dense fit absorbs part of the delta. Other families are reported as not applicable.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ import torch
 from p3eft.attacks.tokens import procrustes
 from p3eft.attacks.victim import Victim
 from p3eft.attacks.weights import _plausible, _public_inputs, rho
-from p3eft.obfuscatune.masks import parse_masks, single_threaded
+from p3eft.obfuscatune.masks import kron_factors, parse_masks, single_threaded
 from p3eft.obfuscatune.split import mask_sides
 
 
@@ -190,16 +194,63 @@ def _summary(vals: list[float]) -> dict[str, float | None]:
     return {"min": min(vals), "mean": sum(vals) / len(vals)} if vals else {"min": None, "mean": None}
 
 
+def _side(
+    spec: str, basis: torch.Tensor, target: torch.Tensor, true_mask
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """The structured estimate of a right-acting mask from ``target ~ basis @ R``: (R estimate, zero
+    where nothing was recovered; which basis coordinates it covers; structure recovery scored against
+    ``true_mask``: support rate for blockperm, share of Kronecker label partitions for kron)."""
+    fam = parse_masks(spec)
+    n_in = basis.shape[1]
+    r_true = true_mask.matrix().to(torch.float64)
+    if fam.kind == "blockperm":
+        fit = fit_blockperm(basis, target, block_size(spec, target.shape[1]))
+        covered = torch.zeros(n_in, dtype=torch.bool)
+        for s_idx, _, _ in fit.blocks:
+            covered[s_idx] = True
+        return fit.r, covered, support_rate(fit, r_true)
+    sizes = kron_factors(target.shape[1], int(fam.param))
+    found = fit_kron(procrustes(basis.to(torch.float64), target.to(torch.float64)), sizes)
+    if found is None:
+        return torch.zeros_like(r_true), torch.zeros(n_in, dtype=torch.bool), 0.0
+    est, rows, cols = found
+    return est, torch.ones(n_in, dtype=torch.bool), kron_label_rate(rows, cols, true_mask)
+
+
+def kron_label_rate(rows, cols, true_mask) -> float:
+    """Share of the 2k true label partitions (rows and columns per factor) of a KronMask that the
+    recovered ones reproduce (scoring only)."""
+
+    def coords(index: torch.Tensor) -> list[torch.Tensor]:
+        out, rem = [], index.clone()
+        for f in reversed(true_mask.sizes):
+            out.append(rem % f)
+            rem = rem // f
+        return out
+
+    def same(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool(((a[:, None] == a[None, :]) == (b[:, None] == b[None, :])).all())
+
+    truth_rows = coords(torch.argsort(true_mask.p1))  # row i of R is row p1^-1[i] of the Kronecker product
+    truth_cols = coords(true_mask.p2)  # column j of R is column p2[j]
+    hits = sum(any(same(lab, t) for _, lab in rows) for t in truth_rows)
+    hits += sum(any(same(lab, t) for _, lab in cols) for t in truth_cols)
+    return hits / (len(truth_rows) + len(truth_cols))
+
+
 @single_threaded()
 def structure_attack(
     victim: Victim, decoded: list[torch.Tensor] | None = None, block: int = 0, plausible: float | None = 0.5
 ) -> dict:
-    """rho per part of ``block`` from the structure of a ``blockperm`` mask (None-valued when the mask
-    family is not blockperm), with the support-recovery rate and mask error of every side fitted.
-    Strict mode needs ``decoded`` (the token attack's guesses) for the input side."""
-    fam = parse_masks(victim.config.masks)
-    if fam.kind != "blockperm":
-        return {"applicable": False, "reason": f"{fam.kind} masks have no block support to recover"}
+    """rho per part of ``block`` from the structure of a ``blockperm`` or ``kron`` mask (not applicable to
+    other families), with the structure recovery (support rate / Kronecker label share, scored against
+    the true masks) and the mask error of every side fitted. Only structured estimates are used: a
+    coordinate whose structure was not recovered keeps the public weight. Strict mode needs ``decoded``
+    (the token attack's guesses) for the input side."""
+    spec = victim.config.masks
+    fam = parse_masks(spec)
+    if fam.kind not in ("blockperm", "kron"):
+        return {"applicable": False, "reason": f"{fam.kind} masks have no block or Kronecker structure"}
     groups = [g for g in victim.groups if g.block == block]
     plain = None
     if victim.config.mode == "strict":
@@ -211,30 +262,27 @@ def structure_attack(
     errors: list[float] = []
     for g in groups:
         sides = mask_sides(victim.config.mode, g.role)
+        mask_in, masks_out = victim.masks[g.layer]
         r_in_hat = None
         if sides.input and sides.output:  # strict: the input mask from the activations
             x, x_star = plain[g.layer]
-            n = x.shape[1]
-            fit_in = fit_blockperm(x, x_star, block_size(victim.config.masks, n))
-            r_in_hat = fit_in.r
-            r_true = victim.true_mask(g.layer)
-            supports.append(support_rate(fit_in, r_true))
-            errors.append(mask_error(fit_in.r, r_true))
+            r_in_hat, _, score = _side(spec, x, x_star, mask_in)
+            supports.append(score)
+            errors.append(mask_error(r_in_hat, victim.true_mask(g.layer)))
         for k, _ in enumerate(g.parts):
             w_star = victim.transcript.weights[(g.layer, k)].to(torch.float64)
             w_pub, w = victim.public_weight(g.layer, k), victim.true_weight(g.layer, k)
-            if sides.output:
-                a = w_star if r_in_hat is None else r_in_hat @ w_star  # ~ W R_out
-                w_rec, fit = recover_right(a, w_pub, block_size(victim.config.masks, w_pub.shape[1]))
+            if sides.output:  # a = W R_out
+                a = w_star if r_in_hat is None else r_in_hat @ w_star
+                r_hat, covered, score = _side(spec, w_pub, a, masks_out[k])
+                w_rec = torch.where(covered[None, :], a @ r_hat.T, w_pub)
                 r_true = victim.true_mask(g.layer, k)
             else:  # input side only: W*^T = W^T R_in
-                w_rec_t, fit = recover_right(
-                    w_star.T, w_pub.T, block_size(victim.config.masks, w_pub.shape[0])
-                )
-                w_rec = w_rec_t.T
+                r_hat, covered, score = _side(spec, w_pub.T, w_star.T, mask_in)
+                w_rec = torch.where(covered[:, None], r_hat @ w_star, w_pub)
                 r_true = victim.true_mask(g.layer)
-            supports.append(support_rate(fit, r_true))
-            errors.append(mask_error(fit.r, r_true))
+            supports.append(score)
+            errors.append(mask_error(r_hat, r_true))
             rhos[f"{g.layer}/{k}"] = rho(_plausible(w_rec, w_pub, plausible), w, w_pub)
     return {
         "applicable": True,
@@ -265,3 +313,150 @@ def _decoded_inputs(victim: Victim, decoded: list[torch.Tensor], block: int):
             xstars.append(x_star[:m])
         out[g.layer] = (torch.cat(xs), torch.cat(xstars))
     return out
+
+
+# --------------------------------------------------------------------------------------- kron
+
+
+def _within_share(x: torch.Tensor, lab: torch.Tensor, f: int) -> torch.Tensor:
+    """Per column of x, the share of its variance left within the groups of ``lab``."""
+    means = torch.zeros(f, x.shape[1], dtype=x.dtype).index_add_(0, lab, x) / (x.shape[0] // f)
+    within = (x - means[lab]).pow(2).sum(0)
+    return within / (x - x.mean(0)).pow(2).sum(0).clamp_min(1e-300)
+
+
+def _refine(x: torch.Tensor, lab: torch.Tensor, f: int, iters: int = 20) -> torch.Tensor | None:
+    """Lloyd iterations from the groups of ``lab`` (k-means started at their means); None if a group
+    stops having n/f rows."""
+    n = x.shape[0]
+    for _ in range(iters):
+        centers = torch.zeros(f, x.shape[1], dtype=x.dtype).index_add_(0, lab, x) / (n // f)
+        new = torch.cdist(x, centers).argmin(dim=1)
+        if bool((new == lab).all()):
+            break
+        lab = new
+        if not bool((torch.bincount(lab, minlength=f) == n // f).all()):
+            return None
+    return lab
+
+
+def kron_labels(s: torch.Tensor, sizes: list[int], spare: int = 8, member: float = 0.05):
+    """Per Kronecker factor, labels of the rows of a permuted Kronecker matrix from s = |C|^2 (ours).
+
+    ``s s^T`` of ``|R_1|^2 (x) ... (x) |R_k|^2`` (doubly stochastic factors) is the Kronecker product of
+    the factors' Gram matrices; among its leading non-constant eigenvectors are functions of one
+    factor's index alone, whose values fall into f groups of n/f equal values. For every leading
+    eigenvector and factor size f, its sorted values cut into f consecutive runs of n/f give a candidate
+    partition; candidates are taken best first (least variance left within the groups), refined by
+    k-means over every leading eigenvector nearly constant on its groups (within share below
+    ``member``), and kept if consistent with those kept before (every pair of groups from two factors
+    meets in n/(f_s f_t) rows). Returns [(f, labels)] for every factor, or None."""
+    n = s.shape[0]
+    m = min(n - 1, sum(f - 1 for f in sizes) + spare)
+    evals, evecs = torch.linalg.eigh(s @ s.T)
+    e = evecs[:, torch.argsort(evals, descending=True)][:, 1 : 1 + m]
+    cands = []
+    for f in sorted(set(sizes)):
+        if n % f:
+            return None
+        order = torch.argsort(e, dim=0)  # (n, m)
+        for k in range(m):
+            lab = torch.empty(n, dtype=torch.long)
+            lab[order[:, k]] = torch.arange(n) // (n // f)
+            cands.append((float(_within_share(e[:, k : k + 1], lab, f)[0]), f, lab))
+    cands.sort(key=lambda t: t[0])
+    need = sorted(sizes)
+    chosen: list[tuple[int, torch.Tensor]] = []
+    for share, f, lab in cands:
+        if f not in need or share > member:
+            continue
+        fam = _within_share(e, lab, f) < member
+        lab = _refine(e[:, fam], lab, f)
+        if lab is None:
+            continue
+        ok = True
+        for g, other in chosen:
+            counts = torch.zeros(f, g, dtype=torch.long)
+            counts.index_put_((lab, other), torch.ones(n, dtype=torch.long), accumulate=True)
+            if not bool((counts == n // (f * g)).all()):
+                ok = False
+                break
+        if ok:
+            chosen.append((f, lab))
+            need.remove(f)
+        if not need:
+            return chosen
+    return None
+
+
+def _rank1(t: torch.Tensor, iters: int = 50) -> list[torch.Tensor]:
+    """Best rank-1 approximation of a k-way tensor by higher-order power iteration (De Lathauwer et al.
+    2000), started from each unfolding's leading singular vector; factors returned with the scale in the
+    first one."""
+    k = t.dim()
+    vecs = []
+    for mode in range(k):
+        unf = t.movedim(mode, 0).reshape(t.shape[mode], -1)
+        vecs.append(torch.linalg.svd(unf, full_matrices=False)[0][:, 0])
+    for _ in range(iters if k > 2 else 1):
+        for mode in range(k):
+            r = t
+            for other in reversed(range(k)):
+                if other != mode:
+                    r = r.movedim(other, -1) @ vecs[other]
+            vecs[mode] = r / r.norm().clamp_min(1e-300)
+    scale = t
+    for mode in reversed(range(k)):
+        scale = scale.movedim(mode, -1) @ vecs[mode]
+    vecs[0] = vecs[0] * scale
+    return vecs
+
+
+def _polar(m: torch.Tensor) -> torch.Tensor:
+    """Nearest orthogonal matrix (polar factor)."""
+    u, _, vt = torch.linalg.svd(m)
+    return u @ vt
+
+
+def fit_kron(c: torch.Tensor, sizes: list[int]) -> torch.Tensor | None:
+    """A Kronecker-structured orthogonal estimate of a ``kron`` mask from a dense estimate ``c`` (ours):
+    row labels from ``|c|^2``, column labels from ``|c^T|^2``, each factor pairing of equal sizes tried;
+    the factors from the best rank-1 approximation of ``c`` rearranged as a tensor (the nearest
+    Kronecker product, Van Loan and Pitsianis 1993), made orthogonal; the pairing with the smallest
+    distance to ``c`` wins. None when the labels are not found."""
+    import itertools
+
+    c = c.to(torch.float64)
+    rows = kron_labels(c**2, sizes)
+    cols = kron_labels((c**2).T, sizes)
+    if rows is None or cols is None:
+        return None
+    best = None
+    for perm in itertools.permutations(range(len(cols))):
+        if any(rows[t][0] != cols[perm[t]][0] for t in range(len(rows))):
+            continue
+        fs = [f for f, _ in rows]
+        # tensor T[(a_1, x_1), ..., (a_k, x_k)] = c[i, j] for the row / column with those labels
+        ri = torch.zeros(c.shape[0], dtype=torch.long)
+        cj = torch.zeros(c.shape[1], dtype=torch.long)
+        for t, f in enumerate(fs):
+            ri = ri * f + rows[t][1]
+            cj = cj * f + cols[perm[t]][1]
+        dense = torch.zeros_like(c)
+        dense[ri[:, None], cj[None, :]] = c  # rows / columns in Kronecker order
+        shape = fs + fs
+        t4 = dense.reshape(shape)  # (a_1..a_k, x_1..x_k)
+        order = [d for t in range(len(fs)) for d in (t, t + len(fs))]
+        tens = t4.permute(order).reshape([f * f for f in fs])
+        vecs = _rank1(tens)
+        factors = [_polar(v.reshape(f, f)) for v, f in zip(vecs, fs, strict=True)]
+        k = factors[0]
+        for fct in factors[1:]:
+            k = torch.kron(k, fct)
+        est = k[ri[:, None], cj[None, :]]
+        if float((est * c).sum()) < 0:
+            est = -est
+        err = float((est - c).norm())
+        if best is None or err < best[0]:
+            best = (err, est, [cols[perm[t]] for t in range(len(rows))])
+    return None if best is None else (best[1], rows, best[2])
