@@ -182,10 +182,10 @@ def _headline(rec: dict[str, Any]) -> dict[str, Any]:
     if first.get("structure", {}).get("applicable"):
         for d, r in rec["by_delta"].items():
             h[f"structure_rho@{d}"] = max(r["structure"]["rho"].values())
+            h[f"structure_support_min@{d}"] = r["structure"]["support_recovery"]["min"]
+            h[f"structure_support_mean@{d}"] = r["structure"]["support_recovery"]["mean"]
+            h[f"structure_mask_error_max@{d}"] = r["structure"]["mask_error"]["max"]
             rhos.append(h[f"structure_rho@{d}"])
-        h["structure_support_min"] = first["structure"]["support_recovery"]["min"]
-        h["structure_support_mean"] = first["structure"]["support_recovery"]["mean"]
-        h["structure_mask_error_max"] = first["structure"]["mask_error"]["max"]
     if rhos:
         h["weight_rho"] = max(rhos)
     if first.get("static"):
@@ -366,10 +366,10 @@ def markdown(result: dict[str, Any]) -> str:
             if "known_rows_available" not in h
             else (f"> {h['known_rows_available']}" if rows is None else str(rows))
         )
-        if "structure_support_min" in h:
+        if any(f"structure_rho@{d}" in h for d in deltas):
             structure = " | ".join(
-                f"{_num(h.get(f'structure_rho@{d}'))} ({_pct(h['structure_support_min'])} / "
-                f"{_pct(h['structure_support_mean'])})"
+                f"{_num(h.get(f'structure_rho@{d}'))} ({_pct(h.get(f'structure_support_min@{d}'))} / "
+                f"{_pct(h.get(f'structure_support_mean@{d}'))})"
                 for d in deltas
             )
         else:
