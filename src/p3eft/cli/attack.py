@@ -104,7 +104,8 @@ _command(
 _command(
     "structure",
     ["structure"],
-    "Structure-aware weight recovery for blockperm masks (block support, per-block Procrustes) as rho.",
+    "Structure-aware weight recovery for blockperm (block support, per-block Procrustes) and kron masks"
+    " (Kronecker labels, nearest Kronecker product) as rho.",
 )
 _command(
     "static",
