@@ -2,7 +2,8 @@
 
 The real-model table (`p3eft attack all --model smollm2-135m`) is the measurement that counts; on our
 shared CPU it covers only part of the grid, so this script runs the *whole* grid on the tiny Llama of
-the tests (d=64, 2 blocks, 320 tokens, norm gains randomised as in a trained model). Random weights:
+the tests (d=64, 2 blocks, 320 tokens, norm gains randomised as in a trained model), with ``blockperm:8``
+added to the mask kinds. Random weights:
 it shows which attack succeeds against which configuration, not SmolLM2's numbers.
 
 Run:  python benchmarks/obfuscatune_attacks_tiny.py --json docs/results/obfuscatune/attacks/tiny-llama.json
@@ -28,7 +29,10 @@ def main() -> None:
 
     from p3eft.attacks.suite import SuiteConfig, markdown, run_suite, write
 
-    cfg = SuiteConfig(model="tiny-llama (random weights)")
+    # the CLI's mask kinds plus blockperm:8: width 64 in blocks of 8, the block count of SmolLM2's
+    # 576 in blocks of 32 being 18 (blockperm:32 leaves the tiny width only 2 blocks)
+    masks = ["orthogonal", "cond:100", "naive", "kron", "blockperm:32", "blockperm:8"]
+    cfg = SuiteConfig(model="tiny-llama (random weights)", masks=masks)
     loaded = SimpleNamespace(model=public_model(), spec=SimpleNamespace(name=cfg.model), weights_random=True)
     prior_text = [batch(9, 8, 16)["input_ids"].flatten().tolist()]
     result = run_suite(cfg, progress=False, loaded=loaded, traffic=traffic(), prior_text=prior_text)

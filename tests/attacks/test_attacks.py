@@ -114,5 +114,9 @@ def test_suite_writes_table_and_json_with_the_default_keys(tmp_path):
     assert d["goals"]["enclave_cost"]  # measured from the GPT2-XL split: <= 10% of the accelerator's work
     undefended = next(r for r in data["results"] if r["defence"] == "none")
     assert undefended["goals"]["tokens"] is False and undefended["goals"]["loss_span"] is False
+    assert undefended["headline"]["static_rows_needed"] is not None  # the static mask falls to known rows
+    assert undefended["headline"]["static_calls_needed"] == 1
+    assert d["static_rows_needed"] is None and d["static_calls_needed"] is None
+    assert undefended["by_delta"]["0.1"].keys() >= {"weights", "structure"}  # weight attacks per delta
     table = (tmp_path / "rep" / "attacks.md").read_text()
     assert "| strict **(default)** | kron | mix:4 |" in table and "| strict | orthogonal | none |" in table

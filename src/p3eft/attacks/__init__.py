@@ -13,6 +13,10 @@ or the data owner's traffic.
   matching against the public embedding table, anchors, then Procrustes; paper mode's clear Q/K/V);
 * :mod:`~p3eft.attacks.weights` recovers weights (one- and two-sided Procrustes from the obfuscated
   weights alone; known-plaintext recovery of a static mask, from decoded or known tokens);
+* :mod:`~p3eft.attacks.structured` recovers weights through the structure of ``blockperm`` (block
+  support, per-block Procrustes) and ``kron`` masks (Kronecker labels, nearest Kronecker product);
+* :mod:`~p3eft.attacks.static_mask` estimates the static input mask from known plaintext: rows in
+  order, or rows matched to known tokens over many calls (the row-mixing defence is aimed at both);
 * :mod:`~p3eft.attacks.gradients` reads the loss span (which positions carry labels) off gradients;
 * :mod:`~p3eft.attacks.suite` runs them all over modes, mask kinds and defences and writes the table.
 

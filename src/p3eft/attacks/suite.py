@@ -18,15 +18,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from p3eft.attacks import gradients, tokens, weights
-from p3eft.attacks.victim import Traffic, VictimConfig, proprietary_model, run_victim
+from p3eft.attacks import gradients, static_mask, structured, tokens, weights
+from p3eft.attacks.victim import Traffic, VictimConfig, first_blocks, proprietary_model, run_victim
 from p3eft.errors import P3eftError
 from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
 from p3eft.obfuscatune.masks import parse_masks
 from p3eft.obfuscatune.mixing import parse_defence
 from p3eft.obfuscatune.split import mask_sides
 
-ATTACKS = ("tokens", "qkv", "weights", "gradients")
+ATTACKS = ("tokens", "qkv", "weights", "structure", "static", "gradients")
+WEIGHT_ATTACKS = ("weights", "structure")  # the ones further deltas run (the weights change with delta)
 # ours: the goals of the default configuration (issue "ObfuscaTune under attack")
 GOALS = {"token_margin": 0.05, "weight_rho": 0.05, "enclave_vs_accelerator_gpt2_xl": 0.10}
 # ours: an attacker discards a weight estimate farther from the public weight than this (relative):
@@ -118,7 +119,7 @@ def attack_victim(victim, prior: torch.Tensor, cands: torch.Tensor, attacks: lis
     """Every requested attack against one recorded victim."""
     out: dict[str, Any] = {}
     guesses = None
-    if "tokens" in attacks or "weights" in attacks:
+    if "tokens" in attacks or "weights" in attacks or "structure" in attacks:
         res = tokens.gram_attack(victim, prior, cands)
         guesses = res.pop("guesses")
         if "tokens" in attacks:
@@ -133,6 +134,10 @@ def attack_victim(victim, prior: torch.Tensor, cands: torch.Tensor, attacks: lis
             "with_activations": _weight_summary(known),
             "known_plaintext": weights.rows_needed(victim),
         }
+    if "structure" in attacks:
+        out["structure"] = structured.structure_attack(victim, guesses, plausible=PLAUSIBLE_DELTA)
+    if "static" in attacks:
+        out["static"] = static_mask.static_mask_attack(victim, cands)
     if "gradients" in attacks:
         out["gradients"] = gradients.loss_span_attack(victim)
     return out
@@ -165,17 +170,31 @@ def _headline(rec: dict[str, Any]) -> dict[str, Any]:
         h["unigram_baseline"] = best["unigram_baseline"]
         h["bag_recall"] = max(t["bag_recall"] for t in tok)
         h["bag_unigram_baseline"] = best["bag_unigram_baseline"]
+    rhos = []
     if "weights" in first:
         for d, r in rec["by_delta"].items():
             h[f"weight_rho_alone@{d}"] = r["weights"]["alone"]["max"]
             h[f"weight_rho_activations@{d}"] = r["weights"]["with_activations"]["max"]
-        h["weight_rho"] = max(
-            max(r["weights"]["alone"]["max"], r["weights"]["with_activations"]["max"])
-            for r in rec["by_delta"].values()
-        )
+            rhos += [r["weights"]["alone"]["max"], r["weights"]["with_activations"]["max"]]
         kp = first["weights"]["known_plaintext"]
         h["known_rows_needed"] = kp["rows_needed"]
         h["known_rows_available"] = kp["rows_available"]
+    if first.get("structure", {}).get("applicable"):
+        for d, r in rec["by_delta"].items():
+            h[f"structure_rho@{d}"] = max(r["structure"]["rho"].values())
+            h[f"structure_support_min@{d}"] = r["structure"]["support_recovery"]["min"]
+            h[f"structure_support_mean@{d}"] = r["structure"]["support_recovery"]["mean"]
+            h[f"structure_mask_error_max@{d}"] = r["structure"]["mask_error"]["max"]
+            rhos.append(h[f"structure_rho@{d}"])
+    if rhos:
+        h["weight_rho"] = max(rhos)
+    if first.get("static"):
+        st = first["static"]
+        h["static_target"] = st["target"]
+        h["static_rows_needed"] = st["aligned"]["rows_needed"]
+        h["static_rows_available"] = st["aligned"]["rows_available"]
+        h["static_calls_needed"] = st["matched"]["calls_needed"] if st["matched"]["applicable"] else None
+        h["static_calls_available"] = st["matched"]["calls"] if st["matched"]["applicable"] else None
     if first.get("gradients"):
         h["loss_span_accuracy"] = first["gradients"]["loss_span_accuracy"]
         h["loss_span_baseline"] = first["gradients"]["majority_baseline"]
@@ -227,7 +246,15 @@ def run_suite(
         traffic, prior_text = dataset_traffic(loaded.tokenizer, cfg)
     prior = tokens.unigram_prior(prior_text, int(public.config.vocab_size))
     cands = tokens.candidate_table(public)
-    props = {d: proprietary_model(public, d, cfg.seed) for d in cfg.deltas}
+    # the first delta's victim runs the full model; further deltas only run the weight attacks on block 0,
+    # so their fine-tune is drawn on the model cut to block 0 (block 0's weights draw the generator first:
+    # the same weights as on the full model)
+    weight_attacks = any(a in WEIGHT_ATTACKS for a in cfg.attacks)
+    props = {
+        d: proprietary_model(public if i == 0 else first_blocks(public), d, cfg.seed)
+        for i, d in enumerate(cfg.deltas)
+        if i == 0 or weight_attacks
+    }
     records = []
     combos = cfg.configurations()
     bar = tqdm(total=len(combos) * len(cfg.deltas), desc="attacks", disable=not progress)
@@ -239,11 +266,19 @@ def run_suite(
             t1 = time.perf_counter()
             # ours, to fit a shared CPU: further deltas only change the weights, so they run the weight
             # attacks on the first inference batch alone (tokens and gradients do not depend on delta)
-            light = i > 0 and "weights" in cfg.attacks
-            victim = run_victim(
-                public, Traffic(traffic.infer[:1]) if light else traffic, vc, proprietary=props[delta]
-            )
-            res = attack_victim(victim, prior, cands, ["weights"] if light else cfg.attacks)
+            light = [a for a in cfg.attacks if a in WEIGHT_ATTACKS] if i > 0 else None
+            if light == []:
+                continue
+            if light:  # block 0 only: the same crossings from a model cut to its first block
+                victim = run_victim(
+                    first_blocks(public),
+                    Traffic(traffic.infer[:1]),
+                    vc,
+                    proprietary=props[delta],
+                )
+            else:
+                victim = run_victim(public, traffic, vc, proprietary=props[delta])
+            res = attack_victim(victim, prior, cands, light or cfg.attacks)
             res["seconds"] = time.perf_counter() - t1
             rec["by_delta"][str(delta)] = res
             del victim
@@ -302,14 +337,22 @@ def markdown(result: dict[str, Any]) -> str:
         " as position accuracy (unigram-prior baseline in brackets); bag recall ignores positions (its"
         " baseline: as many guesses from the prior). rho = 1 - ||W_rec - W|| / ||W_pub - W|| (max over"
         " block 0's linears; weights alone / weights + activations). Known rows: rows of known plaintext"
-        " after which a fitted input mask predicts masked rows to 1%. Loss span: accuracy of reading which"
+        " after which a fitted input mask predicts masked rows to 1%. Structure: blockperm and kron masks,"
+        " rho of the structured recovery (block support + per-block Procrustes; Kronecker labels from the"
+        " spectrum + nearest Kronecker product) (max over block 0's linears; in brackets the lowest / mean,"
+        " over the masks fitted, of the structure recovered: share of masked coordinates with their exact"
+        " support, share of Kronecker label partitions). Static mask: known rows"
+        " (in order) until the fitted input mask of block 0 is within 1e-3 of the true one / calls until a"
+        " mask fitted on norm-matched rows of known text (row order unknown) is. Loss span: accuracy of reading which"
         " positions carry the loss (majority baseline in brackets). Enclave / accelerator: GPT2-XL"
         " arithmetic per token from the split (meta device), against the model's own linear work.",
         "",
         "| mode | masks | defence | tokens (prior) | bag recall (prior) | "
         + " | ".join(f"rho δ={d} alone / +act" for d in deltas)
-        + " | known rows | loss span (majority) | enclave / accel. GPT2-XL | goals met |",
-        "|---|---|---|---|---|" + "---|" * len(deltas) + "---|---|---|---|",
+        + " | known rows | "
+        + " | ".join(f"structure rho δ={d}" for d in deltas)
+        + " | static mask: rows / calls | loss span (majority) | enclave / accel. GPT2-XL | goals met |",
+        "|---|---|---|---|---|" + "---|" * len(deltas) + "---|" + "---|" * len(deltas) + "---|---|---|---|",
     ]
     for r in result["results"]:
         h = r["headline"]
@@ -323,6 +366,27 @@ def markdown(result: dict[str, Any]) -> str:
             if "known_rows_available" not in h
             else (f"> {h['known_rows_available']}" if rows is None else str(rows))
         )
+        if any(f"structure_rho@{d}" in h for d in deltas):
+            structure = " | ".join(
+                f"{_num(h.get(f'structure_rho@{d}'))} ({_pct(h.get(f'structure_support_min@{d}'))} / "
+                f"{_pct(h.get(f'structure_support_mean@{d}'))})"
+                for d in deltas
+            )
+        else:
+            structure = " | ".join("–" for _ in deltas)
+        static = "–"
+        if "static_rows_available" in h:
+            rows_st = h["static_rows_needed"]
+            calls_st = h["static_calls_needed"]
+            static = (
+                (f"> {h['static_rows_available']}" if rows_st is None else str(rows_st))
+                + " / "
+                + (
+                    "–"
+                    if h["static_calls_available"] is None
+                    else (f"> {h['static_calls_available']}" if calls_st is None else str(calls_st))
+                )
+            )
         met = [k for k, v in r["goals"].items() if v]
         missed = [k for k, v in r["goals"].items() if v is False]
         goals = "all" if not missed else "missed: " + ", ".join(missed)
@@ -334,6 +398,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['mode']}{default} | {r['masks']} | {r['defence']} | {_pct(h.get('token_recovery'))} ({_pct(h.get('unigram_baseline'))})"
             f" | {_pct(h.get('bag_recall'))} ({_pct(h.get('bag_unigram_baseline'))}) | {rhos} | {rows_s}"
+            f" | {structure} | {static}"
             f" | {_pct(h.get('loss_span_accuracy'))} ({_pct(h.get('loss_span_baseline'))})"
             f" | {_pct(h['enclave_vs_accelerator_gpt2_xl'])} | {goals if met or missed else '–'} |"
         )

@@ -16,6 +16,7 @@ import torch
 
 from p3eft.attacks.recorder import RecordingChannel, Transcript
 from p3eft.channel import InProcessChannel
+from p3eft.errors import P3eftError
 from p3eft.obfuscatune.cloud import UntrustedCloud
 from p3eft.obfuscatune.enclave import (
     DEFAULT_DEFENCE,
@@ -24,6 +25,7 @@ from p3eft.obfuscatune.enclave import (
     Enclave,
     EnclaveSettings,
 )
+from p3eft.obfuscatune.masks import Mask
 from p3eft.obfuscatune.session import provision_model
 from p3eft.obfuscatune.split import BoundaryGroup, boundary_groups, model_family, plain_weight
 
@@ -62,6 +64,8 @@ class Victim:
     transcript: Transcript
     traffic: Traffic
     proprietary: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)  # scoring only
+    # scoring only: the enclave's masks of the recorded layers, layer -> (mask_in, [mask_out per part])
+    masks: dict[str, tuple[Mask | None, list[Mask | None]]] = field(repr=False, default_factory=dict)
 
     @property
     def num_blocks(self) -> int:
@@ -77,11 +81,19 @@ class Victim:
     def true_weight(self, layer: str, part: int) -> torch.Tensor:
         return self.proprietary[self.group(layer).parts[part].path].to(torch.float64)
 
+    def true_mask(self, layer: str, part: int | None = None) -> torch.Tensor | None:
+        """Scoring only: the dense input mask (``part`` None) or output mask of ``part`` (None: unmasked side)."""
+        mask_in, masks_out = self.masks[layer]
+        m = mask_in if part is None else masks_out[part]
+        return None if m is None else m.matrix().to(torch.float64)
+
 
 def proprietary_model(public: torch.nn.Module, delta: float, seed: int = 0) -> tuple[torch.nn.Module, dict]:
-    """A copy of ``public`` whose boundary weights carry a random delta of relative Frobenius size ``delta``."""
+    """A copy of ``public`` whose boundary weights carry a random delta of relative Frobenius size ``delta``;
+    with the proprietary weights of the recorded layers (the only ones an attack is scored on)."""
     model = copy.deepcopy(public)
     gen = torch.Generator().manual_seed(seed)
+    keep = recorded_layers(public)
     weights = {}
     with torch.no_grad():
         for g in boundary_groups(model):
@@ -91,8 +103,30 @@ def proprietary_model(public: torch.nn.Module, delta: float, seed: int = 0) -> t
                 w = module.weight.detach().to(torch.float64)
                 w = w + delta * w.norm() * noise / noise.norm()
                 module.weight.copy_(w.to(module.weight.dtype))
-                weights[part.path] = plain_weight(module)[0].detach().clone()
+                if g.layer in keep:
+                    weights[part.path] = plain_weight(module)[0].detach().clone()
     return model, weights
+
+
+def first_blocks(model: torch.nn.Module, n: int = 1) -> torch.nn.Module:
+    """A Llama-family ``model`` cut to its first ``n`` decoder blocks, sharing every tensor (ours, for
+    speed: block 0's traffic does not depend on later blocks, so attacks on block 0 alone -- the weight
+    attacks of further deltas -- see exactly the same crossings, masks and weights as on the full model;
+    the enclave builds its copy from the cut config, so it also provisions and runs n blocks only)."""
+    if not hasattr(getattr(model, "model", None), "layers"):
+        raise P3eftError("first_blocks: a Llama-family model (model.model.layers) is needed")
+    inner = copy.copy(model.model)
+    inner._modules = dict(model.model._modules)
+    inner.layers = torch.nn.ModuleList(list(model.model.layers)[:n])
+    out = copy.copy(model)
+    out._modules = dict(model._modules)
+    out.model = inner
+    cfg = copy.deepcopy(model.config)
+    cfg.num_hidden_layers = n
+    if getattr(cfg, "layer_types", None) is not None:
+        cfg.layer_types = list(cfg.layer_types)[:n]
+    out.config = inner.config = cfg
+    return out
 
 
 def recorded_layers(public: torch.nn.Module) -> set[str]:
@@ -134,4 +168,9 @@ def run_victim(
         enclave.train_step(
             traffic.train["input_ids"], traffic.train["attention_mask"], traffic.train["labels"]
         )
-    return Victim(config, public, boundary_groups(public), recorder.transcript, traffic, prop_weights)
+    masks = {
+        layer: (b.mask_in, list(b.masks_out))
+        for layer, b in enclave._boundaries.items()  # noqa: SLF001 -- scoring only, never given to an attack
+        if recorder.layers is None or layer in recorder.layers
+    }
+    return Victim(config, public, boundary_groups(public), recorder.transcript, traffic, prop_weights, masks)

@@ -101,5 +101,20 @@ _command(
     ["weights"],
     "Weight recovery (Procrustes from the weights alone; known-plaintext mask recovery) as rho.",
 )
+_command(
+    "structure",
+    ["structure"],
+    "Structure-aware weight recovery for blockperm (block support, per-block Procrustes) and kron masks"
+    " (Kronecker labels, nearest Kronecker product) as rho.",
+)
+_command(
+    "static",
+    ["static"],
+    "Known-plaintext / many-call estimation of the static input mask (rows / calls to 1e-3 mask error).",
+)
 _command("gradients", ["gradients"], "Loss-span leakage from the backward traffic.")
-_command("all", ["tokens", "qkv", "weights", "gradients"], "Every attack; the full table and JSON.")
+_command(
+    "all",
+    ["tokens", "qkv", "weights", "structure", "static", "gradients"],
+    "Every attack; the full table and JSON.",
+)
