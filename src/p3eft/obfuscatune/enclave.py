@@ -319,7 +319,9 @@ class Enclave:
         for g in tqdm(
             split.groups,
             desc=f"obfuscate+upload ({s.masks} masks)",
-            disable=len(split.groups) < 16,
+            # The enclave's own bar, on its own stderr (a server log when networked): only on a terminal
+            # (tqdm's None), never in logs, pipes or a caller's --no-progress run captured to a file.
+            disable=True if len(split.groups) < 16 else None,
             leave=False,
         ):
             b = self._masks_for(g)
