@@ -43,7 +43,7 @@ class ReceiveWatchdog:
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         self._stopped = False
-        self.cut = 0  # calls cancelled so far (tests and operators read it)
+        self.cut = 0  # calls cut so far (tests and operators read it; written under a call's lock)
 
     def start(self) -> None:
         with self._cond:
@@ -59,6 +59,12 @@ class ReceiveWatchdog:
             thread, self._thread = self._thread, None
         if thread is not None:
             thread.join(timeout=5)
+
+    @property
+    def watching(self) -> int:
+        """How many calls are being received now (armed deadlines)."""
+        with self._cond:
+            return len(self._due)
 
     def watch(
         self, cancel: Callable[[], None], stall_s: float, min_rate: float | None, what: str
@@ -91,7 +97,6 @@ class ReceiveWatchdog:
                     self._cond.wait(None if nxt is None else nxt - now)
                     continue
             for d in expired:  # outside the lock: cancel() takes gRPC's own locks
-                self.cut += 1
                 d._expire()
 
 
@@ -153,5 +158,6 @@ class ReceiveDeadline:
             self.expired = (
                 f"slower than {self.min_rate:g} B/s" if late else f"no chunk for {self.stall_s:g} s"
             )
+            self._dog.cut += 1  # before the cancel: whoever sees the call end sees it counted
         log.warning("cut %s: %s after %d bytes", self.what, self.expired, self.received)
         self._cancel()

@@ -177,7 +177,7 @@ class PartyServer:
         self.limits = codec.CodecLimits(max_bytes=self.config.max_message_bytes)
         self._role_lock = threading.Lock()
         self._enclave_key, self._enclave_public = x25519_keypair() if attestor else (None, b"")
-        self.stats = {"requests": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0, "cut": 0}
+        self.stats = {"requests": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0}
         self._stats_lock = threading.Lock()
         c = self.config
         if not c.receive_stall_s > 0 or (c.receive_min_rate is not None and not c.receive_min_rate > 0):
@@ -285,9 +285,7 @@ class PartyServer:
                 finally:  # the request is in (or refused): handling it is not the sender's time
                     deadline.finish()
             except grpc.RpcError:  # the client went away mid-stream, or we cut it: nobody to answer
-                if deadline.expired is not None:  # logged once by the deadline itself
-                    self._count("cut")
-                else:
+                if deadline.expired is None:  # a cut call was logged (and counted) by its deadline
                     log.info("%s dropped a frame stream after %d bytes", peer, read)
                 return b""
             except P3eftError as err:
