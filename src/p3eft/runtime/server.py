@@ -3,10 +3,12 @@
 gRPC carries our own frames (:mod:`p3eft.runtime.frame`) as raw bytes -- no .proto file, no code
 generation -- on two methods: ``/p3eft.Party/Call`` (unary) for a request frame that fits in one
 chunk, and ``/p3eft.Party/Frames`` (client streaming) for a larger one, sent as a stream of bounded
-chunks (:mod:`p3eft.runtime.chunks`). gRPC's receive limit is one chunk, so the server never
-buffers more than a chunk of a frame whose header declares more than it accepts: gRPC refuses a
-larger message on its length prefix, and a stream is refused after the chunk holding its header.
-Each answer is one unary message. The server checks each frame (header, checksum, size, session,
+chunks (:mod:`p3eft.runtime.chunks`). The server serves both as streams (the wire is the same
+for a unary call), so every handler starts with its call and a receive deadline
+(:mod:`p3eft.runtime.deadline`) cuts a call whose request stops arriving. gRPC's receive limit is
+one chunk, so the server never buffers more than a chunk of a frame whose header declares more
+than it accepts: gRPC refuses a larger message on its length prefix, and a stream is refused after
+the chunk holding its header. Each answer is one unary message. The server checks each frame (header, checksum, size, session,
 sequence number, attestation), decodes the keyword payload, checks it binds to the method's
 signature and calls the role under a lock (role objects are single-threaded state machines). Every
 refusal is answered with an error frame that says why; the server then goes on serving, which the
