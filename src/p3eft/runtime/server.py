@@ -3,10 +3,12 @@
 gRPC carries our own frames (:mod:`p3eft.runtime.frame`) as raw bytes -- no .proto file, no code
 generation -- on two methods: ``/p3eft.Party/Call`` (unary) for a request frame that fits in one
 chunk, and ``/p3eft.Party/Frames`` (client streaming) for a larger one, sent as a stream of bounded
-chunks (:mod:`p3eft.runtime.chunks`). gRPC's receive limit is one chunk, so the server never
-buffers more than a chunk of a frame whose header declares more than it accepts: gRPC refuses a
-larger message on its length prefix, and a stream is refused after the chunk holding its header.
-Each answer is one unary message. The server checks each frame (header, checksum, size, session,
+chunks (:mod:`p3eft.runtime.chunks`). The server serves both as streams (the wire is the same
+for a unary call), so every handler starts with its call and a receive deadline
+(:mod:`p3eft.runtime.deadline`) cuts a call whose request stops arriving. gRPC's receive limit is
+one chunk, so the server never buffers more than a chunk of a frame whose header declares more
+than it accepts: gRPC refuses a larger message on its length prefix, and a stream is refused after
+the chunk holding its header. Each answer is one unary message. The server checks each frame (header, checksum, size, session,
 sequence number, attestation), decodes the keyword payload, checks it binds to the method's
 signature and calls the role under a lock (role objects are single-threaded state machines). Every
 refusal is answered with an error frame that says why; the server then goes on serving, which the
@@ -27,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import inspect
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -42,6 +45,7 @@ from p3eft.runtime import codec
 from p3eft.runtime.attestation import Attestor
 from p3eft.runtime.budget import ByteBudget
 from p3eft.runtime.chunks import CHUNK_BYTES, assemble
+from p3eft.runtime.deadline import ReceiveWatchdog
 from p3eft.runtime.errors import error_payload
 from p3eft.runtime.frame import NO_SESSION, Flag, Frame, Kind, aad, unpack
 from p3eft.runtime.pki import PartyIdentity
@@ -71,6 +75,8 @@ OPEN, ATTEST, BIND, CLOSE, PING = (
 DEFAULT_MAX_MESSAGE = 256 * 2**20  # ours: eval logits of a batch (vocab x tokens) can pass 64 MiB
 TRIM_AFTER_BYTES = CHUNK_BYTES  # give freed buffers back to the OS once a call read this much
 FRAME_OVERHEAD = 4096  # header + method name + slack, above the payload limit (answers)
+RECEIVE_STALL_S = 30.0  # ours: a 4 MiB chunk within it needs ~140 KB/s; far above any network hiccup
+RECEIVE_MIN_RATE = 2**20  # ours, bytes/s: a 256 MiB frame may take 256 s + the stall allowance
 
 
 @dataclass(frozen=True)
@@ -83,6 +89,13 @@ class ServerConfig:
     declared length in a shared budget of ``inflight_bytes`` (default: twice the size limit; never
     below it, so any frame within the limit can be received), waiting up to ``inflight_wait_s``
     for room before they are refused as busy.
+
+    How long a peer can hold any of that (ours; :mod:`p3eft.runtime.deadline`): a call's first
+    chunk must arrive within ``receive_stall_s`` of the call's start, each further chunk within
+    ``receive_stall_s`` of the previous one, and a chunked frame's remaining bytes within
+    ``receive_stall_s + declared / receive_min_rate`` of its reservation (``None``: no rate rule);
+    a call past its deadline is cancelled, releasing its reservation and its slot. Time spent
+    waiting for room in the budget does not count.
     """
 
     host: str = "127.0.0.1"
@@ -94,6 +107,8 @@ class ServerConfig:
     max_concurrent_rpcs: int = 6
     inflight_bytes: int | None = None  # None: 2 x max_message_bytes
     inflight_wait_s: float = 60.0
+    receive_stall_s: float = RECEIVE_STALL_S
+    receive_min_rate: float | None = RECEIVE_MIN_RATE  # bytes per second
     mmap_threshold: int | None = None  # e.g. CHUNK_BYTES: see :func:`map_large_buffers`
     sessions_per_party: int = 32
     max_sessions: int = 256
@@ -167,6 +182,9 @@ class PartyServer:
         self.stats = {"requests": 0, "refused": 0, "bytes_in": 0, "bytes_out": 0}
         self._stats_lock = threading.Lock()
         c = self.config
+        if not c.receive_stall_s > 0 or (c.receive_min_rate is not None and not c.receive_min_rate > 0):
+            raise ProtocolError("receive_stall_s and receive_min_rate must be positive")
+        self.watchdog = ReceiveWatchdog()
         self.budget = ByteBudget(
             max(c.inflight_bytes or 2 * c.max_message_bytes, c.max_message_bytes, 1), c.inflight_wait_s
         )
@@ -183,8 +201,10 @@ class PartyServer:
             options=grpc_size_options(CHUNK_BYTES, answer_limit(self.config.max_message_bytes)),
             maximum_concurrent_rpcs=self.config.max_concurrent_rpcs,
         )
+        # Call is served as a stream too (the wire is the same for a unary call): the handler then
+        # starts when the call does, so the receive deadline covers a message that never comes.
         handlers = {
-            METHOD: grpc.unary_unary_rpc_method_handler(self._rpc),
+            METHOD: grpc.stream_unary_rpc_method_handler(self._rpc),
             STREAM_METHOD: grpc.stream_unary_rpc_method_handler(self._rpc_stream),
         }
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
@@ -196,6 +216,7 @@ class PartyServer:
         port = server.add_secure_port(f"{self.config.host}:{self.config.port}", creds)
         if port == 0:
             raise P3eftError(f"cannot bind {self.config.host}:{self.config.port}")
+        self.watchdog.start()
         server.start()
         self._server, self.port = server, port
         log.info("%s serving on %s:%d", self.identity.name, self.config.host, port)
@@ -205,6 +226,7 @@ class PartyServer:
         if self._server is not None:
             self._server.stop(grace).wait()
             self._server = None
+        self.watchdog.stop()
 
     def wait(self) -> None:
         if self._server is not None:
@@ -215,9 +237,10 @@ class PartyServer:
         with self._stats_lock:
             self.stats[key] += n
 
-    def _rpc(self, request: bytes, context: grpc.ServicerContext) -> bytes:
-        """A frame that fits in one gRPC message (gRPC refused anything over a chunk already)."""
-        return self._serve(iter((request,)), context, budgeted=False)
+    def _rpc(self, request: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
+        """A frame that fits in one gRPC message (gRPC refused anything over a chunk already): the
+        call's first message, whatever else a client might stream after it."""
+        return self._serve(itertools.islice(request, 1), context, budgeted=False)
 
     def _rpc_stream(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         """A frame sent as a stream of chunks: refused after the chunk that holds its header if it
@@ -229,29 +252,43 @@ class PartyServer:
         link: what the server buffered, refused frames included."""
         peer = _peer_name(context)
         read, reserved = 0, 0
+        c = self.config
+        deadline = self.watchdog.watch(
+            context.cancel,
+            c.receive_stall_s,
+            c.receive_min_rate if budgeted else None,
+            f"a {'frame stream' if budgeted else 'call'} from {peer}",
+        )
 
         def took(n: int) -> None:
             nonlocal read
             read += n
+            deadline.chunk(n)
             self._count("bytes_in", n)
 
         def reserve(n: int) -> None:
             nonlocal reserved
+            deadline.pause()  # waiting for room is the server's doing, not the sender's
             self.budget.reserve(n)
             reserved = n
+            deadline.resume(n)
 
         try:
             try:
                 if not self._peer_allowed(peer):  # before reading a byte of the frame
                     raise SecurityError(f"party {peer!r} may not call {self.identity.name}")
-                raw = assemble(
-                    chunks,
-                    self.config.max_message_bytes,
-                    on_chunk=took,
-                    on_header=reserve if budgeted else None,
-                )
-            except grpc.RpcError:  # the client cancelled or went away mid-stream: nobody to answer
-                log.info("%s dropped a frame stream after %d bytes", peer, read)
+                try:
+                    raw = assemble(
+                        chunks,
+                        self.config.max_message_bytes,
+                        on_chunk=took,
+                        on_header=reserve if budgeted else None,
+                    )
+                finally:  # the request is in (or refused): handling it is not the sender's time
+                    deadline.finish()
+            except grpc.RpcError:  # the client went away mid-stream, or we cut it: nobody to answer
+                if deadline.expired is None:  # a cut call was logged (and counted) by its deadline
+                    log.info("%s dropped a frame stream after %d bytes", peer, read)
                 return b""
             except P3eftError as err:
                 self._count("requests")
@@ -260,6 +297,7 @@ class PartyServer:
                 out = self.handle(raw, peer)
                 del raw
         finally:
+            deadline.finish()  # also when the peer was refused before its frame was read
             if reserved:
                 self.budget.release(reserved)
         self._count("bytes_out", len(out))
