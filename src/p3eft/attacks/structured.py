@@ -46,7 +46,7 @@ import torch
 
 from p3eft.attacks.tokens import procrustes
 from p3eft.attacks.victim import Victim
-from p3eft.attacks.weights import _plausible, _public_inputs, rho
+from p3eft.attacks.weights import _plausible, decoded_input_pairs, rho
 from p3eft.obfuscatune.masks import kron_factors, parse_masks, single_threaded
 from p3eft.obfuscatune.split import mask_sides
 
@@ -254,7 +254,7 @@ def structure_attack(
     if victim.config.mode == "strict":
         if decoded is None:
             raise ValueError("strict mode: the structure attack needs the decoded tokens")
-        plain = _decoded_inputs(victim, decoded, block)
+        plain = decoded_input_pairs(victim, decoded, block, groups)
     rhos: dict[str, float] = {}
     supports: list[float] = []
     errors: list[float] = []
@@ -288,29 +288,6 @@ def structure_attack(
         "support_recovery": _summary(supports),
         "mask_error": {"max": max(errors), "mean": sum(errors) / len(errors)},
     }
-
-
-def _decoded_inputs(victim: Victim, decoded: list[torch.Tensor], block: int):
-    """Per group of ``block``: (X estimated from the decoded tokens through the public model, X* sent)."""
-    calls = victim.traffic.calls()
-    batches = []
-    for guess, call in zip(decoded, calls, strict=True):
-        ids = call["input_ids"]
-        flat = torch.zeros(ids.numel(), dtype=torch.long)
-        m = min(len(guess), ids.numel())
-        flat[:m] = guess[:m]
-        batches.append(flat.reshape(ids.shape))
-    plain = _public_inputs(victim, batches, [c["attention_mask"] for c in calls], block)
-    out = {}
-    for g in [g for g in victim.groups if g.block == block]:
-        xs, xstars = [], []
-        for c, x in zip(victim.transcript.forwards(g.layer), plain[g.layer], strict=True):
-            x_star = c.sent[0].reshape(-1, c.sent[0].shape[-1]).to(torch.float64)
-            m = min(len(x), len(x_star))
-            xs.append(x[:m])
-            xstars.append(x_star[:m])
-        out[g.layer] = (torch.cat(xs), torch.cat(xstars))
-    return out
 
 
 # --------------------------------------------------------------------------------------- kron

@@ -99,12 +99,10 @@ def _public_inputs(victim: Victim, token_batches: list[torch.Tensor], masks: lis
     return seen
 
 
-@single_threaded()  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
-def known_plaintext_weights(
-    victim: Victim, decoded: list[torch.Tensor], block: int = 0, plausible: float | None = 0.5
-) -> dict[str, float]:
-    """rho per part of ``block`` from the weights plus the activations, the plaintext estimated from the
-    attacker's decoded tokens (``decoded[i]``: one guess per crossing row of call i, row j read as position j)."""
+def decoded_input_pairs(victim: Victim, decoded: list[torch.Tensor], block: int, groups) -> dict:
+    """Per group of ``groups`` (all in ``block``): (X, X*), the group's plaintext input estimated by running
+    the public model on the attacker's decoded tokens (``decoded[i]``: one guess per crossing row of call
+    i, row j read as position j), and the masked input the cloud received, cut to equal row counts."""
     calls = victim.traffic.calls()
     batches = []
     for guess, call in zip(decoded, calls, strict=True):
@@ -114,19 +112,32 @@ def known_plaintext_weights(
         flat[:m] = guess[:m]
         batches.append(flat.reshape(ids.shape))
     plain = _public_inputs(victim, batches, [c["attention_mask"] for c in calls], block)
+    out = {}
+    for g in groups:
+        xs, xstars = [], []
+        for c, x in zip(victim.transcript.forwards(g.layer), plain[g.layer], strict=True):
+            x_star = c.sent[0].reshape(-1, c.sent[0].shape[-1]).to(torch.float64)
+            m = min(len(x), len(x_star))
+            xs.append(x[:m])
+            xstars.append(x_star[:m])
+        out[g.layer] = (torch.cat(xs), torch.cat(xstars))
+    return out
+
+
+@single_threaded()  # LAPACK on a shared CPU: threads oversubscribe (see masks.py)
+def known_plaintext_weights(
+    victim: Victim, decoded: list[torch.Tensor], block: int = 0, plausible: float | None = 0.5
+) -> dict[str, float]:
+    """rho per part of ``block`` from the weights plus the activations, the plaintext estimated from the
+    attacker's decoded tokens (``decoded[i]``: one guess per crossing row of call i, row j read as position j)."""
+    groups = [g for g in victim.groups if g.block == block]
+    masked_in = [g for g in groups if mask_sides(victim.config.mode, g.role).input]
+    pairs = decoded_input_pairs(victim, decoded, block, masked_in)
     orthogonal = parse_masks(victim.config.masks).kind in ORTHOGONAL_FAMILIES
     out = {}
-    for g in [g for g in victim.groups if g.block == block]:
+    for g in groups:
         sides = mask_sides(victim.config.mode, g.role)
-        r_in = None
-        if sides.input:
-            xs, xstars = [], []
-            for c, x in zip(victim.transcript.forwards(g.layer), plain[g.layer], strict=True):
-                x_star = c.sent[0].reshape(-1, c.sent[0].shape[-1]).to(torch.float64)
-                m = min(len(x), len(x_star))
-                xs.append(x[:m])
-                xstars.append(x_star[:m])
-            r_in = _fit_mask(torch.cat(xs), torch.cat(xstars), orthogonal)
+        r_in = _fit_mask(*pairs[g.layer], orthogonal) if sides.input else None
         for k, _ in enumerate(g.parts):
             w_star = victim.transcript.weights[(g.layer, k)].to(torch.float64)
             w_pub, w = victim.public_weight(g.layer, k), victim.true_weight(g.layer, k)
