@@ -83,12 +83,22 @@ _COSTS_HELP = (
 )
 
 
+# Options that several commands share, declared once.
+_COSTS = typer.Option(None, "--costs", help=_COSTS_HELP)
+_DEADLINE = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP)
+_W3_GRID = typer.Option(None, "--w3-grid", help=_W3_HELP)
+_CPU_HZ = typer.Option(
+    None, "--cpu-hz", help="Clock of the machine that measured the cost file (if its provenance lacks it)."
+)
+_SEED = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline.")
+
+
 @app.command()
 def run(
     ctx: typer.Context,
     scenario: Path = typer.Option(None, "--scenario", help="Scenario file (YAML or JSON)."),
     users: int = typer.Option(None, "--users", help="Generate a scenario with this many users."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
+    seed: int = _SEED,
     w3: float = typer.Option(
         None, "--w3", help="Privacy weight in J per security bit (overrides the scenario)."
     ),
@@ -98,13 +108,9 @@ def run(
     server_ghz: float = typer.Option(
         None, "--server-ghz", help="Total server capacity F_s in GHz (default: 1 GHz per generated user)."
     ),
-    costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
-    deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
-    cpu_hz: float = typer.Option(
-        None,
-        "--cpu-hz",
-        help="Clock of the machine that measured the cost file (if its provenance lacks it).",
-    ),
+    costs: list[Path] = _COSTS,
+    deadline_s: str = _DEADLINE,
+    cpu_hz: float = _CPU_HZ,
     continuous: str = typer.Option(
         "dual",
         "--continuous",
@@ -209,11 +215,11 @@ def figures(
         "--out",
         help="Output folder (a run folder; the committed results live in docs/results/wireless).",
     ),
-    costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
-    deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
-    w3_grid: str = typer.Option(None, "--w3-grid", help=_W3_HELP),
-    cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
+    costs: list[Path] = _COSTS,
+    deadline_s: str = _DEADLINE,
+    w3_grid: str = _W3_GRID,
+    cpu_hz: float = _CPU_HZ,
+    seed: int = _SEED,
     quick: bool = typer.Option(False, "--quick", help="Fewer sweep points (for tests)."),
     users: int = typer.Option(10, "--users", help="Users in the base scenario of the sweeps."),
 ) -> None:
@@ -238,11 +244,11 @@ def regenerate(
         "--out",
         help="Output folder; pass docs/results/wireless to rewrite the committed results.",
     ),
-    costs: list[Path] = typer.Option(None, "--costs", help=_COSTS_HELP),
-    deadline_s: str = typer.Option(None, "--deadline-s", help=_DEADLINE_HELP),
-    w3_grid: str = typer.Option(None, "--w3-grid", help=_W3_HELP),
-    cpu_hz: float = typer.Option(None, "--cpu-hz", help="Clock of the machine that measured the cost file."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline."),
+    costs: list[Path] = _COSTS,
+    deadline_s: str = _DEADLINE,
+    w3_grid: str = _W3_GRID,
+    cpu_hz: float = _CPU_HZ,
+    seed: int = _SEED,
     repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
 ) -> None:
     """Every published result in one go: the figures, the 6-user exhaustive check, the benchmark."""
