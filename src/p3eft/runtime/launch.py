@@ -45,15 +45,23 @@ def _package_root() -> Path:
     return Path(importlib.util.find_spec("p3eft").origin).parent.resolve()
 
 
-def factory_source(spec: str) -> Path | None:
-    """The source file a factory spec loads from outside the measured package (None: inside it)."""
-    target, sep, _ = spec.rpartition(":")
+def _parse_factory(spec: str) -> tuple[str, str, Path | None]:
+    """``TARGET:NAME`` -> (target, name, the file if the target is an existing ``.py`` file, else None)."""
+    target, sep, attr = spec.rpartition(":")
     if not sep:
         raise P3eftError(f"bad factory {spec!r}: expected MODULE:NAME or FILE.py:NAME")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise MissingResourceError(f"factory file {path} not found")
+    if not target.endswith(".py"):
+        return target, attr, None
+    path = Path(target)
+    if not path.is_file():
+        raise MissingResourceError(f"factory file {path} not found")
+    return target, attr, path
+
+
+def factory_source(spec: str) -> Path | None:
+    """The source file a factory spec loads from outside the measured package (None: inside it)."""
+    target, _, path = _parse_factory(spec)
+    if path is not None:
         return path.resolve()
     try:
         mod_spec = importlib.util.find_spec(target)
@@ -67,13 +75,8 @@ def factory_source(spec: str) -> Path | None:
 
 def load_factory(spec: str) -> Callable[..., Any]:
     """``module:attr`` or ``/path/to/file.py:attr`` -> the callable (role factories)."""
-    target, sep, attr = spec.rpartition(":")
-    if not sep:
-        raise P3eftError(f"bad factory {spec!r}: expected MODULE:NAME or FILE.py:NAME")
-    if target.endswith(".py"):
-        path = Path(target)
-        if not path.is_file():
-            raise MissingResourceError(f"factory file {path} not found")
+    target, attr, path = _parse_factory(spec)
+    if path is not None:
         mod_spec = importlib.util.spec_from_file_location(f"p3eft_factory_{path.stem}", path)
         assert mod_spec is not None and mod_spec.loader is not None
         module = importlib.util.module_from_spec(mod_spec)
