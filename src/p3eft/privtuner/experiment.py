@@ -1,19 +1,24 @@
 """The PrivTuner experiment on SST-2 (docs/results/privtuner/): plaintext LoRA, the approximate twin,
 and encrypted fine-tuning and inference through the real protocol (ours).
 
-Phases, each written to the JSON as soon as it finishes (a long run that is stopped keeps what
-finished, with its true sizes):
+Phases, each written to the JSON as it runs (a long run that is stopped keeps what finished, with
+its true sizes):
 
-1. ``plain`` and ``twin``: the exact model (plaintext LoRA: every approximation replaced by its
-   exact function) and the approximate twin, trained by the same per-example SGD on the same first
-   ``train`` SST-2 training examples from the same initial adapter; dev accuracy on ``dev`` examples
-   (872 = all).
+1. ``plain_twin``: the exact model (plaintext LoRA in torch + peft, float64) and the approximate twin,
+   trained by the same minibatch SGD on the same ``train`` SST-2 training examples in the same
+   seeded order from the same initial adapter; dev accuracy of both on the first ``dev`` dev
+   examples (872 = all), with 95% Wilson intervals and the agreement of their predictions.
 2. ``encrypted_train``: the data owner fine-tunes under encryption (in-process model owner, the
-   protocol's roles) on the first ``enc_train`` training examples; the twin runs the same steps from
-   the same initial adapter; per-step losses of both and their difference.
+   protocol's roles) on the first ``enc_train`` examples of the same schedule; the twin runs the same
+   steps from the same initial adapter; per-step losses of both and their difference.
 3. ``encrypted_eval``: encrypted inference with the trained, still-encrypted adapter on the first
    ``enc_eval`` dev examples; accuracy and agreement with the twin's predictions (twin trained in
    phase 2 on the same examples).
+
+The training recipe (ours) is one the encrypted protocol runs as it is: each step averages the
+gradients of ``batch`` examples (the data owner sends dL/dlogits / batch per example, the model owner
+accumulates the encrypted gradients and applies one SGD update: ``DataOwner.train_step`` on a list),
+over ``epochs`` passes through the data, each pass in its own seeded random order.
 """
 
 from __future__ import annotations
@@ -27,7 +32,10 @@ from typing import Any
 
 import numpy as np
 
+from p3eft.errors import P3eftError
 from p3eft.privtuner.config import PrivTunerConfig
+
+PHASES = ("plain_twin", "encrypted_train", "encrypted_eval")
 
 
 @dataclass
@@ -40,12 +48,44 @@ class ExperimentConfig:
     lr: float = 0.05
     param_set: str | None = None
     seed: int = 0
-    train: int = 1000  # phase 1 training examples
-    dev: int = 872  # phase 1 dev examples for plaintext LoRA (872 = all)
-    twin_dev: int = 872  # phase 1 dev examples for the twin (its NumPy forward is the slow part)
-    enc_train: int = 64  # phase 2 encrypted training examples
+    train: int = 1000  # phase 1 training examples (the first ones of SST-2's training file)
+    epochs: int = 1  # passes over them, each in its own seeded order
+    batch: int = 1  # examples whose gradients one SGD update averages
+    dev: int = 872  # phase 1 dev examples, for plaintext LoRA and the twin alike (872 = all)
+    enc_train: int = 64  # phase 2 encrypted training examples (the schedule's first ones)
     enc_eval: int = 200  # phase 3 encrypted dev examples
     phases: tuple[str, ...] = ("plain_twin", "encrypted_train", "encrypted_eval")
+
+    def __post_init__(self) -> None:
+        for name in ("train", "epochs", "batch", "dev"):
+            if getattr(self, name) < 1:
+                raise P3eftError(f"--{name} must be at least 1")
+        if self.enc_train < 0 or self.enc_eval < 0:
+            raise P3eftError("--enc-train and --enc-eval must not be negative")
+        unknown = set(self.phases) - set(PHASES)
+        if unknown:
+            raise P3eftError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
+
+
+def schedule(n: int, epochs: int, batch: int, seed: int) -> list[list[int]]:
+    """The minibatches, as indices into the ``n`` training examples: every epoch a fresh seeded
+    permutation cut into consecutive batches of ``batch`` (the last one may be smaller)."""
+    out: list[list[int]] = []
+    for ep in range(epochs):
+        order = np.random.default_rng([seed, 0x55, ep]).permutation(n)
+        out += [[int(i) for i in order[s : s + batch]] for s in range(0, n, batch)]
+    return out
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion k / n (Wilson 1927)."""
+    if n == 0:
+        return (0.0, 1.0)
+    p = k / n
+    d = 1 + z * z / n
+    c = (p + z * z / (2 * n)) / d
+    h = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    return (max(0.0, float(c - h)), min(1.0, float(c + h)))
 
 
 def _write(path: Path, res: dict[str, Any]) -> None:
@@ -103,39 +143,63 @@ def run(
     twin = Twin(model, backend.fns)
     _write(out_json, res)
 
+    train_all = train_task.examples[: ecfg.train]
+    steps = schedule(len(train_all), ecfg.epochs, ecfg.batch, ecfg.seed)
     if "plain_twin" in ecfg.phases:
-        train = [tokens.example(e.text, e.label) for e in train_task.examples[: ecfg.train]]
+        train = [tokens.example(e.text, e.label) for e in train_all]
         dev = [tokens.example(e.text, e.label) for e in dev_task.examples[: ecfg.dev]]
-        twin_dev = dev[: ecfg.twin_dev]
-        phase: dict[str, Any] = {"train_examples": len(train)}
+        labels = np.array([e.label for e in dev])
+        phase: dict[str, Any] = {
+            "train_examples": len(train),
+            "train_label_balance": float(np.mean([e.label for e in train])),
+            "epochs": ecfg.epochs,
+            "batch": ecfg.batch,
+            "updates": len(steps),
+            "dev_examples": len(dev),
+            "dev_label_balance": float(np.mean(labels)),
+        }
+        res["plain_twin"] = phase
+
+        def partial(name: str) -> Callable[[list[float]], None]:
+            def note(losses: list[float]) -> None:
+                phase[name] = {"losses": list(losses), "examples_done": len(losses), "finished": False}
+                _write(out_json, res)
+
+            return note
+
         runs = (
-            ("plain", lambda: plain_lora(cfg, backend, init, train, dev)),
-            ("twin", lambda: _twin_run(twin, init, train, twin_dev, cfg.lr)),
+            ("plain", lambda: plain_lora(cfg, backend, init, train, dev, steps)),
+            ("twin", lambda: twin_run(twin, init, train, dev, steps, cfg.lr, partial("twin"), say)),
         )
         for name, fn in runs:
-            t0 = time.perf_counter()
-            say(f"phase 1: training the {name} model on {len(train)} examples")
+            t0, c0 = time.perf_counter(), time.process_time()
+            say(f"phase 1: training the {name} model: {len(steps)} updates over {len(train)} examples")
             losses, preds = fn()
-            labels = np.array([e.label for e in dev[: len(preds)]])
+            k = int(np.sum(preds == labels))
             phase[name] = {
                 "losses": losses,
                 "dev_examples": len(preds),
-                "dev_accuracy": _accuracy(preds, labels),
+                "dev_correct": k,
+                "dev_accuracy": k / len(preds),
+                "dev_accuracy_wilson95": wilson(k, len(preds)),
+                "predicted_positive": float(np.mean(preds)),
                 "predictions": preds.tolist(),
                 "seconds": time.perf_counter() - t0,
+                "cpu_seconds": time.process_time() - c0,
+                "finished": True,
             }
-            say(f"phase 1: {name} dev accuracy {phase[name]['dev_accuracy']:.4f}")
-            res["plain_twin"] = phase
+            say(f"phase 1: {name} dev accuracy {phase[name]['dev_accuracy']:.4f} on {len(preds)}")
             _write(out_json, res)
-        n = len(phase["twin"]["predictions"])
-        phase["agreement_twin_plain"] = float(
-            np.mean(np.array(phase["plain"]["predictions"][:n]) == np.array(phase["twin"]["predictions"]))
-        )
-        phase["plain_dev_accuracy_on_twin_dev"] = _accuracy(
-            np.array(phase["plain"]["predictions"][:n]), np.array([e.label for e in dev[:n]])
+        pp, tp = np.array(phase["plain"]["predictions"]), np.array(phase["twin"]["predictions"])
+        phase["agreement_twin_plain"] = float(np.mean(pp == tp))
+        diff = np.abs(np.subtract(phase["plain"]["losses"], phase["twin"]["losses"]))
+        phase["loss_max_abs_diff"] = float(np.max(diff))
+        phase["loss_mean_abs_diff"] = float(np.mean(diff))
+        phase["accuracy_gap_twin_minus_plain"] = (
+            phase["twin"]["dev_accuracy"] - phase["plain"]["dev_accuracy"]
         )
         phase["range_flags_twin"] = len(twin.flags)
-        res["plain_twin"] = phase
+        phase["range_flag_sites"] = sorted({f.site for f in twin.flags})
         res["phases_done"].append("plain_twin")
         _write(out_json, res)
 
@@ -144,30 +208,41 @@ def run(
         from p3eft.privtuner import accounting
         from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
 
-        enc_train = [(e.text, e.label) for e in train_task.examples[: ecfg.enc_train]]
+        enc_steps = _first_examples(steps, ecfg.enc_train)
+        n_enc = sum(len(b) for b in enc_steps)
         do = DataOwner(
             InProcessChannel(ModelOwner(backend)), BertCodec, DataOwnerConfig(lr=cfg.lr, seed=cfg.seed)
         )
-        phase = {"examples": len(enc_train), "enc_losses": [], "twin_losses": [], "step_costs": []}
+        phase = {
+            "examples": n_enc,
+            "updates": len(enc_steps),
+            "batch": ecfg.batch,
+            "enc_losses": [],
+            "twin_losses": [],
+            "step_costs": [],
+        }
         res["encrypted_train"] = phase
         res["key_upload_bytes"] = do.key_upload_bytes
         params = init
-        t0 = time.perf_counter()
-        for i, (text, label) in enumerate(enc_train):
+        t0, c0 = time.perf_counter(), time.process_time()
+        for i, idx in enumerate(enc_steps):
+            batch = [(train_all[j].text, train_all[j].label) for j in idx]
             before = do.ledger.snapshot()
-            loss = do.train_step([(text, label)], keys=[f"train-{i}"])
+            loss = do.train_step(batch, keys=[f"train-{j}" for j in idx])
             phase["step_costs"].append(accounting.diff(do.ledger.snapshot(), before))
-            tl, params = twin.step(tokens.example(text, label), params, cfg.lr)
+            tls, params = twin_update(twin, [tokens.example(t, y) for t, y in batch], params, cfg.lr)
+            tl = float(np.mean(tls))
             phase["enc_losses"].append(loss)
             phase["twin_losses"].append(tl)
             phase["steps_done"] = i + 1
             phase["seconds"] = time.perf_counter() - t0
+            phase["cpu_seconds_this_process"] = time.process_time() - c0
             phase["max_abs_loss_diff"] = float(
                 np.max(np.abs(np.subtract(phase["enc_losses"], phase["twin_losses"])))
             )
-            say(f"phase 2: step {i + 1}/{len(enc_train)} loss enc {loss:.5f} twin {tl:.5f}")
+            say(f"phase 2: step {i + 1}/{len(enc_steps)} loss enc {loss:.5f} twin {tl:.5f}")
             _write(out_json, res)
-        if phase.get("steps_done") == len(enc_train):
+        if phase.get("steps_done") == len(enc_steps):
             res["phases_done"].append("encrypted_train")
         _write(out_json, res)
 
@@ -204,14 +279,78 @@ def run(
     return res
 
 
-def _twin_run(twin: Any, init: dict[str, np.ndarray], train: list, dev: list, lr: float):
-    params, losses = twin.train(train, init, lr)
+def _first_examples(steps: list[list[int]], n: int) -> list[list[int]]:
+    """The schedule's first ``n`` examples, still grouped in its minibatches (the last one cut)."""
+    out, left = [], n
+    for b in steps:
+        if left <= 0:
+            break
+        out.append(b[:left])
+        left -= len(out[-1])
+    return out
+
+
+def twin_update(
+    twin: Any, batch: list, params: dict[str, np.ndarray], lr: float
+) -> tuple[list[float], dict[str, np.ndarray]]:
+    """One SGD update of the twin on the mean gradient of ``batch``: what the protocol's
+    ``train_step`` on a list computes (dL/dlogits / len(batch) per example, encrypted gradients
+    accumulated, one update); returns the examples' losses and the new parameters."""
+    from p3eft.privtuner.twin import Twin
+
+    losses, total = [], None
+    for ex in batch:
+        loss, _, grads = twin.gradients(ex, params)
+        losses.append(loss)
+        g = {k: v / len(batch) for k, v in grads.items()}
+        total = g if total is None else {k: total[k] + g[k] for k in total}
+    assert total is not None
+    return losses, Twin.sgd(params, total, lr)
+
+
+def twin_run(
+    twin: Any,
+    init: dict[str, np.ndarray],
+    train: list,
+    dev: list,
+    steps: list[list[int]],
+    lr: float,
+    note: Callable[[list[float]], None] | None = None,
+    say: Callable[[str], None] | None = None,
+    every: int = 25,
+) -> tuple[list[float], np.ndarray]:
+    """The approximate twin trained on ``steps`` (minibatches of indices into ``train``); returns the
+    per-example losses in schedule order and the dev predictions. ``note`` gets the losses so far
+    every ``every`` updates (the JSON is written as the long run goes)."""
+    params, losses = init, []
+    t0 = time.perf_counter()
+    for i, idx in enumerate(steps):
+        ls, params = twin_update(twin, [train[j] for j in idx], params, lr)
+        losses += ls
+        if (i + 1) % every == 0 or i + 1 == len(steps):
+            if note is not None:
+                note(losses)
+            if say is not None:
+                rate = (time.perf_counter() - t0) / len(losses)
+                say(
+                    f"phase 1: twin update {i + 1}/{len(steps)}, mean loss of the last {every} updates "
+                    f"{np.mean(losses[-every * len(idx) :]):.4f}, {rate:.2f} s/example"
+                )
     return losses, twin.predict(dev, params)
 
 
-def plain_lora(cfg: PrivTunerConfig, backend: Any, init: dict[str, np.ndarray], train: list, dev: list):
+def plain_lora(
+    cfg: PrivTunerConfig,
+    backend: Any,
+    init: dict[str, np.ndarray],
+    train: list,
+    dev: list,
+    steps: list[list[int]] | None = None,
+):
     """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
-    per-example SGD on the same examples as the twin; the reference the twin is compared with."""
+    minibatch SGD on the same schedule as the twin (``steps``: minibatches of indices into ``train``;
+    default one example per update, in order); the reference the twin is compared with. Returns
+    the per-example losses in schedule order and the dev predictions."""
     import torch
 
     from p3eft.privtuner.adapter import peft_names
@@ -225,13 +364,15 @@ def plain_lora(cfg: PrivTunerConfig, backend: Any, init: dict[str, np.ndarray], 
     opt = torch.optim.SGD(params, lr=cfg.lr)
     losses = []
     model.eval()  # no dropout: the twin has none (gradients flow in eval mode all the same)
-    for ex in train:
-        ids = torch.as_tensor(ex.ids[: ex.length])[None, :]
-        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([ex.label]))
+    for idx in steps if steps is not None else [[i] for i in range(len(train))]:
         opt.zero_grad()
-        out.loss.backward()
+        for j in idx:
+            ex = train[j]
+            ids = torch.as_tensor(ex.ids[: ex.length])[None, :]
+            out = model(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([ex.label]))
+            (out.loss / len(idx)).backward()  # the mean gradient of the batch
+            losses.append(out.loss.item())
         opt.step()
-        losses.append(out.loss.item())
     preds = []
     with torch.no_grad():
         for ex in dev:
@@ -251,11 +392,13 @@ def plot(res: dict[str, Any], png: Path) -> None:
     pt = res.get("plain_twin")
     if pt:
         for name in ("plain", "twin"):
+            if not pt.get(name, {}).get("losses"):
+                continue
             ls = np.array(pt[name]["losses"])
-            w = max(1, len(ls) // 50)
+            w = max(1, len(ls) // 40)
             axes[0].plot(np.convolve(ls, np.ones(w) / w, mode="valid"), label=f"{name} (moving mean {w})")
-        axes[0].set_title(f"phase 1: training loss, {pt['train_examples']} examples")
-        axes[0].set_xlabel("step (one example)")
+        axes[0].set_title(f"phase 1: training loss, {pt['train_examples']} examples, batch {pt['batch']}")
+        axes[0].set_xlabel("example (schedule order)")
         axes[0].legend()
     et = res.get("encrypted_train")
     if et and et.get("enc_losses"):
@@ -264,21 +407,25 @@ def plot(res: dict[str, Any], png: Path) -> None:
         axes[1].set_title(f"phase 2: loss per step, {len(et['enc_losses'])} encrypted steps")
         axes[1].set_xlabel("step (one example)")
         axes[1].legend()
-    bars, names = [], []
-    if pt:
-        bars += [pt["plain"]["dev_accuracy"], pt["twin"]["dev_accuracy"]]
-        names += [
-            f"plain LoRA\n({pt['plain']['dev_examples']} dev)",
-            f"twin\n({pt['twin']['dev_examples']} dev)",
-        ]
+    bars, names, errs = [], [], []
+    for key, label in (("plain", "plain LoRA"), ("twin", "twin")):
+        r = (pt or {}).get(key, {})
+        if r.get("finished"):
+            lo, hi = r["dev_accuracy_wilson95"]
+            bars.append(r["dev_accuracy"])
+            errs.append((r["dev_accuracy"] - lo, hi - r["dev_accuracy"]))
+            names.append(f"{label}\n({r['dev_examples']} dev)")
     ev = res.get("encrypted_eval")
     if ev and ev.get("examples"):
         bars += [ev["twin_accuracy"], ev["accuracy"]]
+        errs += [(0.0, 0.0), (0.0, 0.0)]
         names += [f"twin, phase 2\n({ev['examples']} dev)", f"encrypted\n({ev['examples']} dev)"]
     if bars:
-        axes[2].bar(names, bars, color=["C0", "C1", "C2", "C3"][: len(bars)])
+        yerr = np.array(errs).T
+        axes[2].bar(names, bars, yerr=yerr, capsize=4, color=["C0", "C1", "C2", "C3"][: len(bars)])
+        axes[2].axhline(0.5, color="grey", lw=0.8, ls=":")
         axes[2].set_ylim(0.4, 1.0)
-        axes[2].set_title("SST-2 dev accuracy")
+        axes[2].set_title("SST-2 dev accuracy (95% Wilson)")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
@@ -292,31 +439,50 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
         "",
         f"Model `{c['model']}` cut to its first {c['layers']} layers (weights: "
         f"{'RANDOM' if res['weights']['random'] else 'real'}, {res['weights']['source']}), LoRA rank {c['rank']} "
-        f"(alpha {c['alpha']}) on query and value of every layer plus the classifier head, {c['max_len']} tokens, "
-        f"per-example SGD with lr {c['lr']}. Data: {json_name}; figure: {png_name}. "
-        f"Started {res['started']}, finished {res.get('finished', '(not finished)')}; machine: "
-        f"{res['machine'].get('cpu_model')}, {res['machine'].get('cores')} cores (shared with other work).",
+        f"(alpha {c['alpha']}) on query and value of every layer plus the classifier head (pooler on the "
+        f"first token, frozen), {c['max_len']} tokens; SGD with lr {c['lr']}, each update averaging the "
+        f"gradients of {c['batch']} example(s), {c['epochs']} epoch(s) over the first {c['train']} SST-2 "
+        f"training examples, each epoch in its own seeded order (seed {c['seed']}). Data: {json_name}; "
+        f"figure: {png_name}. Started {res['started']}, finished {res.get('finished', '(not finished)')}; "
+        f"machine: {res['machine'].get('cpu_model')}, {res['machine'].get('cores')} cores (shared with other "
+        "work, so wall seconds are inflated; CPU seconds are this process's).",
         "",
     ]
     pt = res.get("plain_twin")
     if pt:
-        p, t = pt["plain"], pt.get("twin")
         lines += [
             "## Phase 1: plaintext LoRA and the approximate twin, same data",
             "",
-            f"Both trained on the first {pt['train_examples']} SST-2 training examples from the same initial adapter.",
+            f"Both trained from the same initial adapter on the same {pt['train_examples']} examples "
+            f"(positive share {pt['train_label_balance']:.3f}) in the same order: {pt['updates']} updates. "
+            f"Dev set: the first {pt['dev_examples']} SST-2 dev examples (positive share "
+            f"{pt['dev_label_balance']:.3f}).",
             "",
-            "| model | dev examples | dev accuracy | training seconds |",
-            "|---|---|---|---|",
-            f"| plaintext LoRA (torch + peft, float64) | {p['dev_examples']} | {p['dev_accuracy']:.4f} | {p['seconds']:.0f} |",
+            "| model | dev examples | dev accuracy (95% Wilson) | predicted positive | wall s | CPU s |",
+            "|---|---|---|---|---|---|",
         ]
-        if t:
+        names = (("plain", "plaintext LoRA (torch + peft, float64)"), ("twin", "approximate twin"))
+        for key, label in names:
+            r = pt.get(key)
+            if r and r.get("finished"):
+                lo, hi = r["dev_accuracy_wilson95"]
+                lines.append(
+                    f"| {label} | {r['dev_examples']} | {r['dev_accuracy']:.4f} [{lo:.4f}, {hi:.4f}] | "
+                    f"{r['predicted_positive']:.3f} | {r['seconds']:.0f} | {r['cpu_seconds']:.0f} |"
+                )
+            elif r:
+                lines.append(
+                    f"| {label} | not finished ({r.get('examples_done', 0)} training examples) | | | | |"
+                )
+        if "agreement_twin_plain" in pt:
             lines += [
-                f"| approximate twin | {t['dev_examples']} | {t['dev_accuracy']:.4f} | {t['seconds']:.0f} |",
                 "",
-                f"On the {t['dev_examples']} dev examples the twin saw, plaintext LoRA scores "
-                f"{pt['plain_dev_accuracy_on_twin_dev']:.4f} and the two agree on {pt['agreement_twin_plain']:.4f} "
-                f"of the predictions; the twin raised {pt['range_flags_twin']} range flags.",
+                f"The twin and plaintext LoRA agree on {pt['agreement_twin_plain']:.4f} of the dev predictions; "
+                f"twin minus plaintext accuracy {100 * pt['accuracy_gap_twin_minus_plain']:+.2f} points; their "
+                f"per-example training losses differ by at most {pt['loss_max_abs_diff']:.2e} (mean "
+                f"{pt['loss_mean_abs_diff']:.2e}); the twin raised {pt['range_flags_twin']} range flags"
+                + (f" (sites: {', '.join(pt['range_flag_sites'])})" if pt["range_flag_sites"] else "")
+                + ".",
             ]
         lines.append("")
     et = res.get("encrypted_train")
@@ -351,7 +517,8 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m p3eft.privtuner.experiment --out DIR [--train N --dev N --enc-train N --enc-eval N]``."""
+    """``python -m p3eft.privtuner.experiment --out DIR [--train N --epochs E --batch B --lr LR --dev N
+    --enc-train N --enc-eval N --phases plain_twin,...]``; a bad option is one line on stderr, exit 2."""
     import argparse
     import sys
 
@@ -365,7 +532,11 @@ def main(argv: list[str] | None = None) -> None:
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     a = ap.parse_args(argv)
     kw = {k: getattr(a, k) for k in ExperimentConfig.__dataclass_fields__ if k != "phases"}
-    ecfg = ExperimentConfig(**kw, phases=tuple(a.phases.split(",")))
+    try:
+        ecfg = ExperimentConfig(**kw, phases=tuple(p for p in a.phases.split(",") if p))
+    except P3eftError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     a.out.mkdir(parents=True, exist_ok=True)
 
     def say(msg: str) -> None:

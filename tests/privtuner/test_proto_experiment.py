@@ -1,0 +1,115 @@
+"""The SST-2 experiment driver (p3eft.privtuner.experiment) on a very small BERT: the schedule, the
+minibatch SGD shared by plaintext LoRA and the twin, the dev-set size, and the JSON it writes."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from p3eft.errors import P3eftError
+from p3eft.privtuner.experiment import (
+    ExperimentConfig,
+    main,
+    markdown,
+    plain_lora,
+    run,
+    schedule,
+    twin_run,
+    wilson,
+)
+from p3eft.privtuner.twin import PrivTunerModel, Twin
+from p3eft.privtuner.wiring import Tokens, settings
+
+
+class _Backend:  # what plain_lora reads from the model owner's backend
+    def __init__(self, model: PrivTunerModel) -> None:
+        self.model = model
+
+
+def test_schedule_is_a_seeded_permutation_per_epoch_cut_into_batches():
+    steps = schedule(7, epochs=2, batch=3, seed=0)
+    assert [len(b) for b in steps] == [3, 3, 1, 3, 3, 1]
+    first, second = sum(steps[:3], []), sum(steps[3:], [])
+    assert sorted(first) == sorted(second) == list(range(7))
+    assert first != second  # each epoch has its own order
+    assert steps == schedule(7, epochs=2, batch=3, seed=0)
+    assert steps != schedule(7, epochs=2, batch=3, seed=1)
+
+
+def test_wilson_interval_matches_the_textbook_value():
+    lo, hi = wilson(81, 100)  # Wilson 95% interval of 81/100: [0.7222, 0.8749]
+    assert lo == pytest.approx(0.7222, abs=1e-4) and hi == pytest.approx(0.8749, abs=1e-4)
+    assert wilson(0, 10)[0] == 0.0 and 0 < wilson(0, 10)[1] < 0.35
+
+
+def test_minibatch_plain_lora_in_torch_equals_the_exact_twin():
+    """Batch 2, 2 epochs, shuffled: torch + peft and the exact twin make the same updates."""
+    cfg = settings(model="tiny", layers=2, max_len=8, rank=2, alpha=4.0, lr=0.5)
+    model = PrivTunerModel(cfg)
+    tokens = Tokens("tiny", int(model.weights.word.shape[0]), 0, model.spec.seq, cfg.max_len)
+    texts = [("a good movie", 1), ("dull and long", 0), ("great fun", 1), ("awful", 0), ("fine", 1)]
+    train = [tokens.example(t, y) for t, y in texts]
+    init = model.init_params(seed=0, b_scale=0.1)
+    steps = schedule(len(train), epochs=2, batch=2, seed=3)
+    losses, preds = plain_lora(cfg, _Backend(model), init, train, train, steps)
+    twin_losses, twin_preds = twin_run(Twin(model, exact=True), init, train, train, steps, cfg.lr)
+    assert len(losses) == len(twin_losses) == 10
+    assert np.allclose(losses, twin_losses, atol=1e-9)
+    assert list(preds) == list(twin_preds)
+    # negative control: per-example updates in the same order give other losses
+    single = [[i] for b in steps for i in b]
+    other, _ = plain_lora(cfg, _Backend(model), init, train, train, single)
+    assert np.max(np.abs(np.subtract(other, losses))) > 1e-6
+
+
+def test_experiment_phase_one_on_the_tiny_bert(tmp_path):
+    """Real SST-2 text (the data folder), the tiny BERT: calibration, both trainings, the JSON."""
+    ecfg = ExperimentConfig(
+        model="tiny",
+        layers=2,
+        max_len=8,
+        rank=2,
+        alpha=4.0,
+        lr=0.5,
+        train=6,
+        epochs=2,
+        batch=2,
+        dev=7,
+        phases=("plain_twin",),
+    )
+    out = tmp_path / "sst2.json"
+    res = run(ecfg, out, say=lambda m: None)
+    written = json.loads(out.read_text())
+    pt = written["plain_twin"]
+    assert written["phases_done"] == ["plain_twin"] == res["phases_done"]
+    assert pt["updates"] == 6 and pt["train_examples"] == 6 and pt["dev_examples"] == 7
+    for name in ("plain", "twin"):
+        r = pt[name]
+        assert r["finished"] and r["dev_examples"] == 7 and len(r["predictions"]) == 7
+        assert len(r["losses"]) == 12  # 2 epochs x 6 examples
+        assert r["dev_correct"] == round(r["dev_accuracy"] * 7)
+        lo, hi = r["dev_accuracy_wilson95"]
+        assert 0 <= lo <= r["dev_accuracy"] <= hi <= 1
+        assert r["seconds"] > 0 and r["cpu_seconds"] > 0
+    # the approximate twin follows plaintext LoRA on the tiny model (approximations' error only)
+    assert pt["loss_max_abs_diff"] < 1e-2
+    assert pt["agreement_twin_plain"] == 1.0
+    assert pt["range_flags_twin"] == 0
+    assert pt["accuracy_gap_twin_minus_plain"] == pytest.approx(
+        pt["twin"]["dev_accuracy"] - pt["plain"]["dev_accuracy"]
+    )
+    text = markdown(written, "sst2.json", "sst2.png")
+    assert "| approximate twin | 7 |" in text and "encrypted_train, encrypted_eval" in text
+
+
+def test_bad_options_are_refused(capsys):
+    with pytest.raises(P3eftError):
+        ExperimentConfig(batch=0)
+    with pytest.raises(P3eftError):
+        ExperimentConfig(phases=("plain", "twin"))
+    with pytest.raises(SystemExit) as stop:
+        main(["--out", "/nonexistent-never-written", "--epochs", "0"])
+    assert stop.value.code == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
