@@ -8,7 +8,9 @@ of the inverse square root, its first-guess degree, Newton steps and depth, the 
 error of the twin's inverse square root against 1/sqrt of the same input, and the largest relative
 drift of that input from the exact model's (what the upstream approximations add); the logits of
 the twin against the transformers model cut to the same layers, the pooled [CLS] features of the twin
-against the exact twin's, and each GELU site's range and fit error.
+against the exact twin's, and per GELU site and range class (ours: one polynomial per class of
+(position group, FFN channel) slots) the class's input range, degree, slots, fit error on its range
+and the largest error of the twin's GELU against the exact GELU of the same input on the examples.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 
 from p3eft.fhe.costs import provenance
+from p3eft.privtuner.approx import SlotFn, gelu_exact
 from p3eft.privtuner.backend import PlainBackend
 from p3eft.privtuner.calibration import calibrate
 from p3eft.privtuner.config import PrivTunerConfig
@@ -40,9 +43,17 @@ class _Capture(PlainBackend):
     def __init__(self, *a: Any, **k: Any) -> None:
         super().__init__(*a, **k)
         self.seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.gelu_err: dict[str, np.ndarray] = {}  # site -> largest |error| per range class
 
-    def fn(self, site: str, x: np.ndarray) -> np.ndarray:
-        y = super().fn(site, x)
+    def fn(self, site: str, x: np.ndarray, part: int | None = None) -> np.ndarray:
+        y = super().fn(site, x, part)
+        f = self.fns.get(site)
+        if isinstance(f, SlotFn) and part is not None:
+            sig = f.scales()[part]
+            err = np.abs(y - gelu_exact(x / sig))
+            cls = f.slot_class[part]
+            worst = self.gelu_err.setdefault(site, np.zeros(len(f.classes)))
+            np.maximum.at(worst, cls.ravel(), err.ravel())
         if site.endswith("inv_sqrt"):
             self.seen[site] = (x[:, 0].copy(), y[:, 0].copy())  # every slot of a row holds its value
         elif site == "pool.tanh":
@@ -50,11 +61,13 @@ class _Capture(PlainBackend):
         return y
 
 
-def _run(model: PrivTunerModel, twin: Twin, ex: Any, params: dict) -> tuple[np.ndarray, dict]:
+def _run(model: PrivTunerModel, twin: Twin, ex: Any, params: dict) -> tuple[np.ndarray, dict, dict]:
     bk = _Capture(model.spec, twin.fns)
     x_rot, km = model.example_inputs(ex)
     x = model.graph.forward_frozen(bk, x_rot, km)
-    return model.graph.forward_adapted(bk, x, km, params, None), bk.seen
+    logits = model.graph.forward_adapted(bk, x, km, params, None)
+    twin.flags.extend(bk.flags)  # out-of-range inputs on these examples (none expected)
+    return logits, bk.seen, bk.gelu_err
 
 
 def main() -> None:
@@ -90,9 +103,12 @@ def main() -> None:
     hf.eval()
     sites: dict[str, dict[str, Any]] = {}
     logit_twin_vs_torch = logit_exact_vs_torch = pooled_diff = logit_scale = 0.0
+    gelu_seen: dict[str, np.ndarray] = {}
     for ex in test:
-        za, seen_a = _run(model, approx, ex, params)
-        ze, seen_e = _run(model, exact, ex, params)
+        za, seen_a, gerr = _run(model, approx, ex, params)
+        ze, seen_e, _ = _run(model, exact, ex, params)
+        for site, e in gerr.items():
+            gelu_seen[site] = np.maximum(gelu_seen.get(site, 0.0), e)
         ids = torch.tensor(ex.ids[None, : model.spec.max_len])
         mask = (torch.arange(ids.shape[1]) < ex.length).long()[None]
         with torch.no_grad():
@@ -136,13 +152,19 @@ def main() -> None:
         f" torch {logit_exact_vs_torch:.2e}; pooled [CLS] features (tanh, in [-1, 1]): twin vs exact"
         f" {pooled_diff:.2e}"
     )
-    gelu = {k: v.describe() for k, v in report.fns.items() if k.endswith(".gelu")}
+    gelu = {k: v.describe() for k, v in report.fns.items() if k.endswith(".gelu") or k.endswith(".gelu_grad")}
     for k, d in gelu.items():
-        sig = report.fns.in_scale(k)
-        print(
-            f"{k}: input range [{d['range'][0] / sig:.1f}, {d['range'][1] / sig:.1f}], degree {d['degree']},"
-            f" max abs error on it {d['max_abs_error_on_range']:.2e}"
-        )
+        print(f"{k}: degree {d['degree']}, depth {d['depth']}, {len(d['classes'])} range classes")
+        for i, c in enumerate(d["classes"]):
+            lo, hi = c["input_range"]
+            c["max_abs_error_seen"] = float(gelu_seen[k][i]) if k in gelu_seen else None
+            seen = (
+                "" if c["max_abs_error_seen"] is None else f", on the examples {c['max_abs_error_seen']:.1e}"
+            )
+            print(
+                f"  class {i:2d} [{lo:6.1f}, {hi:6.1f}] {c['slots']:6d} slots, degree {c['degree']:2d},"
+                f" max abs error on the range {c['max_abs_error_on_range']:.1e}{seen}"
+            )
     print(f"range flags: {len(approx.flags)}")
     out = {
         "model": {"name": args.model, "layers": args.layers, "max_len": args.max_len, "random": random},
