@@ -64,7 +64,28 @@ def test_minibatch_plain_lora_in_torch_equals_the_exact_twin():
     assert np.max(np.abs(np.subtract(other, losses))) > 1e-6
 
 
-def test_experiment_phase_one_on_the_tiny_bert(tmp_path):
+def test_adam_on_the_twin_equals_torch_adam():
+    """The plaintext-only Adam recipe: the exact twin's elementwise Adam on its logical matrices makes
+    torch.optim.Adam's updates (replicated entries get equal gradients)."""
+    cfg = settings(model="tiny", layers=2, max_len=8, rank=2, alpha=4.0, lr=0.01)
+    model = PrivTunerModel(cfg)
+    tokens = Tokens("tiny", int(model.weights.word.shape[0]), 0, model.spec.seq, cfg.max_len)
+    texts = [("a good movie", 1), ("dull and long", 0), ("great fun", 1), ("awful", 0)]
+    train = [tokens.example(t, y) for t, y in texts]
+    init = model.init_params(seed=0)  # B = 0, as in the experiment
+    steps = schedule(len(train), epochs=3, batch=2, seed=1)
+    losses, preds = plain_lora(cfg, _Backend(model), init, train, train, steps, "adam")
+    twin_losses, twin_preds = twin_run(
+        Twin(model, exact=True), init, train, train, steps, cfg.lr, optimizer="adam"
+    )
+    assert np.allclose(losses, twin_losses, atol=1e-8)
+    assert list(preds) == list(twin_preds)
+    sgd, _ = plain_lora(cfg, _Backend(model), init, train, train, steps, "sgd")
+    assert np.max(np.abs(np.subtract(sgd, losses))) > 1e-4  # negative control: SGD differs
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_experiment_phase_one_on_the_tiny_bert(tmp_path, optimizer):
     """Real SST-2 text (the data folder), the tiny BERT: calibration, both trainings, the JSON."""
     ecfg = ExperimentConfig(
         model="tiny",
@@ -72,11 +93,12 @@ def test_experiment_phase_one_on_the_tiny_bert(tmp_path):
         max_len=8,
         rank=2,
         alpha=4.0,
-        lr=0.5,
+        lr=0.5 if optimizer == "sgd" else 0.01,
         train=6,
         epochs=2,
         batch=2,
         dev=7,
+        optimizer=optimizer,
         phases=("plain_twin",),
     )
     out = tmp_path / "sst2.json"
@@ -85,7 +107,9 @@ def test_experiment_phase_one_on_the_tiny_bert(tmp_path):
     pt = written["plain_twin"]
     assert written["phases_done"] == ["plain_twin"] == res["phases_done"]
     assert pt["updates"] == 6 and pt["train_examples"] == 6 and pt["dev_examples"] == 7
-    for name in ("plain", "twin"):
+    runs = ("plain", "twin") if optimizer == "sgd" else ("plain", "plain_sgd", "twin")
+    assert [k for k in ("plain", "plain_sgd", "twin") if k in pt] == list(runs)
+    for name in runs:
         r = pt[name]
         assert r["finished"] and r["dev_examples"] == 7 and len(r["predictions"]) == 7
         assert len(r["losses"]) == 12  # 2 epochs x 6 examples
@@ -101,7 +125,7 @@ def test_experiment_phase_one_on_the_tiny_bert(tmp_path):
         pt["twin"]["dev_accuracy"] - pt["plain"]["dev_accuracy"]
     )
     text = markdown(written, "sst2.json", "sst2.png")
-    assert "| approximate twin | 7 |" in text and "encrypted_train, encrypted_eval" in text
+    assert f"| approximate twin, {optimizer} | 7 |" in text and "encrypted_train, encrypted_eval" in text
 
 
 def test_bad_options_are_refused(capsys):
@@ -109,6 +133,8 @@ def test_bad_options_are_refused(capsys):
         ExperimentConfig(batch=0)
     with pytest.raises(P3eftError):
         ExperimentConfig(phases=("plain", "twin"))
+    with pytest.raises(P3eftError):
+        ExperimentConfig(optimizer="lbfgs")
     with pytest.raises(SystemExit) as stop:
         main(["--out", "/nonexistent-never-written", "--epochs", "0"])
     assert stop.value.code == 2

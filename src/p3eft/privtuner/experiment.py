@@ -36,6 +36,7 @@ from p3eft.errors import P3eftError
 from p3eft.privtuner.config import PrivTunerConfig
 
 PHASES = ("plain_twin", "encrypted_train", "encrypted_eval")
+OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass
@@ -50,7 +51,8 @@ class ExperimentConfig:
     seed: int = 0
     train: int = 1000  # phase 1 training examples (the first ones of SST-2's training file)
     epochs: int = 1  # passes over them, each in its own seeded order
-    batch: int = 1  # examples whose gradients one SGD update averages
+    batch: int = 1  # examples whose gradients one update averages
+    optimizer: str = "sgd"  # "sgd": the protocol's encrypted update; "adam": plaintext phases only (ours)
     dev: int = 872  # phase 1 dev examples, for plaintext LoRA and the twin alike (872 = all)
     enc_train: int = 64  # phase 2 encrypted training examples (the schedule's first ones)
     enc_eval: int = 200  # phase 3 encrypted dev examples
@@ -62,6 +64,8 @@ class ExperimentConfig:
                 raise P3eftError(f"--{name} must be at least 1")
         if self.enc_train < 0 or self.enc_eval < 0:
             raise P3eftError("--enc-train and --enc-eval must not be negative")
+        if self.optimizer not in OPTIMIZERS:
+            raise P3eftError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         unknown = set(self.phases) - set(PHASES)
         if unknown:
             raise P3eftError(f"unknown phases {sorted(unknown)}; known: {', '.join(PHASES)}")
@@ -157,6 +161,7 @@ def run(
             "updates": len(steps),
             "dev_examples": len(dev),
             "dev_label_balance": float(np.mean(labels)),
+            "optimizer": ecfg.optimizer,
         }
         res["plain_twin"] = phase
 
@@ -167,10 +172,16 @@ def run(
 
             return note
 
-        runs = (
-            ("plain", lambda: plain_lora(cfg, backend, init, train, dev, steps)),
-            ("twin", lambda: twin_run(twin, init, train, dev, steps, cfg.lr, partial("twin"), say)),
-        )
+        opt = ecfg.optimizer
+        runs = [
+            ("plain", lambda: plain_lora(cfg, backend, init, train, dev, steps, opt)),
+            (
+                "twin",
+                lambda: twin_run(twin, init, train, dev, steps, cfg.lr, partial("twin"), say, optimizer=opt),
+            ),
+        ]
+        if opt != "sgd":  # the protocol's update on the same schedule, plaintext LoRA only (cheap)
+            runs.insert(1, ("plain_sgd", lambda: plain_lora(cfg, backend, init, train, dev, steps, "sgd")))
         for name, fn in runs:
             t0, c0 = time.perf_counter(), time.process_time()
             say(f"phase 1: training the {name} model: {len(steps)} updates over {len(train)} examples")
@@ -214,6 +225,7 @@ def run(
             InProcessChannel(ModelOwner(backend)), BertCodec, DataOwnerConfig(lr=cfg.lr, seed=cfg.seed)
         )
         phase = {
+            "update": "sgd",  # the protocol's update, whatever phase 1's optimizer
             "examples": n_enc,
             "updates": len(enc_steps),
             "batch": ecfg.batch,
@@ -290,14 +302,36 @@ def _first_examples(steps: list[list[int]], n: int) -> list[list[int]]:
     return out
 
 
-def twin_update(
-    twin: Any, batch: list, params: dict[str, np.ndarray], lr: float
-) -> tuple[list[float], dict[str, np.ndarray]]:
-    """One SGD update of the twin on the mean gradient of ``batch``: what the protocol's
-    ``train_step`` on a list computes (dL/dlogits / len(batch) per example, encrypted gradients
-    accumulated, one update); returns the examples' losses and the new parameters."""
-    from p3eft.privtuner.twin import Twin
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 
+
+class TwinAdam:
+    """Adam (Kingma & Ba 2015, torch.optim.Adam's update, no weight decay) on the twin's logical
+    matrices, elementwise; a plaintext-only recipe (ours): the protocol's encrypted update is SGD.
+
+    Elementwise Adam on the logical matrices equals Adam on the model's parameters because every
+    copy of a replicated parameter entry receives the same gradient (the tests check it against torch)."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr, self.t = lr, 0
+        self.m: dict[str, np.ndarray] = {}
+        self.v: dict[str, np.ndarray] = {}
+
+    def __call__(self, params: dict[str, np.ndarray], grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        b1, b2 = ADAM_BETAS
+        self.t += 1
+        out = dict(params)
+        for k, g in grads.items():
+            m = self.m[k] = b1 * self.m.get(k, 0.0) + (1 - b1) * g
+            v = self.v[k] = b2 * self.v.get(k, 0.0) + (1 - b2) * g * g
+            denom = np.sqrt(v) / np.sqrt(1 - b2**self.t) + ADAM_EPS
+            out[k] = params[k] - (self.lr / (1 - b1**self.t)) * m / denom
+        return out
+
+
+def twin_gradients(twin: Any, batch: list, params: dict[str, np.ndarray]) -> tuple[list[float], dict]:
+    """The examples' losses and the mean gradient of ``batch``: what the protocol's ``train_step`` on a
+    list accumulates (dL/dlogits / len(batch) per example, encrypted gradients summed)."""
     losses, total = [], None
     for ex in batch:
         loss, _, grads = twin.gradients(ex, params)
@@ -305,7 +339,18 @@ def twin_update(
         g = {k: v / len(batch) for k, v in grads.items()}
         total = g if total is None else {k: total[k] + g[k] for k in total}
     assert total is not None
-    return losses, Twin.sgd(params, total, lr)
+    return losses, total
+
+
+def twin_update(
+    twin: Any, batch: list, params: dict[str, np.ndarray], lr: float
+) -> tuple[list[float], dict[str, np.ndarray]]:
+    """One SGD update of the twin on the mean gradient of ``batch`` (the protocol's update); returns
+    the examples' losses and the new parameters."""
+    from p3eft.privtuner.twin import Twin
+
+    losses, grads = twin_gradients(twin, batch, params)
+    return losses, Twin.sgd(params, grads, lr)
 
 
 def twin_run(
@@ -318,14 +363,22 @@ def twin_run(
     note: Callable[[list[float]], None] | None = None,
     say: Callable[[str], None] | None = None,
     every: int = 25,
+    optimizer: str = "sgd",
 ) -> tuple[list[float], np.ndarray]:
-    """The approximate twin trained on ``steps`` (minibatches of indices into ``train``); returns the
-    per-example losses in schedule order and the dev predictions. ``note`` gets the losses so far
-    every ``every`` updates (the JSON is written as the long run goes)."""
+    """The approximate twin trained on ``steps`` (minibatches of indices into ``train``) with SGD (the
+    protocol's update) or Adam (plaintext only); returns the per-example losses in schedule order and
+    the dev predictions. ``note`` gets the losses so far every ``every`` updates (the JSON is written
+    as the long run goes)."""
+    from p3eft.privtuner.twin import Twin
+
+    if optimizer not in OPTIMIZERS:
+        raise P3eftError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    update = TwinAdam(lr) if optimizer == "adam" else (lambda p, g: Twin.sgd(p, g, lr))
     params, losses = init, []
     t0 = time.perf_counter()
     for i, idx in enumerate(steps):
-        ls, params = twin_update(twin, [train[j] for j in idx], params, lr)
+        ls, grads = twin_gradients(twin, [train[j] for j in idx], params)
+        params = update(params, grads)
         losses += ls
         if (i + 1) % every == 0 or i + 1 == len(steps):
             if note is not None:
@@ -346,11 +399,13 @@ def plain_lora(
     train: list,
     dev: list,
     steps: list[list[int]] | None = None,
+    optimizer: str = "sgd",
 ):
     """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
-    minibatch SGD on the same schedule as the twin (``steps``: minibatches of indices into ``train``;
-    default one example per update, in order); the reference the twin is compared with. Returns
-    the per-example losses in schedule order and the dev predictions."""
+    minibatch updates (SGD, or Adam with torch's defaults) on the same schedule as the twin
+    (``steps``: minibatches of indices into ``train``; default one example per update, in order); the
+    reference the twin is compared with. Returns the per-example losses in schedule order and the dev
+    predictions."""
     import torch
 
     from p3eft.privtuner.adapter import peft_names
@@ -361,7 +416,12 @@ def plain_lora(
         export_base(cfg).double(), peft_names(backend.model.plain_params(init)), cfg.lora_rank, cfg.lora_alpha
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=cfg.lr)
+    if optimizer not in OPTIMIZERS:
+        raise P3eftError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    if optimizer == "adam":
+        opt = torch.optim.Adam(params, lr=cfg.lr, betas=ADAM_BETAS, eps=ADAM_EPS)
+    else:
+        opt = torch.optim.SGD(params, lr=cfg.lr)
     losses = []
     model.eval()  # no dropout: the twin has none (gradients flow in eval mode all the same)
     for idx in steps if steps is not None else [[i] for i in range(len(train))]:
@@ -431,6 +491,15 @@ def plot(res: dict[str, Any], png: Path) -> None:
     fig.savefig(png, dpi=120)
 
 
+def _optimizer_text(c: dict[str, Any]) -> str:
+    if c.get("optimizer", "sgd") == "sgd":
+        return "SGD (the update the encrypted protocol runs)"
+    return (
+        "Adam (torch's update and defaults; plaintext phases only, the encrypted protocol runs SGD: "
+        "Adam's elementwise square root and division of encrypted moments are not implemented)"
+    )
+
+
 def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
     """A short report of what ran, with its true sizes, and of what did not."""
     c = res["config"]
@@ -440,7 +509,7 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
         f"Model `{c['model']}` cut to its first {c['layers']} layers (weights: "
         f"{'RANDOM' if res['weights']['random'] else 'real'}, {res['weights']['source']}), LoRA rank {c['rank']} "
         f"(alpha {c['alpha']}) on query and value of every layer plus the classifier head (pooler on the "
-        f"first token, frozen), {c['max_len']} tokens; SGD with lr {c['lr']}, each update averaging the "
+        f"first token, frozen), {c['max_len']} tokens; {_optimizer_text(c)} with lr {c['lr']}, each update averaging the "
         f"gradients of {c['batch']} example(s), {c['epochs']} epoch(s) over the first {c['train']} SST-2 "
         f"training examples, each epoch in its own seeded order (seed {c['seed']}). Data: {json_name}; "
         f"figure: {png_name}. Started {res['started']}, finished {res.get('finished', '(not finished)')}; "
@@ -461,7 +530,11 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
             "| model | dev examples | dev accuracy (95% Wilson) | predicted positive | wall s | CPU s |",
             "|---|---|---|---|---|---|",
         ]
-        names = (("plain", "plaintext LoRA (torch + peft, float64)"), ("twin", "approximate twin"))
+        names = (
+            ("plain", f"plaintext LoRA (torch + peft, float64), {pt.get('optimizer', 'sgd')}"),
+            ("plain_sgd", "plaintext LoRA, sgd (the protocol's update), same schedule"),
+            ("twin", f"approximate twin, {pt.get('optimizer', 'sgd')}"),
+        )
         for key, label in names:
             r = pt.get(key)
             if r and r.get("finished"):
