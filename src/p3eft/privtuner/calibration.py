@@ -199,7 +199,7 @@ def slot_classes(
     return cls, [(float(a), float(b)) for a, b in keys]
 
 
-def _slot_fn(site: str, cls: np.ndarray, ranges: list[tuple[float, float]]) -> SlotFn:
+def slot_fn(site: str, cls: np.ndarray, ranges: list[tuple[float, float]]) -> SlotFn:
     """Class k scaled by 1 / max(|lo_k|, |hi_k|) into [-1, 1] and fitted there."""
     fns = []
     for lo, hi in ranges:
@@ -249,8 +249,8 @@ def calibrate(
             slo = np.stack([parts[c][0] for c in range(len(parts))])
             shi = np.stack([parts[c][1] for c in range(len(parts))])
             cls, class_ranges = slot_classes(slo, shi, m)
-            slot_fns[site] = _slot_fn(site, cls, class_ranges)
-            slot_fns[site + "_grad"] = _slot_fn(site + "_grad", cls, class_ranges)  # GELU's input
+            slot_fns[site] = slot_fn(site, cls, class_ranges)
+            slot_fns[site + "_grad"] = slot_fn(site + "_grad", cls, class_ranges)  # GELU's input
             scales[site] = scales[site + "_grad"] = slot_fns[site].scales()
         elif kind == "tanh":  # input scaled into [-1, 1]
             scales[site] = 1.0 / max(abs(wlo), abs(whi))
