@@ -1,7 +1,7 @@
 """The approximate twin against exact PyTorch on a real encoder, per LayerNorm (plaintext, no encryption).
 
 Usage: ``python benchmarks/privtuner_layernorm.py --model minilm-l6 --layers 2 --max-len 16
-[--calib 16] [--examples 8] [--json FILE]``. Calibrates on the last ``--calib`` SST-2 training
+[--calib 16] [--examples 8] [--held-out 200] [--json FILE]``. Calibrates on the last ``--calib`` SST-2 training
 sentences (as ``p3eft privtuner verify`` does), then on the first ``--examples`` ones prints, per
 LayerNorm site: the variance spread across rows (row 0, [CLS], and the others), the calibrated range
 of the inverse square root, its first-guess degree, Newton steps and depth, the largest relative
@@ -11,6 +11,9 @@ the twin against the transformers model cut to the same layers, the pooled [CLS]
 against the exact twin's, and per GELU site and range class (ours: one polynomial per class of
 (position group, FFN channel) slots) the class's input range, degree, slots, fit error on its range
 and the largest error of the twin's GELU against the exact GELU of the same input on the examples.
+``--held-out N`` also runs the approximate twin (forward) on the N training sentences after the
+examples and counts those with an input outside its calibrated range, per site (robustness of the
+calibrated ranges on sentences calibration did not see).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from p3eft.fhe.costs import provenance
 from p3eft.privtuner.approx import SlotFn, gelu_exact
@@ -77,6 +81,7 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=16)
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--examples", type=int, default=8)
+    ap.add_argument("--held-out", type=int, default=0)
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/sst2/train.tsv"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -166,6 +171,20 @@ def main() -> None:
                 f" max abs error on the range {c['max_abs_error_on_range']:.1e}{seen}"
             )
     print(f"range flags: {len(approx.flags)}")
+    held: dict[str, Any] = {}
+    if args.held_out:
+        sel = rows[args.examples : args.examples + args.held_out]
+        more = examples_from_sentences(tok, model.spec, [r[0] for r in sel], [int(r[1]) for r in sel])
+        per_site: dict[str, int] = {}
+        flagged = 0
+        for ex in track(more, description="held-out sentences"):
+            t = Twin(model, report.fns)
+            t.logits(ex, params)
+            flagged += bool(t.flags)
+            for site in {f.site for f in t.flags}:
+                per_site[site] = per_site.get(site, 0) + 1
+        held = {"sentences": len(more), "with_range_flags": flagged, "per_site": per_site}
+        print(f"held-out sentences with a range flag: {flagged} of {len(more)} {per_site}")
     out = {
         "model": {"name": args.model, "layers": args.layers, "max_len": args.max_len, "random": random},
         "calibration_examples": args.calib,
@@ -178,6 +197,7 @@ def main() -> None:
         "pooled_max_abs_diff_twin_vs_exact": pooled_diff,
         "gelu_sites": gelu,
         "range_flags": [f.__dict__ for f in approx.flags],
+        "held_out": held,
         "provenance": provenance(" ".join(["benchmarks/privtuner_layernorm.py", *sys.argv[1:]]), 1),
     }
     if args.json:

@@ -330,7 +330,7 @@ class CipherBackend:
                 y = self.ctx.encrypt_slots(np.zeros(self.ctx.slots), self.spec.layout(), lvl)
             else:
                 kk = k
-                if rm is not None and not np.all(rm):
+                if rm is not None and not np.all(rm == 1.0):  # a row mask or per-slot scales
                     key = (lin.key, ci)
                     if key not in self.kernels:
                         self.kernels[key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, rm)
