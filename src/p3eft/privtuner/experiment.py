@@ -400,12 +400,13 @@ def plain_lora(
     dev: list,
     steps: list[list[int]] | None = None,
     optimizer: str = "sgd",
+    float32: bool = False,
 ):
     """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
     minibatch updates (SGD, or Adam with torch's defaults) on the same schedule as the twin
     (``steps``: minibatches of indices into ``train``; default one example per update, in order); the
     reference the twin is compared with. Returns the per-example losses in schedule order and the dev
-    predictions."""
+    predictions. ``float32`` only for quick recipe sweeps (benchmarks/privtuner_sst2_recipes.py)."""
     import torch
 
     from p3eft.privtuner.adapter import peft_names
@@ -413,7 +414,10 @@ def plain_lora(
     from p3eft.privtuner.wiring import export_base
 
     model = peft_model_with(
-        export_base(cfg).double(), peft_names(backend.model.plain_params(init)), cfg.lora_rank, cfg.lora_alpha
+        export_base(cfg).float() if float32 else export_base(cfg).double(),
+        peft_names(backend.model.plain_params(init)),
+        cfg.lora_rank,
+        cfg.lora_alpha,
     )
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer not in OPTIMIZERS:
