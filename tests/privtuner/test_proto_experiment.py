@@ -11,6 +11,7 @@ import pytest
 from p3eft.errors import P3eftError
 from p3eft.privtuner.experiment import (
     ExperimentConfig,
+    compare,
     main,
     markdown,
     plain_lora,
@@ -139,3 +140,23 @@ def test_bad_options_are_refused(capsys):
         main(["--out", "/nonexistent-never-written", "--epochs", "0"])
     assert stop.value.code == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_compare_stops_the_loss_comparison_at_the_twins_first_non_finite_loss(tmp_path):
+    phase = {
+        "plain": {"losses": [0.7, 0.6, 0.5, 0.4], "predictions": [1, 0, 1, 1], "dev_accuracy": 0.75},
+        "twin": {"losses": [0.7, 0.65, None, 0.3], "predictions": [1, 0, 0, 0], "dev_accuracy": 0.25},
+    }
+    c = compare(phase)
+    assert c["twin_first_nonfinite_loss"] == 2 and c["loss_examples_compared"] == 2
+    assert c["loss_max_abs_diff"] == pytest.approx(0.05) and c["agreement_twin_plain"] == 0.5
+    assert c["accuracy_gap_twin_minus_plain"] == pytest.approx(-0.5)
+    phase["twin"]["losses"][2] = 0.45  # negative control: all finite, all four compared
+    c = compare(phase)
+    assert c["twin_first_nonfinite_loss"] is None and c["loss_examples_compared"] == 4
+    assert c["loss_max_abs_diff"] == pytest.approx(0.1)
+    # NaN is written as null (strict JSON)
+    from p3eft.privtuner.experiment import _write
+
+    _write(tmp_path / "r.json", {"x": [float("nan"), 1.0]})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"x": [None, 1.0]}

@@ -92,10 +92,47 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     return (max(0.0, float(c - h)), min(1.0, float(c + h)))
 
 
+def _finite(x: Any) -> Any:
+    """NaN and infinities as null: strict JSON has no NaN (a diverged twin's losses are NaN)."""
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
 def _write(path: Path, res: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(res, indent=2, default=str))
+    tmp.write_text(json.dumps(_finite(res), indent=2, default=str))
     tmp.replace(path)
+
+
+def compare(phase: dict[str, Any]) -> dict[str, Any]:
+    """Twin against plaintext LoRA from the stored losses and predictions: prediction agreement,
+    accuracy gap, per-example loss differences up to the twin's first non-finite loss (null in the
+    JSON: a value left its approximation's range and the arithmetic diverged)."""
+    p, t = phase["plain"], phase["twin"]
+    pp, tp = np.array(p["predictions"]), np.array(t["predictions"])
+    tl = np.array([np.nan if v is None else v for v in t["losses"]], dtype=float)
+    pl = np.array(p["losses"], dtype=float)[: len(tl)]
+    bad = np.flatnonzero(~np.isfinite(tl))
+    first_bad = int(bad[0]) if bad.size else None
+    upto = len(tl) if first_bad is None else first_bad
+    diff = np.abs(pl[:upto] - tl[:upto])
+    windows = [
+        {"examples": [a, min(a + 64, upto)], "max": float(diff[a : a + 64].max())} for a in range(0, upto, 64)
+    ]
+    return {
+        "agreement_twin_plain": float(np.mean(pp == tp)),
+        "accuracy_gap_twin_minus_plain": t["dev_accuracy"] - p["dev_accuracy"],
+        "twin_first_nonfinite_loss": first_bad,
+        "loss_examples_compared": upto,
+        "loss_max_abs_diff": float(diff.max()) if upto else None,
+        "loss_mean_abs_diff": float(diff.mean()) if upto else None,
+        "loss_max_abs_diff_per_64": windows,
+    }
 
 
 def _accuracy(preds: np.ndarray, labels: np.ndarray) -> float:
@@ -201,14 +238,7 @@ def run(
             }
             say(f"phase 1: {name} dev accuracy {phase[name]['dev_accuracy']:.4f} on {len(preds)}")
             _write(out_json, res)
-        pp, tp = np.array(phase["plain"]["predictions"]), np.array(phase["twin"]["predictions"])
-        phase["agreement_twin_plain"] = float(np.mean(pp == tp))
-        diff = np.abs(np.subtract(phase["plain"]["losses"], phase["twin"]["losses"]))
-        phase["loss_max_abs_diff"] = float(np.max(diff))
-        phase["loss_mean_abs_diff"] = float(np.mean(diff))
-        phase["accuracy_gap_twin_minus_plain"] = (
-            phase["twin"]["dev_accuracy"] - phase["plain"]["dev_accuracy"]
-        )
+        phase.update(compare(phase))
         phase["range_flags_twin"] = len(twin.flags)
         phase["range_flag_sites"] = sorted({f.site for f in twin.flags})
         res["phases_done"].append("plain_twin")
@@ -455,10 +485,10 @@ def plot(res: dict[str, Any], png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     pt = res.get("plain_twin")
     if pt:
-        for name in ("plain", "twin"):
+        for name in ("plain", "plain_sgd", "twin"):
             if not pt.get(name, {}).get("losses"):
                 continue
-            ls = np.array(pt[name]["losses"])
+            ls = np.array([np.nan if v is None else v for v in pt[name]["losses"]], dtype=float)
             w = max(1, len(ls) // 40)
             axes[0].plot(np.convolve(ls, np.ones(w) / w, mode="valid"), label=f"{name} (moving mean {w})")
         axes[0].set_title(f"phase 1: training loss, {pt['train_examples']} examples, batch {pt['batch']}")
@@ -471,14 +501,18 @@ def plot(res: dict[str, Any], png: Path) -> None:
         axes[1].set_title(f"phase 2: loss per step, {len(et['enc_losses'])} encrypted steps")
         axes[1].set_xlabel("step (one example)")
         axes[1].legend()
+    else:
+        axes[1].text(0.5, 0.5, "phase 2 (encrypted training) not run", ha="center", va="center")
+        axes[1].set_axis_off()
     bars, names, errs = [], [], []
-    for key, label in (("plain", "plain LoRA"), ("twin", "twin")):
+    for key, label in (("plain", "plain LoRA"), ("plain_sgd", "plain LoRA, SGD"), ("twin", "twin")):
         r = (pt or {}).get(key, {})
         if r.get("finished"):
             lo, hi = r["dev_accuracy_wilson95"]
             bars.append(r["dev_accuracy"])
             errs.append((r["dev_accuracy"] - lo, hi - r["dev_accuracy"]))
-            names.append(f"{label}\n({r['dev_examples']} dev)")
+            opt = (pt or {}).get("optimizer", "sgd") if key != "plain_sgd" else "sgd"
+            names.append(f"{label if key == 'plain_sgd' else f'{label}, {opt}'}\n({r['dev_examples']} dev)")
     ev = res.get("encrypted_eval")
     if ev and ev.get("examples"):
         bars += [ev["twin_accuracy"], ev["accuracy"]]
@@ -486,7 +520,7 @@ def plot(res: dict[str, Any], png: Path) -> None:
         names += [f"twin, phase 2\n({ev['examples']} dev)", f"encrypted\n({ev['examples']} dev)"]
     if bars:
         yerr = np.array(errs).T
-        axes[2].bar(names, bars, yerr=yerr, capsize=4, color=["C0", "C1", "C2", "C3"][: len(bars)])
+        axes[2].bar(names, bars, yerr=yerr, capsize=4, color=["C0", "C1", "C2", "C3", "C4"][: len(bars)])
         axes[2].axhline(0.5, color="grey", lw=0.8, ls=":")
         axes[2].set_ylim(0.4, 1.0)
         axes[2].set_title("SST-2 dev accuracy (95% Wilson)")
@@ -552,12 +586,30 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
                     f"| {label} | not finished ({r.get('examples_done', 0)} training examples) | | | | |"
                 )
         if "agreement_twin_plain" in pt:
+            fb, n = pt.get("twin_first_nonfinite_loss"), pt.get("loss_examples_compared")
+            losses = (
+                f"their per-example training losses differ by at most {pt['loss_max_abs_diff']:.2e} (mean "
+                f"{pt['loss_mean_abs_diff']:.2e}) over {n} examples"
+                if pt.get("loss_max_abs_diff") is not None
+                else "no training loss to compare"
+            )
+            windows = ", ".join(
+                f"{w['examples'][0]}-{w['examples'][1]}: {w['max']:.1e}"
+                for w in pt.get("loss_max_abs_diff_per_64", [])
+            )
             lines += [
                 "",
                 f"The twin and plaintext LoRA agree on {pt['agreement_twin_plain']:.4f} of the dev predictions; "
-                f"twin minus plaintext accuracy {100 * pt['accuracy_gap_twin_minus_plain']:+.2f} points; their "
-                f"per-example training losses differ by at most {pt['loss_max_abs_diff']:.2e} (mean "
-                f"{pt['loss_mean_abs_diff']:.2e}); the twin raised {pt['range_flags_twin']} range flags"
+                f"twin minus plaintext accuracy {100 * pt['accuracy_gap_twin_minus_plain']:+.2f} points; {losses}"
+                + (f" (largest difference per 64 examples: {windows})" if windows else "")
+                + (
+                    f". **The twin's loss is not finite from training example {fb} on** (schedule order, "
+                    "0-based): a value left its approximation's range and the arithmetic diverged; its later "
+                    "updates and its dev predictions are those of a diverged model"
+                    if fb is not None
+                    else ""
+                )
+                + f". The twin raised {pt['range_flags_twin']} range flags"
                 + (f" (sites: {', '.join(pt['range_flag_sites'])})" if pt["range_flag_sites"] else "")
                 + ".",
             ]
@@ -601,6 +653,11 @@ def main(argv: list[str] | None = None) -> None:
 
     ap = argparse.ArgumentParser(description="PrivTuner SST-2 experiment (writes JSON + PNG into --out)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument(
+        "--report",
+        action="store_true",
+        help="only re-derive the comparison from --out's privtuner_sst2.json and rewrite its .md and .png",
+    )
     for f in ExperimentConfig.__dataclass_fields__.values():
         if f.name == "phases":
             ap.add_argument("--phases", default=",".join(f.default))
@@ -608,6 +665,19 @@ def main(argv: list[str] | None = None) -> None:
             kind = {"int": int, "float": float}.get(f.type, str)
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)
     a = ap.parse_args(argv)
+    if a.report:
+        path = a.out / "privtuner_sst2.json"
+        if not path.is_file():
+            print(f"error: {path} does not exist", file=sys.stderr)
+            raise SystemExit(2)
+        res = json.loads(path.read_text())
+        pt = res.get("plain_twin", {})
+        if pt.get("plain", {}).get("finished") and pt.get("twin", {}).get("finished"):
+            pt.update(compare(pt))
+        _write(path, res)
+        plot(res, a.out / "privtuner_sst2.png")
+        (a.out / "privtuner_sst2.md").write_text(markdown(res, "privtuner_sst2.json", "privtuner_sst2.png"))
+        return
     kw = {k: getattr(a, k) for k in ExperimentConfig.__dataclass_fields__ if k != "phases"}
     try:
         ecfg = ExperimentConfig(**kw, phases=tuple(p for p in a.phases.split(",") if p))
