@@ -121,7 +121,8 @@ def test_experiment_phase_one_on_the_tiny_bert(tmp_path, optimizer):
     # the approximate twin follows plaintext LoRA on the tiny model (approximations' error only)
     assert pt["loss_max_abs_diff"] < 1e-2
     assert pt["agreement_twin_plain"] == 1.0
-    assert pt["range_flags_twin"] == 0
+    assert pt["range_flags_twin"] == 0 and pt["range_flags_twin_training"] == 0
+    assert pt["twin_first_flagged_update"] is None
     assert pt["accuracy_gap_twin_minus_plain"] == pytest.approx(
         pt["twin"]["dev_accuracy"] - pt["plain"]["dev_accuracy"]
     )
@@ -160,3 +161,21 @@ def test_compare_stops_the_loss_comparison_at_the_twins_first_non_finite_loss(tm
 
     _write(tmp_path / "r.json", {"x": [float("nan"), 1.0]})
     assert json.loads((tmp_path / "r.json").read_text()) == {"x": [None, 1.0]}
+
+
+def test_twin_run_logs_where_the_adapter_leaves_the_calibrated_ranges():
+    from p3eft.privtuner.wiring import BertBackend
+
+    cfg = settings(model="tiny", layers=2, max_len=8, rank=2, alpha=4.0, lr=0.5)
+    backend = BertBackend(cfg)  # calibrated on the SST-2 calibration sentences
+    twin = Twin(backend.model, backend.fns)
+    texts = [("a good movie", 1), ("dull and long", 0), ("great fun", 1), ("awful", 0)]
+    train = [backend.tokens.example(t, y) for t, y in texts]
+    init = backend.model.init_params(seed=0)
+    steps = schedule(len(train), epochs=1, batch=1, seed=0)
+    small: list[int] = []
+    twin_run(twin, init, train, train[:1], steps, 1e-3, flags_log=small)
+    assert small == [0, 0, 0, 0]  # a small step stays inside the ranges
+    large: list[int] = []
+    twin_run(Twin(backend.model, backend.fns), init, train, train[:1], steps, 1e3, flags_log=large)
+    assert len(large) == 4 and large[-1] > 0 and large == sorted(large)

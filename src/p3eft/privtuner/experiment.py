@@ -210,11 +210,23 @@ def run(
             return note
 
         opt = ecfg.optimizer
+        flag_log: list[int] = []  # the twin's range flags so far, after each training update
         runs = [
             ("plain", lambda: plain_lora(cfg, backend, init, train, dev, steps, opt)),
             (
                 "twin",
-                lambda: twin_run(twin, init, train, dev, steps, cfg.lr, partial("twin"), say, optimizer=opt),
+                lambda: twin_run(
+                    twin,
+                    init,
+                    train,
+                    dev,
+                    steps,
+                    cfg.lr,
+                    partial("twin"),
+                    say,
+                    optimizer=opt,
+                    flags_log=flag_log,
+                ),
             ),
         ]
         if opt != "sgd":  # the protocol's update on the same schedule, plaintext LoRA only (cheap)
@@ -240,6 +252,8 @@ def run(
             _write(out_json, res)
         phase.update(compare(phase))
         phase["range_flags_twin"] = len(twin.flags)
+        phase["range_flags_twin_training"] = flag_log[-1] if flag_log else 0
+        phase["twin_first_flagged_update"] = next((i for i, n in enumerate(flag_log) if n), None)
         phase["range_flag_sites"] = sorted({f.site for f in twin.flags})
         res["phases_done"].append("plain_twin")
         _write(out_json, res)
@@ -394,11 +408,13 @@ def twin_run(
     say: Callable[[str], None] | None = None,
     every: int = 25,
     optimizer: str = "sgd",
+    flags_log: list[int] | None = None,
 ) -> tuple[list[float], np.ndarray]:
     """The approximate twin trained on ``steps`` (minibatches of indices into ``train``) with SGD (the
     protocol's update) or Adam (plaintext only); returns the per-example losses in schedule order and
     the dev predictions. ``note`` gets the losses so far every ``every`` updates (the JSON is written
-    as the long run goes)."""
+    as the long run goes); ``flags_log`` gets the twin's range-flag count after every update (where
+    the adapter first left the calibrated ranges)."""
     from p3eft.privtuner.twin import Twin
 
     if optimizer not in OPTIMIZERS:
@@ -410,6 +426,8 @@ def twin_run(
         ls, grads = twin_gradients(twin, [train[j] for j in idx], params)
         params = update(params, grads)
         losses += ls
+        if flags_log is not None:
+            flags_log.append(len(twin.flags))
         if (i + 1) % every == 0 or i + 1 == len(steps):
             if note is not None:
                 note(losses)
@@ -610,6 +628,12 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
                     else ""
                 )
                 + f". The twin raised {pt['range_flags_twin']} range flags"
+                + (
+                    f" ({pt['range_flags_twin_training']} in training, the first in update "
+                    f"{pt['twin_first_flagged_update']}, 0-based)"
+                    if pt.get("twin_first_flagged_update") is not None
+                    else ""
+                )
                 + (f" (sites: {', '.join(pt['range_flag_sites'])})" if pt["range_flag_sites"] else "")
                 + ".",
             ]
