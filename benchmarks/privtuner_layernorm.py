@@ -53,8 +53,8 @@ class _Capture(PlainBackend):
         y = super().fn(site, x, part)
         f = self.fns.get(site)
         if isinstance(f, SlotFn) and part is not None:
-            sig = f.scales()[part]
-            err = np.abs(y - gelu_exact(x / sig))
+            sig, off = f.scales()[part], f.offsets()[part]
+            err = np.abs(y - gelu_exact((x + off) / sig))
             cls = f.slot_class[part]
             worst = self.gelu_err.setdefault(site, np.zeros(len(f.classes)))
             np.maximum.at(worst, cls.ravel(), err.ravel())
