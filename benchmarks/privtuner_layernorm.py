@@ -1,14 +1,19 @@
 """The approximate twin against exact PyTorch on a real encoder, per LayerNorm (plaintext, no encryption).
 
 Usage: ``python benchmarks/privtuner_layernorm.py --model minilm-l6 --layers 2 --max-len 16
-[--calib 16] [--examples 8] [--json FILE]``. Calibrates on the last ``--calib`` SST-2 training
+[--calib 16] [--examples 8] [--held-out 200] [--json FILE]``. Calibrates on the last ``--calib`` SST-2 training
 sentences (as ``p3eft privtuner verify`` does), then on the first ``--examples`` ones prints, per
 LayerNorm site: the variance spread across rows (row 0, [CLS], and the others), the calibrated range
 of the inverse square root, its first-guess degree, Newton steps and depth, the largest relative
 error of the twin's inverse square root against 1/sqrt of the same input, and the largest relative
 drift of that input from the exact model's (what the upstream approximations add); the logits of
 the twin against the transformers model cut to the same layers, the pooled [CLS] features of the twin
-against the exact twin's, and each GELU site's range and fit error.
+against the exact twin's, and per GELU site and range class (ours: one polynomial per class of
+(position group, FFN channel) slots) the class's input range, degree, slots, fit error on its range
+and the largest error of the twin's GELU against the exact GELU of the same input on the examples.
+``--gelu-core-factor F`` changes the GELU classes' core (ablation). ``--held-out N`` also runs the approximate twin (forward) on the N training sentences after the
+examples and counts those with an input outside its calibrated range, per site (robustness of the
+calibrated ranges on sentences calibration did not see).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.progress import track
 
 from p3eft.fhe.costs import provenance
+from p3eft.privtuner.approx import SlotFn, gelu_exact
 from p3eft.privtuner.backend import PlainBackend
-from p3eft.privtuner.calibration import calibrate
+from p3eft.privtuner.calibration import CORE_FACTOR, calibrate
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.local import examples_from_sentences
 from p3eft.privtuner.model import from_hf, load_hf_model
@@ -40,9 +47,17 @@ class _Capture(PlainBackend):
     def __init__(self, *a: Any, **k: Any) -> None:
         super().__init__(*a, **k)
         self.seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self.gelu_err: dict[str, np.ndarray] = {}  # site -> largest |error| per range class
 
-    def fn(self, site: str, x: np.ndarray) -> np.ndarray:
-        y = super().fn(site, x)
+    def fn(self, site: str, x: np.ndarray, part: int | None = None) -> np.ndarray:
+        y = super().fn(site, x, part)
+        f = self.fns.get(site)
+        if isinstance(f, SlotFn) and part is not None:
+            sig, off = f.scales()[part], f.offsets()[part]
+            err = np.abs(y - gelu_exact((x + off) / sig))
+            cls = f.slot_class[part]
+            worst = self.gelu_err.setdefault(site, np.zeros(len(f.classes)))
+            np.maximum.at(worst, cls.ravel(), err.ravel())
         if site.endswith("inv_sqrt"):
             self.seen[site] = (x[:, 0].copy(), y[:, 0].copy())  # every slot of a row holds its value
         elif site == "pool.tanh":
@@ -50,11 +65,13 @@ class _Capture(PlainBackend):
         return y
 
 
-def _run(model: PrivTunerModel, twin: Twin, ex: Any, params: dict) -> tuple[np.ndarray, dict]:
+def _run(model: PrivTunerModel, twin: Twin, ex: Any, params: dict) -> tuple[np.ndarray, dict, dict]:
     bk = _Capture(model.spec, twin.fns)
     x_rot, km = model.example_inputs(ex)
     x = model.graph.forward_frozen(bk, x_rot, km)
-    return model.graph.forward_adapted(bk, x, km, params, None), bk.seen
+    logits = model.graph.forward_adapted(bk, x, km, params, None)
+    twin.flags.extend(bk.flags)  # out-of-range inputs on these examples (none expected)
+    return logits, bk.seen, bk.gelu_err
 
 
 def main() -> None:
@@ -64,6 +81,13 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=16)
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--examples", type=int, default=8)
+    ap.add_argument("--held-out", type=int, default=0)
+    ap.add_argument(
+        "--gelu-core-factor",
+        type=float,
+        default=CORE_FACTOR,
+        help="GELU range classes contain [-core, core], core = this x the median channel bound (ablation)",
+    )
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/sst2/train.tsv"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -82,7 +106,7 @@ def main() -> None:
     )
     params = model.init_params()  # LoRA B = 0: the model is the pretrained one
     t0 = time.perf_counter()
-    report = calibrate(model, calib, params)
+    report = calibrate(model, calib, params, core_factor=args.gelu_core_factor)
     calib_s = time.perf_counter() - t0
     approx, exact = Twin(model, report.fns), Twin(model, report.fns, exact=True)
 
@@ -90,9 +114,12 @@ def main() -> None:
     hf.eval()
     sites: dict[str, dict[str, Any]] = {}
     logit_twin_vs_torch = logit_exact_vs_torch = pooled_diff = logit_scale = 0.0
+    gelu_seen: dict[str, np.ndarray] = {}
     for ex in test:
-        za, seen_a = _run(model, approx, ex, params)
-        ze, seen_e = _run(model, exact, ex, params)
+        za, seen_a, gerr = _run(model, approx, ex, params)
+        ze, seen_e, _ = _run(model, exact, ex, params)
+        for site, e in gerr.items():
+            gelu_seen[site] = np.maximum(gelu_seen.get(site, 0.0), e)
         ids = torch.tensor(ex.ids[None, : model.spec.max_len])
         mask = (torch.arange(ids.shape[1]) < ex.length).long()[None]
         with torch.no_grad():
@@ -136,17 +163,38 @@ def main() -> None:
         f" torch {logit_exact_vs_torch:.2e}; pooled [CLS] features (tanh, in [-1, 1]): twin vs exact"
         f" {pooled_diff:.2e}"
     )
-    gelu = {k: v.describe() for k, v in report.fns.items() if k.endswith(".gelu")}
+    gelu = {k: v.describe() for k, v in report.fns.items() if k.endswith(".gelu") or k.endswith(".gelu_grad")}
     for k, d in gelu.items():
-        sig = report.fns.in_scale(k)
-        print(
-            f"{k}: input range [{d['range'][0] / sig:.1f}, {d['range'][1] / sig:.1f}], degree {d['degree']},"
-            f" max abs error on it {d['max_abs_error_on_range']:.2e}"
-        )
+        print(f"{k}: degree {d['degree']}, depth {d['depth']}, {len(d['classes'])} range classes")
+        for i, c in enumerate(d["classes"]):
+            lo, hi = c["input_range"]
+            c["max_abs_error_seen"] = float(gelu_seen[k][i]) if k in gelu_seen else None
+            seen = (
+                "" if c["max_abs_error_seen"] is None else f", on the examples {c['max_abs_error_seen']:.1e}"
+            )
+            print(
+                f"  class {i:2d} [{lo:6.1f}, {hi:6.1f}] {c['slots']:6d} slots, degree {c['degree']:2d},"
+                f" max abs error on the range {c['max_abs_error_on_range']:.1e}{seen}"
+            )
     print(f"range flags: {len(approx.flags)}")
+    held: dict[str, Any] = {}
+    if args.held_out:
+        sel = rows[args.examples : args.examples + args.held_out]
+        more = examples_from_sentences(tok, model.spec, [r[0] for r in sel], [int(r[1]) for r in sel])
+        per_site: dict[str, int] = {}
+        flagged = 0
+        for ex in track(more, description="held-out sentences"):
+            t = Twin(model, report.fns)
+            t.logits(ex, params)
+            flagged += bool(t.flags)
+            for site in {f.site for f in t.flags}:
+                per_site[site] = per_site.get(site, 0) + 1
+        held = {"sentences": len(more), "with_range_flags": flagged, "per_site": per_site}
+        print(f"held-out sentences with a range flag: {flagged} of {len(more)} {per_site}")
     out = {
         "model": {"name": args.model, "layers": args.layers, "max_len": args.max_len, "random": random},
         "calibration_examples": args.calib,
+        "gelu_core_factor": args.gelu_core_factor,
         "examples": args.examples,
         "calibration_s": calib_s,
         "sites": sites,
@@ -156,6 +204,7 @@ def main() -> None:
         "pooled_max_abs_diff_twin_vs_exact": pooled_diff,
         "gelu_sites": gelu,
         "range_flags": [f.__dict__ for f in approx.flags],
+        "held_out": held,
         "provenance": provenance(" ".join(["benchmarks/privtuner_layernorm.py", *sys.argv[1:]]), 1),
     }
     if args.json:

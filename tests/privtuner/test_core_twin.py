@@ -89,7 +89,7 @@ def test_approximate_twin_close_to_exact():
     for ex in examples:
         worst = max(worst, float(np.max(np.abs(approx.logits(ex, params) - exact.logits(ex, params)))))
     # every site's approximation error is below 2e-3 on its range (approx.build's tolerance)
-    assert all(fn.approximation.max_error() <= 2e-3 for fn in report.fns.values())
+    assert all(fn.approximation.max_error() <= 2e-3 for fn in report.fns.flat())
     assert 0.0 < worst < 1e-2
     assert not approx.flags
 
@@ -97,13 +97,18 @@ def test_approximate_twin_close_to_exact():
 def test_calibration_flags_out_of_range_inputs():
     model, report, params, examples = calibrated()
     assert check_ranges(Twin(model, report.fns), examples, params) == []  # negative control
-    fns = type(report.fns)(dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales)
+    fns = type(report.fns)(
+        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
+    )
     g = report.fns["L0.gelu"]
-    mid, half = (g.lo + g.hi) / 2, (g.hi - g.lo) / 8
-    fns["L0.gelu"] = build("L0.gelu", mid - half, mid + half)
+    k = int(np.argmax(np.bincount(g.slot_class.ravel())))  # the class with the most slots
+    c = g.classes[k]
+    mid, half = (c.lo + c.hi) / 2, (c.hi - c.lo) / 64
+    narrowed = build("L0.gelu", mid - half, mid + half, arg_scale=c.arg_scale, arg_offset=c.arg_offset)
+    fns["L0.gelu"] = g.with_class(k, narrowed)
     flags = check_ranges(Twin(model, fns), examples, params)
-    assert flags and all(f.site == "L0.gelu" for f in flags)
-    assert flags[0].observed[0] < fns["L0.gelu"].lo or flags[0].observed[1] > fns["L0.gelu"].hi
+    assert flags and all(f.site == "L0.gelu" and f.slot_class == k for f in flags)
+    assert flags[0].observed[0] < narrowed.lo or flags[0].observed[1] > narrowed.hi
 
 
 def test_rotation_is_removed_exactly_and_revealed_by_procrustes():

@@ -94,6 +94,50 @@ def eval_poly(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext
     return total
 
 
+def eval_poly_per_slot(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
+    """sum_i coeffs[i, s] x_s^i with one coefficient per slot s: ``coeffs`` is (degree + 1, slots).
+
+    Why (ours): slots whose inputs live on different ranges (e.g. FFN channels with outlier inputs)
+    each get the polynomial fitted to their own range, at the depth of one polynomial: the powers
+    x^i are shared and each coefficient vector rides on the plaintext product that the scalar
+    :func:`eval_poly` pays anyway, so depth is :func:`poly_depth` of the highest degree. A slot's
+    powers never mix with another slot's, so the engine's slot isolation is unchanged."""
+    coeffs = np.array(coeffs, dtype=np.float64)
+    if coeffs.ndim != 2 or coeffs.shape[1] != ctx.slots:
+        raise ValueError(f"per-slot coefficients must be (degree + 1, {ctx.slots}), got {coeffs.shape}")
+    # as in eval_poly: coefficients that would encode to zero at this scale are fit noise; a vector
+    # spreads over the N polynomial coefficients, so a power whose largest coefficient is below
+    # N / scale (~1.5e-8 at N = 16384) would encode to (almost) zero: it is dropped (SEAL refuses a
+    # product by a zero plaintext)
+    coeffs[np.abs(coeffs) * ctx.params.scale < 1.0] = 0.0
+    coeffs[np.max(np.abs(coeffs), axis=1) * ctx.params.scale < 2 * ctx.slots] = 0.0
+    used = np.any(coeffs != 0.0, axis=1)
+    degree = int(np.max(np.nonzero(used)[0], initial=0))
+    if degree == 0:
+        raise ValueError("constant polynomial: nothing to evaluate under encryption")
+    ops.need_levels(ctx, x, poly_depth(degree))
+    powers: dict[int, Ciphertext] = {1: x}
+
+    def power(i: int) -> Ciphertext:
+        if i not in powers:
+            hi = 1 << (i.bit_length() - 1)
+            if hi == i:
+                powers[i] = ops.square(ctx, power(i // 2))
+            else:
+                powers[i] = ops.multiply(ctx, power(hi), power(i - hi))
+        return powers[i]
+
+    target = ctx.params.scale  # every term on the nominal scale (see eval_poly)
+    terms = [ops.mul_plain(ctx, power(i), coeffs[i], scale=target) for i in range(1, degree + 1) if used[i]]
+    low = min(ctx.level(t) for t in terms)
+    total = ops.drop_to(ctx, terms[0], low)
+    for t in terms[1:]:
+        total = ops.add(ctx, total, t)
+    if used[0]:
+        total = ops.add_plain(ctx, total, coeffs[0])
+    return total
+
+
 def _ensure(ctx: CkksContext, ct: Ciphertext, need: int, refresher: Refresher | None) -> Ciphertext:
     floor = refresher.min_level if refresher is not None else 0
     if ctx.level(ct) - need >= floor:
@@ -127,6 +171,7 @@ class Approximation:
     _trace: Callable[[np.ndarray], float] | None = field(default=None, repr=False)
     outside: str = ""
     _peak: float | None = field(default=None, repr=False)
+    coeffs: np.ndarray | None = field(default=None, repr=False)  # monomial coefficients (polynomials)
 
     @property
     def guard_range(self) -> tuple[float, float]:
@@ -327,6 +372,7 @@ def polynomial(
         note="least-squares polynomial on Chebyshev points",
         _trace=lambda x: _poly_peak(coeffs, x),
         outside="the polynomial itself: it leaves the function at once and grows like x^degree",
+        coeffs=coeffs,
     )
 
 

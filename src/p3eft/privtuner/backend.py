@@ -9,13 +9,15 @@ difference left is CKKS noise and the refresh's rounding.
 
 Operation semantics (every slot of a row holds a value the twin computes too):
 
-* ``lin(L, x)``: x W^T + b per row (W, b padded to ``width``), optionally only some rows;
+* ``lin(L, x)``: x W^T + b per row (W, b padded to ``width``), optionally only some rows, optionally
+  times a public factor per slot (an approximation's per-slot input scale, folded into the kernel);
 * ``feature_sum(x, n, s)``: every slot of row r <- s_r * sum_{j<n} x[r, j] (s a scalar, or one
   public factor per row: LayerNorm's per-position variance scale);
 * ``head_sum(x, dh, H, s)``: slot j < H*dh of row r <- s * sum over j's head of x[r, .]; others 0;
 * ``rot_rows(x, d)``: row r <- row (r + d) mod seq;
 * ``row_sum(x)``: every row <- sum of all rows;
-* ``fn(site, x)``: the site's (approximate or exact) function, element-wise.
+* ``fn(site, x, part)``: the site's (approximate or exact) function, element-wise; ``part`` names the
+  FFN chunk of a per-slot site (GELU, GELU': one polynomial per range class of slots).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import numpy as np
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.nonlinear import Refresher
-from p3eft.privtuner.approx import FnSet
+from p3eft.privtuner.approx import FnSet, SlotPart
 from p3eft.privtuner.kernels import RowsKernel
 from p3eft.privtuner.packing import PackingSpec
 
@@ -48,6 +50,16 @@ class Linear:
     weight: np.ndarray  # (width, width)
     bias: np.ndarray | None  # (width,)
     row_mask: np.ndarray | None = None  # (seq,)
+    out_scale: np.ndarray | None = None  # (seq, width): output factor per slot (free: in the kernel)
+    out_offset: np.ndarray | None = None  # (seq, width): subtracted after the factor (free: in the bias)
+
+    def factor(self) -> np.ndarray | None:
+        """The output factor per logical slot (seq, width), per row (seq,), or None (all ones)."""
+        if self.out_scale is None:
+            return self.row_mask
+        if self.row_mask is None:
+            return self.out_scale
+        return self.row_mask[:, None] * self.out_scale
 
 
 @dataclass
@@ -57,6 +69,7 @@ class RangeFlag:
     site: str
     observed: tuple[float, float]
     allowed: tuple[float, float]
+    slot_class: int | None = None  # the range class of a per-slot site (GELU, GELU')
 
 
 class PlainBackend:
@@ -66,6 +79,8 @@ class PlainBackend:
         self.spec, self.fns, self.record = spec, fns, record
         self.ranges: dict[str, list[float]] = {}
         self.row_ranges: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # site -> per-row (min, max)
+        # per-slot sites: site -> chunk -> per-slot (min, max), each (seq, width)
+        self.slot_ranges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self.flags: list[RangeFlag] = []
         self.max_abs = 0.0
         self.op = 0  # operation counter: the encrypted path counts the same operations in the same order
@@ -88,6 +103,10 @@ class PlainBackend:
             y = y + lin.bias[None, :]
         if lin.row_mask is not None:
             y = y * lin.row_mask[:, None]
+        if lin.out_scale is not None:
+            y = y * lin.out_scale
+        if lin.out_offset is not None:
+            y = y - lin.out_offset
         return self._track(y)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -124,8 +143,8 @@ class PlainBackend:
     def row_sum(self, a: np.ndarray) -> np.ndarray:
         return self._track(np.repeat(a.sum(axis=0, keepdims=True), a.shape[0], axis=0))
 
-    def fn(self, site: str, x: np.ndarray) -> np.ndarray:
-        f = self.fns.get_fn(site)
+    def fn(self, site: str, x: np.ndarray, part: int | None = None) -> np.ndarray:
+        f = self.fns.get_fn(site, part)
         lo, hi = float(np.min(x)), float(np.max(x))
         if self.record:
             r = self.ranges.setdefault(site, [lo, hi])
@@ -135,7 +154,14 @@ class PlainBackend:
                 plo, phi = self.row_ranges[site]
                 rlo, rhi = np.minimum(plo, rlo), np.maximum(phi, rhi)
             self.row_ranges[site] = (rlo, rhi)
-        if not f.exact and (lo < f.lo or hi > f.hi):
+            if part is not None:
+                parts = self.slot_ranges.setdefault(site, {})
+                slo, shi = parts.get(part, (x, x))
+                parts[part] = (np.minimum(slo, x), np.maximum(shi, x))
+        if isinstance(f, SlotPart):
+            for k, observed, allowed in f.out_of_range(x):
+                self.flags.append(RangeFlag(site, observed, allowed, k))
+        elif not f.exact and (lo < f.lo or hi > f.hi):
             self.flags.append(RangeFlag(site, (lo, hi), (f.lo, f.hi)))
         return self._track(f.plain(x))
 
@@ -190,6 +216,7 @@ class CipherBackend:
         self.kernels: dict[str, RowsKernel] = {}
         self.stats = CipherStats()
         self._masks: dict[Any, np.ndarray] = {}
+        self._coeffs: dict[tuple[str, int], tuple[SlotPart, list[np.ndarray]]] = {}
         self._inner_refresher = _RenormalisingRefresher(self)
         self.op = 0  # same numbering as PlainBackend.op: indexes the calibrated value bounds
 
@@ -296,8 +323,9 @@ class CipherBackend:
         k = self._kernel(lin)
         out = []
         r = self.spec.rows_per_ct
+        factor = lin.factor()
         for ci, c in enumerate(self.ready(x)):
-            rm = None if lin.row_mask is None else self.spec.physical(lin.row_mask, ci)
+            rm = None if factor is None else self.spec.physical(factor, ci)
             if rm is not None and not np.any(rm):
                 # all rows masked out: a fresh encryption of zeros (SEAL refuses a product by 0,
                 # whose result would be transparent)
@@ -305,18 +333,21 @@ class CipherBackend:
                 y = self.ctx.encrypt_slots(np.zeros(self.ctx.slots), self.spec.layout(), lvl)
             else:
                 kk = k
-                if rm is not None and not np.all(rm):
+                if rm is not None and not np.all(rm == 1.0):  # a row mask or per-slot scales
                     key = (lin.key, ci)
                     if key not in self.kernels:
                         self.kernels[key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, rm)
                     kk = self.kernels[key]
                 y = self._replicate(kk(self.ctx, c))
+            b = np.zeros((r, self.spec.width))
             if lin.bias is not None:
                 b = np.repeat(lin.bias[None, :], r, axis=0)
                 if rm is not None:
-                    b = b * rm[:, None]
-                if np.any(b):
-                    y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
+                    b = b * (rm[:, None] if rm.ndim == 1 else rm)
+            if lin.out_offset is not None:
+                b = b - self.spec.physical(lin.out_offset, ci)
+            if np.any(b):
+                y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
             out.append(y)
         self.stats.add("linear", t0, len(out))
         return self._tag(out)
@@ -478,18 +509,33 @@ class CipherBackend:
         self.stats.add("row_sums", t0)
         return self._tag([total] * self.spec.cts)
 
-    def fn(self, site: str, x: list[Ciphertext]) -> list[Ciphertext]:
+    def _packed_coeffs(self, site: str, part: int, f: SlotPart) -> list[np.ndarray]:
+        """A per-slot site's coefficients as slot vectors, (degree + 1, slots) per ciphertext."""
+        hit = self._coeffs.get((site, part))
+        if hit is None or hit[0] is not f:
+            per_power = [self.spec.pack_matrix(m) for m in f.coeffs]
+            hit = (f, [np.stack([p[ci] for p in per_power]) for ci in range(self.spec.cts)])
+            self._coeffs[(site, part)] = hit
+        return hit[1]
+
+    def fn(self, site: str, x: list[Ciphertext], part: int | None = None) -> list[Ciphertext]:
         t0 = time.perf_counter()
-        f = self.fns.get_fn(site)
+        f = self.fns.get_fn(site, part)
+        packed = self._packed_coeffs(site, part, f) if isinstance(f, SlotPart) and part is not None else None
         out = []
         ceiling = getattr(self.refresher, "bound", None)
         inner = f.internal_bound
-        for c in x:
+        for ci, c in enumerate(x):
             c = self._fresh(c, f.first_phase_depth)
             if ceiling is not None and inner < ceiling:
                 self.refresher.bound = inner  # type: ignore[attr-defined]
             try:
-                y = f.encrypted(self.ctx, c, self._inner_refresher)
+                if packed is not None:
+                    assert isinstance(f, SlotPart)
+                    y = f.encrypted(self.ctx, c, packed[ci], self._inner_refresher)
+                else:
+                    assert not isinstance(f, SlotPart)
+                    y = f.encrypted(self.ctx, c, self._inner_refresher)
             finally:
                 if ceiling is not None:
                     self.refresher.bound = ceiling  # type: ignore[attr-defined]

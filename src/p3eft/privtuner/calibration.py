@@ -5,7 +5,11 @@ Procedure (:func:`calibrate`):
 1. run the *exact* twin (forward and backward) on the calibration examples, recording the min and
    max of every site's input over every slot (padding rows and padded features included: the
    encrypted path evaluates them too);
-2. every LayerNorm variance gets one public factor per position that puts the position's calibrated
+2. GELU (and GELU', which reads the same input) gets one range class per slot (ours,
+   :func:`slot_classes`): each FFN channel's calibrated range, per position group ([CLS] alone, the
+   other positions together), is widened and snapped outward onto a power-of-two ladder that always
+   contains the site's typical range, and each class is mapped onto [-1, 1] and fitted on its own;
+   every LayerNorm variance gets one public factor per position that puts the position's calibrated
    minimum at 1 (:func:`position_scales`): row 0 always holds [CLS], whose variance can differ by
    orders of magnitude from the other rows' (MiniLM: ~300x at layer 0's second LayerNorm), so it gets
    its own factor, and all other positions share one (a position beyond 0 may hold a word, [SEP] or
@@ -16,8 +20,9 @@ Procedure (:func:`calibrate`):
 3. widen each range by ``margin`` (signed sites: margin x width on each side; positive sites --
    reciprocal, inverse square root -- by the factor 1 + 4 x margin at each end) and fit the site's
    approximation on it (:func:`p3eft.privtuner.approx.build`);
-4. run the *approximate* twin on the same examples; a site whose inputs now leave its range (the
-   approximations shift later values a little) is widened again and refitted (up to 3 rounds).
+4. run the *approximate* twin on the same examples; a site (or a GELU class) whose inputs now leave
+   its range (the approximations shift later values a little) is widened again and refitted (up to 3
+   rounds).
 
 An input outside its range is never clipped: the twin reports it as a
 :class:`~p3eft.privtuner.backend.RangeFlag` (:func:`check_ranges`), and the report says so.
@@ -34,11 +39,17 @@ from typing import Any
 import numpy as np
 
 from p3eft.errors import P3eftError
-from p3eft.privtuner.approx import ARG_SCALED, FnSet, build, kind_of
+from p3eft.privtuner.approx import ARG_SCALED, FnSet, SlotFn, build, kind_of
 from p3eft.privtuner.backend import RangeFlag
 from p3eft.privtuner.twin import Example, PrivTunerModel, Twin
 
 POSITIVE = ("recip", "inv_sqrt")
+SLOT_SITES = ("gelu",)  # sites with one range class per slot (GELU' follows GELU's classes)
+# every GELU class contains [-core, core], core = this x the median channel bound, rounded up to a power
+# of two (ours, measured): on MiniLM (2 layers, 16 tokens, 16 calibration sentences), with factor 1
+# (core 4) 67 of 200 held-out sentences left a class range at layer 0, with factor 2 (core 8) none
+# (benchmarks/privtuner_layernorm.py --held-out 200 [--gelu-core-factor 1])
+CORE_FACTOR = 2.0
 VALUE_BOUND_FACTOR = 16.0  # headroom over the calibrated |value| (other examples, training drift)
 MIN_VALUE_BOUND = 1e-3
 
@@ -78,6 +89,7 @@ def _record(
     params: dict[str, np.ndarray],
     op_max: dict[int, float] | None = None,
     row_ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    slot_ranges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> tuple[dict, float, list]:
     ranges: dict[str, list[float]] = {}
     max_abs = 0.0
@@ -107,6 +119,13 @@ def _record(
                     plo, phi = row_ranges[site]
                     rlo, rhi = np.minimum(plo, rlo), np.maximum(phi, rhi)
                 row_ranges[site] = (rlo, rhi)
+        if slot_ranges is not None:
+            for site, parts in bk.slot_ranges.items():
+                mine = slot_ranges.setdefault(site, {})
+                for c, (slo, shi) in parts.items():
+                    if c in mine:
+                        slo, shi = np.minimum(mine[c][0], slo), np.maximum(mine[c][1], shi)
+                    mine[c] = (slo, shi)
     return ranges, max_abs, flags
 
 
@@ -124,15 +143,69 @@ def position_scales(site: str, row_lo: np.ndarray, row_hi: np.ndarray, margin: f
     Per group, the range spans only the spread across examples (~3x on MiniLM). Positions are public,
     so the factors reveal nothing about the data."""
     seq = len(row_lo)
-    groups = [[p] for p in OWN_SCALE_POSITIONS if p < seq]
-    rest = [r for r in range(seq) if r not in OWN_SCALE_POSITIONS]
-    if rest:
-        groups.append(rest)
     sigma = np.empty(seq)
-    for rows in groups:
+    for rows in _position_groups(seq):
         wlo, _ = _widen(site, float(np.min(row_lo[rows])), float(np.max(row_hi[rows])), margin)
         sigma[rows] = 1.0 / wlo
     return sigma
+
+
+def _position_groups(seq: int) -> list[list[int]]:
+    """The positions of :data:`OWN_SCALE_POSITIONS` each alone, all other positions together."""
+    groups = [[p] for p in OWN_SCALE_POSITIONS if p < seq]
+    rest = [r for r in range(seq) if r not in OWN_SCALE_POSITIONS]
+    return groups + ([rest] if rest else [])
+
+
+def _ladder_up(v: np.ndarray, core: float) -> np.ndarray:
+    """The smallest core * 2^k >= v (k >= 0): the ladder of class bounds."""
+    return core * 2.0 ** np.maximum(0.0, np.ceil(np.log2(np.maximum(v, core) / core) - 1e-12))
+
+
+def slot_classes(
+    lo: np.ndarray, hi: np.ndarray, margin: float, core_factor: float = CORE_FACTOR
+) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """Range classes of a per-slot site (ours): ``lo``, ``hi`` are the calibrated per-slot minimum and
+    maximum (chunks, seq, width); returns each slot's class (same shape) and each class's range.
+
+    Per position group (:func:`_position_groups`: [CLS] alone, the other positions together) and
+    channel, the calibrated range is widened by ``margin`` (x width on each side) and its ends are
+    snapped outward onto the ladder -core * 2^i, core * 2^j, with ``core`` ``core_factor``
+    (default :data:`CORE_FACTOR`) x the median channel bound, rounded up to a power of two. Slots with the same snapped range form a class. Why: the ladder
+    keeps a handful of classes (MiniLM: ~10 per site) whose ranges are data-driven but never tighter
+    than [-core, core], so a channel that was nearly constant on the calibration examples does not get
+    a range that any other example leaves (a polynomial diverges right outside its range); and [CLS]
+    carries the largest outliers (MiniLM: 24 in one channel, the other rows of that channel within
+    12), so it gets classes of its own. Positions and channels are public, so the classes reveal
+    nothing about the data owner's examples (they come from the model owner's calibration set)."""
+    chunks, seq, width = lo.shape
+    glo = np.empty((len(_position_groups(seq)), chunks, width))
+    ghi = np.empty_like(glo)
+    groups = _position_groups(seq)
+    for g, rows in enumerate(groups):
+        glo[g] = np.min(lo[:, rows, :], axis=1)
+        ghi[g] = np.max(hi[:, rows, :], axis=1)
+    w = np.maximum(ghi - glo, 1e-3)
+    wlo, whi = glo - margin * w, ghi + margin * w
+    bound = np.maximum(np.abs(wlo), np.abs(whi))
+    core = float(2.0 ** np.ceil(np.log2(max(core_factor * float(np.median(bound)), 1e-6))))
+    neg, pos = -_ladder_up(-wlo, core), _ladder_up(whi, core)
+    keys = sorted(set(zip(neg.ravel().tolist(), pos.ravel().tolist(), strict=True)))
+    index = {k: i for i, k in enumerate(keys)}
+    cls = np.empty((chunks, seq, width), dtype=np.int64)
+    for g, rows in enumerate(groups):
+        per_channel = np.array([index[k] for k in zip(neg[g].ravel(), pos[g].ravel(), strict=True)])
+        cls[:, rows, :] = per_channel.reshape(chunks, 1, width)
+    return cls, [(float(a), float(b)) for a, b in keys]
+
+
+def slot_fn(site: str, cls: np.ndarray, ranges: list[tuple[float, float]]) -> SlotFn:
+    """Class k mapped onto [-1, 1] by x' = sigma_k x - tau_k and fitted there (see SlotFn)."""
+    fns = []
+    for lo, hi in ranges:
+        sig = 2.0 / (hi - lo)
+        fns.append(build(site, -1.0, 1.0, arg_scale=sig, arg_offset=sig * (lo + hi) / 2.0))
+    return SlotFn(site, fns, cls)
 
 
 def _widen(site: str, lo: float, hi: float, margin: float) -> tuple[float, float]:
@@ -150,6 +223,7 @@ def calibrate(
     params: dict[str, np.ndarray],
     margin: float | None = None,
     reduced_width: float = 2.0,
+    core_factor: float = CORE_FACTOR,
 ) -> CalibrationReport:
     """Fit every site's approximation to its calibrated range (see module doc)."""
     if not examples:
@@ -157,10 +231,13 @@ def calibrate(
     m = model.cfg.margin if margin is None else margin
     # pass 1: raw ranges with the exact functions and no transformation
     raw_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    raw, _, _ = _record(Twin(model, exact=True), examples, params, row_ranges=raw_rows)
+    raw_slots: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+    raw, _, _ = _record(Twin(model, exact=True), examples, params, row_ranges=raw_rows, slot_ranges=raw_slots)
     shifts: dict[str, float] = {}
     rounds: dict[str, int] = {}
     scales: dict[str, float | np.ndarray] = {}
+    slot_fns: dict[str, SlotFn] = {}
+    offsets: dict[str, np.ndarray] = {}
     for site, (lo, hi) in raw.items():
         kind, layer = kind_of(site), site.split(".")[0]
         wlo, whi = _widen(site, lo, hi, m)
@@ -169,16 +246,23 @@ def calibrate(
             rounds[layer] = max(0, math.ceil(math.log2(max((whi - wlo) / reduced_width, 1.0))))
         elif kind == "inv_sqrt":  # variance scaled per position so that each group's range starts at 1
             scales[site] = position_scales(site, *raw_rows[site], m)
-        elif kind in ("gelu", "tanh"):  # input scaled into [-1, 1]
+        elif kind in SLOT_SITES:  # one range class per slot, each mapped onto [-1, 1]
+            parts = raw_slots[site]
+            slo = np.stack([parts[c][0] for c in range(len(parts))])
+            shi = np.stack([parts[c][1] for c in range(len(parts))])
+            cls, class_ranges = slot_classes(slo, shi, m, core_factor)
+            slot_fns[site] = slot_fn(site, cls, class_ranges)
+            slot_fns[site + "_grad"] = slot_fn(site + "_grad", cls, class_ranges)  # GELU's input
+            scales[site] = scales[site + "_grad"] = slot_fns[site].scales()
+            offsets[site] = offsets[site + "_grad"] = slot_fns[site].offsets()
+        elif kind == "tanh":  # input scaled into [-1, 1]
             scales[site] = 1.0 / max(abs(wlo), abs(whi))
-    for site in list(scales):
-        if kind_of(site) == "gelu":
-            scales[site + "_grad"] = scales[site]  # GELU' reads GELU's (scaled) input
     # pass 2: ranges of the transformed inputs (same graph, exact functions)
-    exact = FnSet(exact=True, exp_shift=shifts, scales=scales, rounds=rounds)
+    exact = FnSet(exact=True, exp_shift=shifts, scales=scales, rounds=rounds, offsets=offsets)
     observed, _, _ = _record(Twin(model, exact), examples, params)
-    fns = FnSet(exact=False, exp_shift=shifts, scales=scales, rounds=rounds)
-    targets = {site: _widen(site, lo, hi, m) for site, (lo, hi) in observed.items()}
+    fns = FnSet(exact=False, exp_shift=shifts, scales=scales, rounds=rounds, offsets=offsets)
+    fns.update(slot_fns)
+    targets = {site: _widen(site, lo, hi, m) for site, (lo, hi) in observed.items() if site not in slot_fns}
     rounds_done = 0
     flags: list[RangeFlag] = []
     max_abs = 0.0
@@ -193,13 +277,21 @@ def calibrate(
         _, max_abs, flags = _record(Twin(model, fns), examples, params, op_max)
         if not flags:
             break
-        seen: dict[str, list[float]] = {}
-        for f in flags:  # one widening per site and round, over all of its flags
-            r = seen.setdefault(f.site, [f.observed[0], f.observed[1]])
+        seen: dict[tuple[str, int | None], list[float]] = {}
+        for f in flags:  # one widening per site (or class) and round, over all of its flags
+            r = seen.setdefault((f.site, f.slot_class), [f.observed[0], f.observed[1]])
             r[0], r[1] = min(r[0], f.observed[0]), max(r[1], f.observed[1])
-        for site, (olo, ohi) in seen.items():
-            lo, hi = targets[site]
-            targets[site] = _widen(site, min(lo, olo), max(hi, ohi), m)
+        for (site, k), (olo, ohi) in seen.items():
+            if k is None:
+                lo, hi = targets[site]
+                targets[site] = _widen(site, min(lo, olo), max(hi, ohi), m)
+                continue
+            sf = fns[site]  # a class of a per-slot site: refit on the widened range, same scale
+            assert isinstance(sf, SlotFn)
+            old = sf.classes[k]
+            lo, hi = _widen(site, min(old.lo, olo), max(old.hi, ohi), m)
+            refit = build(site, lo, hi, arg_scale=float(old.arg_scale), arg_offset=float(old.arg_offset))
+            fns[site] = sf.with_class(k, refit)
     # per-operation refresh bounds: VALUE_BOUND_FACTOR x the largest calibrated |value|, at least
     # MIN_VALUE_BOUND, at most the configured refresh bound (ours)
     fns.value_bounds = {

@@ -22,6 +22,7 @@ fitted polynomial for GELU'; softmax, LayerNorm and attention backward follow th
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -156,16 +157,32 @@ class EncoderGraph:
                 self.lin[f"L{li}.w2.{c}.T"] = Linear(f"L{li}.w2.{c}.T", p(lw.w2[:, sl].T), None)
         self.chunks = -(-weights.intermediate // w)
 
-    def _scaled(self, lin: Linear, factor: float) -> Linear:
+    def _scaled(self, lin: Linear, factor: float | np.ndarray, offset: float | np.ndarray = 0.0) -> Linear:
         """``lin`` with its output multiplied by ``factor`` (an approximation's input scale, folded
-        into the weights so it costs no level)."""
-        if factor == 1.0:
-            return lin
-        key = f"{lin.key}@{factor!r}"
+        into the weights so it costs no level): a scalar, or one factor per output slot (seq, width),
+        folded into the kernel's diagonals and the bias, minus one ``offset`` per slot, folded into
+        the bias (GELU's per-slot range classes, ours)."""
+        if np.ndim(factor) == 0 and np.ndim(offset) == 0 and float(offset) == 0.0:
+            f = float(factor)
+            if f == 1.0:
+                return lin
+            key = f"{lin.key}@{f!r}"
+            if key not in self.lin:
+                bias = None if lin.bias is None else lin.bias * f
+                self.lin[key] = Linear(key, lin.weight * f, bias, lin.row_mask)
+            return self.lin[key]
+        shape = (self.spec.seq, self.spec.width)
+        m = np.ascontiguousarray(np.broadcast_to(factor, shape), dtype=np.float64)
+        o = np.ascontiguousarray(np.broadcast_to(offset, shape), dtype=np.float64)
+        key = f"{lin.key}@slots:{hashlib.sha1(m.tobytes() + o.tobytes()).hexdigest()[:16]}"
         if key not in self.lin:
-            bias = None if lin.bias is None else lin.bias * factor
-            self.lin[key] = Linear(key, lin.weight * factor, bias, lin.row_mask)
+            self.lin[key] = Linear(key, lin.weight, lin.bias, lin.row_mask, out_scale=m, out_offset=o)
         return self.lin[key]
+
+    @staticmethod
+    def _chunk(scale: float | np.ndarray, c: int) -> float | np.ndarray:
+        """Chunk ``c``'s part of a per-slot scale (chunks, seq, width); a scalar stays as it is."""
+        return scale[c] if np.ndim(scale) == 3 else scale  # type: ignore[index]
 
     # ----- pieces --------------------------------------------------------------------------------
     def _ln(self, bk: Any, h: Any, gamma: np.ndarray, beta: np.ndarray, site: str, centered: Any = None):
@@ -280,10 +297,12 @@ class EncoderGraph:
         )
         f2 = None
         fs = []
+        gelu_scale, gelu_offset = bk.fns.in_scale(f"L{li}.gelu"), bk.fns.in_offset(f"L{li}.gelu")
         for c in range(self.chunks):
-            f = bk.lin(self._scaled(lw[f"L{li}.w1.{c}"], bk.fns.in_scale(f"L{li}.gelu")), y1)
+            up = self._scaled(lw[f"L{li}.w1.{c}"], self._chunk(gelu_scale, c), self._chunk(gelu_offset, c))
+            f = bk.lin(up, y1)
             fs.append(f)
-            t = bk.lin(lw[f"L{li}.w2.{c}"], bk.fn(f"L{li}.gelu", f))
+            t = bk.lin(lw[f"L{li}.w2.{c}"], bk.fn(f"L{li}.gelu", f, part=c))
             f2 = t if f2 is None else bk.add(f2, t)
         h2 = bk.add(y1, f2)
         y2, ln2 = self._ln(
@@ -366,7 +385,7 @@ class EncoderGraph:
         dy1 = dh2
         for c in range(self.chunks):
             dg = bk.lin(lw[f"L{li}.w2.{c}.T"], dh2)
-            df = bk.mul(dg, bk.fn(f"L{li}.gelu_grad", lc.fs[c]))
+            df = bk.mul(dg, bk.fn(f"L{li}.gelu_grad", lc.fs[c], part=c))
             dy1 = bk.add(dy1, bk.lin(lw[f"L{li}.w1.{c}.T"], df))
         dh1 = self._ln_back(bk, dy1, lc.ln1, _padv(self.spec, lay.ln1_g))
         datt = bk.lin(lw[f"L{li}.o.T"], dh1)

@@ -5,7 +5,8 @@ PrivTuner's blocks are wider (``slots / rows_per_ct``, so that row rotations are
 pooler needs a kernel that only produces the first token's row. This kernel reuses the engine's
 diagonal machinery (:class:`~p3eft.fhe.linalg._DiagonalKernel`: baby/giant steps, per-level
 encoding cache) with diagonals for any block >= 2*width and an optional per-row mask folded into the
-diagonals (free: the mask rides on the plaintext multiplications the product does anyway).
+diagonals (free: the mask rides on the plaintext multiplications the product does anyway); the mask
+may also be one factor per output slot (row and feature).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ class RowsKernel(_DiagonalKernel):
 
     Input: row r's ``width`` features repeated through its block. Output: ``rows`` form, y_r in
     slots [0, width) of its block and zeros in the rest of the block (rows whose ``row_mask`` is 0
-    are all zero).
+    are all zero). ``row_mask`` may also be a (rows, width) factor per output slot (ours: per-slot
+    input scales of the approximation that follows, e.g. GELU's per-channel range classes).
     """
 
     def __init__(self, weight: np.ndarray, block: int, slots: int, row_mask: np.ndarray | None = None):
@@ -54,7 +56,9 @@ class RowsKernel(_DiagonalKernel):
         j = t % block
         rows = t // block
         rm = np.ones(slots // block) if row_mask is None else np.asarray(row_mask, dtype=np.float64)
-        row_factor = rm[rows]
+        # a factor per row, or per (row, output feature): either way it multiplies the output slot,
+        # so it folds into every diagonal's entry for that slot (free)
+        row_factor = rm[rows] if rm.ndim == 1 else rm[rows, np.minimum(j, n_out - 1)]
 
         def diag(k: int) -> np.ndarray:
             col = (j + k) % n_in
