@@ -11,7 +11,7 @@ the twin against the transformers model cut to the same layers, the pooled [CLS]
 against the exact twin's, and per GELU site and range class (ours: one polynomial per class of
 (position group, FFN channel) slots) the class's input range, degree, slots, fit error on its range
 and the largest error of the twin's GELU against the exact GELU of the same input on the examples.
-``--held-out N`` also runs the approximate twin (forward) on the N training sentences after the
+``--gelu-core-factor F`` changes the GELU classes' core (ablation). ``--held-out N`` also runs the approximate twin (forward) on the N training sentences after the
 examples and counts those with an input outside its calibrated range, per site (robustness of the
 calibrated ranges on sentences calibration did not see).
 """
@@ -33,7 +33,7 @@ from rich.progress import track
 from p3eft.fhe.costs import provenance
 from p3eft.privtuner.approx import SlotFn, gelu_exact
 from p3eft.privtuner.backend import PlainBackend
-from p3eft.privtuner.calibration import calibrate
+from p3eft.privtuner.calibration import CORE_FACTOR, calibrate
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.local import examples_from_sentences
 from p3eft.privtuner.model import from_hf, load_hf_model
@@ -53,8 +53,8 @@ class _Capture(PlainBackend):
         y = super().fn(site, x, part)
         f = self.fns.get(site)
         if isinstance(f, SlotFn) and part is not None:
-            sig = f.scales()[part]
-            err = np.abs(y - gelu_exact(x / sig))
+            sig, off = f.scales()[part], f.offsets()[part]
+            err = np.abs(y - gelu_exact((x + off) / sig))
             cls = f.slot_class[part]
             worst = self.gelu_err.setdefault(site, np.zeros(len(f.classes)))
             np.maximum.at(worst, cls.ravel(), err.ravel())
@@ -82,6 +82,12 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=16)
     ap.add_argument("--examples", type=int, default=8)
     ap.add_argument("--held-out", type=int, default=0)
+    ap.add_argument(
+        "--gelu-core-factor",
+        type=float,
+        default=CORE_FACTOR,
+        help="GELU range classes contain [-core, core], core = this x the median channel bound (ablation)",
+    )
     ap.add_argument("--data", type=Path, default=Path("/work/shared/data/sst2/train.tsv"))
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -100,7 +106,7 @@ def main() -> None:
     )
     params = model.init_params()  # LoRA B = 0: the model is the pretrained one
     t0 = time.perf_counter()
-    report = calibrate(model, calib, params)
+    report = calibrate(model, calib, params, core_factor=args.gelu_core_factor)
     calib_s = time.perf_counter() - t0
     approx, exact = Twin(model, report.fns), Twin(model, report.fns, exact=True)
 
@@ -188,6 +194,7 @@ def main() -> None:
     out = {
         "model": {"name": args.model, "layers": args.layers, "max_len": args.max_len, "random": random},
         "calibration_examples": args.calib,
+        "gelu_core_factor": args.gelu_core_factor,
         "examples": args.examples,
         "calibration_s": calib_s,
         "sites": sites,

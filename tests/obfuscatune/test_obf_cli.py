@@ -282,3 +282,47 @@ def test_experiment_smoke(tiny_dir, tmp_path):
     assert set(rec["table2"]) == {"cond:1", "cond:100", "naive"}
     assert rec["table2"]["cond:1"]["max_abs_logit_diff"] < rec["table2"]["naive"]["max_abs_logit_diff"]
     assert (out / "obfuscatune.png").stat().st_size > 10_000 and "Table 1" in (out / "tables.md").read_text()
+    _sweep_only_then_merge(tiny_dir, tmp_path, out, res)
+
+
+def _sweep_only_then_merge(tiny_dir, tmp_path, out, full):
+    """``--tables 2`` skips Table 1's obfuscated runs; ``merge-sweep`` swaps in that run's whole Table 2."""
+    sweep = tmp_path / "sweep"
+    argv = ["obfuscatune", "experiment", "--models", str(tiny_dir), "--datasets", "obqa", "--limit", "8"]
+    argv += ["--eval-limit", "4", "--max-steps", "1", "--batch-size", "4", "--kappas", "10"]
+    assert main(argv + ["--tables", "2", "--out", str(sweep), "--no-progress"]) == 0
+    only = json.loads((sweep / "results.json").read_text())
+    assert set(only["records"][0]["table1"]) == {"unprotected"}
+    assert set(only["records"][0]["table2"]) == {"cond:10", "naive"}
+    assert only["missing"] == ["obqa: obfuscatune, naive"] and not only["complete"]
+    assert (
+        main(["obfuscatune", "merge-sweep", str(out), str(sweep / "results.json"), "--note", "CPU test"]) == 0
+    )
+    merged = json.loads((out / "results.json").read_text())
+    rec = merged["records"][0]
+    assert rec["table1"] == full["records"][0]["table1"]  # Table 1 untouched
+    assert set(rec["table2"]) == {"cond:10", "naive"}  # replaced whole, not mixed with cond:1/cond:100
+    assert rec["provenance"]["table2"]["text"] == "CPU test"
+    assert merged["missing"] == ["obqa: cond:1, cond:100"]
+    md = (out / "tables.md").read_text()
+    assert "obqa, Table 2: CPU test" in md and "Not measured: obqa: cond:1, cond:100" in md
+
+
+@pytest.mark.parametrize("tables", ["3", "", "1,x"])
+def test_experiment_bad_tables_one_line(tables, tmp_path, capsys):
+    argv = ["obfuscatune", "experiment", "--tables", tables, "--out", str(tmp_path / "e"), "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--tables" in err and len(err.splitlines()) == 1
+
+
+def test_merge_sweep_refuses_foreign_dataset(tmp_path, capsys):
+    base = {"config": {}, "records": [{"model": "m", "dataset": "obqa", "table1": {}, "table2": {}}]}
+    sweep = {
+        "config": {},
+        "records": [{"model": "m", "dataset": "piqa", "table1": {}, "table2": {"cond:1": {}}}],
+    }
+    (tmp_path / "results.json").write_text(json.dumps(base))
+    (tmp_path / "s.json").write_text(json.dumps(sweep))
+    assert main(["obfuscatune", "merge-sweep", str(tmp_path), str(tmp_path / "s.json"), "--note", "x"]) == 2
+    assert "no m/piqa record" in capsys.readouterr().err

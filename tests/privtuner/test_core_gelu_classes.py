@@ -61,7 +61,7 @@ def _gelu_errors(model, fns: FnSet, params, examples) -> tuple[np.ndarray, list]
     """Per slot (chunks, seq, width): the largest |twin GELU - exact GELU of the same input|."""
     twin = Twin(model, fns)
     sf = fns[SITE]
-    sig = sf.scales()
+    sig, off = sf.scales(), sf.offsets()
     worst = np.zeros(sf.slot_class.shape)
     flags = []
     for ex in examples:
@@ -69,20 +69,28 @@ def _gelu_errors(model, fns: FnSet, params, examples) -> tuple[np.ndarray, list]
         twin.forward(ex, params, bk=bk)
         flags.extend(bk.flags)
         for c, x, y in bk.seen:
-            worst[c] = np.maximum(worst[c], np.abs(y - gelu_exact(x / sig[c])))
+            worst[c] = np.maximum(worst[c], np.abs(y - gelu_exact((x + off[c]) / sig[c])))
     return worst, flags
+
+
+def _raw_range(c) -> tuple[float, float]:
+    """A class's range in the raw GELU input (before x' = sigma x - tau)."""
+    return (c.lo + c.arg_offset) / c.arg_scale, (c.hi + c.arg_offset) / c.arg_scale
 
 
 def _single_range(report) -> FnSet:
     """The old design: one range for every slot (here the union of the class ranges)."""
-    sf = report.fns[SITE]
-    lo = min(c.lo / c.arg_scale for c in sf.classes)
-    hi = max(c.hi / c.arg_scale for c in sf.classes)
-    zeros = np.zeros_like(sf.slot_class)
-    one = {s: slot_fn(s, zeros, [(lo, hi)]) for s in (SITE, SITE + "_grad")}
+    lo, hi = zip(*(_raw_range(c) for c in report.fns[SITE].classes), strict=True)
+    zeros = np.zeros_like(report.fns[SITE].slot_class)
+    one = {s: slot_fn(s, zeros, [(min(lo), max(hi))]) for s in (SITE, SITE + "_grad")}
     scales = dict(report.fns.scales) | {s: f.scales() for s, f in one.items()}
+    offsets = dict(report.fns.offsets) | {s: f.offsets() for s, f in one.items()}
     fns = FnSet(
-        dict(report.fns) | one, exp_shift=report.fns.exp_shift, scales=scales, rounds=report.fns.rounds
+        dict(report.fns) | one,
+        exp_shift=report.fns.exp_shift,
+        scales=scales,
+        rounds=report.fns.rounds,
+        offsets=offsets,
     )
     fns.value_bounds, fns.frozen_ops = report.fns.value_bounds, report.fns.frozen_ops
     return fns
@@ -96,7 +104,7 @@ def test_outlier_channel_gets_its_own_class_and_ordinary_slots_keep_narrow_accur
     channel = np.arange(sf.slot_class.shape[0] * width).reshape(-1, 1, width)  # chunk-major channel ids
     outlier = np.broadcast_to(channel == OUTLIER, sf.slot_class.shape)
     # the premise: the injected channel's range is far wider than the others'
-    bounds = [max(abs(c.lo), abs(c.hi)) / c.arg_scale for c in sf.classes]
+    bounds = [max(abs(v) for v in _raw_range(c)) for c in sf.classes]
     narrow = int(np.argmin(bounds))
     assert np.all(sf.slot_class[outlier] != narrow)
     assert max(bounds[k] for k in np.unique(sf.slot_class[outlier])) >= 4 * bounds[narrow]
@@ -129,10 +137,13 @@ def test_input_outside_its_class_is_flagged_with_the_class():
     sf = report.fns[SITE]
     k = int(sf.slot_class[0, 0, OUTLIER])  # the outlier channel's class at position 0
     c = sf.classes[k]
-    fns = FnSet(dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales)
+    fns = FnSet(
+        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
+    )
     # class k narrowed to a tenth of its range around its middle: that class, and only it, is flagged
     mid, half = (c.lo + c.hi) / 2, (c.hi - c.lo) / 20
-    fns[SITE] = sf.with_class(k, build(SITE, mid - half, mid + half, arg_scale=c.arg_scale))
+    narrowed = build(SITE, mid - half, mid + half, arg_scale=c.arg_scale, arg_offset=c.arg_offset)
+    fns[SITE] = sf.with_class(k, narrowed)
     twin = Twin(model, fns)
     for ex in examples:
         twin.logits(ex, params)

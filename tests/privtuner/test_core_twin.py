@@ -97,15 +97,17 @@ def test_approximate_twin_close_to_exact():
 def test_calibration_flags_out_of_range_inputs():
     model, report, params, examples = calibrated()
     assert check_ranges(Twin(model, report.fns), examples, params) == []  # negative control
-    fns = type(report.fns)(dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales)
+    fns = type(report.fns)(
+        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
+    )
     g = report.fns["L0.gelu"]
     k = int(np.argmax(np.bincount(g.slot_class.ravel())))  # the class with the most slots
     c = g.classes[k]
     mid, half = (c.lo + c.hi) / 2, (c.hi - c.lo) / 64
-    fns["L0.gelu"] = g.with_class(k, build("L0.gelu", mid - half, mid + half, arg_scale=c.arg_scale))
+    narrowed = build("L0.gelu", mid - half, mid + half, arg_scale=c.arg_scale, arg_offset=c.arg_offset)
+    fns["L0.gelu"] = g.with_class(k, narrowed)
     flags = check_ranges(Twin(model, fns), examples, params)
     assert flags and all(f.site == "L0.gelu" and f.slot_class == k for f in flags)
-    narrowed = fns["L0.gelu"].classes[k]
     assert flags[0].observed[0] < narrowed.lo or flags[0].observed[1] > narrowed.hi
 
 

@@ -298,6 +298,12 @@ def experiment(
     cloud_device: str | None = typer.Option(
         None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
     ),
+    tables: str = typer.Option(
+        "1,2",
+        "--tables",
+        help="Which tables to run: 1, 2 or 1,2. '2' runs only the Unprotected fine-tuning (its adapter)"
+        " and the sweep; put it into full results with 'p3eft obfuscatune merge-sweep'.",
+    ),
 ) -> None:
     """The paper's Table 1 (Unprotected / ObfuscaTune / naive) and Table 2 (condition-number sweep)."""
     from p3eft.obfuscatune.experiment import ExperimentConfig, run_experiment
@@ -311,6 +317,9 @@ def experiment(
     kappa_values = opt.float_list("--kappas", kappas)
     if any(k < 1 for k in kappa_values):
         raise P3eftError(f"--kappas are condition numbers, each >= 1; got {kappas!r}")
+    table_list = sorted({t.strip() for t in tables.split(",")})
+    if not table_list or any(t not in ("1", "2") for t in table_list):
+        raise P3eftError(f"--tables takes 1, 2 or 1,2; got {tables!r}")
     cfg = ExperimentConfig(
         models=opt.name_list(models),
         datasets=opt.name_list(datasets),
@@ -327,7 +336,39 @@ def experiment(
         masks=exp_masks,
         defence=defence,
         cloud_device=cloud_device,
+        tables=[int(t) for t in table_list],
     )
     res = run_experiment(cfg, out, progress=progress)
     typer.echo(res["markdown"])
     typer.echo(f"wrote {out / 'results.json'}, {out / 'tables.md'}, {out / 'obfuscatune.png'}")
+
+
+@app.command("merge-sweep")
+def merge_sweep(
+    results: Path = typer.Argument(
+        ..., help="Folder of the full results (results.json); rewritten in place."
+    ),
+    sweeps: list[Path] = typer.Argument(..., help="results.json files of sweep-only runs (--tables 2)."),
+    note: str = typer.Option(
+        ..., "--note", help="Where and how the sweeps ran (machine, date, commit): shown beside each row."
+    ),
+) -> None:
+    """Replace each swept dataset's Table 2 in RESULTS by the sweep's, with its provenance."""
+    from p3eft.obfuscatune.experiment import merge_sweep as merge
+    from p3eft.obfuscatune.experiment import write_results
+
+    payload = _read_json(results / "results.json")
+    for path in sweeps:
+        payload = merge(payload, _read_json(path), note)
+    res = write_results(results, payload)
+    typer.echo(res["markdown"])
+    typer.echo(f"wrote {results / 'results.json'}, {results / 'tables.md'}, {results / 'obfuscatune.png'}")
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise P3eftError(f"cannot read results JSON {path}: {exc}") from exc

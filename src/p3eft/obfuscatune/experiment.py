@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from p3eft.data import load_task
+from p3eft.errors import P3eftError
 from p3eft.models import load_causal_lm
 from p3eft.obfuscatune import driver
 from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, EnclaveSettings
@@ -60,6 +61,9 @@ class ExperimentConfig:
     masks: str = DEFAULT_MASKS  # Table 1's ObfuscaTune column
     defence: str = DEFAULT_DEFENCE  # every obfuscated run (Table 1 and 2)
     cloud_device: str | None = None  # where the untrusted side computes (None: cuda if present, else cpu)
+    # Which tables to run. Table 2 needs only the Unprotected run's adapter, so ``[2]`` skips Table 1's
+    # two obfuscated fine-tunings (ours: lets a long sweep run on its own and be merged afterwards).
+    tables: list[int] = field(default_factory=lambda: [1, 2])
 
 
 def _train_config(cfg: ExperimentConfig) -> TrainConfig:
@@ -192,7 +196,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 table1={"unprotected": plain},
                 table2={},
             )
-        for label, masks in (("obfuscatune", cfg.masks), ("naive", "naive")):
+        for label, masks in (("obfuscatune", cfg.masks), ("naive", "naive")) if 1 in cfg.tables else ():
             settings = EnclaveSettings(
                 mode=cfg.mode, masks=masks, defence=cfg.defence, lora_dropout=tcfg.dropout
             )
@@ -205,7 +209,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 records = [r for r in records if r["model"] != model_name] + list(recs.values())
                 _write(out, cfg, records, time.perf_counter() - t_start)
             del s
-        for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]:
+        for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"] if 2 in cfg.tables else []:
             s = _session(
                 loaded, EnclaveSettings(mode=cfg.mode, masks=spec, defence=cfg.defence), cfg.cloud_device
             )
@@ -278,7 +282,66 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
     ]
     notes = sorted({n for r in records for n in r["notes"]})
     lines += [f"Note: {n}" for n in notes]
+    provenance = [(r, t, p) for r in records for t, p in sorted(r.get("provenance", {}).items())]
+    if provenance:
+        lines += ["", "## Provenance (where a row was measured apart from the settings above)", ""]
+        lines += [
+            f"- {r['dataset']}, {table.replace('table', 'Table ')}: {p['text']}" for r, table, p in provenance
+        ]
+    missing = missing_runs(records, cfg)
+    if missing:
+        lines += ["", "Not measured: " + "; ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def missing_runs(records: list[dict], cfg: ExperimentConfig) -> list[str]:
+    """The configured runs that have no result, e.g. ``obqa: cond:1000`` (for partial or merged results)."""
+    wanted2 = [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]
+    out = []
+    for r in records:
+        gaps = [k for k in ("unprotected", "obfuscatune", "naive") if k not in r["table1"]]
+        if cfg.sweep_datasets is None or r["dataset"] in cfg.sweep_datasets:
+            gaps += [s for s in wanted2 if s not in r["table2"]]
+        if gaps:
+            out.append(f"{r['dataset']}: " + ", ".join(gaps))
+    return out
+
+
+def merge_sweep(base: dict[str, Any], update: dict[str, Any], text: str) -> dict[str, Any]:
+    """Put ``update``'s Table 2 (a sweep-only run, ``tables=[2]``) into ``base``'s matching records.
+
+    A dataset's whole Table 2 is replaced, never mixed with another run's entries: each sweep imports
+    the adapter of its own Unprotected run, so rows from two runs would rest on two adapters. That
+    run's Unprotected accuracy is kept beside the sweep (``provenance.table2.unprotected_eval``) so a
+    reader can compare it with Table 1's (ours).
+    """
+    merged = copy.deepcopy(base)
+    by_key = {(r["model"], r["dataset"]): r for r in merged["records"]}
+    for upd in update["records"]:
+        if not upd["table2"]:
+            continue
+        key = (upd["model"], upd["dataset"])
+        if key not in by_key:
+            raise P3eftError(f"no {key[0]}/{key[1]} record in the base results to merge the sweep into")
+        rec = by_key[key]
+        if (rec["n_train"], rec["n_eval"], rec["metric"]) != (upd["n_train"], upd["n_eval"], upd["metric"]):
+            raise P3eftError(f"{key[1]}: the sweep used other data sizes or metric than the base results")
+        rec["table2"] = copy.deepcopy(upd["table2"])
+        rec.setdefault("provenance", {})["table2"] = {
+            "text": text,
+            "machine": update.get("machine"),
+            "cloud_device": update["config"].get("cloud_device"),
+            "wall_seconds": update.get("wall_seconds"),
+            "unprotected_eval": upd["table1"]["unprotected"]["eval"],
+        }
+    return merged
+
+
+def write_results(out: str | Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite ``results.json``, ``tables.md`` and the plot of a results payload (e.g. after a merge)."""
+    cfg = ExperimentConfig(**payload["config"])
+    extra = {k: v for k, v in payload.items() if k not in ("config", "records", "markdown", "wall_seconds")}
+    return _write(Path(out), cfg, payload["records"], payload.get("wall_seconds", 0.0), extra)
 
 
 def _plot(records: list[dict], path: Path) -> None:
@@ -328,9 +391,12 @@ def _plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _write(out: Path, cfg: ExperimentConfig, records: list[dict], wall: float) -> dict[str, Any]:
+def _write(
+    out: Path, cfg: ExperimentConfig, records: list[dict], wall: float, extra: dict | None = None
+) -> dict[str, Any]:
     _annotate_intervals(records)
     md = _markdown(records, cfg, wall)
+    missing = missing_runs(records, cfg)
     payload = {
         "config": asdict(cfg),
         "wall_seconds": wall,
@@ -339,6 +405,9 @@ def _write(out: Path, cfg: ExperimentConfig, records: list[dict], wall: float) -
             "platform": platform.platform(),
             "torch": torch.__version__,
         },
+        **(extra or {}),
+        "complete": not missing,
+        "missing": missing,
         "records": records,
         "markdown": md,
     }

@@ -80,6 +80,7 @@ class Fn:
     hi: float
     approximation: Approximation | None = None
     arg_scale: float | np.ndarray = 1.0  # an array only for exact functions of per-slot sites
+    arg_offset: float | np.ndarray = 0.0  # x' = sigma x - offset (GELU classes: centred on [-1, 1])
 
     @property
     def exact(self) -> bool:
@@ -87,7 +88,7 @@ class Fn:
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         if self.approximation is None:
-            return EXACT[kind_of(self.site)](x / self.arg_scale)
+            return EXACT[kind_of(self.site)]((x + self.arg_offset) / self.arg_scale)
         return self.approximation.plain(x)
 
     @property
@@ -206,9 +207,12 @@ class SlotFn:
 
     ``slot_class`` (chunks, seq, width) gives each slot's class: chunk c holds FFN channels
     c * width .. (c + 1) * width - 1 (padding channels beyond the FFN size included), row r the
-    token position. Class k's input arrives scaled by its own sigma_k (``classes[k].arg_scale``,
-    folded per slot into the up-projection: :meth:`scales`), and ``classes[k]`` is fitted to
-    f(x' / sigma_k) on the class range. A slot outside its class's range is flagged by the twin
+    token position. Class k's input arrives as x' = sigma_k x - tau_k (``classes[k].arg_scale`` and
+    ``arg_offset``, folded per slot into the up-projection's kernel and bias: :meth:`scales`,
+    :meth:`offsets`), which maps the class range onto [-1, 1], and ``classes[k]`` is fitted to
+    f((x' + tau_k) / sigma_k) there. Why centred (ours): a polynomial on [-1, 1] has the best
+    conditioned monomial coefficients; on an off-centre range such as [-1, 0.25] its coefficients
+    and its guard-range peak grow by orders of magnitude (MiniLM: a peak above what level 1 holds). A slot outside its class's range is flagged by the twin
     (:meth:`SlotPart.out_of_range`), never clipped."""
 
     site: str
@@ -229,6 +233,10 @@ class SlotFn:
     def scales(self) -> np.ndarray:
         """sigma per slot (chunks, seq, width)."""
         return np.array([c.arg_scale for c in self.classes])[self.slot_class]
+
+    def offsets(self) -> np.ndarray:
+        """tau per slot (chunks, seq, width)."""
+        return np.array([c.arg_offset for c in self.classes])[self.slot_class]
 
     def part(self, chunk: int) -> SlotPart:
         if chunk not in self._parts:
@@ -253,7 +261,7 @@ class SlotFn:
         out = []
         for k, c in enumerate(self.classes):
             d = c.describe()
-            d["input_range"] = [c.lo / c.arg_scale, c.hi / c.arg_scale]
+            d["input_range"] = [(c.lo + c.arg_offset) / c.arg_scale, (c.hi + c.arg_offset) / c.arg_scale]
             d["slots"] = int(counts[k])
             out.append(d)
         return {
@@ -300,10 +308,14 @@ def _inv_sqrt(lo: float, hi: float, target_rel: float = 1e-4) -> Approximation:
     return a
 
 
-def build(site: str, lo: float, hi: float, tol: float = 2e-3, arg_scale: float = 1.0) -> Fn:
-    """The approximation of ``site``'s function on [lo, hi] (in the scaled input x' = sigma x)."""
+def build(
+    site: str, lo: float, hi: float, tol: float = 2e-3, arg_scale: float = 1.0, arg_offset: float = 0.0
+) -> Fn:
+    """The approximation of ``site``'s function on [lo, hi] (in the transformed input
+    x' = sigma x - offset; the offset only for GELU and GELU')."""
     kind = kind_of(site)
     sig = arg_scale if kind in ARG_SCALED else 1.0
+    off = arg_offset if kind in ("gelu", "gelu_grad") else 0.0
     if kind == "exp":
         r = max(0, math.ceil(math.log2(max((hi - lo) / 2.0, 1e-9))))
         a = nonlinear.exp(lo, hi, squarings=r, degree=6)
@@ -312,16 +324,18 @@ def build(site: str, lo: float, hi: float, tol: float = 2e-3, arg_scale: float =
     elif kind == "inv_sqrt":
         a = _inv_sqrt(lo, hi)
     elif kind == "gelu":
-        a = _lowest_degree_poly("gelu", lambda x: gelu_exact(x / sig), lo, hi, tol, odd=False)
+        a = _lowest_degree_poly("gelu", lambda x: gelu_exact((x + off) / sig), lo, hi, tol, odd=False)
     elif kind == "gelu_grad":
-        a = _lowest_degree_poly("gelu_grad", lambda x: gelu_grad_exact(x / sig), lo, hi, tol, odd=False)
+        a = _lowest_degree_poly(
+            "gelu_grad", lambda x: gelu_grad_exact((x + off) / sig), lo, hi, tol, odd=False
+        )
     elif kind == "tanh":
         bound = max(abs(lo), abs(hi))
         a = _lowest_degree_poly("tanh", lambda x: np.tanh(x / sig), -bound, bound, tol, odd=True)
         lo, hi = -bound, bound
     else:
         raise ValueError(f"unknown function kind {kind!r}")
-    return Fn(site, lo, hi, a, sig)
+    return Fn(site, lo, hi, a, sig, off)
 
 
 class FnSet(dict[str, "Fn | SlotFn"]):
@@ -334,6 +348,7 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         exp_shift: dict | None = None,
         scales: dict | None = None,
         rounds: dict | None = None,
+        offsets: dict | None = None,
     ):
         super().__init__(fns or {})
         self.exact = exact
@@ -342,6 +357,8 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         # GELU / GELU' one per slot (chunks, seq, width), the factor of the slot's range class
         self.scales: dict[str, float | np.ndarray] = dict(scales or {})
         self.rounds: dict[str, int] = dict(rounds or {})
+        # per-slot sites: the offset tau subtracted after the scale (chunks, seq, width)
+        self.offsets: dict[str, np.ndarray] = dict(offsets or {})
         self.value_bounds: dict[int, float] = {}  # op index -> refresh mask bound (calibrated)
         self.frozen_ops = 0  # operations of the frozen prefix (embeddings + frozen layers)
 
@@ -355,9 +372,15 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         variance of its own (see :mod:`p3eft.privtuner.calibration`)."""
         return self.scales.get(site, 1.0)
 
+    def in_offset(self, site: str) -> float | np.ndarray:
+        """The offset tau subtracted from a per-slot site's scaled input (0 for other sites)."""
+        return self.offsets.get(site, 0.0)
+
     def exact_copy(self) -> FnSet:
         """The exact functions with this set's shifts, scales and softmax rounds (same graph)."""
-        return FnSet(exact=True, exp_shift=self.exp_shift, scales=self.scales, rounds=self.rounds)
+        return FnSet(
+            exact=True, exp_shift=self.exp_shift, scales=self.scales, rounds=self.rounds, offsets=self.offsets
+        )
 
     def softmax_rounds(self, layer: int) -> int:
         """Normalise-and-square rounds of layer ``layer``'s softmax (0: plain exp and normalise)."""
@@ -367,9 +390,12 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         """The function of ``site``; ``part`` is the FFN chunk of a per-slot site (GELU, GELU')."""
         if self.exact:
             sig: Any = self.scales.get(site, 1.0) if kind_of(site) in ARG_SCALED else 1.0
+            off: Any = self.offsets.get(site, 0.0)
             if part is not None and np.ndim(sig) == 3:
                 sig = sig[part]
-            return Fn(site, -math.inf, math.inf, None, sig)
+            if part is not None and np.ndim(off) == 3:
+                off = off[part]
+            return Fn(site, -math.inf, math.inf, None, sig, off)
         try:
             fn = self[site]
         except KeyError:

@@ -51,6 +51,7 @@ class Linear:
     bias: np.ndarray | None  # (width,)
     row_mask: np.ndarray | None = None  # (seq,)
     out_scale: np.ndarray | None = None  # (seq, width): output factor per slot (free: in the kernel)
+    out_offset: np.ndarray | None = None  # (seq, width): subtracted after the factor (free: in the bias)
 
     def factor(self) -> np.ndarray | None:
         """The output factor per logical slot (seq, width), per row (seq,), or None (all ones)."""
@@ -104,6 +105,8 @@ class PlainBackend:
             y = y * lin.row_mask[:, None]
         if lin.out_scale is not None:
             y = y * lin.out_scale
+        if lin.out_offset is not None:
+            y = y - lin.out_offset
         return self._track(y)
 
     def add(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -336,12 +339,15 @@ class CipherBackend:
                         self.kernels[key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, rm)
                     kk = self.kernels[key]
                 y = self._replicate(kk(self.ctx, c))
+            b = np.zeros((r, self.spec.width))
             if lin.bias is not None:
                 b = np.repeat(lin.bias[None, :], r, axis=0)
                 if rm is not None:
                     b = b * (rm[:, None] if rm.ndim == 1 else rm)
-                if np.any(b):
-                    y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
+            if lin.out_offset is not None:
+                b = b - self.spec.physical(lin.out_offset, ci)
+            if np.any(b):
+                y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
             out.append(y)
         self.stats.add("linear", t0, len(out))
         return self._tag(out)

@@ -8,7 +8,7 @@ Procedure (:func:`calibrate`):
 2. GELU (and GELU', which reads the same input) gets one range class per slot (ours,
    :func:`slot_classes`): each FFN channel's calibrated range, per position group ([CLS] alone, the
    other positions together), is widened and snapped outward onto a power-of-two ladder that always
-   contains the site's typical range, and each class is scaled into [-1, 1] and fitted on its own;
+   contains the site's typical range, and each class is mapped onto [-1, 1] and fitted on its own;
    every LayerNorm variance gets one public factor per position that puts the position's calibrated
    minimum at 1 (:func:`position_scales`): row 0 always holds [CLS], whose variance can differ by
    orders of magnitude from the other rows' (MiniLM: ~300x at layer 0's second LayerNorm), so it gets
@@ -46,9 +46,9 @@ from p3eft.privtuner.twin import Example, PrivTunerModel, Twin
 POSITIVE = ("recip", "inv_sqrt")
 SLOT_SITES = ("gelu",)  # sites with one range class per slot (GELU' follows GELU's classes)
 # every GELU class contains [-core, core], core = this x the median channel bound, rounded up to a power
-# of two (ours, measured): on MiniLM (2 layers, 16 tokens, 16 calibration sentences) held-out
-# sentences exceed a channel's calibrated maximum by up to 4.6x on narrow channels; with factor 1
-# (core 4) 68 of 200 held-out sentences left a class range at layer 0, with factor 2 (core 8) none
+# of two (ours, measured): on MiniLM (2 layers, 16 tokens, 16 calibration sentences), with factor 1
+# (core 4) 67 of 200 held-out sentences left a class range at layer 0, with factor 2 (core 8) none
+# (benchmarks/privtuner_layernorm.py --held-out 200 [--gelu-core-factor 1])
 CORE_FACTOR = 2.0
 VALUE_BOUND_FACTOR = 16.0  # headroom over the calibrated |value| (other examples, training drift)
 MIN_VALUE_BOUND = 1e-3
@@ -163,15 +163,15 @@ def _ladder_up(v: np.ndarray, core: float) -> np.ndarray:
 
 
 def slot_classes(
-    lo: np.ndarray, hi: np.ndarray, margin: float
+    lo: np.ndarray, hi: np.ndarray, margin: float, core_factor: float = CORE_FACTOR
 ) -> tuple[np.ndarray, list[tuple[float, float]]]:
     """Range classes of a per-slot site (ours): ``lo``, ``hi`` are the calibrated per-slot minimum and
     maximum (chunks, seq, width); returns each slot's class (same shape) and each class's range.
 
     Per position group (:func:`_position_groups`: [CLS] alone, the other positions together) and
     channel, the calibrated range is widened by ``margin`` (x width on each side) and its ends are
-    snapped outward onto the ladder -core * 2^i, core * 2^j, with ``core`` :data:`CORE_FACTOR` x the
-    median channel bound, rounded up to a power of two. Slots with the same snapped range form a class. Why: the ladder
+    snapped outward onto the ladder -core * 2^i, core * 2^j, with ``core`` ``core_factor``
+    (default :data:`CORE_FACTOR`) x the median channel bound, rounded up to a power of two. Slots with the same snapped range form a class. Why: the ladder
     keeps a handful of classes (MiniLM: ~10 per site) whose ranges are data-driven but never tighter
     than [-core, core], so a channel that was nearly constant on the calibration examples does not get
     a range that any other example leaves (a polynomial diverges right outside its range); and [CLS]
@@ -188,7 +188,7 @@ def slot_classes(
     w = np.maximum(ghi - glo, 1e-3)
     wlo, whi = glo - margin * w, ghi + margin * w
     bound = np.maximum(np.abs(wlo), np.abs(whi))
-    core = float(2.0 ** np.ceil(np.log2(max(CORE_FACTOR * float(np.median(bound)), 1e-6))))
+    core = float(2.0 ** np.ceil(np.log2(max(core_factor * float(np.median(bound)), 1e-6))))
     neg, pos = -_ladder_up(-wlo, core), _ladder_up(whi, core)
     keys = sorted(set(zip(neg.ravel().tolist(), pos.ravel().tolist(), strict=True)))
     index = {k: i for i, k in enumerate(keys)}
@@ -200,11 +200,11 @@ def slot_classes(
 
 
 def slot_fn(site: str, cls: np.ndarray, ranges: list[tuple[float, float]]) -> SlotFn:
-    """Class k scaled by 1 / max(|lo_k|, |hi_k|) into [-1, 1] and fitted there."""
+    """Class k mapped onto [-1, 1] by x' = sigma_k x - tau_k and fitted there (see SlotFn)."""
     fns = []
     for lo, hi in ranges:
-        sig = 1.0 / max(abs(lo), abs(hi))
-        fns.append(build(site, lo * sig, hi * sig, arg_scale=sig))
+        sig = 2.0 / (hi - lo)
+        fns.append(build(site, -1.0, 1.0, arg_scale=sig, arg_offset=sig * (lo + hi) / 2.0))
     return SlotFn(site, fns, cls)
 
 
@@ -223,6 +223,7 @@ def calibrate(
     params: dict[str, np.ndarray],
     margin: float | None = None,
     reduced_width: float = 2.0,
+    core_factor: float = CORE_FACTOR,
 ) -> CalibrationReport:
     """Fit every site's approximation to its calibrated range (see module doc)."""
     if not examples:
@@ -236,6 +237,7 @@ def calibrate(
     rounds: dict[str, int] = {}
     scales: dict[str, float | np.ndarray] = {}
     slot_fns: dict[str, SlotFn] = {}
+    offsets: dict[str, np.ndarray] = {}
     for site, (lo, hi) in raw.items():
         kind, layer = kind_of(site), site.split(".")[0]
         wlo, whi = _widen(site, lo, hi, m)
@@ -244,20 +246,21 @@ def calibrate(
             rounds[layer] = max(0, math.ceil(math.log2(max((whi - wlo) / reduced_width, 1.0))))
         elif kind == "inv_sqrt":  # variance scaled per position so that each group's range starts at 1
             scales[site] = position_scales(site, *raw_rows[site], m)
-        elif kind in SLOT_SITES:  # one range class per slot, each scaled into [-1, 1]
+        elif kind in SLOT_SITES:  # one range class per slot, each mapped onto [-1, 1]
             parts = raw_slots[site]
             slo = np.stack([parts[c][0] for c in range(len(parts))])
             shi = np.stack([parts[c][1] for c in range(len(parts))])
-            cls, class_ranges = slot_classes(slo, shi, m)
+            cls, class_ranges = slot_classes(slo, shi, m, core_factor)
             slot_fns[site] = slot_fn(site, cls, class_ranges)
             slot_fns[site + "_grad"] = slot_fn(site + "_grad", cls, class_ranges)  # GELU's input
             scales[site] = scales[site + "_grad"] = slot_fns[site].scales()
+            offsets[site] = offsets[site + "_grad"] = slot_fns[site].offsets()
         elif kind == "tanh":  # input scaled into [-1, 1]
             scales[site] = 1.0 / max(abs(wlo), abs(whi))
     # pass 2: ranges of the transformed inputs (same graph, exact functions)
-    exact = FnSet(exact=True, exp_shift=shifts, scales=scales, rounds=rounds)
+    exact = FnSet(exact=True, exp_shift=shifts, scales=scales, rounds=rounds, offsets=offsets)
     observed, _, _ = _record(Twin(model, exact), examples, params)
-    fns = FnSet(exact=False, exp_shift=shifts, scales=scales, rounds=rounds)
+    fns = FnSet(exact=False, exp_shift=shifts, scales=scales, rounds=rounds, offsets=offsets)
     fns.update(slot_fns)
     targets = {site: _widen(site, lo, hi, m) for site, (lo, hi) in observed.items() if site not in slot_fns}
     rounds_done = 0
@@ -287,7 +290,8 @@ def calibrate(
             assert isinstance(sf, SlotFn)
             old = sf.classes[k]
             lo, hi = _widen(site, min(old.lo, olo), max(old.hi, ohi), m)
-            fns[site] = sf.with_class(k, build(site, lo, hi, arg_scale=float(old.arg_scale)))
+            refit = build(site, lo, hi, arg_scale=float(old.arg_scale), arg_offset=float(old.arg_offset))
+            fns[site] = sf.with_class(k, refit)
     # per-operation refresh bounds: VALUE_BOUND_FACTOR x the largest calibrated |value|, at least
     # MIN_VALUE_BOUND, at most the configured refresh bound (ours)
     fns.value_bounds = {

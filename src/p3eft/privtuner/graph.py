@@ -157,11 +157,12 @@ class EncoderGraph:
                 self.lin[f"L{li}.w2.{c}.T"] = Linear(f"L{li}.w2.{c}.T", p(lw.w2[:, sl].T), None)
         self.chunks = -(-weights.intermediate // w)
 
-    def _scaled(self, lin: Linear, factor: float | np.ndarray) -> Linear:
+    def _scaled(self, lin: Linear, factor: float | np.ndarray, offset: float | np.ndarray = 0.0) -> Linear:
         """``lin`` with its output multiplied by ``factor`` (an approximation's input scale, folded
         into the weights so it costs no level): a scalar, or one factor per output slot (seq, width),
-        folded into the kernel's diagonals and the bias (GELU's per-slot range classes, ours)."""
-        if np.ndim(factor) == 0:
+        folded into the kernel's diagonals and the bias, minus one ``offset`` per slot, folded into
+        the bias (GELU's per-slot range classes, ours)."""
+        if np.ndim(factor) == 0 and np.ndim(offset) == 0 and float(offset) == 0.0:
             f = float(factor)
             if f == 1.0:
                 return lin
@@ -170,10 +171,12 @@ class EncoderGraph:
                 bias = None if lin.bias is None else lin.bias * f
                 self.lin[key] = Linear(key, lin.weight * f, bias, lin.row_mask)
             return self.lin[key]
-        m = np.ascontiguousarray(factor, dtype=np.float64)
-        key = f"{lin.key}@slots:{hashlib.sha1(m.tobytes()).hexdigest()[:16]}"
+        shape = (self.spec.seq, self.spec.width)
+        m = np.ascontiguousarray(np.broadcast_to(factor, shape), dtype=np.float64)
+        o = np.ascontiguousarray(np.broadcast_to(offset, shape), dtype=np.float64)
+        key = f"{lin.key}@slots:{hashlib.sha1(m.tobytes() + o.tobytes()).hexdigest()[:16]}"
         if key not in self.lin:
-            self.lin[key] = Linear(key, lin.weight, lin.bias, lin.row_mask, out_scale=m)
+            self.lin[key] = Linear(key, lin.weight, lin.bias, lin.row_mask, out_scale=m, out_offset=o)
         return self.lin[key]
 
     @staticmethod
@@ -294,9 +297,10 @@ class EncoderGraph:
         )
         f2 = None
         fs = []
-        gelu_scale = bk.fns.in_scale(f"L{li}.gelu")
+        gelu_scale, gelu_offset = bk.fns.in_scale(f"L{li}.gelu"), bk.fns.in_offset(f"L{li}.gelu")
         for c in range(self.chunks):
-            f = bk.lin(self._scaled(lw[f"L{li}.w1.{c}"], self._chunk(gelu_scale, c)), y1)
+            up = self._scaled(lw[f"L{li}.w1.{c}"], self._chunk(gelu_scale, c), self._chunk(gelu_offset, c))
+            f = bk.lin(up, y1)
             fs.append(f)
             t = bk.lin(lw[f"L{li}.w2.{c}"], bk.fn(f"L{li}.gelu", f, part=c))
             f2 = t if f2 is None else bk.add(f2, t)
