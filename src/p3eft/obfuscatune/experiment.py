@@ -278,7 +278,8 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
         "",
         f"Settings: mode {cfg.mode}, defence {cfg.defence}, {cfg.max_steps} steps, batch {cfg.batch_size},"
         f" lr {cfg.lr}, max_len {cfg.max_len}, LoRA r16/alpha32/dropout0.05, AdamW, untrusted side on"
-        f" {cfg.cloud_device or 'the default device'}; wall time {wall / 60:.1f} min.",
+        f" {cfg.cloud_device or 'the default device'}"
+        + (f"; wall time {wall / 60:.1f} min." if wall > 0 else "."),
     ]
     notes = sorted({n for r in records for n in r["notes"]})
     lines += [f"Note: {n}" for n in notes]
@@ -286,12 +287,23 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
     if provenance:
         lines += ["", "## Provenance (where a row was measured apart from the settings above)", ""]
         lines += [
-            f"- {r['dataset']}, {table.replace('table', 'Table ')}: {p['text']}" for r, table, p in provenance
+            f"- {r['dataset']}, {table.replace('table', 'Table ')}: {_provenance(r, p)}"
+            for r, table, p in provenance
         ]
     missing = missing_runs(records, cfg)
     if missing:
         lines += ["", "Not measured: " + "; ".join(missing) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _provenance(rec: dict, p: dict) -> str:
+    """A provenance line; a merged sweep also names its own Unprotected run's accuracy and wall time."""
+    text = p["text"]
+    if "unprotected_eval" in p:
+        acc = _acc({"eval": p["unprotected_eval"]}, rec["metric"])
+        text += f" (its own Unprotected adapter scored {acc:.3f}"
+        text += f"; {p['wall_seconds'] / 60:.0f} min)" if p.get("wall_seconds") else ")"
+    return text
 
 
 def missing_runs(records: list[dict], cfg: ExperimentConfig) -> list[str]:
