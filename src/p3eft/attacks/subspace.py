@@ -40,7 +40,7 @@ import torch
 from scipy.sparse.linalg import LinearOperator, lobpcg
 
 from p3eft.attacks.structured import mask_error
-from p3eft.attacks.tokens import candidate_table
+from p3eft.attacks.tokens import candidate_table, expected_bag_hits
 from p3eft.attacks.victim import Victim
 from p3eft.obfuscatune.masks import parse_masks, single_threaded
 from p3eft.obfuscatune.mixing import parse_defence
@@ -184,18 +184,29 @@ def decode_call(
     return out
 
 
-def bag_score(guesses: list[list[int]], truths: list[torch.Tensor], valid: list[torch.Tensor]) -> dict:
-    """Bag-of-tokens recall (share of the real positions' tokens found, with multiplicity) and precision."""
+def bag_score(
+    guesses: list[list[int]],
+    truths: list[torch.Tensor],
+    valid: list[torch.Tensor],
+    prior: torch.Tensor | None = None,
+) -> dict:
+    """Bag-of-tokens recall (share of the real positions' tokens found, with multiplicity) and precision;
+    with a unigram ``prior``, the recall of as many guesses drawn from it (the baseline)."""
     hit = total = guessed = 0
+    base = 0.0
     for g, t, v in zip(guesses, truths, valid, strict=True):
         true_bag = Counter(t.flatten()[v.flatten().bool()].tolist())
         guess_bag = Counter(g)
         hit += sum(min(c, true_bag.get(k, 0)) for k, c in guess_bag.items())
-        total += sum(true_bag.values())
+        n = sum(true_bag.values())
+        total += n
         guessed += len(g)
+        if prior is not None:
+            base += expected_bag_hits(prior, true_bag, n)
     return {
         "bag_recall": hit / max(total, 1),
         "bag_precision": hit / max(guessed, 1),
+        "bag_unigram_baseline": None if prior is None else base / max(total, 1),
         "positions": total,
     }
 
@@ -207,6 +218,7 @@ def subspace_attack(
     known_calls: int | None = None,
     target: float = 1e-3,
     every: int = 1,
+    prior: torch.Tensor | None = None,
 ) -> dict:
     """Estimate block 0's input mask from the first ``known_calls`` calls (default: half), adding one
     known call at a time (every ``every``-th count solved, once the known rows span the width), then
@@ -256,7 +268,10 @@ def subspace_attack(
         later = list(zip(victim.transcript.forwards(LAYER), calls, strict=True))[known_calls:]
         guesses = [decode_call(c.sent[0].reshape(-1, d), q, cands, group, per_group) for c, _ in later]
         decoded = bag_score(
-            guesses, [call["input_ids"] for _, call in later], [call["attention_mask"] for _, call in later]
+            guesses,
+            [call["input_ids"] for _, call in later],
+            [call["attention_mask"] for _, call in later],
+            prior,
         )
         decoded["calls"] = len(later)
     informative = sum(s.informative for s in spans[:known_calls])
@@ -265,6 +280,7 @@ def subspace_attack(
         "mask_family": fam.spec,
         "target": target,
         "known_calls": known_calls,
+        "known_rows": rows,
         "informative_known_calls": informative,
         "rows_per_call": [s.rows for s in spans],
         "span_dims": [int(s.span.shape[0]) for s in spans],
