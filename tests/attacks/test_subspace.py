@@ -108,3 +108,19 @@ def test_decoding_needs_the_right_mask():
     assert sorted(subspace.decode_call(z, r, table, 3, 2)) == [3, 7]
     wrong = haar_orthogonal(CsprngStream(bytes(32), "other"), 12)
     assert subspace.decode_call(z, wrong, table, 3, 2) == []
+
+
+def test_second_moment_attack_needs_far_more_rows_than_a_session_sends(cands):
+    """Planted: 100k unmixed rows drawn from the public prior itself let the eigenvectors match (with the
+    best signs); the default's recorded session (400 mixed rows) gives an unrelated rotation."""
+    from helpers_attacks import prior
+
+    from p3eft.attacks import covariance
+
+    p = prior()
+    r = haar_orthogonal(CsprngStream(bytes(32), "cov"), D)
+    ids = torch.multinomial(p, 100_000, replacement=True, generator=torch.Generator().manual_seed(0))
+    planted = covariance.eigen_mask(cands[ids] @ r, covariance.public_second_moment(cands, p), r)
+    assert planted["mean_abs_cos"] > 0.95 and planted["mask_error_best_signs"] < 0.3
+    res = covariance.covariance_attack(victim(DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE), p, cands)
+    assert res["mask_error_best_signs"] > 1.0 and res["mean_abs_cos"] < 0.5

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from p3eft.attacks import gradients, static_mask, structured, subspace, tokens, weights
+from p3eft.attacks import covariance, gradients, static_mask, structured, subspace, tokens, weights
 from p3eft.attacks.victim import Traffic, VictimConfig, first_blocks, proprietary_model, run_victim
 from p3eft.errors import P3eftError
 from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
@@ -26,7 +26,7 @@ from p3eft.obfuscatune.masks import parse_masks
 from p3eft.obfuscatune.mixing import parse_defence
 from p3eft.obfuscatune.split import mask_sides
 
-ATTACKS = ("tokens", "qkv", "weights", "structure", "static", "subspace", "gradients")
+ATTACKS = ("tokens", "qkv", "weights", "structure", "static", "subspace", "covariance", "gradients")
 WEIGHT_ATTACKS = ("weights", "structure")  # the ones further deltas run (the weights change with delta)
 # ours: the goals of the default configuration (issue "ObfuscaTune under attack")
 GOALS = {"token_margin": 0.05, "weight_rho": 0.05, "enclave_vs_accelerator_gpt2_xl": 0.10}
@@ -154,6 +154,8 @@ def attack_victim(victim, prior: torch.Tensor, cands: torch.Tensor, attacks: lis
         out["structure"] = structured.structure_attack(victim, guesses, plausible=PLAUSIBLE_DELTA)
     if "static" in attacks:
         out["static"] = static_mask.static_mask_attack(victim, cands)
+    if "covariance" in attacks:
+        out["covariance"] = covariance.covariance_attack(victim, prior, cands)
     if "gradients" in attacks:
         out["gradients"] = gradients.loss_span_attack(victim)
     return out

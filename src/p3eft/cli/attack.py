@@ -134,9 +134,14 @@ _command(
     "Subspace-membership attack through row mixing: the static input mask from the spans of short calls"
     " and known text (known rows to 1e-3), then the later calls' tokens.",
 )
+_command(
+    "covariance",
+    ["covariance"],
+    "Second-moment attack on the static input mask (eigenvectors of the received rows vs the public model's).",
+)
 _command("gradients", ["gradients"], "Loss-span leakage from the backward traffic.")
 _command(
     "all",
-    ["tokens", "qkv", "weights", "structure", "static", "subspace", "gradients"],
+    ["tokens", "qkv", "weights", "structure", "static", "subspace", "covariance", "gradients"],
     "Every attack; the full table and JSON.",
 )
