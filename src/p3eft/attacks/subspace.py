@@ -97,6 +97,9 @@ class _Operator:
         self.u = [s.known for s in use]
         self.b = [s.span for s in use]
         self.calls = len(use)
+        self.u_all = torch.cat(self.u) if self.u else torch.zeros(0, d, dtype=torch.float64)
+        ends = np.cumsum([len(u) for u in self.u]).tolist()
+        self.bounds = list(zip([0] + ends[:-1], ends, strict=True))
         gram = sum((u.T @ u for u in self.u), torch.zeros(d, d, dtype=torch.float64))  # sum of projectors
         # preconditioner (ours): A ~ G (x) I with G the sum of the known rows' projectors (a random span
         # keeps about the same share of every direction), so (G + eps I)^-1 evens out directions that
@@ -111,11 +114,10 @@ class _Operator:
     def __call__(self, q: np.ndarray) -> np.ndarray:
         d = self.d
         qs = torch.from_numpy(np.ascontiguousarray(q)).reshape(d, d, -1).permute(2, 0, 1)  # (m, d, d)
-        out = torch.zeros_like(qs)
-        for u, b in zip(self.u, self.b, strict=True):
-            y = u @ qs  # (m, n, d)
-            y = y - (y @ b.T) @ b
-            out += u.T @ y
+        y = self.u_all @ qs  # (m, N, d): one large product for every call's known rows
+        for (a, e), b in zip(self.bounds, self.b, strict=True):
+            y[:, a:e] -= (y[:, a:e] @ b.T) @ b  # project each call's rows off its received span
+        out = self.u_all.T @ y
         return out.permute(1, 2, 0).reshape(d * d, -1).numpy()
 
 
@@ -220,10 +222,12 @@ def subspace_attack(
     target: float = 1e-3,
     every: int = 1,
     prior: torch.Tensor | None = None,
+    on_point=None,
 ) -> dict:
     """Estimate block 0's input mask from the first ``known_calls`` calls (default: half), adding one
     known call at a time (every ``every``-th count solved, once the known rows span the width), then
-    decode the remaining calls' tokens with the final estimate."""
+    decode the remaining calls' tokens with the final estimate. ``on_point(entry)``: called after each
+    estimate with its curve entry."""
     d = int(victim.public.config.hidden_size)
     empty = {"applicable": False, "calls_needed": None, "rows_needed": None}
     if not mask_sides(victim.config.mode, "attn_in").input:
@@ -261,6 +265,8 @@ def subspace_attack(
                 "eigenvalues": est.eigenvalues,
             }
         )
+        if on_point is not None:  # long runs report each estimate as it comes
+            on_point(curve[-1])
         if needed is None and err is not None and err <= target:
             needed = curve[-1]
     fam = parse_masks(victim.config.masks)

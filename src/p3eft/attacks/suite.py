@@ -331,7 +331,21 @@ def run_suite(
                 n = len(short.calls())
                 known = cfg.subspace_known if cfg.subspace_known is not None else n - max(1, n // 4)
                 res["subspace"] = subspace.subspace_attack(
-                    sv, cands, known_calls=known, every=cfg.subspace_every, prior=prior
+                    sv,
+                    cands,
+                    known_calls=known,
+                    every=cfg.subspace_every,
+                    prior=prior,
+                    on_point=(
+                        (
+                            lambda e: bar.write(
+                                f"subspace: {e['calls']} known calls, {e['rows']} rows,"
+                                f" {e['distinct_tokens']} distinct tokens: mask error {e['mask_error']:.2e}"
+                            )
+                        )
+                        if progress
+                        else None
+                    ),
                 )
                 del sv
             res["seconds"] = time.perf_counter() - t1
