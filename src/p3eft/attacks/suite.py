@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -338,9 +339,10 @@ def run_suite(
                     prior=prior,
                     on_point=(
                         (
-                            lambda e: bar.write(
+                            lambda e: tqdm.write(
                                 f"subspace: {e['calls']} known calls, {e['rows']} rows,"
-                                f" {e['distinct_tokens']} distinct tokens: mask error {e['mask_error']:.2e}"
+                                f" {e['distinct_tokens']} distinct tokens: mask error {_num(e['mask_error'], '.2e')}",
+                                file=sys.stderr,  # unbuffered: a long run shows each estimate at once
                             )
                         )
                         if progress
