@@ -99,7 +99,7 @@ class _Operator:
         self.calls = len(use)
         self.u_all = torch.cat(self.u) if self.u else torch.zeros(0, d, dtype=torch.float64)
         ends = np.cumsum([len(u) for u in self.u]).tolist()
-        self.bounds = list(zip([0] + ends[:-1], ends, strict=True))
+        self.bounds = list(zip([0, *ends[:-1]], ends, strict=True)) if ends else []
         gram = sum((u.T @ u for u in self.u), torch.zeros(d, d, dtype=torch.float64))  # sum of projectors
         # preconditioner (ours): A ~ G (x) I with G the sum of the known rows' projectors (a random span
         # keeps about the same share of every direction), so (G + eps I)^-1 evens out directions that
