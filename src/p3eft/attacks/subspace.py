@@ -104,7 +104,15 @@ class _Operator:
         # preconditioner (ours): A ~ G (x) I with G the sum of the known rows' projectors (a random span
         # keeps about the same share of every direction), so (G + eps I)^-1 evens out directions that
         # few known rows reach
+        self.gram = gram
         self.g_inv = torch.linalg.inv(gram + 1e-6 * max(self.calls, 1) * torch.eye(d, dtype=torch.float64))
+
+    def metric(self, q: np.ndarray) -> np.ndarray:
+        """``Q -> G Q``: the generalised problem's right-hand side, ``sum_c ||U_c Q||^2`` (how much the
+        known rows reach Q's input directions)."""
+        d = self.d
+        qs = torch.from_numpy(np.ascontiguousarray(q)).reshape(d, d, -1).permute(2, 0, 1)
+        return (self.gram @ qs).permute(1, 2, 0).reshape(d * d, -1).numpy()
 
     def precondition(self, q: np.ndarray) -> np.ndarray:
         d = self.d
@@ -124,7 +132,9 @@ class _Operator:
 @dataclass
 class MaskEstimate:
     q: torch.Tensor | None  # the attacker's estimate of R, up to scale and sign (None: no equations)
-    eigenvalues: list[float]  # smallest eigenvalues of the quadratic form (normalised by the calls)
+    eigenvalues: list[
+        float
+    ]  # smallest generalised eigenvalues (share of the known rows' energy off the spans)
     determined: bool  # the attacker's own criterion: one clear null direction
 
 
@@ -132,8 +142,9 @@ class MaskEstimate:
 def estimate_mask(
     spans: list[CallSpan], d: int, *, q0: torch.Tensor | None = None, seed: int = 0, maxiter: int = 400
 ) -> MaskEstimate:
-    """The null direction of the quadratic form (LOBPCG for the 2 smallest eigenpairs, warm-started
-    from ``q0``, the previous estimate). Normalised to Frobenius norm sqrt(d) (an orthogonal mask's)."""
+    """The null direction of the quadratic form relative to ``sum_c ||U_c Q||^2`` (LOBPCG for the 2 smallest
+    generalised eigenpairs, warm-started from ``q0``, the previous estimate). Normalised to Frobenius
+    norm sqrt(d) (an orthogonal mask's)."""
     op = _Operator(spans, d)
     if op.calls == 0:
         return MaskEstimate(None, [], False)
@@ -143,11 +154,14 @@ def estimate_mask(
     if q0 is not None:
         x0[:, 0] = q0.reshape(-1).numpy()
     m = LinearOperator((d * d, d * d), matvec=op.precondition, matmat=op.precondition, dtype=np.float64)
+    # generalised problem A q = lambda (G (x) I) q (ours): a map that sends the input directions the known
+    # rows barely reach (real embeddings are anisotropic) anywhere is not a near-null vector of it
+    b = LinearOperator((d * d, d * d), matvec=op.metric, matmat=op.metric, dtype=np.float64)
     with warnings.catch_warnings():  # "not reaching the requested tolerance": the eigenvalues say how far
         warnings.simplefilter("ignore", UserWarning)
-        vals, vecs = lobpcg(a, x0, M=m, largest=False, tol=1e-9, maxiter=maxiter)
+        vals, vecs = lobpcg(a, x0, B=b, M=m, largest=False, tol=1e-9, maxiter=maxiter)
     order = np.argsort(vals)
-    vals, vecs = vals[order] / op.calls, vecs[:, order]
+    vals, vecs = vals[order], vecs[:, order]
     q = torch.from_numpy(vecs[:, 0].copy()).reshape(d, d)
     q = q * math.sqrt(d) / q.norm()
     determined = bool(vals[1] >= NULL_FLOOR and vals[0] <= NULL_GAP * vals[1])
