@@ -118,5 +118,9 @@ def test_suite_writes_table_and_json_with_the_default_keys(tmp_path):
     assert undefended["headline"]["static_calls_needed"] == 1
     assert d["static_rows_needed"] is None and d["static_calls_needed"] is None
     assert undefended["by_delta"]["0.1"].keys() >= {"weights", "structure"}  # weight attacks per delta
+    # the subspace attack (one prompt per call: 16 calls, 12 known) reads the default's later calls
+    assert d["subspace_mask_error"] < 1e-3 and d["subspace_bag_recall"] > 0.9
+    assert d["goals"]["tokens_known_plaintext"] is False
     table = (tmp_path / "rep" / "attacks.md").read_text()
     assert "| strict **(default)** | kron | mix:4 |" in table and "| strict | orthogonal | none |" in table
+    assert "subspace: known rows (calls)" in table

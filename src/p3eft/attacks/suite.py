@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from p3eft.attacks import gradients, static_mask, structured, tokens, weights
+from p3eft.attacks import covariance, gradients, static_mask, structured, subspace, tokens, weights
 from p3eft.attacks.victim import Traffic, VictimConfig, first_blocks, proprietary_model, run_victim
 from p3eft.errors import P3eftError
 from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
@@ -26,7 +27,7 @@ from p3eft.obfuscatune.masks import parse_masks
 from p3eft.obfuscatune.mixing import parse_defence
 from p3eft.obfuscatune.split import mask_sides
 
-ATTACKS = ("tokens", "qkv", "weights", "structure", "static", "gradients")
+ATTACKS = ("tokens", "qkv", "weights", "structure", "static", "subspace", "covariance", "gradients")
 WEIGHT_ATTACKS = ("weights", "structure")  # the ones further deltas run (the weights change with delta)
 # ours: the goals of the default configuration (issue "ObfuscaTune under attack")
 GOALS = {"token_margin": 0.05, "weight_rho": 0.05, "enclave_vs_accelerator_gpt2_xl": 0.10}
@@ -46,6 +47,9 @@ class SuiteConfig:
     deltas: list[float] = field(default_factory=lambda: [0.01, 0.1])
     attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
     paper_masks: list[str] | None = None  # None: the same mask kinds as strict mode
+    # subspace attack: known calls (single prompts, in order; None: all but a quarter), solve every n-th
+    subspace_known: int | None = None
+    subspace_every: int = 4
     dataset: str = "sciq"
     prompts: int = 32
     batch_size: int = 8
@@ -66,6 +70,8 @@ class SuiteConfig:
             raise P3eftError(f"unknown attack(s) {bad}: use {', '.join(ATTACKS)}")
         if not self.deltas or any(not 0 < d < 1 for d in self.deltas):
             raise P3eftError("deltas must be in (0, 1)")
+        if self.subspace_every < 1 or (self.subspace_known is not None and self.subspace_known < 1):
+            raise P3eftError("subspace: known calls and the solve interval must be >= 1")
         if self.prompts < 1 or self.batch_size < 1 or self.max_len < 4:
             raise P3eftError("need at least one prompt, batch size >= 1 and max_len >= 4")
 
@@ -110,6 +116,17 @@ def dataset_traffic(tokenizer, cfg: SuiteConfig) -> tuple[Traffic, list[list[int
     return Traffic(infer, train), prior
 
 
+def single_prompt_traffic(traffic: Traffic) -> Traffic:
+    """Every inference prompt as its own call, cut to its real tokens: short calls, whose sent rows span
+    less than the width (what the subspace attack needs; a user scoring one prompt at a time sends these)."""
+    calls = []
+    for b in traffic.infer:
+        for ids, m in zip(b["input_ids"], b["attention_mask"], strict=True):
+            ids = ids[m.bool()].unsqueeze(0)
+            calls.append({"input_ids": ids, "attention_mask": torch.ones_like(ids)})
+    return Traffic(calls)
+
+
 def _weight_summary(per_part: dict[str, float]) -> dict[str, float]:
     vals = list(per_part.values())
     return {"mean": sum(vals) / len(vals), "max": max(vals), "min": min(vals), "per_part": per_part}
@@ -138,6 +155,8 @@ def attack_victim(victim, prior: torch.Tensor, cands: torch.Tensor, attacks: lis
         out["structure"] = structured.structure_attack(victim, guesses, plausible=PLAUSIBLE_DELTA)
     if "static" in attacks:
         out["static"] = static_mask.static_mask_attack(victim, cands)
+    if "covariance" in attacks:
+        out["covariance"] = covariance.covariance_attack(victim, prior, cands)
     if "gradients" in attacks:
         out["gradients"] = gradients.loss_span_attack(victim)
     return out
@@ -195,6 +214,18 @@ def _headline(rec: dict[str, Any]) -> dict[str, Any]:
         h["static_rows_available"] = st["aligned"]["rows_available"]
         h["static_calls_needed"] = st["matched"]["calls_needed"] if st["matched"]["applicable"] else None
         h["static_calls_available"] = st["matched"]["calls"] if st["matched"]["applicable"] else None
+    if first.get("subspace", {}).get("applicable"):
+        sub = first["subspace"]
+        h["subspace_known_calls"] = sub["known_calls"]
+        h["subspace_known_rows"] = sub["known_rows"]
+        h["subspace_informative_calls"] = sub["informative_known_calls"]
+        h["subspace_calls_needed"] = sub["calls_needed"]
+        h["subspace_rows_needed"] = sub["rows_needed"]
+        h["subspace_distinct_needed"] = sub["distinct_tokens_needed"]
+        h["subspace_mask_error"] = sub["mask_error"]
+        if sub["decoded"] is not None:
+            h["subspace_bag_recall"] = sub["decoded"]["bag_recall"]
+            h["subspace_bag_baseline"] = sub["decoded"]["bag_unigram_baseline"]
     if first.get("gradients"):
         h["loss_span_accuracy"] = first["gradients"]["loss_span_accuracy"]
         h["loss_span_baseline"] = first["gradients"]["majority_baseline"]
@@ -217,6 +248,11 @@ def _goals(h: dict[str, Any]) -> dict[str, bool | None]:
             None
             if "loss_span_accuracy" not in h
             else h["loss_span_accuracy"] <= h["loss_span_baseline"] + GOALS["token_margin"]
+        ),
+        "tokens_known_plaintext": ok(
+            None
+            if "subspace_bag_recall" not in h
+            else h["subspace_bag_recall"] <= h["subspace_bag_baseline"] + GOALS["token_margin"]
         ),
         "enclave_cost": h["enclave_vs_accelerator_gpt2_xl"] <= GOALS["enclave_vs_accelerator_gpt2_xl"],
     }
@@ -255,6 +291,11 @@ def run_suite(
         for i, d in enumerate(cfg.deltas)
         if i == 0 or weight_attacks
     }
+    block0_prop = (
+        proprietary_model(first_blocks(public), cfg.deltas[0], cfg.seed)
+        if "subspace" in cfg.attacks
+        else None
+    )
     records = []
     combos = cfg.configurations()
     bar = tqdm(total=len(combos) * len(cfg.deltas), desc="attacks", disable=not progress)
@@ -269,7 +310,11 @@ def run_suite(
             light = [a for a in cfg.attacks if a in WEIGHT_ATTACKS] if i > 0 else None
             if light == []:
                 continue
-            if light:  # block 0 only: the same crossings from a model cut to its first block
+            main = [a for a in (light or cfg.attacks) if a != "subspace"]
+            res = {}
+            if not main:
+                pass
+            elif light:  # block 0 only: the same crossings from a model cut to its first block
                 victim = run_victim(
                     first_blocks(public),
                     Traffic(traffic.infer[:1]),
@@ -278,10 +323,35 @@ def run_suite(
                 )
             else:
                 victim = run_victim(public, traffic, vc, proprietary=props[delta])
-            res = attack_victim(victim, prior, cands, light or cfg.attacks)
+            if main:
+                res = attack_victim(victim, prior, cands, main)
+                del victim
+            if "subspace" in cfg.attacks and i == 0:  # its own victim: block 0, one prompt per call
+                short = single_prompt_traffic(traffic)
+                sv = run_victim(first_blocks(public), short, vc, proprietary=block0_prop)
+                n = len(short.calls())
+                known = cfg.subspace_known if cfg.subspace_known is not None else n - max(1, n // 4)
+                res["subspace"] = subspace.subspace_attack(
+                    sv,
+                    cands,
+                    known_calls=known,
+                    every=cfg.subspace_every,
+                    prior=prior,
+                    on_point=(
+                        (
+                            lambda e: tqdm.write(
+                                f"subspace: {e['calls']} known calls, {e['rows']} rows,"
+                                f" {e['distinct_tokens']} distinct tokens: mask error {_num(e['mask_error'], '.2e')}",
+                                file=sys.stderr,  # unbuffered: a long run shows each estimate at once
+                            )
+                        )
+                        if progress
+                        else None
+                    ),
+                )
+                del sv
             res["seconds"] = time.perf_counter() - t1
             rec["by_delta"][str(delta)] = res
-            del victim
             gc.collect()
             bar.update(1)
         rec["accounting"] = _accounting(mode, masks, defence)
@@ -318,6 +388,26 @@ def _result(cfg: SuiteConfig, loaded, traffic: Traffic, records: list[dict], wal
     }
 
 
+def _subspace_cell(h: dict[str, Any]) -> str:
+    """' | known rows to 1e-3 (calls) / bag recall of the later calls (prior)', or why not."""
+    if "subspace_known_calls" not in h:
+        return " | –"
+    if not h["subspace_informative_calls"]:
+        return " | no equations (every call spans the width)"
+    need = h["subspace_rows_needed"]
+    rows = (
+        f"> {h['subspace_known_rows']} ({h['subspace_known_calls']})"
+        if need is None
+        else f"{need} ({h['subspace_calls_needed']})"
+    )
+    recall = (
+        f"{_pct(h['subspace_bag_recall'])} ({_pct(h['subspace_bag_baseline'])})"
+        if "subspace_bag_recall" in h
+        else "–"
+    )
+    return f" | {rows} / {recall}"
+
+
 def _pct(v) -> str:
     return "–" if v is None else f"{100 * v:.1f}%"
 
@@ -329,6 +419,7 @@ def _num(v, spec=".3f") -> str:
 def markdown(result: dict[str, Any]) -> str:
     """The measured table: one row per (mode, masks, defence), one column per attack."""
     deltas = result["config"]["deltas"]
+    sub_col = any("subspace_known_calls" in r["headline"] for r in result["results"])
     lines = [
         f"# ObfuscaTune under attack: {result['model']}"
         + (" (RANDOM weights)" if result["weights_random"] else ""),
@@ -343,7 +434,16 @@ def markdown(result: dict[str, Any]) -> str:
         " over the masks fitted, of the structure recovered: share of masked coordinates with their exact"
         " support, share of Kronecker label partitions). Static mask: known rows"
         " (in order) until the fitted input mask of block 0 is within 1e-3 of the true one / calls until a"
-        " mask fitted on norm-matched rows of known text (row order unknown) is. Loss span: accuracy of reading which"
+        " mask fitted on norm-matched rows of known text (row order unknown) is."
+        + (
+            " Subspace: the same prompts sent one per call; known rows (calls) until the input mask"
+            " estimated from the spans of the rows received (subspace membership of known rows, any row"
+            " order and mixing) is within 1e-3 up to scale, then the bag recall of the later calls' tokens"
+            " read by span membership (unigram-prior baseline in brackets)."
+            if sub_col
+            else ""
+        )
+        + " Loss span: accuracy of reading which"
         " positions carry the loss (majority baseline in brackets). Enclave / accelerator: GPT2-XL"
         " arithmetic per token from the split (meta device), against the model's own linear work.",
         "",
@@ -351,8 +451,15 @@ def markdown(result: dict[str, Any]) -> str:
         + " | ".join(f"rho δ={d} alone / +act" for d in deltas)
         + " | known rows | "
         + " | ".join(f"structure rho δ={d}" for d in deltas)
-        + " | static mask: rows / calls | loss span (majority) | enclave / accel. GPT2-XL | goals met |",
-        "|---|---|---|---|---|" + "---|" * len(deltas) + "---|" + "---|" * len(deltas) + "---|---|---|---|",
+        + " | static mask: rows / calls"
+        + (" | subspace: known rows (calls) / later bag recall (prior)" if sub_col else "")
+        + " | loss span (majority) | enclave / accel. GPT2-XL | goals met |",
+        "|---|---|---|---|---|"
+        + "---|" * len(deltas)
+        + "---|"
+        + "---|" * len(deltas)
+        + ("---|" if sub_col else "")
+        + "---|---|---|---|",
     ]
     for r in result["results"]:
         h = r["headline"]
@@ -398,7 +505,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {r['mode']}{default} | {r['masks']} | {r['defence']} | {_pct(h.get('token_recovery'))} ({_pct(h.get('unigram_baseline'))})"
             f" | {_pct(h.get('bag_recall'))} ({_pct(h.get('bag_unigram_baseline'))}) | {rhos} | {rows_s}"
-            f" | {structure} | {static}"
+            f" | {structure} | {static}{_subspace_cell(h) if sub_col else ''}"
             f" | {_pct(h.get('loss_span_accuracy'))} ({_pct(h.get('loss_span_baseline'))})"
             f" | {_pct(h['enclave_vs_accelerator_gpt2_xl'])} | {goals if met or missed else '–'} |"
         )

@@ -136,7 +136,7 @@ def score(
         nv = int(v.sum())
         guess_bag = Counter(g[:m][v[:m]].tolist()) if m else Counter()
         bag_hit += sum(min(c, true_bag.get(k, 0)) for k, c in guess_bag.items())
-        bag_base += _expected_bag_hits(prior, true_bag, nv)
+        bag_base += expected_bag_hits(prior, true_bag, nv)
     total = max(total, 1)
     return {
         "token_recovery": hit / total,
@@ -147,7 +147,7 @@ def score(
     }
 
 
-def _expected_bag_hits(prior: torch.Tensor, true_bag: Counter, n: int) -> float:
+def expected_bag_hits(prior: torch.Tensor, true_bag: Counter, n: int) -> float:
     """Expected bag hits of n i.i.d. guesses from the prior: sum over true tokens v of
     E[min(N_v, c_v)] = sum_{j=1..c_v} P(N_v >= j), N_v ~ Binomial(n, p_v)."""
     total = 0.0

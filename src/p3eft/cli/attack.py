@@ -33,6 +33,8 @@ def _run(attacks: list[str], **opts) -> None:
         batch_size=opts["batch_size"],
         max_len=opts["max_len"],
         data_dir=str(opts["data_dir"]) if opts["data_dir"] else None,
+        subspace_known=opts["subspace_known"],
+        subspace_every=opts["subspace_every"],
     )
     result = run_suite(
         cfg, progress=opts["progress"], on_record=lambda r: write(r, opts["json_out"], opts["report"])
@@ -66,6 +68,18 @@ def _command(name: str, attacks: list[str], doc: str):
         batch_size: int = typer.Option(8, "--batch-size", min=1, help="Prompts per recorded call."),
         max_len: int = typer.Option(64, "--max-len", min=2, help="Tokens per prompt."),
         data_dir: Path | None = opt.DATA_DIR,
+        subspace_known: int | None = typer.Option(
+            None,
+            "--subspace-known",
+            min=1,
+            help="Subspace attack: prompts (one per call) whose text the attacker knows (default: all but a quarter).",
+        ),
+        subspace_every: int = typer.Option(
+            4,
+            "--subspace-every",
+            min=1,
+            help="Subspace attack: estimate the mask after every n-th known call.",
+        ),
         json_out: Path | None = typer.Option(None, "--json", help="Write the results JSON here."),
         report: Path | None = typer.Option(
             None, "--report", help="Folder for the Markdown table (attacks.md)."
@@ -85,6 +99,8 @@ def _command(name: str, attacks: list[str], doc: str):
             batch_size=batch_size,
             max_len=max_len,
             data_dir=data_dir,
+            subspace_known=subspace_known,
+            subspace_every=subspace_every,
             json_out=json_out,
             report=report,
             progress=progress,
@@ -112,9 +128,20 @@ _command(
     ["static"],
     "Known-plaintext / many-call estimation of the static input mask (rows / calls to 1e-3 mask error).",
 )
+_command(
+    "subspace",
+    ["subspace"],
+    "Subspace-membership attack through row mixing: the static input mask from the spans of short calls"
+    " and known text (known rows to 1e-3), then the later calls' tokens.",
+)
+_command(
+    "covariance",
+    ["covariance"],
+    "Second-moment attack on the static input mask (eigenvectors of the received rows vs the public model's).",
+)
 _command("gradients", ["gradients"], "Loss-span leakage from the backward traffic.")
 _command(
     "all",
-    ["tokens", "qkv", "weights", "structure", "static", "gradients"],
+    ["tokens", "qkv", "weights", "structure", "static", "subspace", "covariance", "gradients"],
     "Every attack; the full table and JSON.",
 )
