@@ -54,16 +54,8 @@ def poly_depth(degree: int) -> int:
     return 0 if degree <= 0 else math.ceil(math.log2(degree)) + 1 if degree > 1 else 1
 
 
-def eval_poly(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
-    """sum_i coeffs[i] x^i (monomial basis) with powers built by squaring: depth :func:`poly_depth`."""
-    coeffs = np.array(coeffs, dtype=np.float64)
-    # coefficients that would encode to zero at this scale are fit noise (e.g. GELU's odd terms)
-    coeffs[np.abs(coeffs) * ctx.params.scale < 1.0] = 0.0
-    coeffs[1:][np.abs(coeffs[1:]) < 1e-12 * np.max(np.abs(coeffs[1:]), initial=0.0)] = 0.0
-    degree = len(coeffs) - 1
-    while degree > 0 and coeffs[degree] == 0:
-        degree -= 1
-    ops.need_levels(ctx, x, poly_depth(degree))
+def _power_ladder(ctx: CkksContext, x: Ciphertext) -> Callable[[int], Ciphertext]:
+    """``power(i)`` = x^i, built by squaring and one product per set bit, each power computed once."""
     powers: dict[int, Ciphertext] = {1: x}
 
     def power(i: int) -> Ciphertext:
@@ -75,6 +67,30 @@ def eval_poly(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext
                 powers[i] = ops.multiply(ctx, power(hi), power(i - hi))
         return powers[i]
 
+    return power
+
+
+def _sum_at_lowest_level(ctx: CkksContext, terms: list[Ciphertext]) -> Ciphertext:
+    """Sum of ciphertexts on one scale, each brought down to the lowest level among them."""
+    low = min(ctx.level(t) for t in terms)
+    total = ops.drop_to(ctx, terms[0], low)
+    for t in terms[1:]:
+        total = ops.add(ctx, total, t)
+    return total
+
+
+def eval_poly(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext:
+    """sum_i coeffs[i] x^i (monomial basis) with powers built by squaring: depth :func:`poly_depth`."""
+    coeffs = np.array(coeffs, dtype=np.float64)
+    # coefficients that would encode to zero at this scale are fit noise (e.g. GELU's odd terms)
+    coeffs[np.abs(coeffs) * ctx.params.scale < 1.0] = 0.0
+    coeffs[1:][np.abs(coeffs[1:]) < 1e-12 * np.max(np.abs(coeffs[1:]), initial=0.0)] = 0.0
+    degree = len(coeffs) - 1
+    while degree > 0 and coeffs[degree] == 0:
+        degree -= 1
+    ops.need_levels(ctx, x, poly_depth(degree))
+    power = _power_ladder(ctx, x)
+
     # every term lands on the nominal scale (the correction for each power's true scale is folded
     # into its coefficient's encoding), so the terms add without relabelling
     target = ctx.params.scale
@@ -85,10 +101,7 @@ def eval_poly(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> Ciphertext
     ]
     if not terms:
         raise ValueError("constant polynomial: nothing to evaluate under encryption")
-    low = min(ctx.level(t) for t in terms)
-    total = ops.drop_to(ctx, terms[0], low)
-    for t in terms[1:]:
-        total = ops.add(ctx, total, t)
+    total = _sum_at_lowest_level(ctx, terms)
     if coeffs[0] != 0:
         total = ops.add_plain(ctx, total, float(coeffs[0]))
     return total
@@ -116,23 +129,11 @@ def eval_poly_per_slot(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> C
     if degree == 0:
         raise ValueError("constant polynomial: nothing to evaluate under encryption")
     ops.need_levels(ctx, x, poly_depth(degree))
-    powers: dict[int, Ciphertext] = {1: x}
-
-    def power(i: int) -> Ciphertext:
-        if i not in powers:
-            hi = 1 << (i.bit_length() - 1)
-            if hi == i:
-                powers[i] = ops.square(ctx, power(i // 2))
-            else:
-                powers[i] = ops.multiply(ctx, power(hi), power(i - hi))
-        return powers[i]
+    power = _power_ladder(ctx, x)
 
     target = ctx.params.scale  # every term on the nominal scale (see eval_poly)
     terms = [ops.mul_plain(ctx, power(i), coeffs[i], scale=target) for i in range(1, degree + 1) if used[i]]
-    low = min(ctx.level(t) for t in terms)
-    total = ops.drop_to(ctx, terms[0], low)
-    for t in terms[1:]:
-        total = ops.add(ctx, total, t)
+    total = _sum_at_lowest_level(ctx, terms)
     if used[0]:
         total = ops.add_plain(ctx, total, coeffs[0])
     return total
