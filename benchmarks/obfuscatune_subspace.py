@@ -5,7 +5,9 @@ the attacker knows the text of the first calls and reads the rest. Per configura
 calls until block 0's input mask is within 1e-3 (relative Frobenius error, up to scale), the distinct
 tokens they hold, the final error, and the bag recall of the later calls. With ``mix:4`` a call of L
 rows sends 5*ceil(L/4) rows: L <= 48 leaves a proper span on width 64, L = 64 fills it (the negative
-control: no equations).
+control: no equations). ``mix:4+fill`` (the default) sends at least 64 + 16 random rows per call, so no
+call gives an equation; the last column decodes the later calls with the victim's *true* mask (a
+control: what a holder of the mask would read), so a failure is the mask estimate's.
 
 Run:  python benchmarks/obfuscatune_subspace.py --json docs/results/obfuscatune/attacks/subspace-tiny.json
 """
@@ -34,6 +36,12 @@ CONFIGS = [  # (masks, defence, call length, known calls, solve after every n-th
     ("kron", "mix:4", 32, 12, 1),
     ("kron", "mix:4", 48, 32, 2),
     ("kron", "mix:4", 64, 8, 1),
+    # span filling (the default): random rows until every call spans the width
+    ("kron", "mix:4+fill", 16, 16, 1),
+    ("orthogonal", "mix:4+fill", 16, 16, 1),
+    ("kron", "mix:4+fill", 8, 48, 2),
+    ("kron", "mix:4+fill", 48, 32, 2),
+    ("kron", "mix:4+fill", 1, 96, 8),
 ]
 
 
@@ -63,9 +71,10 @@ def main() -> None:
     cands = tokens.candidate_table(pub)
     rows = []
     print(
-        "| masks | defence | tokens per call | sent rows per call | known rows (calls, distinct tokens) to 1e-3 | final error | later calls: bag recall (prior) |"
+        "| masks | defence | tokens per call | sent rows per call | known rows (calls, distinct tokens) to 1e-3"
+        " | final error | later calls: bag recall (prior) | with the true mask |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for masks, defence, length, known, every in CONFIGS:
         t0 = time.perf_counter()
         v = run_victim(
@@ -73,6 +82,8 @@ def main() -> None:
         )
         res = subspace.subspace_attack(v, cands, known_calls=known, every=every, prior=prior())
         res["seconds"] = time.perf_counter() - t0
+        oracle = subspace.subspace_attack(v, cands, known_calls=known, prior=prior(), oracle_mask=True)
+        res["true_mask_decoded"] = oracle["decoded"]
         res["config"] = {"masks": masks, "defence": defence, "length": length, "every": every}
         rows.append(res)
         need = (
@@ -82,13 +93,15 @@ def main() -> None:
         )
         dec = res["decoded"]
         recall = (
-            "–"
+            "nothing to read with"
             if dec is None
             else f"{100 * dec['bag_recall']:.1f}% ({100 * dec['bag_unigram_baseline']:.1f}%)"
         )
+        oracle_recall = f"{100 * res['true_mask_decoded']['bag_recall']:.1f}%"
         err = "no equations" if res["mask_error"] is None else f"{res['mask_error']:.1e}"
         print(
-            f"| {masks} | {defence} | {length} | {res['rows_per_call'][0]} | {need} | {err} | {recall} |",
+            f"| {masks} | {defence} | {length} | {res['rows_per_call'][0]} | {need} | {err} | {recall}"
+            f" | {oracle_recall} |",
             flush=True,
         )
     if args.json is not None:

@@ -111,16 +111,23 @@ def test_suite_writes_table_and_json_with_the_default_keys(tmp_path):
     for key in ("token_recovery", "unigram_baseline", "weight_rho", "enclave_share_of_arithmetic_gpt2_xl"):
         assert key in d
     assert d["goals"]["tokens"] and d["goals"]["weights"] and d["goals"]["loss_span"]
-    assert d["goals"]["enclave_cost"]  # measured from the GPT2-XL split: <= 10% of the accelerator's work
+    # measured from the GPT2-XL split at the suite's calls (8 x 64 rows), where span filling makes the
+    # accelerator compute several times its work (random rows) and the enclave mix them
+    assert d["rows_per_call"] == 8 * 64 and d["accelerator_noise_overhead"] > 1.0
+    assert d["goals"]["enclave_cost"] == (d["enclave_vs_accelerator_gpt2_xl"] <= 0.10)
     undefended = next(r for r in data["results"] if r["defence"] == "none")
     assert undefended["goals"]["tokens"] is False and undefended["goals"]["loss_span"] is False
     assert undefended["headline"]["static_rows_needed"] is not None  # the static mask falls to known rows
     assert undefended["headline"]["static_calls_needed"] == 1
     assert d["static_rows_needed"] is None and d["static_calls_needed"] is None
     assert undefended["by_delta"]["0.1"].keys() >= {"weights", "structure"}  # weight attacks per delta
-    # the subspace attack (one prompt per call: 16 calls, 12 known) reads the default's later calls
-    assert d["subspace_mask_error"] < 1e-3 and d["subspace_bag_recall"] > 0.9
-    assert d["goals"]["tokens_known_plaintext"] is False
+    # the subspace attack (one prompt per call: 16 calls, 12 known) reads the undefended victim's later
+    # calls; span filling (the default) leaves it no equation
+    u = undefended["headline"]
+    assert u["subspace_mask_error"] < 1e-3 and u["subspace_bag_recall"] > 0.9
+    assert undefended["goals"]["tokens_known_plaintext"] is False
+    assert d["subspace_informative_calls"] == 0 and d["subspace_mask_error"] is None
+    assert d["goals"]["tokens_known_plaintext"] is True
     table = (tmp_path / "rep" / "attacks.md").read_text()
-    assert "| strict **(default)** | kron | mix:4 |" in table and "| strict | orthogonal | none |" in table
+    assert "| strict **(default)** | kron | mix:4+fill |" in table and "| strict | orthogonal | none |" in table
     assert "subspace: known rows (calls)" in table

@@ -40,7 +40,7 @@ def short_victim(masks: str, defence: str):
 
 @pytest.mark.parametrize("masks", [DEFAULT_MASKS, "orthogonal"])
 def test_subspace_attack_breaks_row_mixing_on_short_calls(cands, masks):
-    v = short_victim(masks, DEFAULT_DEFENCE)
+    v = short_victim(masks, "mix:4")
     res = subspace.subspace_attack(v, cands, known_calls=KNOWN)
     assert res["informative_known_calls"] == KNOWN
     assert res["calls_needed"] is not None and res["calls_needed"] <= KNOWN
@@ -53,12 +53,26 @@ def test_subspace_attack_breaks_row_mixing_on_short_calls(cands, masks):
 
 
 def test_default_configuration_is_the_victim_tested():
-    assert (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE) == ("strict", "kron", "mix:4")
+    assert (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE) == ("strict", "kron", "mix:4+fill")
+
+
+def test_span_filling_gives_the_attack_no_equations(cands):
+    """The default (mix:4+fill) on the same short calls: every call's rows span the width, so the known
+    text gives no equation and there is nothing to estimate the mask from, nor to read later calls with.
+    Control: the *true* mask still reads them (filling hides the mask, not the tokens from whoever holds
+    it), so the attack fails for want of the mask alone."""
+    v = short_victim(DEFAULT_MASKS, DEFAULT_DEFENCE)
+    res = subspace.subspace_attack(v, cands, known_calls=KNOWN)
+    assert res["informative_known_calls"] == 0 and all(s == D for s in res["span_dims"])
+    assert set(res["rows_per_call"]) == {16 * (1 + 5)}  # 16 tokens: 16 groups of 1 real + 5 random rows
+    assert res["calls_needed"] is None and res["mask_error"] is None and res["decoded"] is None
+    oracle = subspace.subspace_attack(v, cands, known_calls=KNOWN, oracle_mask=True)
+    assert oracle["decoded"]["calls"] == 3 and oracle["decoded"]["bag_recall"] >= 0.95
 
 
 def test_too_few_known_calls_leave_the_mask_undetermined(cands):
     """Negative control: 6 known calls give fewer independent equations than d^2 unknowns."""
-    v = short_victim(DEFAULT_MASKS, DEFAULT_DEFENCE)
+    v = short_victim(DEFAULT_MASKS, "mix:4")
     res = subspace.subspace_attack(v, cands, known_calls=6)
     assert res["calls_needed"] is None
     assert not res["determined"]

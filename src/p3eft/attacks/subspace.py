@@ -237,11 +237,13 @@ def subspace_attack(
     every: int = 1,
     prior: torch.Tensor | None = None,
     on_point=None,
+    oracle_mask: bool = False,
 ) -> dict:
     """Estimate block 0's input mask from the first ``known_calls`` calls (default: half), adding one
     known call at a time (every ``every``-th count solved, once the known rows span the width), then
     decode the remaining calls' tokens with the final estimate. ``on_point(entry)``: called after each
-    estimate with its curve entry."""
+    estimate with its curve entry. ``oracle_mask`` (a control, not an attack): skip the estimate and decode
+    with the victim's true mask, i.e. what a holder of the mask reads from the same traffic."""
     d = int(victim.public.config.hidden_size)
     empty = {"applicable": False, "calls_needed": None, "rows_needed": None}
     if not mask_sides(victim.config.mode, "attn_in").input:
@@ -252,13 +254,14 @@ def subspace_attack(
     spans = call_spans(victim, cands, known_calls)
     r_true = victim.true_mask(LAYER)
     defence = parse_defence(victim.config.defence)
-    group, per_group = (defence.k + 1, defence.k) if defence.kind == "mix" else (1, 1)
 
     curve, needed, est, q = [], None, MaskEstimate(None, [], False), None
     rows = distinct = 0
     seen: set[int] = set()
     rank = torch.zeros(0, d, dtype=torch.float64)
-    for i in range(known_calls):
+    if oracle_mask:
+        q = r_true
+    for i in range(0 if oracle_mask else known_calls):
         ids = calls[i]["input_ids"].flatten()
         rows += len(ids)
         seen |= set(ids.tolist())
@@ -287,7 +290,12 @@ def subspace_attack(
     decoded = None
     if q is not None and known_calls < len(calls):
         later = list(zip(victim.transcript.forwards(LAYER), calls, strict=True))[known_calls:]
-        guesses = [decode_call(c.sent[0].reshape(-1, d), q, cands, group, per_group) for c, _ in later]
+        guesses = []
+        for c, call in later:
+            # the grouping follows from the public defence setting and the call's row count (which the
+            # cloud reads off the sent counts at two boundaries of different widths)
+            lay = defence.layout(call["input_ids"].numel(), d)
+            guesses.append(decode_call(c.sent[0].reshape(-1, d), q, cands, lay.size, lay.real))
         decoded = bag_score(
             guesses,
             [call["input_ids"] for _, call in later],

@@ -50,7 +50,9 @@ def _command(name: str, attacks: list[str], doc: str):
         masks: str = typer.Option(
             "orthogonal,cond:100,naive,kron,blockperm:32", "--masks", help="Comma-separated mask families."
         ),
-        defences: str = typer.Option("none,mix:4", "--defences", help="Comma-separated: none, mix:K."),
+        defences: str = typer.Option(
+            "none,mix:4,mix:4+fill", "--defences", help="Comma-separated: none, mix:K, mix:K+fill."
+        ),
         deltas: str = typer.Option(
             "0.01,0.1",
             "--deltas",

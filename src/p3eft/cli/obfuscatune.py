@@ -43,7 +43,7 @@ def _settings(mode: str, masks: str, dtype: str = "float32"):
 ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype")
 EXPECT_HELP = (
     "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
-    "(default mode=strict,masks=kron,defence=mix:4,seed=random)."
+    "(default mode=strict,masks=kron,defence=mix:4+fill,seed=random)."
 )
 
 
@@ -294,7 +294,11 @@ def experiment(
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
     exp_masks: str = typer.Option("kron", "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
-    defence: str = typer.Option("mix:4", "--defence", help="none or mix:K (default: row mixing, K=4)."),
+    defence: str = typer.Option(
+        "mix:4+fill",
+        "--defence",
+        help="none, mix:K (row mixing) or mix:K+fill (row mixing, every call's rows span the width).",
+    ),
     cloud_device: str | None = typer.Option(
         None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
     ),

@@ -46,8 +46,8 @@ class Arithmetic:
     enclave_norms_nonlinear: float
     enclave_attention: float
     enclave_lm_head: float
-    enclave_mixing: float = 0.0  # row mixing and unmixing (defence mix:K)
-    accelerator_factor: float = 1.0  # accelerator work with the noise rows / without (mix:K: (K+1)/K)
+    enclave_mixing: float = 0.0  # row mixing and unmixing (defence mix:K[+fill])
+    accelerator_factor: float = 1.0  # accelerator linear work with the random rows / without
 
     @property
     def accelerator(self) -> float:
@@ -91,29 +91,33 @@ def arithmetic_per_token(
     context: int = 128,
     lora_rank: int = 16,
     defence: str = "none",
+    rows_per_call: int | None = None,
 ) -> Arithmetic:
     """Per-token arithmetic at an average causal context of ``(context + 1) / 2`` positions.
 
-    ``defence="mix:K"`` adds the enclave's mixing of every crossing row and unmixing of every answer
-    (``(K+1)^2/K`` MACs per element) and the accelerator's extra noise rows (``(K+1)/K`` times its work)."""
+    A row-mixing ``defence`` adds the enclave's mixing of every crossing row (``(a+b)^2/a`` MACs per
+    element) and unmixing of every answer (``a+b``), and the accelerator's random rows (``(a+b)/a``
+    times its work), with the grouping ``(a, b)`` of a call of ``rows_per_call`` rows (default: one
+    prompt of ``context`` tokens) at each boundary's width (:mod:`p3eft.obfuscatune.mixing`)."""
     cfg = split.enclave_model.config
     d = hidden_size(split.enclave_model)
     fam = parse_masks(masks).with_chunk(d)
     mixing = parse_defence(defence)
-    lin = lora = mask = mix = 0.0
+    rows = context if rows_per_call is None else rows_per_call
+    lin = lora = mask = mix = plain_lin = 0.0
     for g in split.groups:
         sides = mask_sides(mode, g.role)
         if sides.input:
             mask += 2 * fam.macs_per_row(g.d_in)
-        mix += 2 * mixing.mix_macs_per_element() * g.d_in
+        mix += 2 * mixing.mix_macs_per_element(rows, g.d_in) * g.d_in
+        factor = mixing.accelerator_factor(rows, g.d_in)
         for p in g.parts:
-            lin += 2 * p.d_in * p.d_out
-            lora += 2 * lora_rank * (p.d_in + p.d_out)
-            mix += 2 * mixing.mix_macs_per_element() * p.d_out
+            plain_lin += 2 * p.d_in * p.d_out
+            lin += factor * 2 * p.d_in * p.d_out
+            lora += factor * 2 * lora_rank * (p.d_in + p.d_out)
+            mix += 2 * mixing.unmix_macs_per_element(rows, g.d_in) * p.d_out
             if sides.output:
                 mask += 2 * fam.macs_per_row(p.d_out)
-    lin *= mixing.accelerator_factor()
-    lora *= mixing.accelerator_factor()
     layers = len({g.block for g in split.groups})
     heads = int(getattr(cfg, "n_head", None) or cfg.num_attention_heads)
     avg_ctx = (context + 1) / 2
@@ -135,7 +139,7 @@ def arithmetic_per_token(
         qk_dim = d
     attention = layers * (2 * 2 * avg_ctx * qk_dim + SOFTMAX_FLOPS * heads * avg_ctx)
     lm_head = 2 * d * vocab
-    return Arithmetic(lin, lora, mask, norms, attention, lm_head, mix, mixing.accelerator_factor())
+    return Arithmetic(lin, lora, mask, norms, attention, lm_head, mix, lin / plain_lin)
 
 
 def model_accounting(
@@ -145,12 +149,14 @@ def model_accounting(
     masks: str = "orthogonal",
     context: int = 128,
     defence: str = "none",
+    rows_per_call: int | None = None,
 ) -> dict[str, Any]:
-    """Parameter shares and per-token arithmetic of one architecture, from its split."""
+    """Parameter shares and per-token arithmetic of one architecture, from its split (``rows_per_call``:
+    see :func:`arithmetic_per_token`)."""
     split = meta_split(config)
     out = split.accounting()
     out["arithmetic"] = arithmetic_per_token(
-        split, mode=mode, masks=masks, context=context, defence=defence
+        split, mode=mode, masks=masks, context=context, defence=defence, rows_per_call=rows_per_call
     ).to_dict()
     out.update(
         {
@@ -160,6 +166,7 @@ def model_accounting(
             "masks": masks,
             "defence": defence,
             "context": context,
+            "rows_per_call": context if rows_per_call is None else rows_per_call,
         }
     )
     return out

@@ -42,7 +42,7 @@ UPLOAD_CHUNK_BYTES = 16 * 2**20  # ours: each load_weight message carries at mos
 # side sees"): structured masks keep the enclave's arithmetic small, fresh row mixing hides the rows.
 DEFAULT_MODE = "strict"
 DEFAULT_MASKS = "kron"
-DEFAULT_DEFENCE = "mix:4"
+DEFAULT_DEFENCE = "mix:4+fill"
 PAPER_MODE_WARNING = (
     "ObfuscaTune --mode paper gives the untrusted side clear Q/K/V and one-sided masked weights: against an "
     "attacker holding the public base model it protects neither the prompts (without row mixing) nor the "
@@ -54,8 +54,9 @@ PAPER_MODE_WARNING = (
 class EnclaveSettings:
     """How the enclave obfuscates. ``session_seed`` None = 32 fresh bytes from ``secrets`` (CSPRNG);
     ``sealing_key`` (32 bytes) seals ``state()`` checkpoints, as a TEE's sealing key would.
-    ``defence``: ``mix:K`` (default) sends fresh random combinations of K rows plus a noise row
-    (:mod:`p3eft.obfuscatune.mixing`); ``none`` sends the masked rows themselves."""
+    ``defence``: ``mix:K`` sends fresh random combinations of K rows plus a noise row, ``mix:K+fill``
+    (default) adds random rows until every call's rows span the width (:mod:`p3eft.obfuscatune.mixing`);
+    ``none`` sends the masked rows themselves."""
 
     mode: str = DEFAULT_MODE
     masks: str = DEFAULT_MASKS
@@ -128,7 +129,7 @@ class _Link(GroupLink):
         lead, dtype = x.shape[:-1], x.dtype
         xs = b.mask_in.right(x) if b.mask_in is not None else x
         xl = None if x_lora is None else (b.mask_in.right(x_lora) if b.mask_in is not None else x_lora)
-        mix = self.enclave.draw_mix(xs.reshape(-1, xs.shape[-1]).shape[0], tag)
+        mix = self.enclave.draw_mix(xs.reshape(-1, xs.shape[-1]).shape[0], xs.shape[-1], tag)
         if mix is not None:
             xs = mix.mix(xs.reshape(-1, xs.shape[-1]))
             xl = None if xl is None else mix.mix(xl.reshape(-1, xl.shape[-1]))
@@ -359,7 +360,7 @@ class Enclave:
         self._calls += 1
         return f"{self._step}.{self._calls}"
 
-    def draw_mix(self, rows: int, tag: str | None = None) -> RowMix | None:
+    def draw_mix(self, rows: int, width: int, tag: str | None = None) -> RowMix | None:
         """This call's fresh row mixing (None without the defence). Training calls (``tag``: step and
         call) are labelled by their tag, so a resumed run redraws the same mixing for the same batch
         (bit-identical, and nothing new to the untrusted side); other calls by a per-instance nonce and
@@ -372,7 +373,7 @@ class Enclave:
             if tag is not None
             else f"mix/e{self.epoch}/{self._nonce}/{self._mix_calls}"
         )
-        return draw_mix(self._secret, label, rows, self._defence.k)
+        return draw_mix(self._secret, label, rows, self._defence.layout(rows, width))
 
     def lora_dropout(self, x: torch.Tensor) -> torch.Tensor | None:
         """With row mixing, the enclave draws LoRA dropout on the plaintext input (exactly PEFT's
