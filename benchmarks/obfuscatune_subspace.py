@@ -10,6 +10,7 @@ call gives an equation; the last column decodes the later calls with the victim'
 control: what a holder of the mask would read), so a failure is the mask estimate's.
 
 Run:  python benchmarks/obfuscatune_subspace.py --json docs/results/obfuscatune/attacks/subspace-tiny.json
+      (``--defences mix:4+fill --json .../subspace-tiny-fill.json``: the span-filling rows only)
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--later", type=int, default=4, help="Calls decoded after the known ones.")
+    ap.add_argument("--defences", default=None, help="Only the rows of these defences (comma-separated).")
     args = ap.parse_args()
+    only = None if args.defences is None else set(args.defences.split(","))
     from helpers_attacks import prior, public_model
     from helpers_obf import VOCAB
 
@@ -76,6 +79,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     for masks, defence, length, known, every in CONFIGS:
+        if only is not None and defence not in only:
+            continue
         t0 = time.perf_counter()
         v = run_victim(
             pub, traffic(known + args.later, length, VOCAB), VictimConfig("strict", masks, defence)

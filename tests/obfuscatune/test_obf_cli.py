@@ -47,7 +47,13 @@ def test_info_structured_masks_meet_the_masking_goal(tmp_path):
 
 @pytest.mark.parametrize(
     "argv",
-    [["info", "--masks", "diagonal"], ["info", "--mode", "loose"], ["verify", "--model", "no-such-model"]],
+    [
+        ["info", "--masks", "diagonal"],
+        ["info", "--mode", "loose"],
+        ["verify", "--model", "no-such-model"],
+        ["evaluate", "--model", "gpt2", "--dataset", "obqa", "--defence", "mix:1"],
+        ["finetune", "--model", "gpt2", "--dataset", "obqa", "--out", "unused", "--defence", "mix:4+fil"],
+    ],
 )
 def test_bad_input_is_one_line_error(argv, capsys):
     assert main(["obfuscatune", *argv]) == 2

@@ -20,7 +20,7 @@ def _max_diff(model, settings, data):
     return (out - ref).abs().max().item()
 
 
-@pytest.mark.parametrize("defence", ["none", "mix:4"])
+@pytest.mark.parametrize("defence", ["none", "mix:4", "mix:4+fill"])
 @pytest.mark.parametrize("mode", ["strict", "paper"])
 @pytest.mark.parametrize("masks", ["orthogonal", "kron:4", "blockperm:8"])
 def test_gpt2_float64_orthogonal_is_exact(mode, masks, defence):
@@ -29,7 +29,7 @@ def test_gpt2_float64_orthogonal_is_exact(mode, masks, defence):
     assert _max_diff(model, settings, batch()) <= 1e-9
 
 
-@pytest.mark.parametrize("defence", ["none", "mix:4", "mix:2"])
+@pytest.mark.parametrize("defence", ["none", "mix:4", "mix:2", "mix:4+fill"])
 def test_llama_split_matches_plain(defence):
     model = tiny_llama(torch.float32)
     assert _max_diff(model, EnclaveSettings(masks="orthogonal", defence=defence), batch()) <= 1e-4
@@ -49,7 +49,7 @@ def test_naive_masks_are_at_least_10x_worse_in_fp32():
     assert naive >= 10 * max(ortho, 1e-7), (ortho, naive)
 
 
-@pytest.mark.parametrize("defence", ["none", "mix:4"])
+@pytest.mark.parametrize("defence", ["none", "mix:4", "mix:4+fill"])
 def test_boundary_traffic_is_masked(defence):
     """What reaches the cloud is not the plaintext activation: record forward inputs in strict mode.
     Without a defence the orthogonal mask keeps every row's norm (what the token attack exploits);
@@ -96,7 +96,12 @@ def test_boundary_traffic_is_masked(defence):
         assert corr < 0.2
     else:
         rows = x.reshape(-1, x.shape[-1])
-        assert x_star.shape == (9 * 5, rows.shape[1])  # 36 rows in 9 groups of 4, one noise row each
+        width = rows.shape[1]
+        if defence == "mix:4":
+            assert x_star.shape == (9 * 5, width)  # 36 rows in 9 groups of 4, one noise row each
+        else:  # span filling: 36 groups of 1 real + ceil((width + 16) / 36) random rows, spanning the width
+            assert x_star.shape == (36 * (1 + -(-(width + 16) // 36)), width)
+            assert int(torch.linalg.matrix_rank(x_star)) == width
         sent = sorted(x_star.norm(dim=-1).tolist())
         true = sorted(rows.norm(dim=-1).tolist())
         # no crossing row keeps a plaintext row's norm: an orthogonal mask alone keeps every norm to

@@ -5,7 +5,7 @@ import torch
 from helpers_obf import batch, plain_peft, tiny_gpt2, tiny_llama
 
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.obfuscatune.enclave import EnclaveSettings
+from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, EnclaveSettings
 from p3eft.obfuscatune.session import session_from_model
 
 
@@ -40,19 +40,21 @@ def _compare(export, peft_model, tol):
 
 
 @pytest.mark.parametrize(
-    "family,mode,masks,dtype,tol",
-    [
-        ("gpt2", "strict", "orthogonal", "float64", 1e-9),
-        ("gpt2", "paper", "orthogonal", "float64", 1e-9),
-        ("gpt2", "strict", "kron:4", "float64", 1e-9),
-        ("gpt2", "strict", "orthogonal", "float32", 1e-3),
-        ("llama", "strict", "orthogonal", "float32", 1e-3),
+    "family,mode,masks,dtype,tol,defence",
+    [  # the default defence (span filling: the tiny batches are short calls) and plain row mixing
+        ("gpt2", "strict", "orthogonal", "float64", 1e-9, DEFAULT_DEFENCE),
+        ("gpt2", "strict", "orthogonal", "float64", 1e-9, "mix:4"),
+        ("gpt2", "paper", "orthogonal", "float64", 1e-9, DEFAULT_DEFENCE),
+        ("gpt2", "strict", "kron:4", "float64", 1e-9, DEFAULT_DEFENCE),
+        ("gpt2", "strict", "orthogonal", "float32", 1e-3, DEFAULT_DEFENCE),
+        ("llama", "strict", "orthogonal", "float32", 1e-3, DEFAULT_DEFENCE),
     ],
 )
-def test_obfuscated_step_equals_plain_step_after_mapping(family, mode, masks, dtype, tol):
+def test_obfuscated_step_equals_plain_step_after_mapping(family, mode, masks, dtype, tol, defence):
     tdtype = torch.float64 if dtype == "float64" else torch.float32
     model = tiny_gpt2(tdtype) if family == "gpt2" else tiny_llama(tdtype)
-    s = session_from_model(model, EnclaveSettings(mode=mode, masks=masks, dtype=dtype, lora_dropout=0.0))
+    settings = EnclaveSettings(mode=mode, masks=masks, dtype=dtype, lora_dropout=0.0, defence=defence)
+    s = session_from_model(model, settings)
     ch = s.enclave_channel
     lr = 0.5
     ch.call("configure_training", optimizer="sgd", lr=lr, momentum=0.9)

@@ -26,21 +26,27 @@ MASKS_HELP = (
     "kron (default: structured, cheap for the enclave), orthogonal, cond:K, naive, kron[:F] or blockperm[:B]."
 )
 DTYPE_HELP = "Enclave/accelerator precision: float32 or float64."
+DEFENCE_HELP = (
+    "mix:4+fill (default: row mixing, every call's rows span the width), mix:K (row mixing only: cheaper "
+    "for short calls, but they leak to known text, see docs/obfuscatune.md) or none."
+)
 
 
-def _settings(mode: str, masks: str, dtype: str = "float32"):
+def _settings(mode: str, masks: str, dtype: str = "float32", defence: str = "mix:4+fill"):
     from p3eft.obfuscatune.enclave import EnclaveSettings
     from p3eft.obfuscatune.masks import parse_masks
+    from p3eft.obfuscatune.mixing import parse_defence
     from p3eft.obfuscatune.split import mask_sides
 
     parse_masks(masks)
+    parse_defence(defence)
     mask_sides(mode, "attn_in")
     if dtype not in ("float32", "float64"):
         raise P3eftError(f"--dtype must be float32 or float64, not {dtype!r}")
-    return EnclaveSettings(mode=mode, masks=masks, dtype=dtype)
+    return EnclaveSettings(mode=mode, masks=masks, dtype=dtype, defence=defence)
 
 
-ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype")
+ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype", "defence")
 EXPECT_HELP = (
     "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
     "(default mode=strict,masks=kron,defence=mix:4+fill,seed=random)."
@@ -70,7 +76,8 @@ def _label(res: dict, obf: MaskFlags) -> str:
     att = res.get("attested")
     if att:
         return (
-            f", attested mode {att.get('mode')}, masks {att.get('masks')}, dtype {att.get('dtype')}, "
+            f", attested mode {att.get('mode')}, masks {att.get('masks')}, defence {att.get('defence')},"
+            f" dtype {att.get('dtype')}, "
             f"r {att.get('lora_r')}"
         )
     return obf.label()
@@ -89,12 +96,13 @@ class MaskFlags:
     mode: str
     masks: str
     dtype: str
+    defence: str
 
     def settings(self):
-        return _settings(self.mode, self.masks, self.dtype)
+        return _settings(self.mode, self.masks, self.dtype, self.defence)
 
     def label(self) -> str:
-        return f", obfuscated {self.mode}/{self.masks}"
+        return f", obfuscated {self.mode}/{self.masks}/{self.defence}"
 
 
 with_mask_flags = opt.flag_group(
@@ -104,6 +112,7 @@ with_mask_flags = opt.flag_group(
         ("mode", str, typer.Option("strict", "--mode", help=MODE_HELP)),
         ("masks", str, typer.Option("kron", "--masks", help=MASKS_HELP)),
         ("dtype", str, typer.Option("float32", "--dtype", help=DTYPE_HELP)),
+        ("defence", str, typer.Option("mix:4+fill", "--defence", help=DEFENCE_HELP)),
     ),
 )
 
@@ -294,11 +303,7 @@ def experiment(
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
     exp_masks: str = typer.Option("kron", "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
-    defence: str = typer.Option(
-        "mix:4+fill",
-        "--defence",
-        help="none, mix:K (row mixing) or mix:K+fill (row mixing, every call's rows span the width).",
-    ),
+    defence: str = typer.Option("mix:4+fill", "--defence", help=DEFENCE_HELP),
     cloud_device: str | None = typer.Option(
         None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
     ),
