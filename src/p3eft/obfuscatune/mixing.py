@@ -128,12 +128,16 @@ def parse_defence(spec: str) -> Defence:
 
 @dataclass
 class _Grouping:
-    """One call's secret row order: the permutation that cuts the (padded) real rows into groups."""
+    """One call's secret grouping: the permutation that cuts the (padded) real rows into groups, how
+    the real rows enter each group's sent rows (``A``) and the rows that undo it (``C``: ``C^T A = I``,
+    and ``C^T`` annihilates the random rows' part)."""
 
     n: int  # real rows
     layout: GroupLayout
     perm: torch.Tensor  # (groups*a,) padded row order
     stream: CsprngStream
+    a_mat: torch.Tensor  # (groups, a+b, a)
+    c_mat: torch.Tensor  # (groups, a+b, a)
 
     @property
     def groups(self) -> int:
@@ -166,32 +170,25 @@ class _Grouping:
     def mix_grad(self, g: torch.Tensor) -> torch.Tensor:
         """Gradient w.r.t. the real rows' outputs -> ``C [G]`` per group (``C^T`` = the unmixing rows)."""
         zeros = g.new_zeros(self.groups * self.real - self.n, g.shape[1])
-        c = self._unmixing().to(dtype=g.dtype, device=g.device)  # (groups, a+b, a)
+        c = self.c_mat.to(dtype=g.dtype, device=g.device)
         return (c @ self._grouped(g, zeros)).reshape(-1, g.shape[1])
 
     def unmix(self, u: torch.Tensor) -> torch.Tensor:
         """(groups*(a+b), w) answers -> the n real rows' answers (``C^T U`` per group), in order."""
-        c_t = self._unmixing().transpose(1, 2).to(dtype=u.dtype, device=u.device)
+        c_t = self.c_mat.transpose(1, 2).to(dtype=u.dtype, device=u.device)
         return self._ungroup(c_t @ u.reshape(self.groups, self.layout.size, -1))
 
     def unmix_grad(self, dz: torch.Tensor) -> torch.Tensor:
         """Gradient w.r.t. the sent rows -> gradient w.r.t. the real rows: ``A^T dZ`` per group."""
-        a_t = self._real_columns().transpose(1, 2).to(dtype=dz.dtype, device=dz.device)
+        a_t = self.a_mat.transpose(1, 2).to(dtype=dz.dtype, device=dz.device)
         return self._ungroup(a_t @ dz.reshape(self.groups, self.layout.size, -1))
-
-    def _real_columns(self) -> torch.Tensor:  # A: (groups, a+b, a), how the real rows enter Z
-        raise NotImplementedError
-
-    def _unmixing(self) -> torch.Tensor:  # C: (groups, a+b, a) with C^T A = I and C^T (noise part) = 0
-        raise NotImplementedError
 
 
 @dataclass
 class RowMix(_Grouping):
     """``mix:K``: per group ``Z = M [X; r]`` with a dense, well-conditioned ``(a+b) x (a+b)`` matrix."""
 
-    m: torch.Tensor = None  # type: ignore[assignment]  # (groups, a+b, a+b)
-    m_inv: torch.Tensor = None  # type: ignore[assignment]
+    m: torch.Tensor  # (groups, a+b, a+b); A = its first a columns, C^T = the first a rows of M^-1
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """(n, w) -> (groups*(a+b), w): ``M [X; r]`` per group, with random padding and noise rows."""
@@ -200,12 +197,6 @@ class RowMix(_Grouping):
         noise = self._noise((self.groups * self.layout.random, w), scale, x)
         rows = torch.cat([self._grouped(x, pad), noise.reshape(self.groups, self.layout.random, w)], dim=1)
         return (self.m.to(dtype=x.dtype, device=x.device) @ rows).reshape(-1, w)
-
-    def _real_columns(self) -> torch.Tensor:
-        return self.m[:, :, : self.real]
-
-    def _unmixing(self) -> torch.Tensor:
-        return self.m_inv[:, : self.real].transpose(1, 2)
 
 
 @dataclass
@@ -218,9 +209,6 @@ class SpanFill(_Grouping):
     ``A^T A ~ I``: every sent row carries a small share of each real row under noise of the real rows'
     RMS, and the unmixing adds no more than float rounding."""
 
-    a_mat: torch.Tensor = None  # type: ignore[assignment]  # (groups, a+b, a)
-    c_mat: torch.Tensor = None  # type: ignore[assignment]
-
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         w, scale = x.shape[1], self._scale(x)
         pad = self._noise((self.groups * self.real - self.n, w), scale, x)
@@ -231,12 +219,6 @@ class SpanFill(_Grouping):
         )
         noise = g - c @ (a.transpose(1, 2) @ g)  # (I - C A^T) G: orthogonal to the unmixing rows
         return (a @ self._grouped(x, pad) + noise).reshape(-1, w)
-
-    def _real_columns(self) -> torch.Tensor:
-        return self.a_mat
-
-    def _unmixing(self) -> torch.Tensor:
-        return self.c_mat
 
 
 def _haar(stream: CsprngStream, groups: int, size: int) -> torch.Tensor:
@@ -260,4 +242,5 @@ def draw_mix(secret: bytes, label: str, n: int, layout: GroupLayout) -> RowMix |
     s = torch.exp((2 * u - 1) * half)  # singular values, log-uniform in [cond^-1/2, cond^1/2]
     m = (q1 * s) @ q2.transpose(1, 2)
     m_inv = (q2 / s) @ q1.transpose(1, 2)
-    return RowMix(n, layout, perm, stream, m=m, m_inv=m_inv)
+    a, c = m[:, :, : layout.real], m_inv[:, : layout.real].transpose(1, 2)
+    return RowMix(n, layout, perm, stream, a_mat=a, c_mat=c, m=m)
