@@ -48,7 +48,8 @@ def arithmetic_section(models: list[str], context: int) -> list[dict]:
         for mode, masks, defence in [
             ("strict", "orthogonal", "none"),
             ("strict", "kron", "none"),
-            ("strict", "kron", "mix:4"),  # the default
+            ("strict", "kron", "mix:4+fill"),  # the default (one prompt of --context tokens per call)
+            ("strict", "kron", "mix:4"),
             ("strict", "blockperm:32", "mix:4"),
             ("paper", "orthogonal", "none"),
             ("paper", "kron", "mix:4"),
@@ -297,7 +298,13 @@ def main() -> None:
         )
         speed, memory = speed_section(
             args.model,
-            [("orthogonal", "none"), ("kron", "none"), ("kron", "mix:4"), ("blockperm:32", "mix:4")],
+            [
+                ("orthogonal", "none"),
+                ("kron", "none"),
+                ("kron", "mix:4"),
+                ("kron", "mix:4+fill"),
+                ("blockperm:32", "mix:4"),
+            ],
             args.batch,
             args.seq,
             args.steps,
