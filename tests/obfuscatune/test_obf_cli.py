@@ -38,11 +38,37 @@ def test_info_gpt2_xl_share_from_split(tmp_path, capsys):
 
 def test_info_structured_masks_meet_the_masking_goal(tmp_path):
     out = tmp_path / "info.json"
-    assert main(["obfuscatune", "info", "--model", "gpt2", "--masks", "kron", "--json", str(out)]) == 0
+    argv = ["obfuscatune", "info", "--model", "gpt2", "--masks", "kron", "--defence", "none"]
+    assert main([*argv, "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["enclave_param_share"] == pytest.approx(0.317, abs=1e-3)
     assert res["arithmetic"]["masking_vs_accelerator"] <= 0.10
     assert 0.25 < res["arithmetic"]["lm_head_share"] < 0.35
+
+
+def test_info_prices_span_filling_by_call_size(tmp_path):
+    """GPT2-XL: calls of at least 4 x (6400 + 16) rows (the widest boundary) need no filling, so the
+    default costs the accelerator what mix:4 does (1.25x); one 128-token prompt per call costs >10x."""
+
+    def overhead(defence: str, rows: int) -> float:
+        out = tmp_path / f"{defence}-{rows}.json"
+        argv = [
+            "obfuscatune",
+            "info",
+            "--model",
+            "gpt2-xl",
+            "--defence",
+            defence,
+            "--rows-per-call",
+            str(rows),
+        ]
+        assert main([*argv, "--json", str(out)]) == 0
+        return json.loads(out.read_text())["arithmetic"]["accelerator_noise_overhead"]
+
+    big = 4 * (6400 + 16)
+    assert overhead("mix:4+fill", big) == pytest.approx(overhead("mix:4", big)) == pytest.approx(0.25)
+    assert overhead("mix:4+fill", big - 4) > 0.25  # one row fewer per group of the widest boundary
+    assert overhead("mix:4+fill", 128) > 10 and overhead("mix:4", 128) == pytest.approx(0.25)
 
 
 @pytest.mark.parametrize(

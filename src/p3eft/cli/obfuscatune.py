@@ -252,13 +252,17 @@ def info(
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
     masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
     context: int = typer.Option(128, "--context", min=1, help="Context length for the attention arithmetic."),
+    defence: str = typer.Option("mix:4+fill", "--defence", help=DEFENCE_HELP),
+    rows: int | None = typer.Option(
+        None, "--rows-per-call", min=1, help="Rows per call, for the defence's price (default: --context)."
+    ),
     json_out: Path | None = opt.JSON_OUT,
 ) -> None:
     """Parameter and per-token arithmetic accounting, from the model's actual split (meta device)."""
     from p3eft.obfuscatune import run
 
-    _settings(mode, masks)
-    res = run.info(model, mode=mode, masks=masks, context=context)
+    _settings(mode, masks, defence=defence)
+    res = run.info(model, mode=mode, masks=masks, context=context, defence=defence, rows_per_call=rows)
     _write(res, json_out)
     a = res["arithmetic"]
     typer.echo(
@@ -277,6 +281,11 @@ def info(
         f"    masking {a['masking_share']:.1%} (= {a['masking_vs_accelerator']:.1%} of the accelerator's), "
         f"LM head {a['lm_head_share']:.1%}, attention {a['attention_share']:.1%}, "
         f"norms/nonlinear {a['norms_nonlinear_share']:.1%}"
+    )
+    typer.echo(
+        f"  defence {defence} at {res['rows_per_call']}-row calls: mixing {a['mixing_share']:.1%} of all,"
+        f" accelerator x{1 + a['accelerator_noise_overhead']:.2f} of its own work;"
+        f" enclave = {a['enclave_vs_useful_accelerator']:.1%} of the accelerator's useful work"
     )
 
 

@@ -418,16 +418,25 @@ def verify(
 
 
 def info(
-    model: str, *, mode: str = "strict", masks: str = "orthogonal", context: int = 128
+    model: str,
+    *,
+    mode: str = "strict",
+    masks: str = "orthogonal",
+    context: int = 128,
+    defence: str = "none",
+    rows_per_call: int | None = None,
 ) -> dict[str, Any]:
-    """Parameter and arithmetic accounting from the model's split, built on the meta device."""
+    """Parameter and arithmetic accounting from the model's split, built on the meta device (a row-mixing
+    ``defence`` priced for calls of ``rows_per_call`` rows; default one prompt of ``context`` tokens)."""
     from p3eft.models import loading
     from p3eft.obfuscatune.accounting import model_accounting
     from p3eft.obfuscatune.masks import parse_masks
 
     spec = loading.resolve_spec(model)
     cfg = spec.hf_config()
-    acc = model_accounting(cfg, mode=mode, masks=masks, context=context)
+    acc = model_accounting(
+        cfg, mode=mode, masks=masks, context=context, defence=defence, rows_per_call=rows_per_call
+    )
     d = int(getattr(cfg, "n_embd", None) or cfg.hidden_size)
     acc["model"] = spec.name
     acc["mask_randomness_per_width_d"] = parse_masks(masks).randomness(d)
