@@ -97,16 +97,21 @@ class Defence:
         return GroupLayout(1, math.ceil(need / max(rows, 1)))
 
     def mix_macs_per_element(self, rows: int, width: int) -> float:
-        """Enclave multiply-accumulates per element of a real row to mix it: ``(a+b)^2 / a`` with a dense
-        matrix (one random row per group), ``3 (a+b)`` with :class:`SpanFill` (more)."""
+        """Enclave multiply-accumulates per element of a real row to mix it: per group ``(a+b)^2`` with a
+        dense matrix (one random row per group), ``3 a (a+b)`` with :class:`SpanFill` (more), spread
+        over the call's real rows (``(a+b)^2 / a`` and ``3 (a+b)`` when the groups are full)."""
         if self.kind != "mix":
             return 0.0
         lay = self.layout(rows, width)
-        return lay.size**2 / lay.real if lay.random == 1 else 3.0 * lay.size
+        per_group = lay.size**2 if lay.random == 1 else 3.0 * lay.real * lay.size
+        return lay.groups(rows) * per_group / max(rows, 1)
 
     def unmix_macs_per_element(self, rows: int, width: int) -> float:
-        """... per element of a real row's answer to unmix it (first ``a`` rows of ``M^-1``): ``a + b``."""
-        return float(self.layout(rows, width).size) if self.kind == "mix" else 0.0
+        """... per element of a real row's answer to unmix it (``C^T U``: ``a (a+b)`` per group)."""
+        if self.kind != "mix":
+            return 0.0
+        lay = self.layout(rows, width)
+        return lay.groups(rows) * lay.real * lay.size / max(rows, 1)
 
     def accelerator_factor(self, rows: int, width: int) -> float:
         """How much more the accelerator computes (the random rows): sent rows / real rows."""
