@@ -108,10 +108,10 @@ def test_fill_layouts():
     assert parse_defence("mix:4").layout(16, 48) == GroupLayout(4, 1)
     assert d.accelerator_factor(4 * need, 48) == parse_defence("mix:4").accelerator_factor(4 * need, 48)
     # enclave multiply-accumulates per real element: full dense groups (K+1)^2/K to mix, K+1 to unmix; a
-    # one-row mix:4 call pays for its whole group (25 and 5); SpanFill 3(a+b) and a+b
+    # one-row mix:4 call pays for its whole group (25, and 4 x 5 to unmix the padding too); SpanFill 3(a+b) and a+b
     plain = parse_defence("mix:4")
     assert plain.mix_macs_per_element(400, 48) == 25 / 4 and plain.unmix_macs_per_element(400, 48) == 5
-    assert plain.mix_macs_per_element(1, 48) == 25 and plain.unmix_macs_per_element(1, 48) == 5
+    assert plain.mix_macs_per_element(1, 48) == 25 and plain.unmix_macs_per_element(1, 48) == 20
     b = math.ceil(need / 16)
     assert d.mix_macs_per_element(16, 48) == 3 * (1 + b) and d.unmix_macs_per_element(16, 48) == 1 + b
 
