@@ -356,7 +356,9 @@ def write_results(out: str | Path, payload: dict[str, Any]) -> dict[str, Any]:
     return _write(Path(out), cfg, payload["records"], payload.get("wall_seconds", 0.0), extra)
 
 
-def _plot(records: list[dict], path: Path) -> None:
+def _plot(records: list[dict], path: Path, obfuscated: str = "default") -> None:
+    """The three panels; ``obfuscated``: Table 1's ObfuscaTune settings as the legend names them (the
+    run's, not whatever the default is when the figure is redrawn)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -369,7 +371,7 @@ def _plot(records: list[dict], path: Path) -> None:
     for k, (key, name) in enumerate(
         (
             ("unprotected", "Unprotected"),
-            ("obfuscatune", "ObfuscaTune (default)"),
+            ("obfuscatune", f"ObfuscaTune ({obfuscated})"),
             ("naive", "naive random"),
         )
     ):
@@ -425,5 +427,5 @@ def _write(
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=str))
     (out / "tables.md").write_text(md)
     if records:
-        _plot(records, out / "obfuscatune.png")
+        _plot(records, out / "obfuscatune.png", f"{cfg.masks}, {cfg.defence}")
     return payload
