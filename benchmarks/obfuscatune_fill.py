@@ -9,7 +9,8 @@ real rows a call carries. Two sections:
   2. measured on this CPU with the real SmolLM2-135M weights: one inference call (logits) of a single
      64-token prompt and of a batch of 8 such prompts, per defence. The same prompts, the same repeats
      (one warm-up, then ``--repeats`` timed) for every defence; wall and process CPU time (the enclave
-     and the untrusted side share this process), and max |logit diff| against the plain model.
+     and the untrusted side share this process), and max |logit diff| against the plain model. The
+     prompts are SciQ paragraphs (``P3EFT_DATA`` or the bundled data folder).
 
 Run:  .venv/bin/python benchmarks/obfuscatune_fill.py --json docs/results/obfuscatune/fill.json
 """
@@ -55,10 +56,21 @@ def arithmetic_section(models: list[str], context: int) -> list[dict]:
 
 
 def _prompts(tokenizer, n: int, length: int) -> dict[str, torch.Tensor]:
-    """Random token ids of the model's vocabulary (the cost depends on the shapes only), seeded so that
-    every defence gets the same prompts."""
-    g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1, int(tokenizer.vocab_size), (n, length), generator=g)
+    """The first ``n`` SciQ support paragraphs of at least ``length`` tokens, cut to ``length``: real
+    text (random token ids make far larger activations, and so larger float error, than text does),
+    every prompt exactly ``length`` tokens, the same prompts for every defence."""
+    from p3eft.data import load_task
+
+    rows = []
+    for ex in load_task("sciq", "eval", limit=20 * n).examples:
+        ids = tokenizer(ex.context, add_special_tokens=False)["input_ids"]
+        if len(ids) >= length:
+            rows.append(ids[:length])
+        if len(rows) == n:
+            break
+    if len(rows) < n:
+        raise SystemExit(f"fewer than {n} SciQ paragraphs of {length} tokens")
+    ids = torch.tensor(rows)
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
