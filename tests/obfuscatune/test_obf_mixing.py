@@ -83,7 +83,7 @@ def test_mixing_without_fill_leaves_a_short_call_a_proper_subspace(n):
 
 @pytest.mark.parametrize("n", [1, 8])
 def test_span_filling_keeps_fp32_precision_on_one_row_calls(n):
-    """A generation step (one row) at SmolLM2's width is sent as 1 real + 593 random rows: unmixing it in
+    """A generation step (one row) at SmolLM2's width is sent as 1 real + 592 random rows: unmixing it in
     fp32 must stay at rounding level (the noise part cancels exactly in exact arithmetic)."""
     width = 576
     lay = parse_defence("mix:4+fill").layout(n, width)
