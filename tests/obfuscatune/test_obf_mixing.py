@@ -125,3 +125,12 @@ def test_defence_specs():
     for bad in ["mix:1", "mix:4+fil", "fill", "mix:4 + fill"]:
         with pytest.raises(P3eftError):
             parse_defence(bad)
+
+
+def test_enclave_server_settings_check_the_defence():
+    """``p3eft serve obfuscatune-enclave --settings`` refuses a bad defence before anything starts."""
+    from p3eft.obfuscatune.net.roles import _settings
+
+    assert _settings({"defence": "mix:4"}).defence == "mix:4"
+    with pytest.raises(P3eftError, match="unknown defence"):
+        _settings({"defence": "mix:4+fil"})

@@ -28,6 +28,7 @@ def make_cloud(device: str | None = None) -> Any:
 def _settings(settings: dict[str, Any]) -> Any:
     from p3eft.obfuscatune.enclave import EnclaveSettings
     from p3eft.obfuscatune.masks import parse_masks
+    from p3eft.obfuscatune.mixing import parse_defence
     from p3eft.obfuscatune.split import mask_sides
 
     bad = [k for k in settings if k in HOST_SUPPLIED]
@@ -38,6 +39,7 @@ def _settings(settings: dict[str, Any]) -> Any:
     except TypeError as err:
         raise P3eftError(f"bad enclave --settings: {err}") from err
     parse_masks(s.masks)
+    parse_defence(s.defence)
     mask_sides(s.mode, "attn_in")
     if s.dtype not in ("float32", "float64"):
         raise P3eftError(f"enclave dtype must be float32 or float64, not {s.dtype!r}")
