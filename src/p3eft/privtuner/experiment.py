@@ -449,12 +449,14 @@ def plain_lora(
     steps: list[list[int]] | None = None,
     optimizer: str = "sgd",
     float32: bool = False,
+    prepare: Any = None,
 ):
     """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
     minibatch updates (SGD, or Adam with torch's defaults) on the same schedule as the twin
     (``steps``: minibatches of indices into ``train``; default one example per update, in order); the
     reference the twin is compared with. Returns the per-example losses in schedule order and the dev
-    predictions. ``float32`` only for quick recipe sweeps (benchmarks/privtuner_sst2_recipes.py)."""
+    predictions. ``float32`` and ``prepare`` (called with the peft model and ``train`` before the first
+    update, to change the recipe) only for recipe sweeps (benchmarks/privtuner_sst2_recipes.py)."""
     import torch
 
     from p3eft.privtuner.adapter import peft_names
@@ -467,6 +469,8 @@ def plain_lora(
         cfg.lora_rank,
         cfg.lora_alpha,
     )
+    if prepare is not None:
+        prepare(model, train)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer not in OPTIMIZERS:
         raise P3eftError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
