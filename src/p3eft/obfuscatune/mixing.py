@@ -159,6 +159,12 @@ class _Grouping:
         """(n, w) rows -> (groups, a, w): shuffled real rows and the padding rows."""
         return torch.cat([x, pad], dim=0)[self.perm].reshape(self.groups, self.real, -1)
 
+    def _real_groups(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(n, w) real rows -> (groups, a, w) with random padding rows, and the random rows' scale."""
+        scale = self._scale(x)
+        pad = self._noise((self.groups * self.real - self.n, x.shape[1]), scale, x)
+        return self._grouped(x, pad), scale
+
     def _ungroup(self, y: torch.Tensor) -> torch.Tensor:
         """(groups, a, w) real rows' results -> (n, w) in the original order."""
         y = y.reshape(self.groups * self.real, -1)
@@ -197,10 +203,10 @@ class RowMix(_Grouping):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """(n, w) -> (groups*(a+b), w): ``M [X; r]`` per group, with random padding and noise rows."""
-        w, scale = x.shape[1], self._scale(x)
-        pad = self._noise((self.groups * self.real - self.n, w), scale, x)
+        w = x.shape[1]
+        xg, scale = self._real_groups(x)
         noise = self._noise((self.groups * self.layout.random, w), scale, x)
-        rows = torch.cat([self._grouped(x, pad), noise.reshape(self.groups, self.layout.random, w)], dim=1)
+        rows = torch.cat([xg, noise.reshape(self.groups, self.layout.random, w)], dim=1)
         return (self.m.to(dtype=x.dtype, device=x.device) @ rows).reshape(-1, w)
 
 
@@ -215,15 +221,15 @@ class SpanFill(_Grouping):
     RMS, and the unmixing adds no more than float rounding."""
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
-        w, scale = x.shape[1], self._scale(x)
-        pad = self._noise((self.groups * self.real - self.n, w), scale, x)
+        w = x.shape[1]
+        xg, scale = self._real_groups(x)
         a = self.a_mat.to(dtype=x.dtype, device=x.device)
         c = self.c_mat.to(dtype=x.dtype, device=x.device)
         g = self._noise((self.groups * self.layout.size, w), scale, x).reshape(
             self.groups, self.layout.size, w
         )
         noise = g - c @ (a.transpose(1, 2) @ g)  # (I - C A^T) G: orthogonal to the unmixing rows
-        return (a @ self._grouped(x, pad) + noise).reshape(-1, w)
+        return (a @ xg + noise).reshape(-1, w)
 
 
 def _haar(stream: CsprngStream, groups: int, size: int) -> torch.Tensor:
