@@ -358,3 +358,11 @@ def test_merge_sweep_refuses_foreign_dataset(tmp_path, capsys):
     (tmp_path / "s.json").write_text(json.dumps(sweep))
     assert main(["obfuscatune", "merge-sweep", str(tmp_path), str(tmp_path / "s.json"), "--note", "x"]) == 2
     assert "no m/piqa record" in capsys.readouterr().err
+
+
+def test_cli_defence_default_is_the_enclaves():
+    """The CLI spells the default defence without importing torch; it must be the enclave's."""
+    from p3eft.cli.obfuscatune import DEFENCE
+    from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE
+
+    assert DEFENCE == DEFAULT_DEFENCE

@@ -26,13 +26,16 @@ MASKS_HELP = (
     "kron (default: structured, cheap for the enclave), orthogonal, cond:K, naive, kron[:F] or blockperm[:B]."
 )
 DTYPE_HELP = "Enclave/accelerator precision: float32 or float64."
+# the enclave's DEFAULT_DEFENCE, spelled here so that building the CLI does not import torch (a test
+# keeps the two equal)
+DEFENCE = "mix:4+fill"
 DEFENCE_HELP = (
-    "mix:4+fill (default: row mixing, every call's rows span the width), mix:K (row mixing only: cheaper "
+    f"{DEFENCE} (default: row mixing, every call's rows span the width), mix:K (row mixing only: cheaper "
     "for short calls, but they leak to known text, see docs/obfuscatune.md) or none."
 )
 
 
-def _settings(mode: str, masks: str, dtype: str = "float32", defence: str = "mix:4+fill"):
+def _settings(mode: str, masks: str, dtype: str = "float32", defence: str = DEFENCE):
     from p3eft.obfuscatune.enclave import EnclaveSettings
     from p3eft.obfuscatune.masks import parse_masks
     from p3eft.obfuscatune.mixing import parse_defence
@@ -49,7 +52,7 @@ def _settings(mode: str, masks: str, dtype: str = "float32", defence: str = "mix
 ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype", "defence")
 EXPECT_HELP = (
     "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
-    "(default mode=strict,masks=kron,defence=mix:4+fill,seed=random)."
+    f"(default mode=strict,masks=kron,defence={DEFENCE},seed=random)."
 )
 
 
@@ -112,7 +115,7 @@ with_mask_flags = opt.flag_group(
         ("mode", str, typer.Option("strict", "--mode", help=MODE_HELP)),
         ("masks", str, typer.Option("kron", "--masks", help=MASKS_HELP)),
         ("dtype", str, typer.Option("float32", "--dtype", help=DTYPE_HELP)),
-        ("defence", str, typer.Option("mix:4+fill", "--defence", help=DEFENCE_HELP)),
+        ("defence", str, typer.Option(DEFENCE, "--defence", help=DEFENCE_HELP)),
     ),
 )
 
@@ -252,7 +255,7 @@ def info(
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
     masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
     context: int = typer.Option(128, "--context", min=1, help="Context length for the attention arithmetic."),
-    defence: str = typer.Option("mix:4+fill", "--defence", help=DEFENCE_HELP),
+    defence: str = typer.Option(DEFENCE, "--defence", help=DEFENCE_HELP),
     rows: int | None = typer.Option(
         None, "--rows-per-call", min=1, help="Rows per call, for the defence's price (default: --context)."
     ),
@@ -312,7 +315,7 @@ def experiment(
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
     exp_masks: str = typer.Option("kron", "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
-    defence: str = typer.Option("mix:4+fill", "--defence", help=DEFENCE_HELP),
+    defence: str = typer.Option(DEFENCE, "--defence", help=DEFENCE_HELP),
     cloud_device: str | None = typer.Option(
         None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
     ),
