@@ -13,14 +13,13 @@ Each grid point: the experiment's initial adapter (seed 0), one epoch over the f
 examples in the experiment's seeded order (p3eft.privtuner.experiment.schedule), held-out accuracy
 and the share of positive predictions (a classifier stuck on one class has 0 or 1).
 
-A fifth field ``std`` (``sgd:8:0.003:8:std``) standardizes the classifier's input (ours): per feature,
-subtract the mean and divide by the standard deviation of the pooler's output over the first
-``STD_EXAMPLES`` training examples at the initial adapter, fixed for the run. Why: the pooled [CLS]
-features of minilm-l6 cut to 2 layers vary by only ~2e-4 across sentences, so a plain SGD step moves
-the classifier's bias far more than its weights. It is a frozen affine map, which the encrypted
-protocol could apply as one plaintext product and sum, but neither the twin nor the protocol has it
-yet, and its constants (the mean and spread of the data owner's pooled features) would be given to
-the model owner.
+A fifth field ``std`` (``sgd:8:0.003:8:std``) trains the classifier in standardized coordinates, as
+the protocol does by default (ours, p3eft.privtuner.standardize): its input becomes (pooled - mean) *
+inv_std and its weights are reparametrized so that the initial function is unchanged. The constants
+are plaintext LoRA's own, as in the experiment (p3eft.privtuner.experiment.exact_standardizer): the
+exact model's pooled features on the model owner's 16 calibration sentences (the training file's last
+16, outside the held-out slice). Why: the pooled [CLS] features of minilm-l6 cut to 2 layers vary by
+only ~2e-4 across sentences, so a plain SGD step moves the classifier's bias far more than its weights.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from p3eft.data import load_task
-from p3eft.privtuner.experiment import plain_lora, schedule
+from p3eft.privtuner.experiment import exact_standardizer, plain_lora, schedule
 from p3eft.privtuner.twin import PrivTunerModel
 from p3eft.privtuner.wiring import settings, tokens_for
 
@@ -45,28 +44,6 @@ DEFAULT_GRID = (
     "adam:8:0.005:8,adam:8:0.01:8,adam:8:0.02:8,"
     "sgd:8:0.01:8:std,sgd:8:0.003:8:std,sgd:8:0.001:8:std,sgd:8:0.003:1:std,sgd:8:0.001:1:std,sgd:8:0.0003:1:std"
 )
-
-
-STD_EXAMPLES = 128
-
-
-def standardize_head(model, train) -> dict[str, float]:
-    """Freeze a per-feature standardization in front of the classifier (module docstring); returns
-    the features' mean spread."""
-    import torch
-
-    cls = next(mod for name, mod in model.named_modules() if name.endswith("classifier"))
-    feats: list = []
-    hook = cls.register_forward_pre_hook(lambda mod, args: feats.append(args[0].detach().clone()))
-    with torch.no_grad():
-        for e in train[:STD_EXAMPLES]:
-            ids = torch.as_tensor(e.ids[: e.length])[None, :]
-            model(input_ids=ids, attention_mask=torch.ones_like(ids))
-    hook.remove()
-    f = torch.cat(feats)
-    mu, sd = f.mean(0), f.std(0).clamp_min(1e-12)
-    cls.register_forward_pre_hook(lambda mod, args: ((args[0] - mu) / sd, *args[1:]))
-    return {"feature_std_mean": float(sd.mean()), "feature_std_min": float(sd.min())}
 
 
 class _Backend:  # what plain_lora reads from the model owner's backend
@@ -91,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     held = [tokens.example(e.text, e.label) for e in examples[-516:-16]]
     labels = np.array([e.label for e in held])
     init = model.init_params(seed=0)
+    hs = exact_standardizer(model, tokens)
+    init_std = model.reparametrize_head(init, None, hs)
     rows = []
     print(f"plaintext LoRA, minilm-l6 2 layers, {len(train)} training examples, {len(held)} held-out")
     head = (
@@ -101,18 +80,24 @@ def main(argv: list[str] | None = None) -> int:
     for point in [p for p in args.grid.split(",") if p]:
         opt, alpha, lr, batch, *extra = point.split(":")
         std = extra == ["std"]
-        stats: dict[str, float] = {}
         cfg = settings(model="minilm-l6", layers=2, max_len=64, alpha=float(alpha), lr=float(lr))
         steps = schedule(len(train), 1, int(batch), cfg.seed)
         t0 = time.perf_counter()
-        prepare = (lambda m, tr, out=stats: out.update(standardize_head(m, tr))) if std else None
         losses, preds = plain_lora(
-            cfg, _Backend(model), init, train, held, steps, opt, float32=True, prepare=prepare
+            cfg,
+            _Backend(model),
+            init_std if std else init,
+            train,
+            held,
+            steps,
+            opt,
+            float32=True,
+            head_std=hs if std else None,
         )
         row = {
             "optimizer": opt,
             "standardized_head_input": std,
-            **stats,
+            **(hs.describe() if std else {}),
             "alpha": float(alpha),
             "lr": float(lr),
             "batch": int(batch),

@@ -40,7 +40,8 @@ def outlier_model():
     model = PrivTunerModel(cfg, w)
     params = model.init_params(b_scale=0.3)
     examples = random_examples(model, 6)
-    return model, calibrate(model, examples, params), params, examples
+    report = calibrate(model, examples, params)
+    return model, report, model.reparametrize_head(params, None, report.fns.head_std), examples
 
 
 class _GeluCapture(PlainBackend):
@@ -92,7 +93,8 @@ def _single_range(report) -> FnSet:
         rounds=report.fns.rounds,
         offsets=offsets,
     )
-    fns.value_bounds, fns.frozen_ops = report.fns.value_bounds, report.fns.frozen_ops
+    fns.refresh_bound = report.fns.refresh_bound
+    fns.head_std = report.fns.head_std
     return fns
 
 
@@ -122,7 +124,7 @@ def test_outlier_channel_gets_its_own_class_and_ordinary_slots_keep_narrow_accur
     assert not flags1
     assert np.max(err1[ordinary]) > 20 * fit
     # and the twin's logits follow the exact model more closely with the classes
-    exact = Twin(model, exact=True)
+    exact = Twin(model, report.fns, exact=True)
     d_cls = max(
         np.max(np.abs(Twin(model, report.fns).logits(e, params) - exact.logits(e, params))) for e in examples
     )

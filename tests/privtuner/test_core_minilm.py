@@ -35,10 +35,10 @@ def test_minilm_one_layer_encrypted_step_matches_twin():
         tok, model.spec, [r[0] for r in rows[-8:]], [int(r[1]) for r in rows[-8:]]
     )
     train = examples_from_sentences(tok, model.spec, [r[0] for r in rows[:1]], [int(r[1]) for r in rows[:1]])
-    params = model.init_params()
-    report = calibrate(model, calib, params)
+    report = calibrate(model, calib, model.init_params())
     assert report.bound_ok
-    exact = Twin(model, exact=True)
+    params = model.init_params(head_std=report.fns.head_std)
+    exact = Twin(model, report.fns, exact=True)
     twin = Twin(model, report.fns)
     assert max(np.max(np.abs(twin.logits(e, params) - exact.logits(e, params))) for e in train) < 1e-2
     result = verify_local(model, report.fns, params, train, cfg.lr)

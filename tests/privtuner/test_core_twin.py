@@ -84,7 +84,7 @@ def test_exact_twin_gradients_equal_peft_autograd():
 
 def test_approximate_twin_close_to_exact():
     model, report, params, examples = calibrated()
-    approx, exact = Twin(model, report.fns), Twin(model, exact=True)
+    approx, exact = Twin(model, report.fns), Twin(model, report.fns, exact=True)
     worst = 0.0
     for ex in examples:
         worst = max(worst, float(np.max(np.abs(approx.logits(ex, params) - exact.logits(ex, params)))))
@@ -141,7 +141,36 @@ def test_twin_training_lowers_the_loss():
     model, report, params, examples = calibrated()
     twin = Twin(model, report.fns)
     before = np.mean([twin.gradients(ex, params)[0] for ex in examples])
-    trained, losses = twin.train(examples, params, lr=0.5, epochs=15)
+    trained, losses = twin.train(examples, params, lr=0.05, epochs=15)
     after = np.mean([twin.gradients(ex, trained)[0] for ex in examples])
     assert len(losses) == 15 * len(examples)
     assert after < before - 0.05
+
+
+def test_twin_reports_values_beyond_their_calibrated_refresh_bounds():
+    """The twin measures |value| / calibrated bound over a run: within the bounds at the initial
+    adapter, above 1 once the parameters grow (negative control: the same run with scaled-up LoRA B)."""
+    model, report, params, examples = calibrated()
+    twin = Twin(model, report.fns)
+    for ex in examples:
+        twin.gradients(ex, params)
+    assert 0 < twin.bound_ratio <= 1.0  # the calibration examples themselves: inside (x16 or the ceiling)
+    grown = {k: (v * 1e3 if ".B" in k else v) for k, v in params.items()}
+    big = Twin(model, report.fns)
+    big.gradients(examples[0], grown)
+    assert big.bound_ratio > 10
+
+
+def test_twin_counts_each_range_flag_once():
+    model, report, params, examples = calibrated()
+    fns = type(report.fns)(
+        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
+    )
+    fns.head_std = report.fns.head_std
+    site = "pool.tanh"
+    f = report.fns[site]
+    fns[site] = build(site, f.lo / 100, f.hi / 100, arg_scale=f.arg_scale)  # far too narrow: flags
+    fwd, both = Twin(model, fns), Twin(model, fns)
+    fwd.logits(examples[0], params)
+    both.gradients(examples[0], params)
+    assert len(fwd.flags) == 1 and len(both.flags) == 1  # the backward reads no approximation of tanh

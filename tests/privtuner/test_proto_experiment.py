@@ -123,6 +123,10 @@ def test_experiment_phase_one_on_the_tiny_bert(tmp_path, optimizer):
         dev=7,
         optimizer=optimizer,
         phases=("plain_twin",),
+        # the plain head: this checks that the twin tracks plaintext LoRA through the approximations;
+        # standardizing the head amplifies their error on this random tiny model, whose pooled features
+        # spread by only ~4e-4 (test_proto_standardize.py covers the standardized head)
+        head_standardize=False,
     )
     out = tmp_path / "sst2.json"
     res = run(ecfg, out, say=lambda m: None)
@@ -193,7 +197,7 @@ def test_twin_run_logs_where_the_adapter_leaves_the_calibrated_ranges():
     twin = Twin(backend.model, backend.fns)
     texts = [("a good movie", 1), ("dull and long", 0), ("great fun", 1), ("awful", 0)]
     train = [backend.tokens.example(t, y) for t, y in texts]
-    init = backend.model.init_params(seed=0)
+    init = backend.initial_params(seed=0)
     steps = schedule(len(train), epochs=1, batch=1, seed=0)
     small: list[int] = []
     twin_run(twin, init, train, train[:1], steps, 1e-3, flags_log=small)

@@ -133,6 +133,9 @@ def privtuner_model_owner(
     alpha: float = typer.Option(8.0, "--alpha", help="LoRA alpha."),
     param_set: str | None = typer.Option(None, "--param-set", help="CKKS chain (default: the model's)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the adapter's initialisation."),
+    head_standardize: bool = typer.Option(
+        True, "--head-standardize/--no-head-standardize", help="Standardize the classifier's input (ours)."
+    ),
     factory: str | None = typer.Option(
         None, "--factory", help="Backend factory MODULE:NAME or FILE.py:NAME (default: the encrypted BERT)."
     ),
@@ -160,6 +163,7 @@ def privtuner_model_owner(
                 alpha=alpha,
                 param_set=param_set,
                 seed=seed,
+                head_standardize=head_standardize,
             )
         )
     run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20)

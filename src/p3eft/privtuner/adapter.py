@@ -26,6 +26,7 @@ from p3eft.errors import ProtocolError
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, SecretKey
 from p3eft.fhe.nonlinear import Refresher
+from p3eft.privtuner.standardize import HeadStandardizer
 from p3eft.privtuner.twin import PrivTunerModel
 
 MODULE_NAMES = {"q": "query", "v": "value"}
@@ -75,36 +76,22 @@ class EncryptedAdapter:
                 list(g) if cur is None else [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
             )
 
-    def apply_sgd(
-        self, lr: float, refresher: Refresher | None = None, min_levels: int = 3, param_bound: float = 4.0
-    ) -> int:
+    def apply_sgd(self, lr: float, refresher: Refresher | None = None, min_levels: int = 3) -> int:
         """p <- p - lr * g homomorphically, then clear g. Parameters left with fewer than
-        ``min_levels`` levels above the refresh floor are refreshed, with the mask bound
-        ``param_bound`` (|parameter| is assumed below it; the refresh's rounding error scales with the
-        bound, and a parameter is refreshed at every step). Returns the number of refreshes."""
+        ``min_levels`` levels above the refresh floor are refreshed (with the refresher's bound, the
+        configured ceiling: |parameter| must stay below it to be hidden with lambda bits). Returns
+        the number of refreshes."""
         refreshes = 0
-
-        def refresh(ct: Ciphertext, bound: float | None) -> Ciphertext:
-            assert refresher is not None
-            ceiling = getattr(refresher, "bound", None)
-            if bound is None or ceiling is None or bound >= ceiling:
-                return refresher(ct)
-            refresher.bound = bound  # type: ignore[attr-defined]
-            try:
-                return refresher(ct)
-            finally:
-                refresher.bound = ceiling  # type: ignore[attr-defined]
-
         for k, g in self.grads.items():
             new = []
             for p, gi in zip(self.mats[k], g, strict=True):
                 if refresher is not None and self.ctx.level(gi) - 1 < refresher.min_level:
-                    gi = refresh(gi, getattr(gi, "pt_bound", None))
+                    gi = refresher(gi)
                     refreshes += 1
                 step = ops.mul_plain(self.ctx, gi, float(lr))
                 q = ops.sub(self.ctx, p, step)
                 if refresher is not None and self.ctx.level(q) - refresher.min_level < min_levels:
-                    q = refresh(q, param_bound)
+                    q = refresher(q)
                     refreshes += 1
                 q.layout = p.layout
                 new.append(q)
@@ -155,9 +142,12 @@ class EncryptedAdapter:
             for k, v in self.mats.items()
         }
 
-    def decrypt(self, sk: SecretKey, model: PrivTunerModel) -> dict[str, np.ndarray]:
-        """Data owner: the adapter and head with peft-style names (see module doc)."""
-        return peft_names(model.plain_params(self.decrypt_matrices(sk, model)))
+    def decrypt(
+        self, sk: SecretKey, model: PrivTunerModel, head_std: HeadStandardizer | None = None
+    ) -> dict[str, np.ndarray]:
+        """Data owner: the adapter and the plain head with peft-style names (see module doc);
+        ``head_std``: the session's head standardization, folded back."""
+        return peft_names(model.plain_params(self.decrypt_matrices(sk, model), head_std))
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -36,6 +36,7 @@ from scipy.special import erf
 from p3eft.fhe import nonlinear
 from p3eft.fhe.context import Ciphertext, CkksContext, LevelError
 from p3eft.fhe.nonlinear import Approximation, Refresher
+from p3eft.privtuner.standardize import HeadStandardizer
 
 
 def gelu_exact(x: np.ndarray) -> np.ndarray:
@@ -90,15 +91,6 @@ class Fn:
         if self.approximation is None:
             return EXACT[kind_of(self.site)]((x + self.arg_offset) / self.arg_scale)
         return self.approximation.plain(x)
-
-    @property
-    def internal_bound(self) -> float:
-        """A bound on every value the approximation refreshes internally (its input and its running
-        result on the range), x2; the refresh mask inside the function uses it (ours)."""
-        if self.approximation is None:
-            return math.inf
-        x = np.linspace(self.lo, self.hi, 513)
-        return 2.0 * float(max(np.max(np.abs(x)), np.max(np.abs(self.approximation.plain(x))), 1.0))
 
     @property
     def first_phase_depth(self) -> int:
@@ -156,10 +148,6 @@ class SlotPart:
     @property
     def first_phase_depth(self) -> int:
         return nonlinear.poly_depth(self.coeffs.shape[0] - 1)
-
-    @property
-    def internal_bound(self) -> float:
-        return max(c.internal_bound for c in self.classes)
 
     def plain(self, x: np.ndarray) -> np.ndarray:
         """sum_k coeffs[k] x^k slot by slot (Horner; the encrypted path builds the same powers)."""
@@ -359,11 +347,10 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         self.rounds: dict[str, int] = dict(rounds or {})
         # per-slot sites: the offset tau subtracted after the scale (chunks, seq, width)
         self.offsets: dict[str, np.ndarray] = dict(offsets or {})
-        self.value_bounds: dict[int, float] = {}  # op index -> refresh mask bound (calibrated)
-        self.frozen_ops = 0  # operations of the frozen prefix (embeddings + frozen layers)
-
-    def value_bound(self, op: int) -> float | None:
-        return self.value_bounds.get(op)
+        # the refresh mask's bound for every value (the configured ceiling; None before calibration)
+        self.refresh_bound: float | None = None
+        # the classifier's input standardization (public constants; None: the plain head)
+        self.head_std: HeadStandardizer | None = None
 
     def in_scale(self, site: str) -> float | np.ndarray:
         """The factor sigma that scales a site's input into its fitted range (LayerNorm variances:
@@ -377,10 +364,13 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         return self.offsets.get(site, 0.0)
 
     def exact_copy(self) -> FnSet:
-        """The exact functions with this set's shifts, scales and softmax rounds (same graph)."""
-        return FnSet(
+        """The exact functions with this set's shifts, scales, softmax rounds and head standardization
+        (same graph)."""
+        out = FnSet(
             exact=True, exp_shift=self.exp_shift, scales=self.scales, rounds=self.rounds, offsets=self.offsets
         )
+        out.head_std = self.head_std
+        return out
 
     def softmax_rounds(self, layer: int) -> int:
         """Normalise-and-square rounds of layer ``layer``'s softmax (0: plain exp and normalise)."""

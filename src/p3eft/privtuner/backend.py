@@ -83,15 +83,17 @@ class PlainBackend:
         self.slot_ranges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
         self.flags: list[RangeFlag] = []
         self.max_abs = 0.0
-        self.op = 0  # operation counter: the encrypted path counts the same operations in the same order
-        self.op_max: dict[int, float] = {}
+        # the largest |value| / refresh bound over every operation (ours): above 1, a refresh of that
+        # value would hide it with lambda - log2(ratio) bits instead of lambda
+        self.bound_ratio = 0.0
 
     def _track(self, x: np.ndarray) -> np.ndarray:
-        if self.record:
+        bound = self.fns.refresh_bound
+        if self.record or bound is not None:
             v = float(np.max(np.abs(x)))
             self.max_abs = max(self.max_abs, v)
-            self.op_max[self.op] = max(self.op_max.get(self.op, 0.0), v)
-        self.op += 1
+            if bound is not None:
+                self.bound_ratio = max(self.bound_ratio, v / bound)
         return x
 
     def const(self, m: np.ndarray) -> np.ndarray:
@@ -218,15 +220,6 @@ class CipherBackend:
         self._masks: dict[Any, np.ndarray] = {}
         self._coeffs: dict[tuple[str, int], tuple[SlotPart, list[np.ndarray]]] = {}
         self._inner_refresher = _RenormalisingRefresher(self)
-        self.op = 0  # same numbering as PlainBackend.op: indexes the calibrated value bounds
-
-    def _tag(self, out: Any) -> Any:
-        """Attach the calibrated bound of this operation's output (used if it gets refreshed)."""
-        b = self.fns.value_bound(self.op)
-        for c in out if isinstance(out, list) else [out]:
-            c.pt_bound = b
-        self.op += 1
-        return out
 
     # ----- levels ------------------------------------------------------------------------------
     @property
@@ -237,26 +230,13 @@ class CipherBackend:
         return min(self.ctx.level(c) for c in a)
 
     def _fresh(self, c: Ciphertext, need: int) -> Ciphertext:
-        """Refresh ``c`` if it has fewer than ``need`` levels above the floor. The mask bound is the
-        calibrated bound of the value (ours): the refresh's rounding error is 2^(lambda+1-53) times
-        the bound, so a per-value bound keeps small values (gradients) precise; the hiding argument
-        is unchanged as long as |value| stays below it. The refresher must expose ``bound``
-        (LocalRefresher and RemoteRefresher do); the configured bound is the ceiling."""
+        """Refresh ``c`` if it has fewer than ``need`` levels above the floor, with the refresher's
+        bound (the configured ceiling: the engine's integer mask makes the refresh's precision
+        independent of the bound, and |value| must stay below it for lambda bits of hiding)."""
         if self.ctx.level(c) - need >= self.floor:
             return c
         t0 = time.perf_counter()
-        b = getattr(c, "pt_bound", None)
-        ceiling = getattr(self.refresher, "bound", None)
-        if b is not None and ceiling is not None and b < ceiling:
-            self.refresher.bound = b  # type: ignore[attr-defined]
-            try:
-                out = self.refresher(c)
-            finally:
-                self.refresher.bound = ceiling  # type: ignore[attr-defined]
-        else:
-            out = self.refresher(c)
-        out = self._renormalise(out)
-        out.pt_bound = b
+        out = self._renormalise(self.refresher(c))
         self.stats.add("refresh", t0)
         return out
 
@@ -350,32 +330,32 @@ class CipherBackend:
                 y = ops.add_plain(self.ctx, y, self.spec.pack_rows(b))
             out.append(y)
         self.stats.add("linear", t0, len(out))
-        return self._tag(out)
+        return out
 
     # ----- element-wise --------------------------------------------------------------------------
     def add(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return self._tag([ops.add(self.ctx, x, y) for x, y in zip(a, b, strict=True)])
+        return [ops.add(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
 
     def sub(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return self._tag([ops.sub(self.ctx, x, y) for x, y in zip(a, b, strict=True)])
+        return [ops.sub(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
 
     def mul(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
         out = [ops.multiply(self.ctx, x, y) for x, y in zip(self.ready(a), self.ready(b), strict=True)]
         self.stats.add("ct_x_ct", t0, len(out))
-        return self._tag(out)
+        return out
 
     def mul_plain(self, a: list[Ciphertext], p: np.ndarray | float) -> list[Ciphertext]:
         t0 = time.perf_counter()
         out = [ops.mul_plain(self.ctx, x, s) for x, s in zip(self.ready(a), self._slots(p), strict=True)]
         self.stats.add("ct_x_pt", t0, len(out))
-        return self._tag(out)
+        return out
 
     def add_plain(self, a: list[Ciphertext], p: np.ndarray | float) -> list[Ciphertext]:
-        return self._tag([ops.add_plain(self.ctx, x, s) for x, s in zip(a, self._slots(p), strict=True)])
+        return [ops.add_plain(self.ctx, x, s) for x, s in zip(a, self._slots(p), strict=True)]
 
     def neg(self, a: list[Ciphertext]) -> list[Ciphertext]:
-        return self._tag([ops.negate(self.ctx, x) for x in a])
+        return [ops.negate(self.ctx, x) for x in a]
 
     # ----- rotations ----------------------------------------------------------------------------
     def _row_masks(self, b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -393,9 +373,9 @@ class CipherBackend:
         spec = self.spec
         delta %= spec.seq
         if delta == 0:
-            return self._tag(list(a))
+            return list(a)
         if spec.cts == 1:  # rows repeat with period seq: one cyclic rotation
-            return self._tag([ops.rotate(self.ctx, a[0], delta * spec.block)])
+            return [ops.rotate(self.ctx, a[0], delta * spec.block)]
         q, b = divmod(delta, spec.rows_per_ct)
         n = spec.cts
         out = []
@@ -414,7 +394,7 @@ class CipherBackend:
             r1, r2 = self._fresh(r1, 1), self._fresh(r2, 1)
             out.append(ops.add(self.ctx, ops.mul_plain(self.ctx, r1, lo), ops.mul_plain(self.ctx, r2, hi)))
         self.stats.add("rotations", t0, len(out))
-        return self._tag(out)
+        return out
 
     def _window_sum(self, c: Ciphertext, n: int) -> Ciphertext:
         """Slot j <- sum of slots j..j+n-1 (binary decomposition of n; left rotations)."""
@@ -477,7 +457,7 @@ class CipherBackend:
                 s.layout = self.spec.layout()
                 out.append(s)
         self.stats.add("feature_sums", t0, len(out))
-        return self._tag(out)
+        return out
 
     def head_sum(self, a: list[Ciphertext], dh: int, heads: int, scale: float) -> list[Ciphertext]:
         t0 = time.perf_counter()
@@ -497,7 +477,7 @@ class CipherBackend:
             s = self._spread(s, dh)
             out.append(self._replicate(s))
         self.stats.add("head_sums", t0, len(out))
-        return self._tag(out)
+        return out
 
     def row_sum(self, a: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
@@ -507,7 +487,7 @@ class CipherBackend:
         total = ops.rotate_sum(self.ctx, total, min(self.spec.rows_per_ct, self.spec.seq), self.spec.block)
         total.layout = self.spec.layout()
         self.stats.add("row_sums", t0)
-        return self._tag([total] * self.spec.cts)
+        return [total] * self.spec.cts
 
     def _packed_coeffs(self, site: str, part: int, f: SlotPart) -> list[np.ndarray]:
         """A per-slot site's coefficients as slot vectors, (degree + 1, slots) per ciphertext."""
@@ -523,26 +503,18 @@ class CipherBackend:
         f = self.fns.get_fn(site, part)
         packed = self._packed_coeffs(site, part, f) if isinstance(f, SlotPart) and part is not None else None
         out = []
-        ceiling = getattr(self.refresher, "bound", None)
-        inner = f.internal_bound
         for ci, c in enumerate(x):
             c = self._fresh(c, f.first_phase_depth)
-            if ceiling is not None and inner < ceiling:
-                self.refresher.bound = inner  # type: ignore[attr-defined]
-            try:
-                if packed is not None:
-                    assert isinstance(f, SlotPart)
-                    y = f.encrypted(self.ctx, c, packed[ci], self._inner_refresher)
-                else:
-                    assert not isinstance(f, SlotPart)
-                    y = f.encrypted(self.ctx, c, self._inner_refresher)
-            finally:
-                if ceiling is not None:
-                    self.refresher.bound = ceiling  # type: ignore[attr-defined]
+            if packed is not None:
+                assert isinstance(f, SlotPart)
+                y = f.encrypted(self.ctx, c, packed[ci], self._inner_refresher)
+            else:
+                assert not isinstance(f, SlotPart)
+                y = f.encrypted(self.ctx, c, self._inner_refresher)
             y.layout = self.spec.layout()
             out.append(y)
         self.stats.add("nonlinear", t0, len(out))
-        return self._tag(out)
+        return out
 
     def logits(self, per_label: list[list[Ciphertext]]) -> Ciphertext:
         """Label c's row 0 moved to row c of one ciphertext (no level)."""
@@ -552,7 +524,7 @@ class CipherBackend:
             total = r if total is None else ops.add(self.ctx, total, r)
         assert total is not None
         total.layout = self.spec.logits_layout(len(per_label))
-        return self._tag(total)
+        return total
 
 
 def galois_steps(spec: PackingSpec, heads: int, head_dim: int) -> list[int]:

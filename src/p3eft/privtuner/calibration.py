@@ -22,7 +22,11 @@ Procedure (:func:`calibrate`):
    approximation on it (:func:`p3eft.privtuner.approx.build`);
 4. run the *approximate* twin on the same examples; a site (or a GELU class) whose inputs now leave
    its range (the approximations shift later values a little) is widened again and refitted (up to 3
-   rounds).
+   rounds);
+5. with ``cfg.head_standardize``, the mean and spread of the approximate twin's pooled features on
+   the same examples become the head's standardization (:mod:`p3eft.privtuner.standardize`), fixed in
+   each round before that round's pass, so that the per-operation value bounds cover the head's
+   extra operations.
 
 An input outside its range is never clipped: the twin reports it as a
 :class:`~p3eft.privtuner.backend.RangeFlag` (:func:`check_ranges`), and the report says so.
@@ -41,6 +45,7 @@ import numpy as np
 from p3eft.errors import P3eftError
 from p3eft.privtuner.approx import ARG_SCALED, FnSet, SlotFn, build, kind_of
 from p3eft.privtuner.backend import RangeFlag
+from p3eft.privtuner.standardize import HeadStandardizer
 from p3eft.privtuner.twin import Example, PrivTunerModel, Twin
 
 POSITIVE = ("recip", "inv_sqrt")
@@ -50,8 +55,6 @@ SLOT_SITES = ("gelu",)  # sites with one range class per slot (GELU' follows GEL
 # (core 4) 67 of 200 held-out sentences left a class range at layer 0, with factor 2 (core 8) none
 # (benchmarks/privtuner_layernorm.py --held-out 200 [--gelu-core-factor 1])
 CORE_FACTOR = 2.0
-VALUE_BOUND_FACTOR = 16.0  # headroom over the calibrated |value| (other examples, training drift)
-MIN_VALUE_BOUND = 1e-3
 
 
 @dataclass
@@ -80,6 +83,7 @@ class CalibrationReport:
             "refresh_bound_needed": self.max_abs_value,
             "rounds": self.rounds,
             "flags": [f.__dict__ for f in self.flags],
+            "head_std": None if self.fns.head_std is None else self.fns.head_std.describe(),
         }
 
 
@@ -87,7 +91,6 @@ def _record(
     twin: Twin,
     examples: Sequence[Example],
     params: dict[str, np.ndarray],
-    op_max: dict[int, float] | None = None,
     row_ranges: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
     slot_ranges: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] | None = None,
 ) -> tuple[dict, float, list]:
@@ -110,9 +113,6 @@ def _record(
             r[0], r[1] = min(r[0], lo), max(r[1], hi)
         max_abs = max(max_abs, bk.max_abs)
         flags.extend(bk.flags)
-        if op_max is not None:
-            for k, v in bk.op_max.items():
-                op_max[k] = max(op_max.get(k, 0.0), v)
         if row_ranges is not None:
             for site, (rlo, rhi) in bk.row_ranges.items():
                 if site in row_ranges:
@@ -217,6 +217,17 @@ def _widen(site: str, lo: float, hi: float, margin: float) -> tuple[float, float
     return lo - margin * w, hi + margin * w
 
 
+def pooled_features(twin: Twin, examples: Sequence[Example], params: dict[str, np.ndarray]) -> np.ndarray:
+    """The classifier's pooled input (before any standardization), one row per example."""
+    d = twin.model.weights.hidden
+    rows = []
+    for ex in examples:
+        _, cache = twin.forward(ex, params, keep=True)
+        assert cache is not None
+        rows.append(np.asarray(cache.pooled)[0, :d])
+    return np.stack(rows)
+
+
 def calibrate(
     model: PrivTunerModel,
     examples: Sequence[Example],
@@ -225,9 +236,16 @@ def calibrate(
     reduced_width: float = 2.0,
     core_factor: float = CORE_FACTOR,
 ) -> CalibrationReport:
-    """Fit every site's approximation to its calibrated range (see module doc)."""
+    """Fit every site's approximation to its calibrated range (see module doc).
+
+    ``params`` are the initial parameters with the plain head (``model.init_params()``); the returned
+    ``fns.head_std`` says how a session's parameters must be laid out (``init_params(head_std=...)``).
+    """
     if not examples:
         raise P3eftError("calibration needs at least one example")
+    if model.cfg.head_standardize and len(examples) < 2:
+        raise P3eftError("standardizing the head needs at least two calibration examples")
+    plain_params = params
     m = model.cfg.margin if margin is None else margin
     # pass 1: raw ranges with the exact functions and no transformation
     raw_rows: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -266,15 +284,18 @@ def calibrate(
     rounds_done = 0
     flags: list[RangeFlag] = []
     max_abs = 0.0
-    op_max: dict[int, float] = {}
     for attempt in range(1, 4):
         rounds_done = attempt
         for site, (lo, hi) in targets.items():
             if site not in fns or (fns[site].lo, fns[site].hi) != (lo, hi):
                 sig = scales.get(site, 1.0) if kind_of(site) in ARG_SCALED else 1.0
                 fns[site] = build(site, lo, hi, arg_scale=float(sig))
-        op_max = {}
-        _, max_abs, flags = _record(Twin(model, fns), examples, params, op_max)
+        if model.cfg.head_standardize:  # step 5 (pooled features do not depend on the head)
+            fns.head_std = None
+            hs = HeadStandardizer.from_features(pooled_features(Twin(model, fns), examples, plain_params))
+            fns.head_std = hs
+            params = model.reparametrize_head(plain_params, None, hs)
+        _, max_abs, flags = _record(Twin(model, fns), examples, params)
         if not flags:
             break
         seen: dict[tuple[str, int | None], list[float]] = {}
@@ -292,16 +313,10 @@ def calibrate(
             lo, hi = _widen(site, min(old.lo, olo), max(old.hi, ohi), m)
             refit = build(site, lo, hi, arg_scale=float(old.arg_scale), arg_offset=float(old.arg_offset))
             fns[site] = sf.with_class(k, refit)
-    # per-operation refresh bounds: VALUE_BOUND_FACTOR x the largest calibrated |value|, at least
-    # MIN_VALUE_BOUND, at most the configured refresh bound (ours)
-    fns.value_bounds = {
-        k: float(min(model.cfg.refresh_bound, max(MIN_VALUE_BOUND, VALUE_BOUND_FACTOR * v)))
-        for k, v in op_max.items()
-    }
-    bk = Twin(model, fns).backend()
-    x_rot, km = model.example_inputs(examples[0])
-    model.graph.forward_frozen(bk, x_rot, km)
-    fns.frozen_ops = bk.op
+    # one refresh bound for every value, the configured ceiling (ours): the engine's refresh masks with
+    # integers, so its precision does not depend on the bound, and a tighter per-value bound would
+    # only shrink the hiding margin of values that grow as training moves the adapter
+    fns.refresh_bound = float(model.cfg.refresh_bound)
     return CalibrationReport(fns, observed, max_abs, model.cfg.refresh_bound, rounds_done, flags)
 
 

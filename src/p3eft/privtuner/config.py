@@ -66,6 +66,8 @@ class PrivTunerConfig:
     num_labels: int = 2
     seed: int = 0
     margin: float = 0.25  # calibrated ranges are widened by this fraction of their width on each side
+    # the classifier's input standardized by calibrated public constants (p3eft.privtuner.standardize)
+    head_standardize: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -70,10 +70,8 @@ class EncryptedEncoder:
     ) -> Ciphertext:
         x_rot, km = self._split(cts)
         g = self.model.graph
-        self.backend.op = 0
         if cache_key is not None and cache_key in self._frozen:
             x = self._frozen[cache_key]
-            self.backend.op = self.backend.fns.frozen_ops
         else:
             x = g.forward_frozen(self.backend, x_rot, km)
             if cache_key is not None and self.model.cfg.adapt_from > 0:

@@ -34,6 +34,7 @@ import numpy as np
 
 from p3eft.errors import P3eftError
 from p3eft.privtuner.config import PrivTunerConfig
+from p3eft.privtuner.standardize import HeadStandardizer
 
 PHASES = ("plain_twin", "encrypted_train", "encrypted_eval")
 OPTIMIZERS = ("sgd", "adam")
@@ -46,7 +47,7 @@ class ExperimentConfig:
     max_len: int = 64
     rank: int = 8
     alpha: float = 8.0
-    lr: float = 0.05
+    lr: float = 1e-3  # SGD at batch 1 with the standardized head (docs/results/privtuner/sgd_std)
     param_set: str | None = None
     seed: int = 0
     train: int = 1000  # phase 1 training examples (the first ones of SST-2's training file)
@@ -57,6 +58,7 @@ class ExperimentConfig:
     enc_train: int = 64  # phase 2 encrypted training examples (the schedule's first ones)
     enc_eval: int = 200  # phase 3 encrypted dev examples
     phases: tuple[str, ...] = ("plain_twin", "encrypted_train", "encrypted_eval")
+    head_standardize: bool = True  # the classifier's input standardized (p3eft.privtuner.standardize)
 
     def __post_init__(self) -> None:
         for name in ("train", "epochs", "batch", "dev"):
@@ -159,6 +161,7 @@ def run(
         lr=ecfg.lr,
         param_set=ecfg.param_set,
         seed=ecfg.seed,
+        head_standardize=ecfg.head_standardize,
     )
     res: dict[str, Any] = {
         "config": asdict(ecfg),
@@ -173,6 +176,7 @@ def run(
     res["calibration"] = {
         "examples": "last 16 sentences of the SST-2 training file (public calibration text, ours)",
         "max_abs_value": backend.calibration.max_abs_value,
+        "head_std": None if backend.fns.head_std is None else backend.fns.head_std.describe(),
         "rounds": backend.calibration.rounds,
         "flags": len(backend.calibration.flags),
     }
@@ -180,7 +184,7 @@ def run(
     tokens = backend.tokens
     train_task = load_task("sst2", "train", data_dir=data_dir)
     dev_task = load_task("sst2", "eval", data_dir=data_dir)
-    init = model.init_params(seed=cfg.seed)
+    init = backend.initial_params(seed=cfg.seed)
     twin = Twin(model, backend.fns)
     _write(out_json, res)
 
@@ -210,9 +214,17 @@ def run(
             return note
 
         opt = ecfg.optimizer
+        # each model standardizes its head by its own features on the calibration text: the twin (and the
+        # encrypted path) by the approximate twin's, plaintext LoRA by the exact model's (ours; the
+        # approximations shift the pooled features by about one spread, so one set of constants
+        # would not standardize both)
+        hs = plain_standardizer(backend, data_dir)
+        init_plain = model.reparametrize_head(init, backend.fns.head_std, hs)
+        if hs is not None:
+            res["calibration"]["head_std_plain"] = hs.describe()
         flag_log: list[int] = []  # the twin's range flags so far, after each training update
         runs = [
-            ("plain", lambda: plain_lora(cfg, backend, init, train, dev, steps, opt)),
+            ("plain", lambda: plain_lora(cfg, backend, init_plain, train, dev, steps, opt, head_std=hs)),
             (
                 "twin",
                 lambda: twin_run(
@@ -230,7 +242,13 @@ def run(
             ),
         ]
         if opt != "sgd":  # the protocol's update on the same schedule, plaintext LoRA only (cheap)
-            runs.insert(1, ("plain_sgd", lambda: plain_lora(cfg, backend, init, train, dev, steps, "sgd")))
+            runs.insert(
+                1,
+                (
+                    "plain_sgd",
+                    lambda: plain_lora(cfg, backend, init_plain, train, dev, steps, "sgd", head_std=hs),
+                ),
+            )
         for name, fn in runs:
             t0, c0 = time.perf_counter(), time.process_time()
             say(f"phase 1: training the {name} model: {len(steps)} updates over {len(train)} examples")
@@ -255,6 +273,9 @@ def run(
         phase["range_flags_twin_training"] = flag_log[-1] if flag_log else 0
         phase["twin_first_flagged_update"] = next((i for i, n in enumerate(flag_log) if n), None)
         phase["range_flag_sites"] = sorted({f.site for f in twin.flags})
+        # above 1: some value outgrew the refresh bound calibrated at the initial adapter, and a refresh
+        # of it would hide it with lambda - log2(ratio) bits (an upper bound over every operation)
+        phase["twin_max_value_over_refresh_bound"] = twin.bound_ratio
         res["phases_done"].append("plain_twin")
         _write(out_json, res)
 
@@ -450,13 +471,17 @@ def plain_lora(
     optimizer: str = "sgd",
     float32: bool = False,
     prepare: Any = None,
+    head_std: HeadStandardizer | None = None,
 ):
     """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
     minibatch updates (SGD, or Adam with torch's defaults) on the same schedule as the twin
     (``steps``: minibatches of indices into ``train``; default one example per update, in order); the
     reference the twin is compared with. Returns the per-example losses in schedule order and the dev
     predictions. ``float32`` and ``prepare`` (called with the peft model and ``train`` before the first
-    update, to change the recipe) only for recipe sweeps (benchmarks/privtuner_sst2_recipes.py)."""
+    update, to change the recipe) only for recipe sweeps (benchmarks/privtuner_sst2_recipes.py).
+
+    ``head_std``: the session's head standardization (``init`` is laid out for it); the classifier then
+    trains in the same standardized coordinates as the twin (:func:`standardize_classifier`)."""
     import torch
 
     from p3eft.privtuner.adapter import peft_names
@@ -465,10 +490,12 @@ def plain_lora(
 
     model = peft_model_with(
         export_base(cfg).float() if float32 else export_base(cfg).double(),
-        peft_names(backend.model.plain_params(init)),
+        peft_names(backend.model.plain_params(init, head_std)),
         cfg.lora_rank,
         cfg.lora_alpha,
     )
+    if head_std is not None:
+        standardize_classifier(model, head_std)
     if prepare is not None:
         prepare(model, train)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -495,6 +522,46 @@ def plain_lora(
             ids = torch.as_tensor(ex.ids[: ex.length])[None, :]
             preds.append(int(model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits.argmax()))
     return losses, np.array(preds)
+
+
+def exact_standardizer(model: Any, tokens: Any, data_dir: str | Path | None = None) -> HeadStandardizer:
+    """Plaintext LoRA's own head standardization: the exact model's pooled features on the model owner's
+    calibration text (the encrypted path's comes from the approximate twin's, in calibration)."""
+    from p3eft.privtuner.calibration import pooled_features
+    from p3eft.privtuner.twin import Twin
+    from p3eft.privtuner.wiring import calibration_examples
+
+    examples = calibration_examples(model, tokens, data_dir=data_dir)
+    return HeadStandardizer.from_features(
+        pooled_features(Twin(model, exact=True), examples, model.init_params())
+    )
+
+
+def plain_standardizer(backend: Any, data_dir: str | Path | None = None) -> HeadStandardizer | None:
+    """:func:`exact_standardizer` for a backend whose head is standardized, else ``None``."""
+    if backend.fns.head_std is None:
+        return None
+    return exact_standardizer(backend.model, backend.tokens, data_dir)
+
+
+def standardize_classifier(model: Any, head_std: HeadStandardizer) -> None:
+    """Put a peft classification model's head into ``head_std``'s standardized coordinates: its input
+    becomes (x - mean) * inv_std (a forward pre-hook) and its trainable weight and bias the
+    reparametrized ones, so the function is unchanged and SGD moves the standardized parameters, as
+    the twin's and the encrypted path's do."""
+    import torch
+
+    wrapper = next(mod for name, mod in model.named_modules() if name.endswith("classifier"))
+    trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n}
+    weight = next(p for n, p in trained.items() if n.endswith("weight"))
+    bias = next(p for n, p in trained.items() if n.endswith("bias"))
+    w_std, b_std = head_std.to_standardized(weight.detach().double().numpy(), bias.detach().double().numpy())
+    with torch.no_grad():
+        weight.copy_(torch.as_tensor(w_std, dtype=weight.dtype))
+        bias.copy_(torch.as_tensor(b_std, dtype=bias.dtype))
+    mean = torch.as_tensor(head_std.mean, dtype=weight.dtype)
+    inv = torch.as_tensor(head_std.inv_std, dtype=weight.dtype)
+    wrapper.register_forward_pre_hook(lambda mod, args: ((args[0] - mean) * inv, *args[1:]))
 
 
 def plot(res: dict[str, Any], png: Path) -> None:
@@ -585,7 +652,15 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
             f"Both trained from the same initial adapter on the same {pt['train_examples']} examples "
             f"(positive share {pt['train_label_balance']:.3f}) in the same order: {pt['updates']} updates. "
             f"Dev set: the first {pt['dev_examples']} SST-2 dev examples (positive share "
-            f"{pt['dev_label_balance']:.3f}).",
+            f"{pt['dev_label_balance']:.3f})."
+            + (
+                " Each model's classifier input is standardized by its own pooled features on the model "
+                "owner's calibration sentences (ours): plaintext LoRA by the exact model's, the twin by the "
+                "approximate twin's (as the encrypted path). Both start as the same function, but their SGD "
+                "steps differ, so compare their accuracies, not their losses step by step."
+                if res.get("calibration", {}).get("head_std")
+                else ""
+            ),
             "",
             "| model | dev examples | dev accuracy (95% Wilson) | predicted positive | wall s | CPU s |",
             "|---|---|---|---|---|---|",
@@ -639,7 +714,14 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
                     else ""
                 )
                 + (f" (sites: {', '.join(pt['range_flag_sites'])})" if pt["range_flag_sites"] else "")
-                + ".",
+                + "."
+                + (
+                    f" The largest |value| / calibrated refresh bound in the twin's run was "
+                    f"{pt['twin_max_value_over_refresh_bound']:.3g} (over every operation; above 1, a refresh of "
+                    "that value hides it with lambda - log2 of that ratio bits)."
+                    if pt.get("twin_max_value_over_refresh_bound") is not None
+                    else ""
+                ),
             ]
         lines.append("")
     et = res.get("encrypted_train")
@@ -689,6 +771,10 @@ def main(argv: list[str] | None = None) -> None:
     for f in ExperimentConfig.__dataclass_fields__.values():
         if f.name == "phases":
             ap.add_argument("--phases", default=",".join(f.default))
+        elif f.type == "bool":
+            ap.add_argument(
+                f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction, default=f.default
+            )
         elif f.type in ("int", "float", "str", "str | None"):
             kind = {"int": int, "float": float}.get(f.type, str)
             ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default)

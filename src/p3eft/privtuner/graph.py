@@ -34,6 +34,7 @@ from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.model import EncoderWeights
 from p3eft.privtuner.packing import PackingSpec
 from p3eft.privtuner.rotation import centering_derotation
+from p3eft.privtuner.standardize import HeadStandardizer
 
 
 def _pad(spec: PackingSpec, w: np.ndarray) -> np.ndarray:
@@ -54,11 +55,15 @@ def param_matrices(
     lora: dict[str, np.ndarray],
     head_w: np.ndarray,
     head_b: np.ndarray,
+    head_std: HeadStandardizer | None = None,
 ) -> dict[str, np.ndarray]:
     """Plain LoRA factors and head -> the logical matrices the graph takes (see module doc).
 
-    ``lora`` maps ``L{l}.{q|v}.A`` (r x hidden) and ``L{l}.{q|v}.B`` (hidden x r) to arrays.
+    ``lora`` maps ``L{l}.{q|v}.A`` (r x hidden) and ``L{l}.{q|v}.B`` (hidden x r) to arrays. With
+    ``head_std`` the head is written in standardized coordinates (:mod:`p3eft.privtuner.standardize`).
     """
+    if head_std is not None:
+        head_w, head_b = head_std.to_standardized(head_w, head_b)
     out: dict[str, np.ndarray] = {}
     seq = spec.seq
     for name, mat in lora.items():
@@ -79,9 +84,14 @@ def param_matrices(
 
 
 def matrices_to_params(
-    spec: PackingSpec, cfg: PrivTunerConfig, hidden: int, mats: dict[str, np.ndarray]
+    spec: PackingSpec,
+    cfg: PrivTunerConfig,
+    hidden: int,
+    mats: dict[str, np.ndarray],
+    head_std: HeadStandardizer | None = None,
 ) -> dict[str, np.ndarray]:
-    """Inverse of :func:`param_matrices`: ``L{l}.{q|v}.A``/``.B``, ``head.W``, ``head.b`` arrays."""
+    """Inverse of :func:`param_matrices`: ``L{l}.{q|v}.A``/``.B``, ``head.W``, ``head.b`` arrays (the
+    head in plain coordinates: ``head_std`` folds a standardized head back)."""
     out: dict[str, np.ndarray] = {}
     groups: dict[str, dict[int, np.ndarray]] = {}
     for name, m in mats.items():
@@ -95,6 +105,8 @@ def matrices_to_params(
     labels = sorted(int(n[len("head.W") :]) for n in mats if n.startswith("head.W"))
     out["head.W"] = np.stack([mats[f"head.W{c}"][0, :hidden] for c in labels])
     out["head.b"] = np.array([mats[f"head.b{c}"][0, 0] for c in labels])
+    if head_std is not None:
+        out["head.W"], out["head.b"] = head_std.to_plain(out["head.W"], out["head.b"])
     return out
 
 
@@ -119,6 +131,7 @@ class ForwardCache:
     km: Any = None
     layers: dict[int, _LayerCache] = field(default_factory=dict)
     pooled: Any = None
+    feat: Any = None  # the classifier's input: ``pooled``, or its standardization
 
 
 class EncoderGraph:
@@ -317,13 +330,18 @@ class EncoderGraph:
 
     def head(self, bk: Any, x: Any, params: dict[str, Any], cache: ForwardCache | None) -> Any:
         pooled = bk.fn("pool.tanh", bk.lin(self._scaled(self.pool, bk.fns.in_scale("pool.tanh")), x))
+        feat = pooled
+        hs = bk.fns.head_std
+        if hs is not None:  # (pooled - mean) * inv_std: one plaintext product and sum (ours)
+            seq, w = self.spec.seq, self.spec.width
+            feat = bk.add_plain(
+                bk.mul_plain(pooled, hs.row0(hs.inv_std, seq, w)), hs.row0(-hs.mean * hs.inv_std, seq, w)
+            )
         if cache is not None:
-            cache.pooled = pooled
+            cache.pooled, cache.feat = pooled, feat
         per_label = []
         for c in range(self.w.num_labels):
-            lg = bk.add(
-                bk.feature_sum(bk.mul(pooled, params[f"head.W{c}"]), self.d, 1.0), params[f"head.b{c}"]
-            )
+            lg = bk.add(bk.feature_sum(bk.mul(feat, params[f"head.W{c}"]), self.d, 1.0), params[f"head.b{c}"])
             per_label.append(lg)
         return bk.logits(per_label)
 
@@ -363,10 +381,13 @@ class EncoderGraph:
         p = cache.pooled
         dp = None
         for c, g in enumerate(dlogits):
-            grads[f"head.W{c}"] = bk.mul(g, p)
+            grads[f"head.W{c}"] = bk.mul(g, cache.feat)
             grads[f"head.b{c}"] = g
             t = bk.mul(g, params[f"head.W{c}"])
             dp = t if dp is None else bk.add(dp, t)
+        hs = bk.fns.head_std
+        if hs is not None:  # d feat / d pooled = inv_std
+            dp = bk.mul_plain(dp, hs.row0(hs.inv_std, self.spec.seq, self.spec.width))
         one_minus_p2 = bk.add_plain(bk.neg(bk.mul(p, p)), 1.0)
         dy = bk.lin(self.pool_t, bk.mul(dp, one_minus_p2))
         for li in range(len(self.w.layers) - 1, self.cfg.adapt_from - 1, -1):

@@ -33,9 +33,10 @@ def random_examples(model: PrivTunerModel, n: int, seed: int = 0) -> list[Exampl
 
 @lru_cache(maxsize=4)
 def calibrated(layers: int = 1, adapt_from: int = 0, hidden: int = 16, max_len: int = 4):
-    """(model, fns, params, examples): B non-zero so that every gradient path carries signal."""
+    """(model, report, params, examples): B non-zero so that every gradient path carries signal;
+    ``params`` laid out for the report's head standardization (``report.fns.head_std``)."""
     model = tiny_model(layers, adapt_from, hidden, max_len)
     params = model.init_params(b_scale=0.3)
     examples = random_examples(model, 6)
     report = calibrate(model, examples, params)
-    return model, report, params, examples
+    return model, report, model.reparametrize_head(params, None, report.fns.head_std), examples

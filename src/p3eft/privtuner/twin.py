@@ -27,6 +27,7 @@ from p3eft.privtuner.graph import EncoderGraph, ForwardCache, matrices_to_params
 from p3eft.privtuner.model import EncoderWeights, load_encoder
 from p3eft.privtuner.packing import PackingSpec, key_mask, token_matrix
 from p3eft.privtuner.rotation import embed, random_rotation, rotated_embedding_tables
+from p3eft.privtuner.standardize import HeadStandardizer
 
 
 @dataclass
@@ -62,9 +63,13 @@ class PrivTunerModel:
         return self._tables
 
     # ----- parameters ------------------------------------------------------------------------------
-    def init_params(self, seed: int | None = None, b_scale: float = 0.0) -> dict[str, np.ndarray]:
+    def init_params(
+        self, seed: int | None = None, b_scale: float = 0.0, head_std: HeadStandardizer | None = None
+    ) -> dict[str, np.ndarray]:
         """LoRA A ~ U(-1/sqrt(d), 1/sqrt(d)) (peft's kaiming-uniform bound), B = 0 (or N(0, b_scale)
-        for tests that need a non-zero B), the classifier from the loaded model; as logical matrices."""
+        for tests that need a non-zero B), the classifier from the loaded model; as logical matrices,
+        the head in standardized coordinates if ``head_std`` is given (the calibration's
+        ``fns.head_std``: the function is the same either way)."""
         rng = np.random.default_rng([self.cfg.seed if seed is None else seed, 0x10A])
         d, r = self.weights.hidden, self.cfg.lora_rank
         lora = {}
@@ -72,11 +77,23 @@ class PrivTunerModel:
             for m in ("q", "v"):
                 lora[f"L{li}.{m}.A"] = rng.uniform(-1 / np.sqrt(d), 1 / np.sqrt(d), size=(r, d))
                 lora[f"L{li}.{m}.B"] = b_scale * rng.standard_normal((d, r))
-        return param_matrices(self.spec, self.cfg, lora, self.weights.classifier_w, self.weights.classifier_b)
+        w = self.weights
+        return param_matrices(self.spec, self.cfg, lora, w.classifier_w, w.classifier_b, head_std)
 
-    def plain_params(self, mats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Logical matrices -> ``L{l}.{q|v}.A`` (r x d), ``.B`` (d x r), ``head.W``, ``head.b``."""
-        return matrices_to_params(self.spec, self.cfg, self.weights.hidden, mats)
+    def plain_params(
+        self, mats: dict[str, np.ndarray], head_std: HeadStandardizer | None = None
+    ) -> dict[str, np.ndarray]:
+        """Logical matrices -> ``L{l}.{q|v}.A`` (r x d), ``.B`` (d x r), ``head.W``, ``head.b`` (the
+        plain head: ``head_std`` is the standardization the matrices were laid out with)."""
+        return matrices_to_params(self.spec, self.cfg, self.weights.hidden, mats, head_std)
+
+    def reparametrize_head(
+        self, mats: dict[str, np.ndarray], old: HeadStandardizer | None, new: HeadStandardizer | None
+    ) -> dict[str, np.ndarray]:
+        """The same parameters laid out for the standardization ``new`` instead of ``old``."""
+        plain = self.plain_params(mats, old)
+        w, b = plain.pop("head.W"), plain.pop("head.b")
+        return param_matrices(self.spec, self.cfg, plain, w, b, new)
 
     # ----- data owner's side (used by the twin and by tests) ----------------------------------------
     def example_inputs(
@@ -109,6 +126,8 @@ class Twin:
         self.exact = exact
         self.fns = (fns.exact_copy() if fns is not None else FnSet(exact=True)) if exact else fns
         self.flags: list[RangeFlag] = []
+        # the largest |value| / calibrated refresh bound seen so far (PlainBackend.bound_ratio)
+        self.bound_ratio = 0.0
 
     def backend(self, record: bool = False) -> PlainBackend:
         return PlainBackend(self.model.spec, self.fns, record=record)
@@ -123,6 +142,7 @@ class Twin:
         x = g.forward_frozen(bk, x_rot, km)
         logits = g.forward_adapted(bk, x, km, params, cache)
         self.flags.extend(bk.flags)
+        self.bound_ratio = max(self.bound_ratio, bk.bound_ratio)
         return logits, cache
 
     def logits(self, ex: Example, params: dict[str, np.ndarray]) -> np.ndarray:
@@ -144,8 +164,10 @@ class Twin:
             m = np.zeros((spec.seq, spec.width))
             m[0] = gc
             gm.append(m)
+        seen = len(bk.flags)  # the forward's flags are already counted
         grads = self.model.graph.backward(bk, cache, gm, params)
-        self.flags.extend(bk.flags)
+        self.flags.extend(bk.flags[seen:])
+        self.bound_ratio = max(self.bound_ratio, bk.bound_ratio)
         return loss, logits, grads
 
     @staticmethod

@@ -32,6 +32,7 @@ from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.encrypted import EncryptedEncoder, required_galois_steps
 from p3eft.privtuner.packing import PackingSpec, pack_dlogits, pack_example, unpack_logits
 from p3eft.privtuner.rotation import embed
+from p3eft.privtuner.standardize import HeadStandardizer
 from p3eft.privtuner.twin import Example, PrivTunerModel
 
 CALIBRATION_EXAMPLES = 16
@@ -46,12 +47,14 @@ def settings(
     max_len: int = 64,
     rank: int = 8,
     alpha: float = 8.0,
-    lr: float = 0.05,
+    lr: float = 1e-3,
     param_set: str | None = None,
     seed: int = 0,
+    head_standardize: bool = True,
 ) -> PrivTunerConfig:
     """The public configuration both parties agree on (checked: >= 128-bit chain, lambda >= 30...)."""
     kw: dict[str, Any] = {
+        "head_standardize": head_standardize,
         "model": model,
         "layers": layers,
         "max_len": max_len,
@@ -154,9 +157,7 @@ class BertSessionSpec:
         )
         self.backend = backend
         self.init = (
-            backend.init_params
-            if backend.init_params is not None
-            else backend.model.init_params(seed=init_seed)
+            backend.init_params if backend.init_params is not None else backend.initial_params(init_seed)
         )
 
     def public_setup(self) -> dict[str, Any]:
@@ -171,6 +172,7 @@ class BertSessionSpec:
             "num_labels": int(m.weights.num_labels),
             "hidden": int(m.weights.hidden),
             "tables": m.rotated_tables(),
+            "head_std": None if self.backend.fns.head_std is None else self.backend.fns.head_std.to_dict(),
         }
 
     def bind(self, ctx: CkksContext, refresher: Refresher) -> BertEncryptedModel:
@@ -208,6 +210,15 @@ class BertBackend:
         self.calibration = calibration
         self.fns = calibration.fns
 
+    def initial_params(self, seed: int | None = None) -> dict[str, np.ndarray]:
+        """A session's initial adapter and head as the graph takes them (the head standardized when the
+        calibration fixed a standardization)."""
+        return self.model.init_params(seed=seed, head_std=self.fns.head_std)
+
+    def plain_params(self, mats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The graph's parameter matrices -> plain LoRA factors and the plain head."""
+        return self.model.plain_params(mats, self.fns.head_std)
+
     def open_session(self, seed: int | None) -> BertSessionSpec:
         return BertSessionSpec(self, self.cfg.seed if seed is None else int(seed))
 
@@ -235,6 +246,7 @@ class BertCodec:
             self.tables = {k: np.asarray(v, dtype=np.float64) for k, v in setup["tables"].items()}
             self.num_labels = int(setup["num_labels"])
             self.hidden = int(setup["hidden"])
+            self.head_std = HeadStandardizer.from_dict(setup.get("head_std"), self.hidden)
             self.config = dict(setup["config"])
             self.tokens = Tokens(
                 str(setup["model"]),
@@ -264,7 +276,7 @@ class BertCodec:
 
         mats = {k: self.spec.unpack_matrix([v for v, _ in blobs]) for k, blobs in decrypted.items()}
         cfg = PrivTunerConfig(**{k: v for k, v in self.config.items()})
-        return peft_names(matrices_to_params(self.spec, cfg, self.hidden, mats))
+        return peft_names(matrices_to_params(self.spec, cfg, self.hidden, mats, self.head_std))
 
 
 def export_base(setup_or_cfg: dict[str, Any] | PrivTunerConfig) -> Any:

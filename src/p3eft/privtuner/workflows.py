@@ -92,7 +92,7 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
     say(f"model owner: loading {cfg.model} ({cfg.layers} layers) and calibrating")
     backend = BertBackend(cfg, data_dir)
     twin = Twin(backend.model, backend.fns)
-    init = backend.model.init_params(seed=cfg.seed)
+    init = backend.initial_params(seed=cfg.seed)
     with data_owner(BertCodec, DataOwnerConfig(lr=cfg.lr), backend, audit=True) as (do, aud):
         assert aud is not None
         examples = [do.codec.example(t, y) for t, y in pairs]
@@ -114,9 +114,19 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
         twin_losses.append(loss)
         grads.append(g)
     mean_grad = {k: sum(g[k] for g in grads) / len(grads) for k in grads[0]}
-    twin_after = peft_names(backend.model.plain_params(Twin.sgd(init, mean_grad, cfg.lr)))
+    after = Twin.sgd(init, mean_grad, cfg.lr)
+    twin_after = peft_names(backend.plain_params(after))
     logit_diff = float(np.max(np.abs(enc_logits - np.array(twin_logits))))
-    step_diff = max(float(np.max(np.abs(np.asarray(enc_adapter[k]) - twin_after[k]))) for k in twin_after)
+    exported_diff = _max_diff(enc_adapter, twin_after)
+    # the parameters as trained (what the ciphertexts hold): with a standardized head, its weights in
+    # standardized coordinates; the exported plain head multiplies their error by 1/std (ours)
+    hs = backend.fns.head_std
+    trained_enc = dict(enc_adapter)
+    if hs is not None:
+        trained_enc["classifier.weight"], trained_enc["classifier.bias"] = hs.to_standardized(
+            enc_adapter["classifier.weight"], enc_adapter["classifier.bias"]
+        )
+    step_diff = _max_diff(trained_enc, peft_names(backend.model.plain_params(after)))
     verdict = aud.summary()
     flags = check_ranges(twin, examples, init)
     res = {
@@ -128,6 +138,8 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
         "loss_twin": float(np.mean(twin_losses)),
         "logit_max_abs_diff": logit_diff,
         "step_max_abs_diff": step_diff,
+        "step_max_abs_diff_exported": exported_diff,
+        "head_standardized": hs is not None,
         "tolerance": TOLERANCE,
         "model_owner_saw_plaintext": verdict["model_owner_saw_plaintext"],
         "audit": verdict,
@@ -149,6 +161,11 @@ def verify(cfg: PrivTunerConfig, data_dir: str | Path | None = None, progress: b
         logit_diff <= TOLERANCE and step_diff <= TOLERANCE and not res["model_owner_saw_plaintext"]
     )
     return res
+
+
+def _max_diff(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> float:
+    """max |a - b| over ``b``'s tensors (a missing one is an error: a KeyError)."""
+    return max(float(np.max(np.abs(np.asarray(a[k]) - b[k]))) for k in b)
 
 
 def _say(progress: bool) -> Callable[[str], None]:
