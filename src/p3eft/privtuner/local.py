@@ -126,10 +126,11 @@ def verify_local(
             | {"logits": res["logits"].tolist()}
         )
     dec = sess.adapter.decrypt_matrices(sess.sk, model)
-    step_diff = max(float(np.max(np.abs(dec[k] - twin_params[k]))) for k in dec)
+    by_param = {k: float(np.max(np.abs(dec[k] - twin_params[k]))) for k in dec}
     return {
         "logit_max_abs_diff": logit_diff,
-        "step_max_abs_diff": step_diff,
+        "step_max_abs_diff": max(by_param.values()),
+        "step_abs_diff_by_param": by_param,
         "seconds": time.perf_counter() - t0,
         "keygen_s": sess.keygen_s,
         "refreshes": sess.refresher.calls,
