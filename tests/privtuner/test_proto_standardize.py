@@ -112,11 +112,21 @@ def test_the_data_owners_setup_carries_the_standardization_and_refuses_a_malform
         {"mean": [0.0]},
         {"mean": [0.0] * hidden, "inv_std": [1.0] * (hidden - 1)},
         {"mean": [float("nan")] * hidden, "inv_std": [1.0] * hidden},
+        {"mean": [0.0] * hidden, "inv_std": [0.0] * hidden},
         "junk",
     ):
         with pytest.raises(ProtocolError):
             HeadStandardizer.from_dict(bad, hidden)  # type: ignore[arg-type]
     assert HeadStandardizer.from_dict(None, hidden) is None
+    from p3eft.privtuner.wiring import BertCodec
+
+    assert BertCodec(setup).head_std is not None
+    for broken in (
+        setup | {"head_std": None},
+        setup | {"config": setup["config"] | {"head_standardize": False}},
+    ):
+        with pytest.raises(ProtocolError, match="does not match"):
+            BertCodec(broken)  # a data owner would export an unfolded (or wrongly folded) head
     with pytest.raises(ValueError):
         HeadStandardizer.from_features(np.zeros((1, 4)))
 

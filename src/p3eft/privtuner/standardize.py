@@ -88,8 +88,11 @@ class HeadStandardizer:
             mean.shape != (hidden,)
             or inv.shape != (hidden,)
             or not (np.isfinite(mean).all() and np.isfinite(inv).all())
+            or not np.all(inv > 0)
         ):
-            raise ProtocolError(f"head standardization must be two finite vectors of length {hidden}")
+            raise ProtocolError(
+                f"head standardization must be two finite vectors of length {hidden}, inv_std positive"
+            )
         return cls(mean, inv)
 
     def describe(self) -> dict[str, float]:

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from p3eft.errors import P3eftError
+from p3eft.errors import P3eftError, ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.privtuner.adapter import EncryptedAdapter, peft_names
@@ -248,6 +248,8 @@ class BertCodec:
             self.hidden = int(setup["hidden"])
             self.head_std = HeadStandardizer.from_dict(setup.get("head_std"), self.hidden)
             self.config = dict(setup["config"])
+            if bool(self.config.get("head_standardize", False)) != (self.head_std is not None):
+                raise ProtocolError("the session setup's head standardization does not match its config")
             self.tokens = Tokens(
                 str(setup["model"]),
                 int(setup["vocab"]),
