@@ -583,6 +583,8 @@ def plot(res: dict[str, Any], png: Path) -> None:
         axes[0].set_title(f"phase 1: training loss, {pt['train_examples']} examples, batch {pt['batch']}")
         axes[0].set_xlabel("example (schedule order)")
         axes[0].legend()
+    else:
+        _not_run(axes[0], "phase 1 (plaintext LoRA and twin) not run")
     et = res.get("encrypted_train")
     if et and et.get("enc_losses"):
         axes[1].plot(et["twin_losses"], "o-", label="twin", ms=3)
@@ -591,8 +593,7 @@ def plot(res: dict[str, Any], png: Path) -> None:
         axes[1].set_xlabel("step (one example)")
         axes[1].legend()
     else:
-        axes[1].text(0.5, 0.5, "phase 2 (encrypted training) not run", ha="center", va="center")
-        axes[1].set_axis_off()
+        _not_run(axes[1], "phase 2 (encrypted training) not run")
     bars, names, errs = [], [], []
     for key, label in (("plain", "plain LoRA"), ("plain_sgd", "plain LoRA, SGD"), ("twin", "twin")):
         r = (pt or {}).get(key, {})
@@ -613,9 +614,17 @@ def plot(res: dict[str, Any], png: Path) -> None:
         axes[2].axhline(0.5, color="grey", lw=0.8, ls=":")
         axes[2].set_ylim(0.4, 1.0)
         axes[2].set_title("SST-2 dev accuracy (95% Wilson)")
+    else:
+        _not_run(axes[2], "no dev accuracy measured")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)
+
+
+def _not_run(ax: Any, text: str) -> None:
+    """A panel that says what did not run instead of empty axes."""
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    ax.set_axis_off()
 
 
 def _optimizer_text(c: dict[str, Any]) -> str:
