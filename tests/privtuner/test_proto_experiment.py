@@ -65,28 +65,6 @@ def test_minibatch_plain_lora_in_torch_equals_the_exact_twin():
     assert np.max(np.abs(np.subtract(other, losses))) > 1e-6
 
 
-def test_plain_lora_prepare_hook_changes_the_recipe():
-    """``prepare`` (recipe sweeps) gets the peft model and the training examples before the first update,
-    and what it changes is trained: a classifier whose input it zeroes learns only its bias."""
-    cfg = settings(model="tiny", layers=2, max_len=8, rank=2, alpha=4.0, lr=0.5)
-    model = PrivTunerModel(cfg)
-    tokens = Tokens("tiny", int(model.weights.word.shape[0]), 0, model.spec.seq, cfg.max_len)
-    train = [tokens.example(t, y) for t, y in [("a good movie", 1), ("dull and long", 0), ("great", 1)]]
-    init = model.init_params(seed=0, b_scale=0.1)
-    seen = []
-
-    def zero_classifier_input(m, tr):
-        seen.append(tr)
-        cls = next(mod for name, mod in m.named_modules() if name.endswith("classifier"))
-        cls.register_forward_pre_hook(lambda mod, args: (args[0] * 0, *args[1:]))
-
-    base, _ = plain_lora(cfg, _Backend(model), init, train, train)
-    zeroed, preds = plain_lora(cfg, _Backend(model), init, train, train, prepare=zero_classifier_input)
-    assert seen == [train]
-    assert np.max(np.abs(np.subtract(base, zeroed))) > 1e-3
-    assert len(set(preds.tolist())) == 1  # the bias alone: one class for every input
-
-
 def test_adam_on_the_twin_equals_torch_adam():
     """The plaintext-only Adam recipe: the exact twin's elementwise Adam on its logical matrices makes
     torch.optim.Adam's updates (replicated entries get equal gradients)."""

@@ -470,15 +470,13 @@ def plain_lora(
     steps: list[list[int]] | None = None,
     optimizer: str = "sgd",
     float32: bool = False,
-    prepare: Any = None,
     head_std: HeadStandardizer | None = None,
 ):
     """Plaintext LoRA in torch + peft (float64): the same initial adapter and head, the same
     minibatch updates (SGD, or Adam with torch's defaults) on the same schedule as the twin
     (``steps``: minibatches of indices into ``train``; default one example per update, in order); the
     reference the twin is compared with. Returns the per-example losses in schedule order and the dev
-    predictions. ``float32`` and ``prepare`` (called with the peft model and ``train`` before the first
-    update, to change the recipe) only for recipe sweeps (benchmarks/privtuner_sst2_recipes.py).
+    predictions. ``float32`` only for quick recipe sweeps (benchmarks/privtuner_sst2_recipes.py).
 
     ``head_std``: the session's head standardization (``init`` is laid out for it); the classifier then
     trains in the same standardized coordinates as the twin (:func:`standardize_classifier`)."""
@@ -490,14 +488,13 @@ def plain_lora(
 
     model = peft_model_with(
         export_base(cfg).float() if float32 else export_base(cfg).double(),
-        peft_names(backend.model.plain_params(init, head_std)),
+        # the head as laid out in ``init``: standardized coordinates when ``head_std`` is given
+        peft_names(backend.model.plain_params(init)),
         cfg.lora_rank,
         cfg.lora_alpha,
     )
     if head_std is not None:
         standardize_classifier(model, head_std)
-    if prepare is not None:
-        prepare(model, train)
     params = [p for p in model.parameters() if p.requires_grad]
     if optimizer not in OPTIMIZERS:
         raise P3eftError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
@@ -545,22 +542,15 @@ def plain_standardizer(backend: Any, data_dir: str | Path | None = None) -> Head
 
 
 def standardize_classifier(model: Any, head_std: HeadStandardizer) -> None:
-    """Put a peft classification model's head into ``head_std``'s standardized coordinates: its input
-    becomes (x - mean) * inv_std (a forward pre-hook) and its trainable weight and bias the
-    reparametrized ones, so the function is unchanged and SGD moves the standardized parameters, as
-    the twin's and the encrypted path's do."""
+    """Feed a peft classification model's head (x - mean) * inv_std instead of x (a forward pre-hook):
+    with the head's weights in ``head_std``'s standardized coordinates, the function is the plain
+    model's and SGD moves the standardized parameters, as the twin's and the encrypted path's do."""
     import torch
 
     wrapper = next(mod for name, mod in model.named_modules() if name.endswith("classifier"))
-    trained = {n: p for n, p in model.named_parameters() if p.requires_grad and "classifier" in n}
-    weight = next(p for n, p in trained.items() if n.endswith("weight"))
-    bias = next(p for n, p in trained.items() if n.endswith("bias"))
-    w_std, b_std = head_std.to_standardized(weight.detach().double().numpy(), bias.detach().double().numpy())
-    with torch.no_grad():
-        weight.copy_(torch.as_tensor(w_std, dtype=weight.dtype))
-        bias.copy_(torch.as_tensor(b_std, dtype=bias.dtype))
-    mean = torch.as_tensor(head_std.mean, dtype=weight.dtype)
-    inv = torch.as_tensor(head_std.inv_std, dtype=weight.dtype)
+    dtype = next(wrapper.parameters()).dtype
+    mean = torch.as_tensor(head_std.mean, dtype=dtype)
+    inv = torch.as_tensor(head_std.inv_std, dtype=dtype)
     wrapper.register_forward_pre_hook(lambda mod, args: ((args[0] - mean) * inv, *args[1:]))
 
 
