@@ -86,15 +86,9 @@ def _single_range(report) -> FnSet:
     one = {s: slot_fn(s, zeros, [(min(lo), max(hi))]) for s in (SITE, SITE + "_grad")}
     scales = dict(report.fns.scales) | {s: f.scales() for s, f in one.items()}
     offsets = dict(report.fns.offsets) | {s: f.offsets() for s, f in one.items()}
-    fns = FnSet(
-        dict(report.fns) | one,
-        exp_shift=report.fns.exp_shift,
-        scales=scales,
-        rounds=report.fns.rounds,
-        offsets=offsets,
-    )
-    fns.refresh_bound = report.fns.refresh_bound
-    fns.head_std = report.fns.head_std
+    fns = report.fns.copy()
+    fns.update(one)
+    fns.scales, fns.offsets = scales, offsets
     return fns
 
 
@@ -139,9 +133,7 @@ def test_input_outside_its_class_is_flagged_with_the_class():
     sf = report.fns[SITE]
     k = int(sf.slot_class[0, 0, OUTLIER])  # the outlier channel's class at position 0
     c = sf.classes[k]
-    fns = FnSet(
-        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
-    )
+    fns = report.fns.copy()
     # class k narrowed to a tenth of its range around its middle: that class, and only it, is flagged
     mid, half = (c.lo + c.hi) / 2, (c.hi - c.lo) / 20
     narrowed = build(SITE, mid - half, mid + half, arg_scale=c.arg_scale, arg_offset=c.arg_offset)

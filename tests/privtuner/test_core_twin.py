@@ -97,9 +97,7 @@ def test_approximate_twin_close_to_exact():
 def test_calibration_flags_out_of_range_inputs():
     model, report, params, examples = calibrated()
     assert check_ranges(Twin(model, report.fns), examples, params) == []  # negative control
-    fns = type(report.fns)(
-        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
-    )
+    fns = report.fns.copy()
     g = report.fns["L0.gelu"]
     k = int(np.argmax(np.bincount(g.slot_class.ravel())))  # the class with the most slots
     c = g.classes[k]
@@ -163,10 +161,7 @@ def test_twin_reports_values_beyond_their_calibrated_refresh_bounds():
 
 def test_twin_counts_each_range_flag_once():
     model, report, params, examples = calibrated()
-    fns = type(report.fns)(
-        dict(report.fns), exp_shift=report.fns.exp_shift, scales=report.fns.scales, offsets=report.fns.offsets
-    )
-    fns.head_std = report.fns.head_std
+    fns = report.fns.copy()
     site = "pool.tanh"
     f = report.fns[site]
     fns[site] = build(site, f.lo / 100, f.hi / 100, arg_scale=f.arg_scale)  # far too narrow: flags

@@ -363,6 +363,20 @@ class FnSet(dict[str, "Fn | SlotFn"]):
         """The offset tau subtracted from a per-slot site's scaled input (0 for other sites)."""
         return self.offsets.get(site, 0.0)
 
+    def copy(self) -> FnSet:
+        """A full copy (``dict.copy`` would drop the shifts, scales, rounds, bounds and head), whose
+        sites can be replaced without touching this set."""
+        out = FnSet(
+            dict(self),
+            exact=self.exact,
+            exp_shift=self.exp_shift,
+            scales=self.scales,
+            rounds=self.rounds,
+            offsets=self.offsets,
+        )
+        out.refresh_bound, out.head_std = self.refresh_bound, self.head_std
+        return out
+
     def exact_copy(self) -> FnSet:
         """The exact functions with this set's shifts, scales, softmax rounds and head standardization
         (same graph)."""

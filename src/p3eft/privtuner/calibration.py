@@ -25,8 +25,8 @@ Procedure (:func:`calibrate`):
    rounds);
 5. with ``cfg.head_standardize``, the mean and spread of the approximate twin's pooled features on
    the same examples become the head's standardization (:mod:`p3eft.privtuner.standardize`), fixed in
-   each round before that round's pass, so that the per-operation value bounds cover the head's
-   extra operations.
+   each round before that round's pass, so that the largest |value| the report checks against the
+   refresh bound covers the head's extra operations.
 
 An input outside its range is never clipped: the twin reports it as a
 :class:`~p3eft.privtuner.backend.RangeFlag` (:func:`check_ranges`), and the report says so.
@@ -291,7 +291,6 @@ def calibrate(
                 sig = scales.get(site, 1.0) if kind_of(site) in ARG_SCALED else 1.0
                 fns[site] = build(site, lo, hi, arg_scale=float(sig))
         if model.cfg.head_standardize:  # step 5 (pooled features do not depend on the head)
-            fns.head_std = None
             hs = HeadStandardizer.from_features(pooled_features(Twin(model, fns), examples, plain_params))
             fns.head_std = hs
             params = model.reparametrize_head(plain_params, None, hs)

@@ -141,9 +141,13 @@ class Twin:
         cache = ForwardCache() if keep else None
         x = g.forward_frozen(bk, x_rot, km)
         logits = g.forward_adapted(bk, x, km, params, cache)
-        self.flags.extend(bk.flags)
-        self.bound_ratio = max(self.bound_ratio, bk.bound_ratio)
+        self._absorb(bk)
         return logits, cache
+
+    def _absorb(self, bk: PlainBackend, flags_seen: int = 0) -> None:
+        """Keep ``bk``'s range flags from index ``flags_seen`` on and its value/bound ratio."""
+        self.flags.extend(bk.flags[flags_seen:])
+        self.bound_ratio = max(self.bound_ratio, bk.bound_ratio)
 
     def logits(self, ex: Example, params: dict[str, np.ndarray]) -> np.ndarray:
         return self.forward(ex, params)[0]
@@ -166,8 +170,7 @@ class Twin:
             gm.append(m)
         seen = len(bk.flags)  # the forward's flags are already counted
         grads = self.model.graph.backward(bk, cache, gm, params)
-        self.flags.extend(bk.flags[seen:])
-        self.bound_ratio = max(self.bound_ratio, bk.bound_ratio)
+        self._absorb(bk, seen)
         return loss, logits, grads
 
     @staticmethod
