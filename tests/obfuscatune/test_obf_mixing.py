@@ -113,7 +113,7 @@ def test_fill_layouts():
     assert plain.mix_macs_per_element(400, 48) == 25 / 4 and plain.unmix_macs_per_element(400, 48) == 5
     assert plain.mix_macs_per_element(1, 48) == 25 and plain.unmix_macs_per_element(1, 48) == 20
     b = math.ceil(need / 16)
-    assert d.mix_macs_per_element(16, 48) == 3 * (1 + b) and d.unmix_macs_per_element(16, 48) == 1 + b
+    assert d.mix_macs_per_element(16, 48) == 2 * (1 + b) and d.unmix_macs_per_element(16, 48) == 1 + b
 
 
 def test_defence_specs():

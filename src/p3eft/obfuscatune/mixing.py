@@ -30,7 +30,7 @@ of random rows only could be told apart and dropped). Where ``n / K >= w + FILL_
 calls shorter than ``w + FILL_MARGIN`` rows ``a = 1`` and ``b = ceil((w + FILL_MARGIN) / n)``.
 
 Cost (the enclave's): ``(a+b)^2 / a`` multiply-accumulates per element of every crossing row to mix it
-with a dense matrix (``3 (a+b)`` with the cheaper construction span filling uses for short calls,
+with a dense matrix (``2 (a+b)`` with the cheaper construction span filling uses for short calls,
 :class:`SpanFill`), and ``a + b`` to unmix an answer; the accelerator computes ``(a+b)/a`` times its work
 (the random rows).
 Randomness: one ChaCha20 stream per call, keyed by the session secret and a call counter.
@@ -98,12 +98,12 @@ class Defence:
 
     def mix_macs_per_element(self, rows: int, width: int) -> float:
         """Enclave multiply-accumulates per element of a real row to mix it: per group ``(a+b)^2`` with a
-        dense matrix (one random row per group), ``3 a (a+b)`` with :class:`SpanFill` (more), spread
-        over the call's real rows (``(a+b)^2 / a`` and ``3 (a+b)`` when the groups are full)."""
+        dense matrix (one random row per group), ``2 a (a+b)`` with :class:`SpanFill` (more), spread
+        over the call's real rows (``(a+b)^2 / a`` and ``2 (a+b)`` when the groups are full)."""
         if self.kind != "mix":
             return 0.0
         lay = self.layout(rows, width)
-        per_group = lay.size**2 if lay.random == 1 else 3.0 * lay.real * lay.size
+        per_group = lay.size**2 if lay.random == 1 else 2.0 * lay.real * lay.size
         return lay.groups(rows) * per_group / max(rows, 1)
 
     def unmix_macs_per_element(self, rows: int, width: int) -> float:
@@ -214,9 +214,10 @@ class RowMix(_Grouping):
 class SpanFill(_Grouping):
     """Span filling's short calls (ours): ``a`` real rows and ``b >> a`` random rows per group, sent as
     ``Z = A X + (I - C A^T) G`` with a Gaussian ``A`` of ``(a+b) x a``, ``C = A (A^T A)^-1`` and fresh
-    Gaussian ``G``. The second term spans the ``b`` directions that ``C`` annihilates, so ``C^T Z = X``,
-    and it costs ``O(a+b)`` per element where a dense ``(a+b)^2`` matrix would cost ``(a+b)^2 / a``
-    (``b`` reaches the width for one-row calls). ``A`` has entries of variance ``1/(a+b)``, so
+    Gaussian ``G``. The second term spans the ``b`` directions that ``C`` annihilates, so ``C^T Z = X``.
+    Since ``C A^T = A C^T`` it is computed as ``Z = A (X - C^T G) + G``: ``2 (a+b)`` multiply-accumulates
+    per element of a real row, where a dense ``(a+b)^2`` matrix would cost ``(a+b)^2 / a`` (``b``
+    reaches the width for one-row calls). ``A`` has entries of variance ``1/(a+b)``, so
     ``A^T A ~ I``: every sent row carries a small share of each real row under noise of the real rows'
     RMS, and the unmixing adds no more than float rounding."""
 
@@ -228,8 +229,9 @@ class SpanFill(_Grouping):
         g = self._noise((self.groups * self.layout.size, w), scale, x).reshape(
             self.groups, self.layout.size, w
         )
-        noise = g - c @ (a.transpose(1, 2) @ g)  # (I - C A^T) G: orthogonal to the unmixing rows
-        return (a @ xg + noise).reshape(-1, w)
+        # A X + (I - C A^T) G, associated as A (X - C^T G) + G (C A^T = A C^T): two (a+b) x a products
+        # per column instead of three; the same rows up to rounding
+        return (a @ (xg - c.transpose(1, 2) @ g) + g).reshape(-1, w)
 
 
 def _haar(stream: CsprngStream, groups: int, size: int) -> torch.Tensor:
