@@ -8,6 +8,7 @@ import pytest
 
 from p3eft.channel import InProcessChannel
 from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe import ops
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.net import connect_model_owner, model_owner_server
 from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
@@ -100,9 +101,20 @@ def test_model_owner_refuses_misuse(toy):
         ch.call(P.OPEN, options={"labels": [1, 0]})
     with pytest.raises(ProtocolError, match="no request"):
         ch.call(P.RESUME, session=setup.session, answer=b"")
+    do = DataOwner(ch, toy.ToyCodec)
     with pytest.raises(ProtocolError, match="learning rate"):
-        do = DataOwner(ch, toy.ToyCodec)
         ch.call(P.UPDATE, session=do.setup.session, lr=float("nan"))
+    # a data owner's ciphertexts are fresh encryptions: one below the top level is refused up front
+    # (not an internal failure deep in the computation), and the session still serves afterwards
+    fresh = do._encrypt_inputs("good movie")
+    low = [do.ctx.ciphertext_to_bytes(ops.drop_to(do.ctx, do.ctx.ciphertext_from_bytes(b), 0)) for b in fresh]
+    with pytest.raises(ProtocolError, match="fresh encryptions are at level"):
+        ch.call(P.FORWARD, session=do.setup.session, inputs=low)
+    with pytest.raises(ProtocolError, match="fresh encryptions are at level"):
+        ch.call(P.BACKWARD, session=do.setup.session, dlogits=low)
+    with pytest.raises(ProtocolError, match="list of ciphertexts"):
+        ch.call(P.FORWARD, session=do.setup.session, inputs=[1.5])
+    assert do.logits("good movie").shape == (2,)
     ch.call(P.CLOSE, session=setup.session)
     with pytest.raises(ProtocolError, match="unknown or closed"):
         ch.call(P.ADAPTER, session=setup.session)

@@ -105,8 +105,8 @@ class ModelOwner:
         ctx = s.ctx
         assert ctx is not None
 
-        def job() -> bytes:
-            cts = [ctx.ciphertext_from_bytes(b) for b in inputs]
+        def job() -> bytes:  # parsed in the session's worker: its CPU time is the model owner's
+            cts = _fresh_ciphertexts(ctx, inputs, "forward inputs")
             return ctx.ciphertext_to_bytes(model.forward(cts, key, train))
 
         return s.start(job)
@@ -117,7 +117,7 @@ class ModelOwner:
         model = s.require_model()
         ctx = s.ctx
         assert ctx is not None
-        return s.start(lambda: model.backward([ctx.ciphertext_from_bytes(b) for b in dlogits]))
+        return s.start(lambda: model.backward(_fresh_ciphertexts(ctx, dlogits, "dL/dlogits")))
 
     @remote
     def pt_update(self, session: str, lr: float) -> Any:
@@ -149,6 +149,21 @@ class ModelOwner:
             s = self._sessions.pop(session, None) if isinstance(session, str) else None
         if s is not None:
             s.close()
+
+
+def _fresh_ciphertexts(ctx: CkksContext, blobs: Any, what: str) -> list[Ciphertext]:
+    """Parse a data owner's ciphertexts, refusing any not at the top level: everything a data owner
+    sends is a fresh encryption, and a lower one would fail deep inside the computation (where the
+    model owner could only report an internal error) instead of here, with a one-line reason."""
+    if not isinstance(blobs, list) or not all(isinstance(b, bytes) for b in blobs):
+        raise ProtocolError(f"{what} must be a list of ciphertexts")
+    cts = [ctx.ciphertext_from_bytes(b) for b in blobs]
+    low = [ctx.level(c) for c in cts if ctx.level(c) != ctx.top_level]
+    if low:
+        raise ProtocolError(
+            f"{what}: fresh encryptions are at level {ctx.top_level}, got {len(low)} at level {min(low)}"
+        )
+    return cts
 
 
 @dataclass
