@@ -17,6 +17,10 @@ BAD = [
     (["privtuner", "bench", "--json", "x.json", "--repeats", "0"], "--repeats must be at least 1"),
     (["privtuner", "bench", "--json", "x.json", "--param-sets", "PT16384,,"], "empty name"),
     (["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--factory", "nomodule"], "bad factory"),
+    (
+        ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--idle-timeout", "0"],
+        "must be positive",
+    ),
 ]
 
 

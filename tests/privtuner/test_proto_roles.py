@@ -3,6 +3,8 @@ gRPC + mutual TLS; one model owner serves two data owners without cross-talk; mi
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 
@@ -93,7 +95,7 @@ def test_model_owner_refuses_misuse(toy):
     mo = ModelOwner(toy.ToyBackend())
     ch = InProcessChannel(mo)
     setup = P.SessionSetup.from_payload(ch.call(P.OPEN))
-    with pytest.raises(ProtocolError, match="unknown or closed"):
+    with pytest.raises(ProtocolError, match="unknown, closed or expired"):
         ch.call(P.FORWARD, session="0" * 32, inputs=[])
     with pytest.raises(ProtocolError, match="upload the FHE public keys"):
         ch.call(P.FORWARD, session=setup.session, inputs=[])
@@ -116,5 +118,71 @@ def test_model_owner_refuses_misuse(toy):
         ch.call(P.FORWARD, session=do.setup.session, inputs=[1.5])
     assert do.logits("good movie").shape == (2,)
     ch.call(P.CLOSE, session=setup.session)
-    with pytest.raises(ProtocolError, match="unknown or closed"):
+    with pytest.raises(ProtocolError, match="unknown, closed or expired"):
         ch.call(P.ADAPTER, session=setup.session)
+
+
+class FakeClock:
+    """The model owner's idle clock, advanced by hand (keygen's real duration must not matter)."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_a_silent_data_owner_loses_its_session_and_frees_the_slot(toy):
+    """A data owner that stops answering (here: mid-request, its refresh callback left unanswered)
+    must not hold a session, and the model owner's worker parked on it, forever: after the idle
+    timeout the session is closed when the next request arrives, and its slot serves someone else."""
+    clock = FakeClock()
+    mo = ModelOwner(toy.ToyBackend(), max_sessions=2, idle_timeout_s=10.0, clock=clock)
+    ch = InProcessChannel(mo)
+    silent = DataOwner(ch, toy.ToyCodec)
+    reply = ch.call(P.FORWARD, session=silent.setup.session, inputs=silent._encrypt_inputs("good movie"))
+    assert reply["kind"] == "callback"  # parked on the refresh; never answered
+    worker = mo._sessions[silent.setup.session]._worker
+    busy = DataOwner(ch, toy.ToyCodec)
+    with pytest.raises(ProtocolError, match="at most 2 sessions"):
+        DataOwner(ch, toy.ToyCodec)
+    clock.t = 6.0
+    busy.logits("bad film")  # heard from at t=6: not idle at t=12
+    clock.t = 12.0
+    fresh = DataOwner(ch, toy.ToyCodec)  # the silent one (idle since t=0) is reaped, the busy one is not
+    assert mo.expired == 1 and mo.sessions == 2
+    worker.join(timeout=10)
+    assert not worker.is_alive()  # its parked worker was released
+    with pytest.raises(ProtocolError, match="expired"):
+        ch.call(P.RESUME, session=silent.setup.session, answer=b"")
+    assert busy.logits("bad film").shape == fresh.logits("good movie").shape == (2,)
+
+
+def test_a_long_computation_is_not_idleness(toy):
+    """Time the model owner spends computing for a session does not count against it: a forward that
+    outlasts the idle timeout survives another data owner's requests meanwhile."""
+    clock = FakeClock()
+    mo = ModelOwner(toy.ToyBackend(), idle_timeout_s=10.0, clock=clock)
+    ch = InProcessChannel(mo)
+    slow = DataOwner(ch, toy.ToyCodec)
+    model = mo._sessions[slow.setup.session].model
+    fast_forward, started, release = model.forward, threading.Event(), threading.Event()
+
+    def blocked_forward(*args, **kwargs):
+        started.set()
+        release.wait(timeout=30)
+        return fast_forward(*args, **kwargs)
+
+    model.forward = blocked_forward
+    out = {}
+    t = threading.Thread(target=lambda: out.update(z=slow.logits("good movie")))
+    t.start()
+    assert started.wait(timeout=30)
+    clock.t = 100.0  # far past the timeout while the model owner computes
+    other = DataOwner(ch, toy.ToyCodec)  # runs the idle check
+    assert mo.expired == 0
+    release.set()
+    t.join(timeout=30)
+    assert out["z"].shape == (2,) and other.logits("bad film").shape == (2,)
+    with pytest.raises(ValueError, match="positive"):
+        ModelOwner(toy.ToyBackend(), idle_timeout_s=0)

@@ -139,11 +139,16 @@ def privtuner_model_owner(
     factory: str | None = typer.Option(
         None, "--factory", help="Backend factory MODULE:NAME or FILE.py:NAME (default: the encrypted BERT)."
     ),
+    idle_timeout: float = typer.Option(
+        3600.0, "--idle-timeout", help="Close a session whose data owner is silent this many seconds."
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
     ),
 ) -> None:
     """Serve PrivTuner's model owner: one encrypted session per connecting data owner."""
+    if not idle_timeout > 0:
+        raise typer.BadParameter(f"must be positive, got {idle_timeout}", param_hint="--idle-timeout")
     from p3eft.privtuner.net import run_model_owner
 
     _logging(verbose)
@@ -166,4 +171,4 @@ def privtuner_model_owner(
                 head_standardize=head_standardize,
             )
         )
-    run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20)
+    run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20, idle_timeout)

@@ -67,13 +67,16 @@ def run_model_owner(
     port: int = 0,
     ready_file: str | Path | None = None,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE,
+    idle_timeout_s: float | None = None,
 ) -> None:
     """``p3eft serve privtuner-model-owner``: one :class:`ModelOwner` for every data owner that connects,
-    served until SIGTERM/SIGINT and announced as ``{party, pid, port, url}`` (the runtime's serve loop)."""
-    from p3eft.privtuner.roles import ModelOwner
+    served until SIGTERM/SIGINT and announced as ``{party, pid, port, url}`` (the runtime's serve loop).
+    ``idle_timeout_s``: see :class:`ModelOwner` (default :data:`~p3eft.privtuner.roles.IDLE_TIMEOUT_S`)."""
+    from p3eft.privtuner.roles import IDLE_TIMEOUT_S, ModelOwner
     from p3eft.runtime.launch import serve_until_signal
 
-    server = model_owner_server(ModelOwner(backend), certs, host, port, max_message_bytes)
+    owner = ModelOwner(backend, idle_timeout_s=IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s)
+    server = model_owner_server(owner, certs, host, port, max_message_bytes)
     serve_until_signal(server, MODEL_OWNER, host, ready_file)
 
 

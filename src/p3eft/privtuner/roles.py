@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,21 +37,49 @@ from p3eft.privtuner.contract import ClientCodec, ModelBackend
 from p3eft.privtuner.session import ModelOwnerSession
 
 MAX_SESSIONS = 64
+IDLE_TIMEOUT_S = 3600.0  # ours: a session whose data owner is silent this long is closed
 
 
 class ModelOwner:
-    """The model owner's role: one model, one session per data owner, nothing shared between sessions."""
+    """The model owner's role: one model, one session per data owner, nothing shared between sessions.
 
-    def __init__(self, backend: ModelBackend, max_sessions: int = MAX_SESSIONS) -> None:
+    A data owner that vanishes (crash, cut link, or on purpose) would otherwise hold its session, and
+    the worker parked on its refresh callback, forever; ``max_sessions`` of them would lock every other
+    data owner out. So a session whose data owner has been silent for ``idle_timeout_s`` (time spent
+    computing for it does not count) is closed: lazily, when any request arrives (no reaper thread).
+    """
+
+    def __init__(
+        self,
+        backend: ModelBackend,
+        max_sessions: int = MAX_SESSIONS,
+        idle_timeout_s: float = IDLE_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s}")
         self.backend = backend
         self.max_sessions = max_sessions
+        self.idle_timeout_s = float(idle_timeout_s)
+        self.clock = clock
+        self.expired = 0  # sessions closed for idleness so far
         self._sessions: dict[str, ModelOwnerSession] = {}
         self._lock = threading.Lock()
 
+    def _expire_idle(self) -> None:
+        """Close every session idle longer than the timeout (call with the lock held)."""
+        now = self.clock()
+        for token in [t for t, s in self._sessions.items() if s.idle_seconds(now) > self.idle_timeout_s]:
+            self._sessions.pop(token).close()
+            self.expired += 1
+
     def _session(self, token: Any) -> ModelOwnerSession:
-        s = self._sessions.get(token) if isinstance(token, str) else None
+        with self._lock:
+            self._expire_idle()
+            s = self._sessions.get(token) if isinstance(token, str) else None
         if s is None:
-            raise ProtocolError("unknown or closed PrivTuner session")
+            raise ProtocolError("unknown, closed or expired PrivTuner session")
+        s.touch()
         return s
 
     @property
@@ -65,12 +94,13 @@ class ModelOwner:
             if k not in P.OPEN_OPTIONS or not isinstance(v, P.OPEN_OPTIONS[k]):
                 raise ProtocolError(f"session option {k!r} is not allowed")
         with self._lock:
+            self._expire_idle()
             if len(self._sessions) >= self.max_sessions:
                 raise ProtocolError(f"model owner serves at most {self.max_sessions} sessions at once")
             token = os.urandom(16).hex()
             spec = self.backend.open_session(options.get("seed"))
             self._sessions[token] = ModelOwnerSession(
-                token, spec, self.backend.refresh_bound, self.backend.refresh_lambda
+                token, spec, self.backend.refresh_bound, self.backend.refresh_lambda, clock=self.clock
             )
         setup = P.SessionSetup(
             token,

@@ -45,11 +45,17 @@ class CallbackChannel:
         self._to_client: queue.Queue[Any] = queue.Queue()
         self._to_worker: queue.Queue[Any] = queue.Queue()
         self.calls = 0
+        self.waiting = False  # the worker is parked on a callback, waiting for the data owner
+        self.waiting_since = 0.0  # clock() when it parked
+        self.clock: Callable[[], float] = time.monotonic
 
     def call(self, method: str, /, **kwargs: Any) -> Any:
         self.calls += 1
+        self.waiting_since = self.clock()
+        self.waiting = True
         self._to_client.put(Callback(method, kwargs))
         answer = self._to_worker.get()
+        self.waiting = False
         if answer is _ABORT:
             raise SessionClosedError("session closed while waiting for the data owner")
         return answer
@@ -92,6 +98,25 @@ class ModelOwnerSession:
     _channel: CallbackChannel = field(default_factory=CallbackChannel)
     _worker: threading.Thread | None = None
     _refresher: RemoteRefresher | None = None
+    clock: Callable[[], float] = time.monotonic  # for the idle timeout (tests pass a fake one)
+    last_activity: float = 0.0
+
+    def __post_init__(self) -> None:
+        self._channel.clock = self.clock
+        self.touch()
+
+    def touch(self) -> None:
+        """Note that the data owner was heard from, or that an answer left for it."""
+        self.last_activity = self.clock()
+
+    def idle_seconds(self, now: float | None = None) -> float:
+        """How long the session has waited for its data owner: 0 while the model owner computes for it
+        (a long step is not idleness), else the time since the data owner was last heard from."""
+        computing = self._worker is not None and self._worker.is_alive() and not self._channel.waiting
+        if computing:
+            return 0.0
+        since = max(self.last_activity, self._channel.waiting_since)
+        return (self.clock() if now is None else now) - since
 
     def bind_keys(self, ctx: CkksContext) -> None:
         if self.ctx is not None:
@@ -119,6 +144,7 @@ class ModelOwnerSession:
             except BaseException as err:  # handed to the serving thread, which re-raises it
                 self.counters.cpu_s += time.thread_time() - cpu0
                 self.counters.wall_s += time.perf_counter() - wall0
+                self.touch()  # the idle clock starts when the answer leaves, not when the request came
                 self._channel.post(err)
                 return
             cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
@@ -130,6 +156,7 @@ class ModelOwnerSession:
             stats = getattr(self.model, "stats", None)
             if callable(stats):  # where the model owner's time goes, cumulative over the session
                 cost["breakdown"] = stats()
+            self.touch()
             self._channel.post(Done(result, cost))
 
         self._worker = threading.Thread(target=run, daemon=True, name=f"privtuner-session-{self.token[:8]}")
