@@ -183,3 +183,64 @@ def test_twin_run_logs_where_the_adapter_leaves_the_calibrated_ranges():
     large: list[int] = []
     twin_run(Twin(backend.model, backend.fns), init, train, train[:1], steps, 1e3, flags_log=large)
     assert len(large) == 4 and large[-1] > 0 and large == sorted(large)
+
+
+@pytest.mark.slow
+def test_encrypted_phases_resume_after_a_crash(tmp_path, monkeypatch):
+    """The experiment's encrypted training dies right after its first checkpoint; ``resume`` goes on
+    with the second update and the evaluation. The resumed run's twin continues from the checkpointed
+    parameters (its second loss is the loss an uninterrupted twin has after one update) and the
+    encrypted model from the restored adapter (its losses track the twin's)."""
+    from p3eft.privtuner import checkpoint as ckpt
+    from p3eft.privtuner.experiment import schedule, twin_update
+    from p3eft.privtuner.twin import Twin
+    from p3eft.privtuner.wiring import BertBackend, settings
+
+    class Crash(Exception):
+        pass
+
+    ecfg = ExperimentConfig(
+        model="tiny", layers=1, max_len=4, rank=1, alpha=2.0, lr=0.5, train=4, batch=1, dev=1,
+        enc_train=2, enc_eval=1, phases=("encrypted_train", "encrypted_eval"), head_standardize=False,
+    )  # fmt: skip
+    out = tmp_path / "sst2.json"
+    monkeypatch.setenv(ckpt.PASSPHRASE_ENV, "test passphrase")
+    real_save = ckpt.CheckpointDir.save
+
+    def save_then_crash(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        raise Crash
+
+    monkeypatch.setattr(ckpt.CheckpointDir, "save", save_then_crash)
+    with pytest.raises(Crash):
+        run(ecfg, out, say=lambda m: None)
+    first = json.loads(out.read_text())
+    assert "encrypted_train" not in first["phases_done"]
+    monkeypatch.setattr(ckpt.CheckpointDir, "save", real_save)
+    with pytest.raises(P3eftError, match="holds a checkpoint"):
+        run(ecfg, out, say=lambda m: None)  # a new run would lose it
+    res = run(ecfg, out, say=lambda m: None, resume=True)
+    tr = res["encrypted_train"]
+    assert res["phases_done"] == ["encrypted_train", "encrypted_eval"] and len(res["resumed"]) == 1
+    assert tr["steps_done"] == 2 and len(tr["enc_losses"]) == 2 == len(tr["step_costs"])
+    assert tr["max_abs_loss_diff"] < 1e-2
+    assert res["encrypted_eval"]["examples"] == 1 and res["encrypted_eval"]["agreement_with_twin"] == 1.0
+    # the uninterrupted twin, in plaintext: two SGD updates from the same initial adapter
+    backend = BertBackend(
+        settings(model="tiny", layers=1, max_len=4, rank=1, alpha=2.0, lr=0.5, head_standardize=False)
+    )
+    from p3eft.data import load_task
+
+    train = load_task("sst2", "train").examples[:4]
+    twin, params, losses = Twin(backend.model, backend.fns), backend.initial_params(seed=0), []
+    init = params
+    batches = [
+        [backend.tokens.example(train[j].text, train[j].label) for j in idx]
+        for idx in schedule(4, 1, 1, 0)[:2]
+    ]
+    for batch in batches:
+        tl, params = twin_update(twin, batch, params, 0.5)
+        losses.append(tl[0])
+    assert tr["twin_losses"] == pytest.approx(losses, abs=1e-9)
+    # negative control: a twin restarted from the initial adapter has another second loss
+    assert abs(twin_update(twin, batches[1], init, 0.5)[0][0] - losses[1]) > 1e-3

@@ -67,3 +67,65 @@ def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path)
         losses, w = results[name]
         assert np.allclose(losses, twin_losses, atol=1e-4)
         assert np.abs(w - twin_w).max() < 1e-4
+
+
+def test_a_checkpoint_outlives_a_restart_of_the_served_model_owner(toy, certs, tmp_path):
+    """The model owner's process dies between two steps: restarted with the same --state-key it
+    accepts the data owner's checkpoint in a new session, and training goes on from it; restarted
+    with a new key it refuses it."""
+    from p3eft.errors import SecurityError
+    from p3eft.privtuner.checkpoint import model_owner_state_key
+
+    def serve(group: PartyGroup, name: str, key: str) -> str:
+        argv = p3eft_argv(
+            "serve",
+            "privtuner-model-owner",
+            "--certs",
+            str(certs / "model-owner"),
+            "--factory",
+            f"{TOY_PATH}:ToyBackend",
+            "--state-key",
+            key,
+            "--ready-file",
+            "{ready}",
+        )
+        return group.start(name, argv, timeout_s=60).url
+
+    batches, lr = DATA["b"]
+    key = str(tmp_path / "state.key")
+    with PartyGroup(tmp_path / "first") as group:
+        do = DataOwner(
+            connect_model_owner(serve(group, "mo-1", key), certs / "data-owner"),
+            toy.ToyCodec,
+            DataOwnerConfig(lr=lr),
+        )
+        first = do.train_step(batches[0])
+        state, keys = do.checkpoint(), (do.ctx, do._sk)
+        do.channel.close()  # the model owner stops with the group, the session with it
+    assert len(model_owner_state_key(key)) == 32  # created by the first server, kept
+    with PartyGroup(tmp_path / "second") as group:
+        again = DataOwner(
+            connect_model_owner(serve(group, "mo-2", key), certs / "data-owner"),
+            toy.ToyCodec,
+            DataOwnerConfig(lr=lr),
+            keys=keys,
+        )
+        again.restore(state)
+        second = again.train_step(batches[1])
+        w = again.decrypt_adapter()["classifier.weight"]
+        again.close()
+    with PartyGroup(tmp_path / "third") as group:
+        other = DataOwner(
+            connect_model_owner(serve(group, "mo-3", str(tmp_path / "new.key")), certs / "data-owner"),
+            toy.ToyCodec,
+            keys=keys,
+        )
+        with pytest.raises(SecurityError, match="checkpoint refused"):
+            other.restore(state)
+        other.close()
+    twin_losses, twin_w = toy.twin_train(toy.ToyBackend(), batches, lr)
+    assert np.allclose([first, second], twin_losses, atol=1e-4)
+    assert np.abs(w - twin_w).max() < 1e-4
+    (tmp_path / "short.key").write_bytes(b"x")
+    with pytest.raises(SecurityError, match="shorter than 32"):
+        model_owner_state_key(tmp_path / "short.key")

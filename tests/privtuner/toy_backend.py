@@ -101,6 +101,9 @@ class ToyModel:
     def adapter_ciphertexts(self) -> dict[str, list[Ciphertext]]:
         return {"classifier.weight": [self.w]}
 
+    def load_adapter(self, mats: dict[str, list[Ciphertext]]) -> None:
+        self.w, self.grad = mats["classifier.weight"][0], None
+
 
 class ToySpec:
     def __init__(self, table: np.ndarray, w0: np.ndarray) -> None:

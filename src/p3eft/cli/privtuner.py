@@ -8,6 +8,7 @@ model flags are the server's). Bad input ends as one line on stderr and exit cod
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -137,8 +138,15 @@ def finetune(
     certs: Path | None = CERTS,
     json_out: Path | None = JSON_OUT,
     progress: bool = PROGRESS,
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the run checkpointed in OUT/checkpoint (same settings; next step)."
+    ),
 ) -> None:
-    """Fine-tune LoRA + head under encryption on SST-2 (one SGD step per example)."""
+    """Fine-tune LoRA + head under encryption on SST-2 (one SGD step per example).
+
+    With $P3EFT_CHECKPOINT_PASSPHRASE set, a sealed checkpoint is kept in OUT/checkpoint after every
+    step, so a crash of either party loses at most one step (continue with --resume)."""
+    from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, CheckpointDir, passphrase_from_env
     from p3eft.privtuner.export import EndPolicy
 
     _positive("--limit", limit)
@@ -153,6 +161,13 @@ def finetune(
     cfg = tuning.settings()
     from p3eft.privtuner.workflows import finetune as run
 
+    checkpoint = None
+    if resume or os.environ.get(PASSPHRASE_ENV):
+        checkpoint = CheckpointDir(out / "checkpoint", passphrase_from_env())
+    else:
+        typer.echo(
+            f"p3eft: note: no checkpoints (set {PASSPHRASE_ENV} to keep one after every step)", err=True
+        )
     res = run(
         cfg,
         out,
@@ -164,6 +179,8 @@ def finetune(
         server=server,
         certs=certs,
         progress=progress,
+        checkpoint=checkpoint,
+        resume=resume,
     )
     _write(res, json_out)
     losses = res["train"]["losses"]

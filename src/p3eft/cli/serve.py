@@ -142,6 +142,12 @@ def privtuner_model_owner(
     idle_timeout: float = typer.Option(
         3600.0, "--idle-timeout", help="Close a session whose data owner is silent this many seconds."
     ),
+    state_key: Path | None = typer.Option(
+        None,
+        "--state-key",
+        help="Key file that signs data owners' checkpoints (created if absent); keep it to accept them "
+        "after a restart.",
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
     ),
@@ -149,6 +155,9 @@ def privtuner_model_owner(
     """Serve PrivTuner's model owner: one encrypted session per connecting data owner."""
     if not idle_timeout > 0:
         raise typer.BadParameter(f"must be positive, got {idle_timeout}", param_hint="--idle-timeout")
+    from p3eft.privtuner.checkpoint import model_owner_state_key
+
+    key = None if state_key is None else model_owner_state_key(state_key)
     from p3eft.privtuner.net import run_model_owner
 
     _logging(verbose)
@@ -171,4 +180,4 @@ def privtuner_model_owner(
                 head_standardize=head_standardize,
             )
         )
-    run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20, idle_timeout)
+    run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20, idle_timeout, key)

@@ -44,6 +44,11 @@ class EncryptedModel(Protocol):
         """The encrypted adapter and head, by name (what an export decrypts)."""
         ...
 
+    def load_adapter(self, mats: dict[str, list[Ciphertext]]) -> None:
+        """Replace the encrypted adapter and head with a checkpoint's (same names and counts, checked
+        by the caller) and drop any gradient not yet applied."""
+        ...
+
 
 class SessionModelSpec(Protocol):
     """One session's model before the data owner's keys arrive."""

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from p3eft.errors import P3eftError
+from p3eft.privtuner.checkpoint import check_same_run
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.standardize import HeadStandardizer
 
@@ -146,7 +147,13 @@ def run(
     out_json: Path,
     data_dir: str | Path | None = None,
     say: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
+    """Run the configured phases, writing ``out_json`` as they go. With the passphrase set
+    (:data:`~p3eft.privtuner.checkpoint.PASSPHRASE_ENV`) the encrypted training keeps a sealed
+    checkpoint after every update in ``checkpoint/`` beside ``out_json``; ``resume`` continues a run
+    from ``out_json`` and that checkpoint: finished phases are kept, the encrypted training goes on
+    after its last checkpointed update, the encrypted evaluation after its last written example."""
     from p3eft.data import load_task
     from p3eft.fhe.costs import machine_info
     from p3eft.privtuner.twin import Twin
@@ -163,6 +170,7 @@ def run(
         seed=ecfg.seed,
         head_standardize=ecfg.head_standardize,
     )
+    checkpoint = _checkpoint_dir(out_json.parent, resume)
     res: dict[str, Any] = {
         "config": asdict(ecfg),
         "privtuner_config": cfg.to_dict(),
@@ -170,6 +178,8 @@ def run(
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "phases_done": [],
     }
+    if resume:
+        res = _resumed(out_json, res)
     say("model owner: loading and calibrating")
     backend = BertBackend(cfg, data_dir)
     model = backend.model
@@ -190,7 +200,7 @@ def run(
 
     train_all = train_task.examples[: ecfg.train]
     steps = schedule(len(train_all), ecfg.epochs, ecfg.batch, ecfg.seed)
-    if "plain_twin" in ecfg.phases:
+    if "plain_twin" in ecfg.phases and "plain_twin" not in res["phases_done"]:
         train = [tokens.example(e.text, e.label) for e in train_all]
         dev = [tokens.example(e.text, e.label) for e in dev_task.examples[: ecfg.dev]]
         labels = np.array([e.label for e in dev])
@@ -286,49 +296,76 @@ def run(
 
         enc_steps = _first_examples(steps, ecfg.enc_train)
         n_enc = sum(len(b) for b in enc_steps)
+        saved = checkpoint.load() if checkpoint is not None and checkpoint.exists() else None
+        run_id = {"experiment": asdict(ecfg) | {"phases": None}, "enc_steps": enc_steps}
+        if saved is not None:
+            check_same_run(saved.run, run_id)
+        state_key = None if checkpoint is None else checkpoint.in_process_state_key()
         do = DataOwner(
-            InProcessChannel(ModelOwner(backend)), BertCodec, DataOwnerConfig(lr=cfg.lr, seed=cfg.seed)
+            InProcessChannel(ModelOwner(backend, state_key=state_key)),
+            BertCodec,
+            DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
+            keys=None if saved is None else saved.keys,
         )
-        phase = {
-            "update": "sgd",  # the protocol's update, whatever phase 1's optimizer
-            "examples": n_enc,
-            "updates": len(enc_steps),
-            "batch": ecfg.batch,
-            "enc_losses": [],
-            "twin_losses": [],
-            "step_costs": [],
-        }
-        res["encrypted_train"] = phase
         res["key_upload_bytes"] = do.key_upload_bytes
         params = init
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i, idx in enumerate(enc_steps):
-            batch = [(train_all[j].text, train_all[j].label) for j in idx]
-            before = do.ledger.snapshot()
-            loss = do.train_step(batch, keys=[f"train-{j}" for j in idx])
-            phase["step_costs"].append(accounting.diff(do.ledger.snapshot(), before))
-            tls, params = twin_update(twin, [tokens.example(t, y) for t, y in batch], params, cfg.lr)
-            tl = float(np.mean(tls))
-            phase["enc_losses"].append(loss)
-            phase["twin_losses"].append(tl)
-            phase["steps_done"] = i + 1
-            phase["seconds"] = time.perf_counter() - t0
-            phase["cpu_seconds_this_process"] = time.process_time() - c0
-            phase["max_abs_loss_diff"] = float(
-                np.max(np.abs(np.subtract(phase["enc_losses"], phase["twin_losses"])))
-            )
-            say(f"phase 2: step {i + 1}/{len(enc_steps)} loss enc {loss:.5f} twin {tl:.5f}")
+        phase = None
+        if saved is not None:
+            do.restore(saved.state)
+            params = {k: np.asarray(v, dtype=np.float64) for k, v in saved.progress["twin_params"].items()}
+            phase = saved.progress["phase"]
+            say(f"phase 2: resumed after step {phase.get('steps_done', 0)} of {len(enc_steps)}")
+        if phase is None:
+            phase = {
+                "update": "sgd",  # the protocol's update, whatever phase 1's optimizer
+                "examples": n_enc,
+                "updates": len(enc_steps),
+                "batch": ecfg.batch,
+                "enc_losses": [],
+                "twin_losses": [],
+                "step_costs": [],
+            }
+        res["encrypted_train"] = phase
+        t0, c0 = time.perf_counter() - phase.get("seconds", 0.0), time.process_time()
+        c_before = phase.get("cpu_seconds_this_process", 0.0)
+        if "encrypted_train" in ecfg.phases:
+            for i in range(phase.get("steps_done", 0), len(enc_steps)):
+                idx = enc_steps[i]
+                batch = [(train_all[j].text, train_all[j].label) for j in idx]
+                before = do.ledger.snapshot()
+                loss = do.train_step(batch, keys=[f"train-{j}" for j in idx])
+                phase["step_costs"].append(accounting.diff(do.ledger.snapshot(), before))
+                tls, params = twin_update(twin, [tokens.example(t, y) for t, y in batch], params, cfg.lr)
+                tl = float(np.mean(tls))
+                phase["enc_losses"].append(loss)
+                phase["twin_losses"].append(tl)
+                phase["steps_done"] = i + 1
+                phase["seconds"] = time.perf_counter() - t0
+                phase["cpu_seconds_this_process"] = c_before + time.process_time() - c0
+                phase["max_abs_loss_diff"] = float(
+                    np.max(np.abs(np.subtract(phase["enc_losses"], phase["twin_losses"])))
+                )
+                if checkpoint is not None:
+                    progress = {"phase": phase, "twin_params": {k: v.tolist() for k, v in params.items()}}
+                    checkpoint.save(do.key_material(), do.checkpoint(), run_id, progress)
+                say(f"phase 2: step {i + 1}/{len(enc_steps)} loss enc {loss:.5f} twin {tl:.5f}")
+                _write(out_json, res)
+            if phase.get("steps_done") == len(enc_steps) and "encrypted_train" not in res["phases_done"]:
+                res["phases_done"].append("encrypted_train")
             _write(out_json, res)
-        if phase.get("steps_done") == len(enc_steps):
-            res["phases_done"].append("encrypted_train")
-        _write(out_json, res)
 
         if "encrypted_eval" in ecfg.phases:
             dev_pairs = [(e.text, e.label) for e in dev_task.examples[: ecfg.enc_eval]]
-            ev: dict[str, Any] = {"examples": 0, "predictions": [], "twin_predictions": [], "labels": []}
+            ev: dict[str, Any] = res.get("encrypted_eval") or {
+                "examples": 0,
+                "predictions": [],
+                "twin_predictions": [],
+                "labels": [],
+            }
             res["encrypted_eval"] = ev
-            t0 = time.perf_counter()
-            for i, (text, label) in enumerate(dev_pairs):
+            t0 = time.perf_counter() - ev.get("seconds", 0.0)
+            for i in range(ev["examples"], len(dev_pairs)):
+                text, label = dev_pairs[i]
                 z = do.logits(text)
                 zt = twin.logits(tokens.example(text, label), params)
                 ev["predictions"].append(int(np.argmax(z)))
@@ -347,13 +384,42 @@ def run(
                         f"phase 3: {i + 1}/{len(dev_pairs)} acc {ev['accuracy']:.3f} agree {ev['agreement_with_twin']:.3f}"
                     )
                     _write(out_json, res)
-            if ev["examples"] == len(dev_pairs):
+            if ev["examples"] == len(dev_pairs) and "encrypted_eval" not in res["phases_done"]:
                 res["phases_done"].append("encrypted_eval")
         res["totals"] = {k: v for k, v in do.ledger.snapshot().items() if k != "per_method"}
         do.close()
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _write(out_json, res)
     return res
+
+
+def _checkpoint_dir(folder: Path, resume: bool) -> Any:
+    """The encrypted training's checkpoint folder, or None without a passphrase (then a resumed run
+    restarts its encrypted training). A new run never overwrites an old run's checkpoint."""
+    import os
+
+    from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, CheckpointDir, passphrase_from_env
+
+    if not (resume or os.environ.get(PASSPHRASE_ENV)):
+        return None
+    ckpt = CheckpointDir(folder / "checkpoint", passphrase_from_env())
+    if ckpt.exists() and not resume:
+        raise P3eftError(
+            f"{ckpt.folder} holds a checkpoint: pass --resume to continue that run, or another --out"
+        )
+    return ckpt
+
+
+def _resumed(out_json: Path, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The results of the run being resumed (its finished phases kept), checked to be this run's."""
+    if not out_json.is_file():
+        raise P3eftError(f"--resume: {out_json} does not exist")
+    old = json.loads(out_json.read_text())
+    if json.loads(json.dumps(fresh["config"])) | {"phases": None} != old.get("config", {}) | {"phases": None}:
+        raise P3eftError(f"--resume: {out_json} is of a run with other settings")
+    old["config"] = fresh["config"]
+    old.setdefault("resumed", []).append(fresh["started"])
+    return old
 
 
 def _first_examples(steps: list[list[int]], n: int) -> list[list[int]]:
@@ -756,7 +822,8 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """``python -m p3eft.privtuner.experiment --out DIR [--train N --epochs E --batch B --lr LR --dev N
-    --enc-train N --enc-eval N --phases plain_twin,...]``; a bad option is one line on stderr, exit 2."""
+    --enc-train N --enc-eval N --phases plain_twin,... --resume]``; a bad option is one line on stderr,
+    exit 2."""
     import argparse
     import sys
 
@@ -766,6 +833,11 @@ def main(argv: list[str] | None = None) -> None:
         "--report",
         action="store_true",
         help="only re-derive the comparison from --out's privtuner_sst2.json and rewrite its .md and .png",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --out (same settings) from its JSON and its sealed checkpoint",
     )
     for f in ExperimentConfig.__dataclass_fields__.values():
         if f.name == "phases":
@@ -802,7 +874,11 @@ def main(argv: list[str] | None = None) -> None:
     def say(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
-    res = run(ecfg, a.out / "privtuner_sst2.json", say=say)
+    try:
+        res = run(ecfg, a.out / "privtuner_sst2.json", say=say, resume=a.resume)
+    except P3eftError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     plot(res, a.out / "privtuner_sst2.png")
     (a.out / "privtuner_sst2.md").write_text(markdown(res, "privtuner_sst2.json", "privtuner_sst2.png"))
 

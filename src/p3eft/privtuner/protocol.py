@@ -29,6 +29,8 @@ BACKWARD = "pt_backward"
 UPDATE = "pt_update"
 RESUME = "pt_resume"
 ADAPTER = "pt_adapter"
+CHECKPOINT = "pt_checkpoint"
+RESTORE = "pt_restore"
 CLOSE = "pt_close_session"
 
 # method -> {field: python types allowed}; control fields only, never data-owner values
@@ -40,6 +42,8 @@ CONTROL_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     UPDATE: {"session": (str,), "lr": (float, int)},
     RESUME: {"session": (str,)},
     ADAPTER: {"session": (str,)},
+    CHECKPOINT: {"session": (str,)},
+    RESTORE: {"session": (str,), "tag": (str,)},  # tag: the model owner's own MAC, hex
     CLOSE: {"session": (str,)},
 }
 # ``options`` of OPEN: the data owner's public choices for its session
@@ -50,6 +54,7 @@ SECRET_FREE_BYTES: dict[str, dict[str, tuple[str, ...]]] = {
     FORWARD: {"inputs": ("ciphertext",)},
     BACKWARD: {"dlogits": ("ciphertext",)},
     RESUME: {"answer": ("ciphertext",)},
+    RESTORE: {"adapter": ("ciphertext",)},
 }
 
 # the data owner's methods the model owner may ask for in a Callback (nothing else is dispatched)

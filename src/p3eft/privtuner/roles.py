@@ -15,6 +15,8 @@ in one process and over the runtime's gRPC + mutual TLS (:mod:`p3eft.privtuner.n
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import math
 import os
 import threading
@@ -27,7 +29,7 @@ import numpy as np
 
 from p3eft.channel import Channel, remote, resolve_remote
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.fhe.context import Ciphertext, CkksContext, Layout, keygen
+from p3eft.fhe.context import Ciphertext, CkksContext, Layout, SecretKey, keygen
 from p3eft.fhe.params import ParamSet
 from p3eft.fhe.refresh import refresh_respond_with_view
 from p3eft.privtuner import protocol as P
@@ -55,9 +57,15 @@ class ModelOwner:
         max_sessions: int = MAX_SESSIONS,
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        state_key: bytes | None = None,
     ) -> None:
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s}")
+        if state_key is not None and len(state_key) < 32:
+            raise SecurityError("the model owner's state key must be at least 32 bytes")
+        # signs the checkpoints it hands out; a random one per process unless the operator keeps one
+        # (``serve privtuner-model-owner --state-key FILE``), so checkpoints outlive a restart
+        self._state_key = state_key if state_key is not None else os.urandom(32)
         self.backend = backend
         self.max_sessions = max_sessions
         self.idle_timeout_s = float(idle_timeout_s)
@@ -173,6 +181,61 @@ class ModelOwner:
             for name, cts in model.adapter_ciphertexts().items()
         }
 
+    # -- checkpoints (ours): the data owner keeps them, the model owner vouches for them ------------
+    def _checkpoint_tag(self, ctx: CkksContext, adapter: dict[str, list[bytes]]) -> str:
+        """HMAC-SHA256 under the model owner's state key over what a checkpoint is: these exact
+        ciphertexts, for these keys (context id) and this model (backend fingerprint)."""
+        mac = hmac.new(self._state_key, b"p3eft-privtuner-checkpoint-v1", hashlib.sha256)
+        fingerprint = str(getattr(self.backend, "fingerprint", ""))
+        for part in (ctx.context_id, self.backend.name.encode(), fingerprint.encode()):
+            mac.update(len(part).to_bytes(8, "little") + part)
+        for name in sorted(adapter):
+            mac.update(
+                len(name).to_bytes(8, "little") + name.encode() + len(adapter[name]).to_bytes(8, "little")
+            )
+            for blob in adapter[name]:
+                mac.update(hashlib.sha256(blob).digest())
+        return mac.hexdigest()
+
+    @remote
+    def pt_checkpoint(self, session: str) -> dict[str, Any]:
+        """The encrypted adapter and head between steps, with the model owner's tag. The data owner
+        stores it and may later :meth:`pt_restore` it into a new session under the same keys (after a
+        crash of either party); the tag makes sure that only a state this model owner produced for
+        these keys and this model can be loaded, never one the data owner made up."""
+        s = self._session(session)
+        s.require_idle()
+        model, ctx = s.require_model(), s.ctx
+        assert ctx is not None
+        blobs = {
+            k: [ctx.ciphertext_to_bytes(c) for c in cts] for k, cts in model.adapter_ciphertexts().items()
+        }
+        return {"adapter": blobs, "tag": self._checkpoint_tag(ctx, blobs)}
+
+    @remote
+    def pt_restore(self, session: str, adapter: dict[str, list[bytes]], tag: str) -> dict[str, Any]:
+        """Load a checkpoint from :meth:`pt_checkpoint` into this session (keys uploaded first)."""
+        s = self._session(session)
+        s.require_idle()
+        model, ctx = s.require_model(), s.ctx
+        assert ctx is not None
+        current = model.adapter_ciphertexts()
+        if not isinstance(adapter, dict) or not isinstance(tag, str):
+            raise ProtocolError("a checkpoint is an adapter dict and its tag")
+        if {k: len(v) if isinstance(v, list) else -1 for k, v in adapter.items()} != {
+            k: len(v) for k, v in current.items()
+        }:
+            raise ProtocolError("the checkpoint's adapter does not have this model's parameters")
+        if not all(isinstance(b, bytes) for v in adapter.values() for b in v):
+            raise ProtocolError("a checkpoint's adapter holds ciphertexts only")
+        if not hmac.compare_digest(self._checkpoint_tag(ctx, adapter), tag):
+            raise SecurityError(
+                "checkpoint refused: not issued by this model owner for these keys and this model "
+                "(altered, another data owner's, another model's, or a model owner with another state key)"
+            )
+        model.load_adapter({k: [ctx.ciphertext_from_bytes(b) for b in v] for k, v in adapter.items()})
+        return {"restored": sorted(adapter)}
+
     @remote
     def pt_close_session(self, session: str) -> None:
         with self._lock:
@@ -223,7 +286,10 @@ class DataOwner:
         channel: Channel,
         codec_factory: Callable[[dict[str, Any]], ClientCodec],
         config: DataOwnerConfig | None = None,
+        keys: tuple[CkksContext, SecretKey] | None = None,
     ) -> None:
+        """Open a session and upload the public keys: fresh ones, or ``keys`` kept from an earlier
+        session (:func:`p3eft.privtuner.checkpoint.load`), which a checkpoint's ciphertexts need."""
         self.config = config or DataOwnerConfig()
         self.ledger = Ledger()
         self.channel = AccountingChannel(channel, self.ledger)
@@ -234,11 +300,20 @@ class DataOwner:
         self.setup = P.SessionSetup.from_payload(self.channel.call(P.OPEN, options=options))
         self.codec = codec_factory(self.setup.model)
         params = ParamSet.from_json(self.setup.params)
-        with self.ledger.device_time():
-            self.ctx, self._sk = keygen(params, self.setup.galois_steps)
-            keys = self.ctx.to_payload()
-        self.key_upload_bytes = sum(len(v) for v in keys.values())
-        self.channel.call(P.KEYS, session=self.setup.session, keys=keys)
+        if keys is None:
+            with self.ledger.device_time():
+                self.ctx, self._sk = keygen(params, self.setup.galois_steps)
+        else:
+            self.ctx, self._sk = keys
+            if self.ctx.params != params or self._sk.context_id != self.ctx.context_id:
+                self.channel.call(P.CLOSE, session=self.setup.session)
+                raise SecurityError(
+                    f"the kept keys are for {self.ctx.params.name} (or do not belong together); "
+                    f"this model owner uses {params.name}"
+                )
+        payload = self.ctx.to_payload()
+        self.key_upload_bytes = sum(len(v) for v in payload.values())
+        self.channel.call(P.KEYS, session=self.setup.session, keys=payload)
 
     # -- what the model owner may ask for in a callback -------------------------------------------------
     @remote
@@ -324,6 +399,27 @@ class DataOwner:
         with self.ledger.device_time():
             dec = {name: [self._decrypt(b, "adapter") for b in blobs] for name, blobs in enc.items()}
             return self.codec.adapter(dec)
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The model owner's tagged copy of the encrypted adapter and head (call between steps). It
+        is ciphertexts under this data owner's key; keep it with :meth:`key_material`."""
+        out = self.channel.call(P.CHECKPOINT, session=self.setup.session)
+        if (
+            not isinstance(out, dict)
+            or not isinstance(out.get("adapter"), dict)
+            or not isinstance(out.get("tag"), str)
+        ):
+            raise ProtocolError("the model owner's checkpoint is not an adapter and a tag")
+        return {"adapter": out["adapter"], "tag": out["tag"]}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a :meth:`checkpoint` into this session (opened with the same keys)."""
+        self.channel.call(P.RESTORE, session=self.setup.session, adapter=state["adapter"], tag=state["tag"])
+
+    def key_material(self) -> dict[str, Any]:
+        """This data owner's keys as bytes, for its own sealed checkpoint only
+        (:mod:`p3eft.privtuner.checkpoint` encrypts them before they touch a disk)."""
+        return {"public": self.ctx.to_payload(), "secret_key": self._sk.to_bytes()}
 
     def close(self) -> None:
         try:

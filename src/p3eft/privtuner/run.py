@@ -21,6 +21,7 @@ import numpy as np
 
 from p3eft.channel import Channel, InProcessChannel
 from p3eft.errors import P3eftError
+from p3eft.fhe.context import CkksContext, SecretKey
 from p3eft.privtuner import accounting
 from p3eft.privtuner.audit import AuditingChannel
 from p3eft.privtuner.contract import ClientCodec, ModelBackend
@@ -37,10 +38,15 @@ def data_owner(
     server: str | None = None,
     certs: str | Path | None = None,
     audit: bool = False,
+    keys: tuple[CkksContext, SecretKey] | None = None,
+    state_key: bytes | None = None,
 ) -> Iterator[tuple[DataOwner, AuditingChannel | None]]:
     """A data owner connected to an in-process model owner (``backend``) or to ``server`` (HOST:PORT).
 
-    ``audit`` runs the transcript audit online (:class:`~p3eft.privtuner.audit.AuditingChannel`).
+    ``audit`` runs the transcript audit online (:class:`~p3eft.privtuner.audit.AuditingChannel`);
+    ``keys`` reuses a checkpoint's keys instead of generating new ones; ``state_key`` is the
+    in-process model owner's checkpoint-tag key (kept by the caller, so that a restarted process
+    accepts its checkpoints).
     """
     channel: Channel
     if server is not None:
@@ -50,13 +56,13 @@ def data_owner(
 
         channel = connect_model_owner(server, certs)
     elif backend is not None:
-        channel = InProcessChannel(ModelOwner(backend))
+        channel = InProcessChannel(ModelOwner(backend, state_key=state_key))
     else:
         raise P3eftError("no model owner: give a model (in process) or --server HOST:PORT")
     aud = AuditingChannel(channel) if audit else None
     if audit:
         config = DataOwnerConfig(**{**config.__dict__, "record_decryptions": True})
-    do = DataOwner(aud or channel, codec_factory, config)
+    do = DataOwner(aud or channel, codec_factory, config, keys=keys)
     if aud is not None:
         aud.bind(do.decryptions)
     try:
@@ -97,18 +103,25 @@ def train(
     do: DataOwner,
     plan: list[list[tuple[int, tuple[str, int]]]],
     progress: Progress | None = None,
+    record: TrainRecord | None = None,
+    after_step: Callable[[TrainRecord], None] | None = None,
 ) -> TrainRecord:
-    """Run the planned steps; the example index is the frozen-layer cache key."""
-    rec = TrainRecord()
-    t0 = time.perf_counter()
-    for step, batch in enumerate(plan):
+    """Run the planned steps; the example index is the frozen-layer cache key. ``record`` holds the
+    steps already done (a resumed run continues after them); ``after_step`` sees the record after
+    every step (the checkpoint's hook)."""
+    rec = record if record is not None else TrainRecord()
+    for step in range(len(rec.losses), len(plan)):
+        batch = plan[step]
+        t0 = time.perf_counter()
         before = do.ledger.snapshot()
         loss = do.train_step([ex for _, ex in batch], keys=[f"train-{i}" for i, _ in batch])
         rec.losses.append(loss)
         rec.step_costs.append(accounting.diff(do.ledger.snapshot(), before))
+        rec.seconds += time.perf_counter() - t0
+        if after_step:
+            after_step(rec)
         if progress:
             progress(step + 1, len(plan), f"loss {loss:.4f}")
-    rec.seconds = time.perf_counter() - t0
     return rec
 
 

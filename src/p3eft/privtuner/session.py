@@ -126,6 +126,11 @@ class ModelOwnerSession:
         self.ctx = ctx
         self.model = self.spec.bind(ctx, self._refresher)
 
+    def require_idle(self) -> None:
+        """Refuse while a request of this session is still computing or waiting for its callback."""
+        if self._worker is not None and self._worker.is_alive():
+            raise ProtocolError("a request of this session is still pending: answer its callback first")
+
     def require_model(self) -> EncryptedModel:
         if self.model is None or self.ctx is None:
             raise ProtocolError("upload the FHE public keys before sending ciphertexts")
@@ -134,8 +139,7 @@ class ModelOwnerSession:
     # -- running one request, with callbacks ----------------------------------------------------------
     def start(self, job: Callable[[], Any]) -> dict[str, Any]:
         """Run ``job`` in the session's worker; return the first callback or the result."""
-        if self._worker is not None and self._worker.is_alive():
-            raise ProtocolError("a request of this session is still pending: answer its callback first")
+        self.require_idle()
 
         def run() -> None:
             cpu0, wall0 = time.thread_time(), time.perf_counter()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -141,6 +142,10 @@ class BertEncryptedModel:
     def adapter_ciphertexts(self) -> dict[str, list[Ciphertext]]:
         return self.adapter.mats
 
+    def load_adapter(self, mats: dict[str, list[Ciphertext]]) -> None:
+        self.adapter.mats = {k: list(v) for k, v in mats.items()}
+        self.adapter.grads = {}
+
     def stats(self) -> dict[str, Any]:
         return self.encoder.stats
 
@@ -209,6 +214,19 @@ class BertBackend:
             calibration = calibrate(self.model, examples, self.model.init_params())
         self.calibration = calibration
         self.fns = calibration.fns
+
+    @property
+    def fingerprint(self) -> str:
+        """What a training checkpoint's adapter means: the model, its cut, the LoRA shape, the head's
+        standardization and the CKKS chain (not the learning rate, seed or data order, which a resumed
+        run may keep or change). Bound into the model owner's checkpoint tags."""
+        skip = ("lr", "seed", "extra")
+        desc = {
+            "config": {k: v for k, v in self.cfg.to_dict().items() if k not in skip},
+            "weights": str(self.model.weights.source),
+            "head_std": None if self.fns.head_std is None else self.fns.head_std.to_dict(),
+        }
+        return hashlib.sha256(json.dumps(desc, sort_keys=True, default=str).encode()).hexdigest()
 
     def initial_params(self, seed: int | None = None) -> dict[str, np.ndarray]:
         """A session's initial adapter and head as the graph takes them (the head standardized when the

@@ -17,10 +17,11 @@ import numpy as np
 
 from p3eft.errors import P3eftError
 from p3eft.privtuner import accounting
+from p3eft.privtuner.checkpoint import CheckpointDir, check_same_run
 from p3eft.privtuner.config import PRIVTUNER_PARAM_SETS, PrivTunerConfig
 from p3eft.privtuner.export import EndPolicy, export_adapter, exported_meta, load_exported
 from p3eft.privtuner.roles import DataOwnerConfig
-from p3eft.privtuner.run import Progress, batches, data_owner, evaluate, train
+from p3eft.privtuner.run import Progress, TrainRecord, batches, data_owner, evaluate, train
 
 TOLERANCE = 1e-2  # issue 10: encrypted vs twin, logits and adapter after one step
 
@@ -192,20 +193,59 @@ def finetune(
     server: str | None = None,
     certs: str | Path | None = None,
     progress: bool = True,
+    checkpoint: CheckpointDir | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Encrypted fine-tuning (batch 1, SGD) on the first ``limit`` SST-2 training examples."""
+    """Encrypted fine-tuning (batch 1, SGD) on the first ``limit`` SST-2 training examples.
+
+    With ``checkpoint`` the data owner keeps a sealed checkpoint after every step
+    (:mod:`p3eft.privtuner.checkpoint`); ``resume`` continues the run it holds (same settings, new
+    session, next step)."""
     from p3eft.privtuner.wiring import BertBackend, BertCodec, export_base
 
+    if resume and checkpoint is None:
+        raise P3eftError("--resume needs a checkpoint folder")
+    if checkpoint is not None and checkpoint.exists() and not resume:
+        raise P3eftError(
+            f"{checkpoint.folder} already holds a checkpoint: pass --resume to continue that run, "
+            "or choose another --out"
+        )
+    saved = checkpoint.load() if resume and checkpoint is not None else None
     train_set = _sst2("train", limit, data_dir)
     dev = _sst2("eval", eval_limit, data_dir) if eval_limit else []
     backend = None if server else BertBackend(cfg, data_dir)
     out.mkdir(parents=True, exist_ok=True)
     res: dict[str, Any] = {"model": _model_info(cfg, backend), "policy": policy.value, "server": server}
-    with data_owner(BertCodec, DataOwnerConfig(lr=cfg.lr), backend, server, certs) as (do, _):
+    keys = saved.keys if saved is not None else None
+    state_key = checkpoint.in_process_state_key() if checkpoint is not None and backend is not None else None
+    with data_owner(
+        BertCodec, DataOwnerConfig(lr=cfg.lr), backend, server, certs, keys=keys, state_key=state_key
+    ) as (do, _):
         res["model"].update({k: do.setup.model["config"][k] for k in ("model", "layers", "max_len")})
+        run_id = {
+            "model": do.setup.model["config"],
+            "train_examples": len(train_set),
+            "epochs": epochs,
+            "seed": cfg.seed,
+            "lr": cfg.lr,
+            "batch": 1,
+        }
+        record = TrainRecord()
+        if saved is not None:
+            check_same_run(saved.run, run_id)
+            do.restore(saved.state)
+            record = TrainRecord(**saved.progress)
+            res["resumed_after_step"] = len(record.losses)
+        after_step = None
+        if checkpoint is not None:
+            store = checkpoint
+
+            def after_step(rec: TrainRecord) -> None:
+                store.save(do.key_material(), do.checkpoint(), run_id, rec.to_dict())
+
         cb, close = _bar(progress, "encrypted training")
         try:
-            rec = train(do, batches(train_set, 1, epochs, cfg.seed), cb)
+            rec = train(do, batches(train_set, 1, epochs, cfg.seed), cb, record, after_step)
         finally:
             close()
         res["train"] = {"examples": len(train_set), "epochs": epochs, **rec.to_dict()}
