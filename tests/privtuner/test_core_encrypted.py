@@ -80,3 +80,8 @@ def test_frozen_layers_are_cached():
     assert len(sess.encoder._frozen) == 1
     twin = Twin(model, report.fns).logits(examples[0], params)
     assert np.max(np.abs(first - twin)) < 1e-4 and np.max(np.abs(again - twin)) < 1e-4
+    # bounded: new keys evict the least recently used entry, so ever new keys cannot grow it without end
+    sess.encoder.max_frozen = 2
+    for key in ("ex1", "ex0", "ex2"):  # ex0 is used again, so ex1 is the oldest when ex2 arrives
+        sess.encoder.forward(cts, sess.adapter, cache_key=key, keep=False)
+    assert list(sess.encoder._frozen) == ["ex0", "ex2"]

@@ -23,6 +23,7 @@ API (stable):
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from p3eft.errors import ProtocolError
@@ -33,6 +34,9 @@ from p3eft.privtuner.approx import FnSet
 from p3eft.privtuner.backend import CipherBackend, galois_steps
 from p3eft.privtuner.graph import ForwardCache
 from p3eft.privtuner.twin import PrivTunerModel
+
+# ours: frozen-layer outputs kept per session (least recently used evicted; one entry is a few MB)
+MAX_FROZEN_ENTRIES = 1024
 
 
 def required_galois_steps(model: PrivTunerModel) -> list[int]:
@@ -49,7 +53,10 @@ class EncryptedEncoder:
         self.model = model
         self.ctx = ctx
         self.backend = CipherBackend(ctx, model.spec, fns, refresher)
-        self._frozen: dict[Any, list[Ciphertext]] = {}
+        # frozen layers' outputs per example key, least recently used first: a cache, so a data owner
+        # sending ever new keys costs the model owner recomputation, not unbounded memory
+        self._frozen: OrderedDict[Any, list[Ciphertext]] = OrderedDict()
+        self.max_frozen = MAX_FROZEN_ENTRIES
         self._cache: ForwardCache | None = None
         self._adapter: EncryptedAdapter | None = None
 
@@ -72,10 +79,13 @@ class EncryptedEncoder:
         g = self.model.graph
         if cache_key is not None and cache_key in self._frozen:
             x = self._frozen[cache_key]
+            self._frozen.move_to_end(cache_key)
         else:
             x = g.forward_frozen(self.backend, x_rot, km)
             if cache_key is not None and self.model.cfg.adapt_from > 0:
                 self._frozen[cache_key] = x
+                while len(self._frozen) > self.max_frozen:
+                    self._frozen.popitem(last=False)
         self._cache = ForwardCache() if keep else None
         self._adapter = adapter
         return g.forward_adapted(self.backend, x, km, adapter.mats, self._cache)

@@ -39,6 +39,7 @@ from p3eft.privtuner.contract import ClientCodec, ModelBackend
 from p3eft.privtuner.session import ModelOwnerSession
 
 MAX_SESSIONS = 64
+MAX_KEY_CHARS = 256  # an example key names an example for the frozen-layer cache
 IDLE_TIMEOUT_S = 3600.0  # ours: a session whose data owner is silent this long is closed
 
 
@@ -142,6 +143,8 @@ class ModelOwner:
         model = s.require_model()
         ctx = s.ctx
         assert ctx is not None
+        if key is not None and len(key) > MAX_KEY_CHARS:
+            raise ProtocolError(f"an example key has at most {MAX_KEY_CHARS} characters, got {len(key)}")
 
         def job() -> bytes:  # parsed in the session's worker: its CPU time is the model owner's
             cts = _fresh_ciphertexts(ctx, inputs, "forward inputs")
