@@ -143,8 +143,8 @@ class ModelOwner:
         model = s.require_model()
         ctx = s.ctx
         assert ctx is not None
-        if key is not None and len(key) > MAX_KEY_CHARS:
-            raise ProtocolError(f"an example key has at most {MAX_KEY_CHARS} characters, got {len(key)}")
+        if key is not None and not (isinstance(key, str) and len(key) <= MAX_KEY_CHARS):
+            raise ProtocolError(f"an example key is a string of at most {MAX_KEY_CHARS} characters")
 
         def job() -> bytes:  # parsed in the session's worker: its CPU time is the model owner's
             cts = _fresh_ciphertexts(ctx, inputs, "forward inputs")
@@ -193,9 +193,8 @@ class ModelOwner:
         for part in (ctx.context_id, self.backend.name.encode(), fingerprint.encode()):
             mac.update(len(part).to_bytes(8, "little") + part)
         for name in sorted(adapter):
-            mac.update(
-                len(name).to_bytes(8, "little") + name.encode() + len(adapter[name]).to_bytes(8, "little")
-            )
+            raw = name.encode()
+            mac.update(len(raw).to_bytes(8, "little") + raw + len(adapter[name]).to_bytes(8, "little"))
             for blob in adapter[name]:
                 mac.update(hashlib.sha256(blob).digest())
         return mac.hexdigest()
