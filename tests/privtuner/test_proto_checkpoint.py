@@ -130,10 +130,18 @@ def test_the_sealed_checkpoint_needs_the_passphrase_and_its_own_keys(toy, tmp_pa
         CheckpointDir(tmp_path / "a", PASS).load()
     with pytest.raises(MissingResourceError, match="no checkpoint"):
         CheckpointDir(tmp_path / "none", PASS).load()
+    # a run killed after writing its public keys but before its first state: the next run's first
+    # save writes its own keys, so its checkpoint loads
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "public_keys.bin").write_bytes(other.keys_path.read_bytes())
+    CheckpointDir(tmp_path / "c", PASS).save(
+        a.key_material(), a.checkpoint(), {"x": 1}, TrainRecord().to_dict()
+    )
+    assert CheckpointDir(tmp_path / "c", PASS).load().keys[1].context_id == a.ctx.context_id
     with pytest.raises(P3eftError, match="another run: lr was 0.5, now 0.1"):
         check_same_run({"lr": 0.5, "seed": 0}, {"lr": 0.1, "seed": 0})
     with pytest.raises(P3eftError, match="at least 8"):
-        CheckpointDir(tmp_path / "c", b"short")
+        CheckpointDir(tmp_path / "d", b"short")
 
 
 def test_finetune_refuses_to_overwrite_or_resume_nothing(tmp_path, monkeypatch, capsys):

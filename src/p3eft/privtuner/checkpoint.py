@@ -6,7 +6,9 @@ run needs; the model owner keeps nothing but its *state key*:
 
 * the data owner's CKKS keys: the checkpoint's ciphertexts are under them. The public keys are stored
   as uploaded (``public_keys.bin``, written once: hundreds of MB with the Galois keys; public, and
-  bound to the secret key by the context id, which is checked on load); the secret key only sealed;
+  bound to the secret key by the context id, which is checked on load; written by the first save of
+  each process, so a run killed before its first checkpoint leaves none of its keys behind); the
+  secret key only sealed;
 * the encrypted adapter and head after the last finished step, with the model owner's tag
   (:meth:`~p3eft.privtuner.roles.ModelOwner.pt_checkpoint`). They are ciphertexts under the data
   owner's key, so storing them tells the data owner nothing. The tag makes the model owner refuse,
@@ -72,6 +74,7 @@ class CheckpointDir:
         self.folder = Path(folder)
         self._passphrase = passphrase
         self._sealer: Sealer | None = None
+        self._keys_written = False  # this process wrote its public keys (a killed run may have left others)
 
     @property
     def state_path(self) -> Path:
@@ -116,8 +119,9 @@ class CheckpointDir:
         """Write the checkpoint after a finished step: ``keys`` from ``DataOwner.key_material()``,
         ``state`` from ``DataOwner.checkpoint()``."""
         sealer = self._sealer_for(create=True)
-        if not self.keys_path.is_file():
+        if not self._keys_written:
             atomic_write(self.keys_path, codec.encode(keys["public"], _KEY_LIMITS))
+            self._keys_written = True
         payload = {
             "secret_key": keys["secret_key"],
             "adapter": state["adapter"],
