@@ -162,3 +162,13 @@ def test_finetune_refuses_to_overwrite_or_resume_nothing(tmp_path, monkeypatch, 
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / "state.sealed").write_bytes(b"x")
     refused([], "already holds a checkpoint: pass --resume")
+
+
+def test_the_model_owners_state_key_is_created_once_and_private(tmp_path):
+    from p3eft.privtuner.checkpoint import model_owner_state_key
+
+    path = tmp_path / "mo" / "state.key"
+    key = model_owner_state_key(path)
+    assert len(key) == 32 and (path.stat().st_mode & 0o777) == 0o600
+    assert model_owner_state_key(path) == key  # kept, not redrawn: checkpoints outlive a restart
+    assert model_owner_state_key(tmp_path / "other.key") != key
