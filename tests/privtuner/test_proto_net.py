@@ -24,17 +24,25 @@ DATA = {
 }
 
 
-def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path):
-    argv = p3eft_argv(
+def _serve_toy(certs, *extra: str) -> list[str]:
+    """`p3eft serve privtuner-model-owner` with the toy backend (and ``extra`` flags)."""
+    folder = str(certs / "model-owner")
+    factory = f"{TOY_PATH}:ToyBackend"
+    return p3eft_argv(
         "serve",
         "privtuner-model-owner",
         "--certs",
-        str(certs / "model-owner"),
+        folder,
         "--factory",
-        f"{TOY_PATH}:ToyBackend",
+        factory,
+        *extra,
         "--ready-file",
         "{ready}",
     )
+
+
+def test_served_model_owner_trains_two_data_owners_at_once(toy, certs, tmp_path):
+    argv = _serve_toy(certs)
     results: dict[str, tuple] = {}
     errors: list[BaseException] = []
     with PartyGroup(tmp_path) as group:
@@ -77,19 +85,7 @@ def test_a_checkpoint_outlives_a_restart_of_the_served_model_owner(toy, certs, t
     from p3eft.privtuner.checkpoint import model_owner_state_key
 
     def serve(group: PartyGroup, name: str, key: str) -> str:
-        argv = p3eft_argv(
-            "serve",
-            "privtuner-model-owner",
-            "--certs",
-            str(certs / "model-owner"),
-            "--factory",
-            f"{TOY_PATH}:ToyBackend",
-            "--state-key",
-            key,
-            "--ready-file",
-            "{ready}",
-        )
-        return group.start(name, argv, timeout_s=60).url
+        return group.start(name, _serve_toy(certs, "--state-key", key), timeout_s=60).url
 
     batches, lr = DATA["b"]
     key = str(tmp_path / "state.key")

@@ -8,7 +8,6 @@ model flags are the server's). Bad input ends as one line on stderr and exit cod
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -146,7 +145,7 @@ def finetune(
 
     With $P3EFT_CHECKPOINT_PASSPHRASE set, a sealed checkpoint is kept in OUT/checkpoint after every
     step, so a crash of either party loses at most one step (continue with --resume)."""
-    from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, CheckpointDir, passphrase_from_env
+    from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, run_checkpoint
     from p3eft.privtuner.export import EndPolicy
 
     _positive("--limit", limit)
@@ -161,10 +160,8 @@ def finetune(
     cfg = tuning.settings()
     from p3eft.privtuner.workflows import finetune as run
 
-    checkpoint = None
-    if resume or os.environ.get(PASSPHRASE_ENV):
-        checkpoint = CheckpointDir(out / "checkpoint", passphrase_from_env())
-    else:
+    checkpoint = run_checkpoint(out / "checkpoint", resume)
+    if checkpoint is None:
         typer.echo(
             f"p3eft: note: no checkpoints (set {PASSPHRASE_ENV} to keep one after every step)", err=True
         )

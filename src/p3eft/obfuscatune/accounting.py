@@ -96,7 +96,7 @@ def arithmetic_per_token(
     """Per-token arithmetic at an average causal context of ``(context + 1) / 2`` positions.
 
     A row-mixing ``defence`` adds the enclave's mixing of every crossing row (``(a+b)^2/a`` MACs per
-    element with a dense matrix, ``3(a+b)`` with span filling's short-call construction) and unmixing
+    element with a dense matrix, ``2(a+b)`` with span filling's short-call construction) and unmixing
     of every answer (``a+b``), and the accelerator's random rows (``(a+b)/a`` times its work), with
     the grouping ``(a, b)`` of a call of ``rows_per_call`` rows (default: one prompt of ``context``
     tokens) at each boundary's width (:mod:`p3eft.obfuscatune.mixing`)."""

@@ -97,6 +97,14 @@ class CheckpointDir:
     def exists(self) -> bool:
         return self.state_path.is_file()
 
+    def check_start(self, resume: bool) -> None:
+        """A new run never overwrites an old run's checkpoint (``resume`` continues it instead)."""
+        if self.exists() and not resume:
+            raise P3eftError(
+                f"{self.folder} already holds a checkpoint: pass --resume to continue that run, "
+                "or choose another --out"
+            )
+
     def _sealer_for(self, create: bool) -> Sealer:
         if self._sealer is not None:
             return self._sealer
@@ -152,6 +160,16 @@ class CheckpointDir:
             raise SecurityError(f"{self.keys_path} is not the public half of the sealed secret key")
         state = {"adapter": payload["adapter"], "tag": payload["tag"]}
         return Saved((ctx, sk), state, json.loads(payload["run"]), json.loads(payload["progress"]))
+
+
+def run_checkpoint(folder: str | Path, resume: bool) -> CheckpointDir | None:
+    """A run's checkpoint folder: None without the passphrase (no checkpoints; ``resume`` then needs
+    it, and says so), else checked by :meth:`CheckpointDir.check_start`."""
+    if not (resume or os.environ.get(PASSPHRASE_ENV)):
+        return None
+    ckpt = CheckpointDir(folder, passphrase_from_env())
+    ckpt.check_start(resume)
+    return ckpt
 
 
 def model_owner_state_key(path: str | Path) -> bytes:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from p3eft.errors import P3eftError
-from p3eft.privtuner.checkpoint import check_same_run
+from p3eft.privtuner.checkpoint import check_same_run, run_checkpoint
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.standardize import HeadStandardizer
 
@@ -170,7 +170,7 @@ def run(
         seed=ecfg.seed,
         head_standardize=ecfg.head_standardize,
     )
-    checkpoint = _checkpoint_dir(out_json.parent, resume)
+    checkpoint = run_checkpoint(out_json.parent / "checkpoint", resume)
     res: dict[str, Any] = {
         "config": asdict(ecfg),
         "privtuner_config": cfg.to_dict(),
@@ -309,22 +309,20 @@ def run(
         )
         res["key_upload_bytes"] = do.key_upload_bytes
         params = init
-        phase = None
+        phase = {
+            "update": "sgd",  # the protocol's update, whatever phase 1's optimizer
+            "examples": n_enc,
+            "updates": len(enc_steps),
+            "batch": ecfg.batch,
+            "enc_losses": [],
+            "twin_losses": [],
+            "step_costs": [],
+        }
         if saved is not None:
             do.restore(saved.state)
             params = {k: np.asarray(v, dtype=np.float64) for k, v in saved.progress["twin_params"].items()}
             phase = saved.progress["phase"]
             say(f"phase 2: resumed after step {phase.get('steps_done', 0)} of {len(enc_steps)}")
-        if phase is None:
-            phase = {
-                "update": "sgd",  # the protocol's update, whatever phase 1's optimizer
-                "examples": n_enc,
-                "updates": len(enc_steps),
-                "batch": ecfg.batch,
-                "enc_losses": [],
-                "twin_losses": [],
-                "step_costs": [],
-            }
         res["encrypted_train"] = phase
         t0, c0 = time.perf_counter() - phase.get("seconds", 0.0), time.process_time()
         c_before = phase.get("cpu_seconds_this_process", 0.0)
@@ -391,23 +389,6 @@ def run(
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _write(out_json, res)
     return res
-
-
-def _checkpoint_dir(folder: Path, resume: bool) -> Any:
-    """The encrypted training's checkpoint folder, or None without a passphrase (then a resumed run
-    restarts its encrypted training). A new run never overwrites an old run's checkpoint."""
-    import os
-
-    from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, CheckpointDir, passphrase_from_env
-
-    if not (resume or os.environ.get(PASSPHRASE_ENV)):
-        return None
-    ckpt = CheckpointDir(folder / "checkpoint", passphrase_from_env())
-    if ckpt.exists() and not resume:
-        raise P3eftError(
-            f"{ckpt.folder} holds a checkpoint: pass --resume to continue that run, or another --out"
-        )
-    return ckpt
 
 
 def _resumed(out_json: Path, fresh: dict[str, Any]) -> dict[str, Any]:

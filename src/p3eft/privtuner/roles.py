@@ -35,7 +35,7 @@ from p3eft.fhe.refresh import refresh_respond_with_view
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.accounting import AccountingChannel, Ledger
 from p3eft.privtuner.audit import top_values
-from p3eft.privtuner.contract import ClientCodec, ModelBackend
+from p3eft.privtuner.contract import ClientCodec, EncryptedModel, ModelBackend
 from p3eft.privtuner.session import ModelOwnerSession
 
 MAX_SESSIONS = 64
@@ -140,9 +140,7 @@ class ModelOwner:
         self, session: str, inputs: list[bytes], key: str | None = None, train: bool = False
     ) -> Any:
         s = self._session(session)
-        model = s.require_model()
-        ctx = s.ctx
-        assert ctx is not None
+        model, ctx = s.require_model()
         if key is not None and not (isinstance(key, str) and len(key) <= MAX_KEY_CHARS):
             raise ProtocolError(f"an example key is a string of at most {MAX_KEY_CHARS} characters")
 
@@ -155,15 +153,13 @@ class ModelOwner:
     @remote
     def pt_backward(self, session: str, dlogits: list[bytes]) -> Any:
         s = self._session(session)
-        model = s.require_model()
-        ctx = s.ctx
-        assert ctx is not None
+        model, ctx = s.require_model()
         return s.start(lambda: model.backward(_fresh_ciphertexts(ctx, dlogits, "dL/dlogits")))
 
     @remote
     def pt_update(self, session: str, lr: float) -> Any:
         s = self._session(session)
-        model = s.require_model()
+        model, _ = s.require_model()
         if not (isinstance(lr, int | float) and math.isfinite(lr) and 0 < lr < 10):
             raise ProtocolError(f"learning rate {lr!r} outside (0, 10)")
         return s.start(lambda: model.apply_sgd(float(lr)))
@@ -175,14 +171,7 @@ class ModelOwner:
     @remote
     def pt_adapter(self, session: str) -> dict[str, list[bytes]]:
         """The encrypted adapter and head (ciphertexts under the data owner's own key)."""
-        s = self._session(session)
-        model = s.require_model()
-        ctx = s.ctx
-        assert ctx is not None
-        return {
-            name: [ctx.ciphertext_to_bytes(c) for c in cts]
-            for name, cts in model.adapter_ciphertexts().items()
-        }
+        return _adapter_bytes(*self._session(session).require_model())
 
     # -- checkpoints (ours): the data owner keeps them, the model owner vouches for them ------------
     def _checkpoint_tag(self, ctx: CkksContext, adapter: dict[str, list[bytes]]) -> str:
@@ -207,11 +196,8 @@ class ModelOwner:
         these keys and this model can be loaded, never one the data owner made up."""
         s = self._session(session)
         s.require_idle()
-        model, ctx = s.require_model(), s.ctx
-        assert ctx is not None
-        blobs = {
-            k: [ctx.ciphertext_to_bytes(c) for c in cts] for k, cts in model.adapter_ciphertexts().items()
-        }
+        model, ctx = s.require_model()
+        blobs = _adapter_bytes(model, ctx)
         return {"adapter": blobs, "tag": self._checkpoint_tag(ctx, blobs)}
 
     @remote
@@ -219,8 +205,7 @@ class ModelOwner:
         """Load a checkpoint from :meth:`pt_checkpoint` into this session (keys uploaded first)."""
         s = self._session(session)
         s.require_idle()
-        model, ctx = s.require_model(), s.ctx
-        assert ctx is not None
+        model, ctx = s.require_model()
         current = model.adapter_ciphertexts()
         if not isinstance(adapter, dict) or not isinstance(tag, str):
             raise ProtocolError("a checkpoint is an adapter dict and its tag")
@@ -246,6 +231,13 @@ class ModelOwner:
             s.close()
 
 
+def _adapter_bytes(model: EncryptedModel, ctx: CkksContext) -> dict[str, list[bytes]]:
+    """The encrypted adapter and head as checked ciphertext bytes, by name."""
+    return {
+        name: [ctx.ciphertext_to_bytes(c) for c in cts] for name, cts in model.adapter_ciphertexts().items()
+    }
+
+
 def _fresh_ciphertexts(ctx: CkksContext, blobs: Any, what: str) -> list[Ciphertext]:
     """Parse a data owner's ciphertexts, refusing any not at the top level: everything a data owner
     sends is a fresh encryption, and a lower one would fail deep inside the computation (where the
@@ -253,7 +245,7 @@ def _fresh_ciphertexts(ctx: CkksContext, blobs: Any, what: str) -> list[Cipherte
     if not isinstance(blobs, list) or not all(isinstance(b, bytes) for b in blobs):
         raise ProtocolError(f"{what} must be a list of ciphertexts")
     cts = [ctx.ciphertext_from_bytes(b) for b in blobs]
-    low = [ctx.level(c) for c in cts if ctx.level(c) != ctx.top_level]
+    low = [lvl for lvl in map(ctx.level, cts) if lvl != ctx.top_level]
     if low:
         raise ProtocolError(
             f"{what}: fresh encryptions are at level {ctx.top_level}, got {len(low)} at level {min(low)}"

@@ -131,10 +131,11 @@ class ModelOwnerSession:
         if self._worker is not None and self._worker.is_alive():
             raise ProtocolError("a request of this session is still pending: answer its callback first")
 
-    def require_model(self) -> EncryptedModel:
+    def require_model(self) -> tuple[EncryptedModel, CkksContext]:
+        """The session's encrypted model and its data owner's context (both exist once keys are up)."""
         if self.model is None or self.ctx is None:
             raise ProtocolError("upload the FHE public keys before sending ciphertexts")
-        return self.model
+        return self.model, self.ctx
 
     # -- running one request, with callbacks ----------------------------------------------------------
     def start(self, job: Callable[[], Any]) -> dict[str, Any]:

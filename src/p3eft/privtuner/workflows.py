@@ -205,11 +205,8 @@ def finetune(
 
     if resume and checkpoint is None:
         raise P3eftError("--resume needs a checkpoint folder")
-    if checkpoint is not None and checkpoint.exists() and not resume:
-        raise P3eftError(
-            f"{checkpoint.folder} already holds a checkpoint: pass --resume to continue that run, "
-            "or choose another --out"
-        )
+    if checkpoint is not None:
+        checkpoint.check_start(resume)
     saved = checkpoint.load() if resume and checkpoint is not None else None
     train_set = _sst2("train", limit, data_dir)
     dev = _sst2("eval", eval_limit, data_dir) if eval_limit else []
