@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from scipy import stats
 
 from p3eft.errors import P3eftError
 from p3eft.obfuscatune.masks import CsprngStream, kron_factors, parse_masks
@@ -50,9 +51,22 @@ def test_draws_depend_on_secret_and_label_only():
     assert not torch.allclose(a, fam.make(b"t" * 32, "x", 16, torch.float64).matrix())
 
 
-def test_csprng_gaussians_look_gaussian():
-    z = CsprngStream(b"q" * 32, "g").normal(200_000)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_csprng_gaussians_look_gaussian(dtype):
+    z = CsprngStream(b"q" * 32, "g").normal(200_001, dtype=dtype)
+    assert z.dtype == dtype and z.shape == (200_001,)
     assert abs(z.mean().item()) < 0.01 and abs(z.std().item() - 1) < 0.01
+    # Kolmogorov-Smirnov against N(0, 1); the control, a Gaussian 2% too wide, is rejected at this n
+    assert stats.kstest(z.double().numpy(), "norm").pvalue > 1e-3
+    assert stats.kstest(1.02 * z.double().numpy(), "norm").pvalue < 1e-3
+
+
+def test_csprng_gaussians_are_reproducible_and_fresh():
+    a = CsprngStream(b"q" * 32, "g").normal(3, 5, dtype=torch.float32)
+    assert torch.equal(a, CsprngStream(b"q" * 32, "g").normal(3, 5, dtype=torch.float32))
+    assert not torch.equal(a, CsprngStream(b"q" * 32, "h").normal(3, 5, dtype=torch.float32))
+    with pytest.raises(P3eftError):
+        CsprngStream(b"q" * 32, "g").normal(4, dtype=torch.int64)
 
 
 def test_kron_factors():

