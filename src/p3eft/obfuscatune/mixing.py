@@ -153,7 +153,9 @@ class _Grouping:
         return self.layout.real
 
     def _noise(self, shape: tuple[int, ...], scale: float, like: torch.Tensor) -> torch.Tensor:
-        dtype = torch.float32 if like.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+        dtype = (
+            torch.float32 if like.dtype in (torch.float32, torch.float16, torch.bfloat16) else torch.float64
+        )
         return (self.stream.normal(*shape, dtype=dtype) * scale).to(dtype=like.dtype, device=like.device)
 
     def _grouped(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
