@@ -14,6 +14,12 @@ BAD = [
     (["privtuner", "finetune", "--out", "x", "--certs", "."], "only used with --server"),
     (["privtuner", "evaluate", "--limit", "-3"], "--limit must be at least 1"),
     (["privtuner", "evaluate", "--adapter", "a", "--train-limit", "2"], "plaintext"),
+    (["privtuner", "evaluate", "--adapter", "a", "--checkpoint", "c"], "plaintext"),
+    (["privtuner", "evaluate", "--checkpoint", "c", "--train-limit", "2"], "takes no --train-limit"),
+    (
+        ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--end-policy", "maybe"],
+        "export or encrypted",
+    ),
     (["privtuner", "bench", "--json", "x.json", "--repeats", "0"], "--repeats must be at least 1"),
     (["privtuner", "bench", "--json", "x.json", "--param-sets", "PT16384,,"], "empty name"),
     (["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--factory", "nomodule"], "bad factory"),

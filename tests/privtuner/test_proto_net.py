@@ -125,3 +125,37 @@ def test_a_checkpoint_outlives_a_restart_of_the_served_model_owner(toy, certs, t
     (tmp_path / "short.key").write_bytes(b"x")
     with pytest.raises(SecurityError, match="shorter than 32"):
         model_owner_state_key(tmp_path / "short.key")
+
+
+def test_a_served_model_owner_enforces_the_encrypted_end_policy(toy, certs, tmp_path):
+    """`serve privtuner-model-owner --end-policy encrypted`: the data owner learns the policy from its
+    session setup, gets no adapter ciphertexts over the wire even when it asks, and resumes from the
+    sealed checkpoint in a new session."""
+    from p3eft.errors import SecurityError
+    from p3eft.privtuner import protocol as P
+
+    batches, lr = DATA["a"]
+    argv = _serve_toy(certs, "--end-policy", "encrypted", "--state-key", str(tmp_path / "state.key"))
+    with PartyGroup(tmp_path) as group:
+        url = group.start("model-owner", argv, timeout_s=60).url
+        do = DataOwner(connect_model_owner(url, certs / "data-owner"), toy.ToyCodec, DataOwnerConfig(lr=lr))
+        assert do.setup.end_policy is P.EndPolicy.ENCRYPTED
+        first = do.train_step(batches[0])
+        with pytest.raises(P3eftError, match="hands out no adapter ciphertexts"):
+            do.channel.call(P.ADAPTER, session=do.setup.session)
+        state = do.checkpoint()
+        assert set(state) == {"sealed"}
+        again = DataOwner(
+            connect_model_owner(url, certs / "data-owner"),
+            toy.ToyCodec,
+            DataOwnerConfig(lr=lr),
+            keys=(do.ctx, do._sk),
+        )
+        again.restore(state)
+        second = again.train_step(batches[1])
+        with pytest.raises(SecurityError, match="keeps the adapter encrypted"):
+            again.decrypt_adapter()
+        do.close()
+        again.close()
+    twin_losses, _ = toy.twin_train(toy.ToyBackend(), batches, lr)
+    assert np.allclose([first, second], twin_losses, atol=1e-4)

@@ -130,7 +130,8 @@ def finetune(
         "export",
         "--end",
         help="export: the data owner decrypts adapter + head into a PEFT folder; "
-        "encrypted: the adapter stays encrypted (inference stays two-party).",
+        "encrypted: the adapter stays encrypted (inference stays two-party: keep a checkpoint, then "
+        "`evaluate --checkpoint OUT/checkpoint`).",
     ),
     data_dir: Path | None = DATA_DIR,
     server: str | None = SERVER,
@@ -146,7 +147,7 @@ def finetune(
     With $P3EFT_CHECKPOINT_PASSPHRASE set, a sealed checkpoint is kept in OUT/checkpoint after every
     step, so a crash of either party loses at most one step (continue with --resume)."""
     from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, run_checkpoint
-    from p3eft.privtuner.export import EndPolicy
+    from p3eft.privtuner.protocol import EndPolicy
 
     _positive("--limit", limit)
     _positive("--epochs", epochs)
@@ -162,8 +163,9 @@ def finetune(
 
     checkpoint = run_checkpoint(out / "checkpoint", resume)
     if checkpoint is None:
+        lost = " and the encrypted adapter ends with the session" if policy is EndPolicy.ENCRYPTED else ""
         typer.echo(
-            f"p3eft: note: no checkpoints (set {PASSPHRASE_ENV} to keep one after every step)", err=True
+            f"p3eft: note: no checkpoints{lost} (set {PASSPHRASE_ENV} to keep one after every step)", err=True
         )
     res = run(
         cfg,
@@ -190,9 +192,13 @@ def finetune(
         typer.echo(
             f"encrypted dev accuracy on {res['eval']['examples']} examples: {res['eval']['accuracy']:.4f}"
         )
-    typer.echo(
-        f"adapter: {res.get('adapter', 'kept encrypted on the model owner')}; results: {out / 'results.json'}"
-    )
+    if "adapter" in res:
+        kept = res["adapter"]
+    elif checkpoint is not None:
+        kept = f"encrypted, in {checkpoint.folder} (two-party inference: evaluate --checkpoint {checkpoint.folder})"
+    else:
+        kept = "encrypted, discarded with the session (no checkpoint)"
+    typer.echo(f"adapter: {kept}; results: {out / 'results.json'}")
 
 
 @app.command()
@@ -206,6 +212,12 @@ def evaluate(
     train_limit: int = typer.Option(
         0, "--train-limit", help="Encrypted mode: first train encrypted on N examples in the same session."
     ),
+    checkpoint: Path | None = typer.Option(
+        None,
+        "--checkpoint",
+        help="Encrypted mode: the trained, still encrypted adapter of a finetune run (its OUT/checkpoint; "
+        "needs the run's passphrase in $P3EFT_CHECKPOINT_PASSPHRASE).",
+    ),
     data_dir: Path | None = DATA_DIR,
     server: str | None = SERVER,
     certs: Path | None = CERTS,
@@ -216,10 +228,15 @@ def evaluate(
     _positive("--limit", limit)
     if train_limit < 0:
         raise P3eftError(f"--train-limit must be >= 0, got {train_limit}")
-    if adapter is not None and (server is not None or train_limit):
-        raise P3eftError("--adapter evaluates in plaintext: it takes neither --server nor --train-limit")
+    if adapter is not None and (server is not None or train_limit or checkpoint is not None):
+        raise P3eftError(
+            "--adapter evaluates in plaintext: it takes no --server, --train-limit or --checkpoint"
+        )
+    if checkpoint is not None and train_limit:
+        raise P3eftError("--checkpoint evaluates a trained adapter: it takes no --train-limit")
     _network(server, certs)
     from p3eft.privtuner import workflows
+    from p3eft.privtuner.checkpoint import run_checkpoint
 
     if adapter is not None:
         res = workflows.evaluate_exported(adapter, limit=limit, data_dir=data_dir, progress=progress)
@@ -230,6 +247,7 @@ def evaluate(
             cfg,
             limit=limit,
             train_limit=train_limit,
+            checkpoint=None if checkpoint is None else run_checkpoint(checkpoint, resume=True),
             data_dir=data_dir,
             server=server,
             certs=certs,

@@ -148,6 +148,12 @@ def privtuner_model_owner(
         help="Key file that signs data owners' checkpoints (created if absent); keep it to accept them "
         "after a restart.",
     ),
+    end_policy: str = typer.Option(
+        "export",
+        "--end-policy",
+        help="export: data owners may decrypt the trained adapter; encrypted: the adapter is never handed "
+        "out (checkpoints sealed under the state key), inference stays two-party.",
+    ),
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
     ),
@@ -155,6 +161,8 @@ def privtuner_model_owner(
     """Serve PrivTuner's model owner: one encrypted session per connecting data owner."""
     if not idle_timeout > 0:
         raise typer.BadParameter(f"must be positive, got {idle_timeout}", param_hint="--idle-timeout")
+    if end_policy not in ("export", "encrypted"):
+        raise typer.BadParameter(f"export or encrypted, not {end_policy!r}", param_hint="--end-policy")
     from p3eft.privtuner.checkpoint import model_owner_state_key
 
     key = None if state_key is None else model_owner_state_key(state_key)
@@ -180,4 +188,6 @@ def privtuner_model_owner(
                 head_standardize=head_standardize,
             )
         )
-    run_model_owner(backend, certs, host, port, ready_file, max_message_mb * 2**20, idle_timeout, key)
+    run_model_owner(
+        backend, certs, host, port, ready_file, max_message_mb * 2**20, idle_timeout, key, end_policy
+    )

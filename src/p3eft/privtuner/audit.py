@@ -8,7 +8,8 @@ transcript is held, so long runs fit in memory).
 1. :func:`audit_model_owner_inbox` -- every field of every request the model owner received is either a
    control field the protocol allows for that method (:data:`p3eft.privtuner.protocol.CONTROL_FIELDS`)
    or ``bytes`` that the engine's *checked* envelope parser accepts as a ciphertext or public key
-   material (parameters, public, relinearisation and Galois keys) of the session's own context. An
+   material (parameters, public, relinearisation and Galois keys) of the session's own context, or
+   (end policy ``encrypted``) a checkpoint the model owner sealed itself and gets back unopened. An
    array, a float where a ciphertext belongs, a secret key or an unknown field is a violation.
 2. :func:`find_decryptions_in_inbox` -- no decryption result reaches the model owner: the float64 bytes
    of the values the data owner decrypted (refresh views, logits, adapter) are searched for in every
@@ -34,6 +35,7 @@ from p3eft.fhe import serial
 from p3eft.fhe.params import ParamSet
 from p3eft.fhe.refresh import mask_bits
 from p3eft.privtuner import protocol as P
+from p3eft.runtime.sealing import sealed_label
 
 
 @dataclass
@@ -69,6 +71,7 @@ class InboxReport:
     messages: int = 0
     ciphertexts: int = 0
     key_material: int = 0
+    sealed_states: int = 0  # the model owner's own sealed checkpoints, handed back
     control_fields: dict[str, int] = field(default_factory=dict)
     violations: list[str] = field(default_factory=list)
 
@@ -81,6 +84,7 @@ class InboxReport:
             "messages": self.messages,
             "ciphertexts": self.ciphertexts,
             "key_material": self.key_material,
+            "sealed_states": self.sealed_states,
             "control_fields": dict(self.control_fields),
             "violations": list(self.violations),
             "clean": self.clean,
@@ -111,6 +115,13 @@ def _check_envelopes(
         return
     errors = []
     for kind in kinds:
+        if kind == "sealed_state":  # the model owner's own sealed checkpoint, handed back unopened
+            label = sealed_label(value)
+            if label is not None and label.startswith(P.SEALED_STATE_LABEL + ":"):
+                rep.sealed_states += 1
+                return
+            errors.append("not a sealed PrivTuner state")
+            continue
         try:
             serial.unpack(value, kind, context_id)
         except P3eftError as err:

@@ -9,11 +9,13 @@ run needs; the model owner keeps nothing but its *state key*:
   bound to the secret key by the context id, which is checked on load; written by the first save of
   each process, so a run killed before its first checkpoint leaves none of its keys behind); the
   secret key only sealed;
-* the encrypted adapter and head after the last finished step, with the model owner's tag
-  (:meth:`~p3eft.privtuner.roles.ModelOwner.pt_checkpoint`). They are ciphertexts under the data
-  owner's key, so storing them tells the data owner nothing. The tag makes the model owner refuse,
-  on restore, any state it did not produce itself for these keys and this model: a data owner cannot
-  load adapter values of its choosing into the model owner's computation;
+* the encrypted adapter and head after the last finished step
+  (:meth:`~p3eft.privtuner.roles.ModelOwner.pt_checkpoint`). Under the ``export`` end policy they are
+  ciphertexts under the data owner's key with the model owner's tag (HMAC); under ``encrypted`` one
+  blob the model owner sealed under its own key (AES-GCM), which the data owner stores but cannot
+  open. Either way the model owner refuses, on restore, any state it did not produce itself for these
+  keys and this model: a data owner cannot load adapter values of its choosing into the model
+  owner's computation;
 * the run's progress (steps done, losses, per-step costs) and its identity (model, data, schedule),
   so a resume with other settings is refused instead of silently mixing two runs.
 
@@ -50,7 +52,7 @@ class Saved:
     """A loaded checkpoint: the keys, the model owner's tagged adapter, the run and its progress."""
 
     keys: tuple[CkksContext, SecretKey]
-    state: dict[str, Any]  # {"adapter": {name: [ciphertext bytes]}, "tag": hex}
+    state: dict[str, Any]  # {"adapter": {name: [ciphertext bytes]}, "tag": hex} or {"sealed": bytes}
     run: dict[str, Any]
     progress: dict[str, Any]
 
@@ -132,8 +134,7 @@ class CheckpointDir:
             self._keys_written = True
         payload = {
             "secret_key": keys["secret_key"],
-            "adapter": state["adapter"],
-            "tag": state["tag"],
+            **_state_fields(state),
             "run": json.dumps(run, sort_keys=True, default=str),
             "progress": json.dumps(progress, default=str),
         }
@@ -158,8 +159,18 @@ class CheckpointDir:
         sk = SecretKey.from_bytes(ctx.params, payload["secret_key"])
         if sk.context_id != ctx.context_id:
             raise SecurityError(f"{self.keys_path} is not the public half of the sealed secret key")
-        state = {"adapter": payload["adapter"], "tag": payload["tag"]}
+        state = _state_fields(payload)
         return Saved((ctx, sk), state, json.loads(payload["run"]), json.loads(payload["progress"]))
+
+
+def _state_fields(state: dict[str, Any]) -> dict[str, Any]:
+    """The model owner's part of a checkpoint: a sealed state (end policy ``encrypted``) or the
+    adapter ciphertexts and their tag (``export``)."""
+    return (
+        {"sealed": state["sealed"]}
+        if "sealed" in state
+        else {"adapter": state["adapter"], "tag": state["tag"]}
+    )
 
 
 def run_checkpoint(folder: str | Path, resume: bool) -> CheckpointDir | None:

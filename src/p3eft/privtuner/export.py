@@ -10,7 +10,6 @@ are peft's own. Only the data owner can run it: the tensors come from its decryp
 from __future__ import annotations
 
 import json
-from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,6 @@ from p3eft.tuning.adapters import ADAPTER_META, check_adapter_dir
 
 LORA_TARGETS = ("query", "value")
 HEAD_MODULES = ("classifier",)
-
-
-class EndPolicy(StrEnum):
-    """What happens to the trained adapter when training ends."""
-
-    EXPORT = "export"  # the data owner decrypts adapter + head -> PEFT folder; plaintext inference
-    ENCRYPTED = "encrypted"  # the adapter stays encrypted on the model owner; inference stays two-party
 
 
 def _canonical(name: str) -> str:

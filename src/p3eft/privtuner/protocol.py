@@ -16,9 +16,26 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 from p3eft.errors import ProtocolError
+
+
+class EndPolicy(StrEnum):
+    """What may happen to the trained adapter (ours). The model owner sets it and announces it in the
+    session setup, so it binds the data owner:
+
+    * ``export``: the data owner may fetch the encrypted adapter and head and decrypt them into a
+      standard PEFT folder (plaintext inference), at the end or after any step;
+    * ``encrypted``: the model owner never hands out adapter ciphertexts. Its checkpoints are sealed
+      under its own key (the data owner stores them but cannot open either layer), so the adapter is
+      only ever decrypted as the logits it produces: inference stays two-party.
+    """
+
+    EXPORT = "export"
+    ENCRYPTED = "encrypted"
+
 
 # --- the model owner's remote methods and what each may receive -----------------------------------------
 
@@ -54,8 +71,11 @@ SECRET_FREE_BYTES: dict[str, dict[str, tuple[str, ...]]] = {
     FORWARD: {"inputs": ("ciphertext",)},
     BACKWARD: {"dlogits": ("ciphertext",)},
     RESUME: {"answer": ("ciphertext",)},
-    RESTORE: {"adapter": ("ciphertext",)},
+    RESTORE: {"adapter": ("ciphertext",), "sealed": ("sealed_state",)},
 }
+
+# a sealed checkpoint (end policy ``encrypted``): the model owner's own AEAD blob, labelled with this prefix
+SEALED_STATE_LABEL = "p3eft-privtuner-adapter-v1"
 
 # the data owner's methods the model owner may ask for in a Callback (nothing else is dispatched)
 DATA_OWNER_CALLBACKS = ("fhe_refresh",)
@@ -76,6 +96,7 @@ class SessionSetup:
     refresh_bound: float
     refresh_lambda: int
     model: dict[str, Any] = field(default_factory=dict)
+    end_policy: EndPolicy = EndPolicy.EXPORT
 
     def to_payload(self) -> dict[str, Any]:
         return {
@@ -85,6 +106,7 @@ class SessionSetup:
             "refresh_bound": float(self.refresh_bound),
             "refresh_lambda": int(self.refresh_lambda),
             "model": self.model,
+            "end_policy": self.end_policy.value,
         }
 
     @classmethod
@@ -97,6 +119,7 @@ class SessionSetup:
                 float(p["refresh_bound"]),
                 int(p["refresh_lambda"]),
                 dict(p.get("model") or {}),
+                EndPolicy(p.get("end_policy", EndPolicy.EXPORT.value)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise ProtocolError(f"malformed session setup from the model owner: {err}") from err

@@ -37,6 +37,7 @@ from p3eft.privtuner.accounting import AccountingChannel, Ledger
 from p3eft.privtuner.audit import top_values
 from p3eft.privtuner.contract import ClientCodec, EncryptedModel, ModelBackend
 from p3eft.privtuner.session import ModelOwnerSession
+from p3eft.runtime.sealing import Sealer
 
 MAX_SESSIONS = 64
 MAX_KEY_CHARS = 256  # an example key names an example for the frozen-layer cache
@@ -50,6 +51,11 @@ class ModelOwner:
     the worker parked on its refresh callback, forever; ``max_sessions`` of them would lock every other
     data owner out. So a session whose data owner has been silent for ``idle_timeout_s`` (time spent
     computing for it does not count) is closed: lazily, when any request arrives (no reaper thread).
+
+    ``end_policy`` (:class:`~p3eft.privtuner.protocol.EndPolicy`, announced to every data owner in its
+    session setup) is enforced here: with ``encrypted`` the model owner answers no request for the
+    adapter and seals its checkpoints under its own key, so the adapter never reaches the data owner
+    in a form it can decrypt.
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class ModelOwner:
         idle_timeout_s: float = IDLE_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         state_key: bytes | None = None,
+        end_policy: P.EndPolicy | str = P.EndPolicy.EXPORT,
     ) -> None:
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s}")
@@ -67,6 +74,10 @@ class ModelOwner:
         # signs the checkpoints it hands out; a random one per process unless the operator keeps one
         # (``serve privtuner-model-owner --state-key FILE``), so checkpoints outlive a restart
         self._state_key = state_key if state_key is not None else os.urandom(32)
+        self.end_policy = P.EndPolicy(end_policy)
+        # sealed checkpoints (policy ``encrypted``): AES-256-GCM under a key derived from the state key
+        sealing_key = hmac.new(self._state_key, b"p3eft-privtuner-sealed-adapter-v1", hashlib.sha256).digest()
+        self._sealer = Sealer(sealing_key)
         self.backend = backend
         self.max_sessions = max_sessions
         self.idle_timeout_s = float(idle_timeout_s)
@@ -118,6 +129,7 @@ class ModelOwner:
             self.backend.refresh_bound,
             self.backend.refresh_lambda,
             spec.public_setup(),
+            self.end_policy,
         )
         return setup.to_payload()
 
@@ -170,8 +182,15 @@ class ModelOwner:
 
     @remote
     def pt_adapter(self, session: str) -> dict[str, list[bytes]]:
-        """The encrypted adapter and head (ciphertexts under the data owner's own key)."""
-        return _adapter_bytes(*self._session(session).require_model())
+        """The encrypted adapter and head (ciphertexts under the data owner's own key); refused under
+        the ``encrypted`` end policy."""
+        s = self._session(session)
+        if self.end_policy is P.EndPolicy.ENCRYPTED:
+            raise SecurityError(
+                "this model owner keeps the adapter encrypted (end policy 'encrypted'): it hands out no "
+                "adapter ciphertexts; inference stays two-party"
+            )
+        return _adapter_bytes(*s.require_model())
 
     # -- checkpoints (ours): the data owner keeps them, the model owner vouches for them ------------
     def _checkpoint_tag(self, ctx: CkksContext, adapter: dict[str, list[bytes]]) -> str:
@@ -188,6 +207,14 @@ class ModelOwner:
                 mac.update(hashlib.sha256(blob).digest())
         return mac.hexdigest()
 
+    def _sealed_label(self, ctx: CkksContext) -> str:
+        """What a sealed checkpoint is bound to (its AEAD label): these keys and this model."""
+        digest = hashlib.sha256()
+        fingerprint = str(getattr(self.backend, "fingerprint", ""))
+        for part in (ctx.context_id, self.backend.name.encode(), fingerprint.encode()):
+            digest.update(len(part).to_bytes(8, "little") + part)
+        return f"{P.SEALED_STATE_LABEL}:{digest.hexdigest()}"
+
     @remote
     def pt_checkpoint(self, session: str) -> dict[str, Any]:
         """The encrypted adapter and head between steps, with the model owner's tag. The data owner
@@ -198,28 +225,51 @@ class ModelOwner:
         s.require_idle()
         model, ctx = s.require_model()
         blobs = _adapter_bytes(model, ctx)
+        if self.end_policy is P.EndPolicy.ENCRYPTED:  # the data owner keeps it, but cannot open it
+            return {"sealed": self._sealer.seal(blobs, self._sealed_label(ctx))}
         return {"adapter": blobs, "tag": self._checkpoint_tag(ctx, blobs)}
 
     @remote
-    def pt_restore(self, session: str, adapter: dict[str, list[bytes]], tag: str) -> dict[str, Any]:
-        """Load a checkpoint from :meth:`pt_checkpoint` into this session (keys uploaded first)."""
+    def pt_restore(
+        self,
+        session: str,
+        adapter: dict[str, list[bytes]] | None = None,
+        tag: str | None = None,
+        sealed: bytes | None = None,
+    ) -> dict[str, Any]:
+        """Load a checkpoint from :meth:`pt_checkpoint` into this session (keys uploaded first): an
+        adapter and its tag, or (end policy ``encrypted``: the only form it loads) a sealed state."""
         s = self._session(session)
         s.require_idle()
         model, ctx = s.require_model()
+        refused = (
+            "checkpoint refused: not issued by this model owner for these keys and this model "
+            "(altered, another data owner's, another model's, or a model owner with another state key)"
+        )
+        if sealed is not None:
+            if adapter is not None or tag is not None or not isinstance(sealed, bytes):
+                raise ProtocolError("a sealed checkpoint is one bytes field, without adapter or tag")
+            if self.end_policy is not P.EndPolicy.ENCRYPTED:  # else pt_adapter would open it
+                raise SecurityError(
+                    "sealed checkpoints are loaded only by a model owner whose end policy is 'encrypted'"
+                )
+            try:
+                adapter = self._sealer.unseal(sealed, self._sealed_label(ctx), "sealed checkpoint")
+            except SecurityError as err:
+                raise SecurityError(refused) from err
+        elif self.end_policy is P.EndPolicy.ENCRYPTED:
+            raise SecurityError("this model owner (end policy 'encrypted') loads sealed checkpoints only")
+        elif not isinstance(adapter, dict) or not isinstance(tag, str):
+            raise ProtocolError("a checkpoint is an adapter dict and its tag, or a sealed state")
         current = model.adapter_ciphertexts()
-        if not isinstance(adapter, dict) or not isinstance(tag, str):
-            raise ProtocolError("a checkpoint is an adapter dict and its tag")
-        if {k: len(v) if isinstance(v, list) else -1 for k, v in adapter.items()} != {
-            k: len(v) for k, v in current.items()
-        }:
+        if not isinstance(adapter, dict) or {
+            k: len(v) if isinstance(v, list) else -1 for k, v in adapter.items()
+        } != {k: len(v) for k, v in current.items()}:
             raise ProtocolError("the checkpoint's adapter does not have this model's parameters")
         if not all(isinstance(b, bytes) for v in adapter.values() for b in v):
             raise ProtocolError("a checkpoint's adapter holds ciphertexts only")
-        if not hmac.compare_digest(self._checkpoint_tag(ctx, adapter), tag):
-            raise SecurityError(
-                "checkpoint refused: not issued by this model owner for these keys and this model "
-                "(altered, another data owner's, another model's, or a model owner with another state key)"
-            )
+        if sealed is None and not hmac.compare_digest(self._checkpoint_tag(ctx, adapter), str(tag)):
+            raise SecurityError(refused)
         model.load_adapter({k: [ctx.ciphertext_from_bytes(b) for b in v] for k, v in adapter.items()})
         return {"restored": sorted(adapter)}
 
@@ -389,15 +439,25 @@ class DataOwner:
 
     def decrypt_adapter(self) -> dict[str, np.ndarray]:
         """Export policy: fetch the encrypted adapter and head and decrypt them (peft-named tensors)."""
+        if self.setup.end_policy is P.EndPolicy.ENCRYPTED:
+            raise SecurityError(
+                "this model owner keeps the adapter encrypted (end policy 'encrypted'): no export; "
+                "evaluate two-party with the sealed checkpoint instead"
+            )
         enc = self.channel.call(P.ADAPTER, session=self.setup.session)
         with self.ledger.device_time():
             dec = {name: [self._decrypt(b, "adapter") for b in blobs] for name, blobs in enc.items()}
             return self.codec.adapter(dec)
 
     def checkpoint(self) -> dict[str, Any]:
-        """The model owner's tagged copy of the encrypted adapter and head (call between steps). It
-        is ciphertexts under this data owner's key; keep it with :meth:`key_material`."""
+        """The model owner's copy of the encrypted adapter and head (call between steps); keep it with
+        :meth:`key_material`. Under the ``export`` end policy: ciphertexts under this data owner's key
+        and the model owner's tag; under ``encrypted``: one blob sealed by the model owner."""
         out = self.channel.call(P.CHECKPOINT, session=self.setup.session)
+        if self.setup.end_policy is P.EndPolicy.ENCRYPTED:
+            if not isinstance(out, dict) or set(out) != {"sealed"} or not isinstance(out["sealed"], bytes):
+                raise ProtocolError("the model owner's checkpoint is not a sealed state")
+            return {"sealed": out["sealed"]}
         if (
             not isinstance(out, dict)
             or not isinstance(out.get("adapter"), dict)
@@ -408,7 +468,12 @@ class DataOwner:
 
     def restore(self, state: dict[str, Any]) -> None:
         """Load a :meth:`checkpoint` into this session (opened with the same keys)."""
-        self.channel.call(P.RESTORE, session=self.setup.session, adapter=state["adapter"], tag=state["tag"])
+        fields = (
+            {"sealed": state["sealed"]}
+            if "sealed" in state
+            else {"adapter": state["adapter"], "tag": state["tag"]}
+        )
+        self.channel.call(P.RESTORE, session=self.setup.session, **fields)
 
     def key_material(self) -> dict[str, Any]:
         """This data owner's keys as bytes, for its own sealed checkpoint only

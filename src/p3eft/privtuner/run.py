@@ -25,6 +25,7 @@ from p3eft.fhe.context import CkksContext, SecretKey
 from p3eft.privtuner import accounting
 from p3eft.privtuner.audit import AuditingChannel
 from p3eft.privtuner.contract import ClientCodec, ModelBackend
+from p3eft.privtuner.protocol import EndPolicy
 from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
 
 Progress = Callable[[int, int, str], None]  # (done, total, message)
@@ -40,13 +41,15 @@ def data_owner(
     audit: bool = False,
     keys: tuple[CkksContext, SecretKey] | None = None,
     state_key: bytes | None = None,
+    end_policy: EndPolicy = EndPolicy.EXPORT,
 ) -> Iterator[tuple[DataOwner, AuditingChannel | None]]:
     """A data owner connected to an in-process model owner (``backend``) or to ``server`` (HOST:PORT).
 
     ``audit`` runs the transcript audit online (:class:`~p3eft.privtuner.audit.AuditingChannel`);
     ``keys`` reuses a checkpoint's keys instead of generating new ones; ``state_key`` is the
     in-process model owner's checkpoint-tag key (kept by the caller, so that a restarted process
-    accepts its checkpoints).
+    accepts its checkpoints); ``end_policy`` is the in-process model owner's (a server has its own:
+    the data owner reads it from the session setup, ``do.setup.end_policy``).
     """
     channel: Channel
     if server is not None:
@@ -56,7 +59,7 @@ def data_owner(
 
         channel = connect_model_owner(server, certs)
     elif backend is not None:
-        channel = InProcessChannel(ModelOwner(backend, state_key=state_key))
+        channel = InProcessChannel(ModelOwner(backend, state_key=state_key, end_policy=end_policy))
     else:
         raise P3eftError("no model owner: give a model (in process) or --server HOST:PORT")
     aud = AuditingChannel(channel) if audit else None

@@ -19,7 +19,8 @@ from p3eft.errors import P3eftError
 from p3eft.privtuner import accounting
 from p3eft.privtuner.checkpoint import CheckpointDir, check_same_run
 from p3eft.privtuner.config import PRIVTUNER_PARAM_SETS, PrivTunerConfig
-from p3eft.privtuner.export import EndPolicy, export_adapter, exported_meta, load_exported
+from p3eft.privtuner.export import export_adapter, exported_meta, load_exported
+from p3eft.privtuner.protocol import EndPolicy
 from p3eft.privtuner.roles import DataOwnerConfig
 from p3eft.privtuner.run import Progress, TrainRecord, batches, data_owner, evaluate, train
 
@@ -216,8 +217,20 @@ def finetune(
     keys = saved.keys if saved is not None else None
     state_key = checkpoint.in_process_state_key() if checkpoint is not None and backend is not None else None
     with data_owner(
-        BertCodec, DataOwnerConfig(lr=cfg.lr), backend, server, certs, keys=keys, state_key=state_key
+        BertCodec,
+        DataOwnerConfig(lr=cfg.lr),
+        backend,
+        server,
+        certs,
+        keys=keys,
+        state_key=state_key,
+        end_policy=policy,
     ) as (do, _):
+        if policy is EndPolicy.EXPORT and do.setup.end_policy is EndPolicy.ENCRYPTED:
+            raise P3eftError(
+                "this model owner keeps the adapter encrypted (its end policy is 'encrypted'): "
+                "run with --end encrypted"
+            )
         res["model"].update({k: do.setup.model["config"][k] for k in ("model", "layers", "max_len")})
         run_id = {
             "model": do.setup.model["config"],
@@ -273,14 +286,30 @@ def evaluate_encrypted(
     server: str | None = None,
     certs: str | Path | None = None,
     progress: bool = True,
+    checkpoint: CheckpointDir | None = None,
 ) -> dict[str, Any]:
-    """Two-party inference with the session's encrypted adapter (after ``train_limit`` encrypted steps)."""
+    """Two-party inference with an encrypted adapter: the one a ``finetune`` run left in
+    ``checkpoint`` (its keys, and its adapter restored into a new session), or the new session's own
+    after ``train_limit`` encrypted steps."""
     from p3eft.privtuner.wiring import BertBackend, BertCodec
 
+    if checkpoint is not None and train_limit:
+        raise P3eftError("--checkpoint evaluates a trained adapter: it takes no --train-limit")
+    saved = checkpoint.load() if checkpoint is not None else None
     dev = _sst2("eval", limit, data_dir)
     backend = None if server else BertBackend(cfg, data_dir)
     res: dict[str, Any] = {"model": _model_info(cfg, backend), "server": server}
-    with data_owner(BertCodec, DataOwnerConfig(lr=cfg.lr), backend, server, certs) as (do, _):
+    kept = {}
+    if saved is not None:
+        kept = {"keys": saved.keys}
+        if backend is not None:  # in process: the model owner that issued the checkpoint, restarted
+            policy = EndPolicy.ENCRYPTED if "sealed" in saved.state else EndPolicy.EXPORT
+            kept.update(state_key=checkpoint.in_process_state_key(), end_policy=policy)
+    with data_owner(BertCodec, DataOwnerConfig(lr=cfg.lr), backend, server, certs, **kept) as (do, _):
+        if saved is not None:
+            check_same_run(saved.run.get("model", {}), do.setup.model["config"])  # the adapter's model
+            do.restore(saved.state)
+            res["checkpoint"] = {"steps": len(saved.progress.get("losses", [])), "run": saved.run}
         if train_limit:
             cb, close = _bar(progress, "encrypted training")
             try:

@@ -39,6 +39,22 @@ def sealing_key(platform_secret: bytes, measurement: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=measurement, info=b"p3eft-seal-v1").derive(platform_secret)
 
 
+def sealed_label(blob: bytes) -> str | None:
+    """The label in a sealed blob's header (public: it is authenticated, not encrypted), or None when
+    ``blob`` is not a well-formed sealed blob. Lets a party check what kind of sealed state it holds or
+    forwards without the key."""
+    head = len(_MAGIC) + 4
+    if not isinstance(blob, bytes) or len(blob) < head + 12 + 16 or not blob.startswith(_MAGIC):
+        return None
+    version, n = struct.unpack_from("<HH", blob, len(_MAGIC))
+    if version != _VERSION or len(blob) < head + n + 12 + 16:
+        return None
+    try:
+        return blob[head : head + n].decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
 class Sealer:
     """Encrypt/decrypt payloads under a sealing key, and write/read them atomically.
 
