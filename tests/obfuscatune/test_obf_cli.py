@@ -71,11 +71,41 @@ def test_info_prices_span_filling_by_call_size(tmp_path):
     assert overhead("mix:4+fill", 128) > 10 and overhead("mix:4", 128) == pytest.approx(0.25)
 
 
+def test_info_prices_the_head_at_its_share_of_positions(tmp_path):
+    """The LM head at a quarter of the positions costs a quarter of its full-logits arithmetic, and
+    nothing else changes: GPT2-XL at 512-row calls (docs: 10.1% with full logits)."""
+
+    def arithmetic(share: float) -> dict:
+        out = tmp_path / f"{share}.json"
+        argv = [
+            "obfuscatune",
+            "info",
+            "--model",
+            "gpt2-xl",
+            "--rows-per-call",
+            "512",
+            "--head-share",
+            str(share),
+        ]
+        assert main([*argv, "--json", str(out)]) == 0
+        return json.loads(out.read_text())["arithmetic"]
+
+    full, quarter = arithmetic(1.0), arithmetic(0.25)
+    head = full["lm_head_share"] * (full["accelerator_flops_per_token"] + full["enclave_flops_per_token"])
+    saved = full["enclave_flops_per_token"] - quarter["enclave_flops_per_token"]
+    assert saved == pytest.approx(0.75 * head, rel=1e-9)
+    assert quarter["accelerator_flops_per_token"] == full["accelerator_flops_per_token"]
+    assert full["enclave_vs_useful_accelerator"] == pytest.approx(0.101, abs=5e-4)
+    assert quarter["enclave_vs_useful_accelerator"] < 0.10
+
+
 @pytest.mark.parametrize(
     "argv",
     [
         ["info", "--masks", "diagonal"],
         ["info", "--mode", "loose"],
+        ["info", "--head-share", "0"],
+        ["info", "--head-share", "1.5"],
         ["verify", "--model", "no-such-model"],
         ["evaluate", "--model", "gpt2", "--dataset", "obqa", "--defence", "mix:1"],
         ["finetune", "--model", "gpt2", "--dataset", "obqa", "--out", "unused", "--defence", "mix:4+fil"],

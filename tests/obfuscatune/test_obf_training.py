@@ -16,13 +16,23 @@ def _plain_sgd_steps(peft_model, batches, lr, momentum):
     losses, first_grad_norm = [], None
     for data in batches:
         opt.zero_grad()
-        loss = peft_model(**data).loss
+        loss = _causal_lm_loss(peft_model, data)
         loss.backward()
         if first_grad_norm is None:
             first_grad_norm = _norm({i: p.grad for i, p in enumerate(params) if p.grad is not None})
         opt.step()
         losses.append(loss.item())
     return losses, first_grad_norm
+
+
+def _causal_lm_loss(model, data):
+    """transformers' causal-LM loss from the full logits, but in the logits' own precision: its own
+    ``.loss`` casts float64 logits down to float32, which would cap the float64 checks at ~1e-7."""
+    logits = model(input_ids=data["input_ids"], attention_mask=data["attention_mask"]).logits
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), data["labels"][:, 1:].reshape(-1), ignore_index=-100
+    )
 
 
 def _norm(tensors):
@@ -183,3 +193,29 @@ def test_mask_refresh_keeps_the_model_and_changes_the_coordinates():
     a_after = ch.call("export_adapter")["tensors"]
     assert all((a_after[k] - a_before[k]).abs().max().item() <= 1e-9 for k in a_before)
     ch.call("train_step", **batch(seed=3))  # training goes on under the new masks
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_the_enclave_loss_runs_the_head_only_where_labels_are(family):
+    """The enclave's training loss equals the full-logits loss (value and every gradient, float64),
+    while the LM head sees only the positions with a next-token label (here 21 of 3 x 12)."""
+    from p3eft.obfuscatune.enclave import labelled_positions_loss
+
+    make = tiny_gpt2 if family == "gpt2" else tiny_llama
+    ref_model, model = make(), make()
+    b = batch()
+    hf_own = float(ref_model(**b).loss.detach())  # computed in float32 by transformers
+    ref = _causal_lm_loss(ref_model, b)
+    ref.backward()
+    rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    loss = labelled_positions_loss(model, b["input_ids"], b["attention_mask"], b["labels"])
+    hook.remove()
+    loss.backward()
+    labelled = int((b["labels"][:, 1:] != -100).sum())
+    assert rows == [labelled] and labelled < b["input_ids"].numel()
+    assert abs(float(loss.detach()) - float(ref.detach())) < 1e-12
+    assert abs(float(loss.detach()) - hf_own) < 1e-6
+    for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
+        if q.grad is not None:
+            assert torch.allclose(p.grad, q.grad, atol=1e-12), name

@@ -259,13 +259,29 @@ def info(
     rows: int | None = typer.Option(
         None, "--rows-per-call", min=1, help="Rows per call, for the defence's price (default: --context)."
     ),
+    head_share: float = typer.Option(
+        1.0,
+        "--head-share",
+        help="Share of positions whose logits the enclave computes: 1 = full logits; training: the "
+        "positions the loss covers; generation: one per new token.",
+    ),
     json_out: Path | None = opt.JSON_OUT,
 ) -> None:
     """Parameter and per-token arithmetic accounting, from the model's actual split (meta device)."""
     from p3eft.obfuscatune import run
 
+    if not 0 < head_share <= 1:
+        raise P3eftError(f"--head-share must be in (0, 1], got {head_share}")
     _settings(mode, masks, defence=defence)
-    res = run.info(model, mode=mode, masks=masks, context=context, defence=defence, rows_per_call=rows)
+    res = run.info(
+        model,
+        mode=mode,
+        masks=masks,
+        context=context,
+        defence=defence,
+        rows_per_call=rows,
+        head_share=head_share,
+    )
     _write(res, json_out)
     a = res["arithmetic"]
     typer.echo(
@@ -282,7 +298,7 @@ def info(
     )
     typer.echo(
         f"    masking {a['masking_share']:.1%} (= {a['masking_vs_accelerator']:.1%} of the accelerator's), "
-        f"LM head {a['lm_head_share']:.1%}, attention {a['attention_share']:.1%}, "
+        f"LM head {a['lm_head_share']:.1%} (at {head_share:.0%} of the positions), attention {a['attention_share']:.1%}, "
         f"norms/nonlinear {a['norms_nonlinear_share']:.1%}"
     )
     typer.echo(

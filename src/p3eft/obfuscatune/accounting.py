@@ -92,6 +92,7 @@ def arithmetic_per_token(
     lora_rank: int = 16,
     defence: str = "none",
     rows_per_call: int | None = None,
+    head_share: float = 1.0,
 ) -> Arithmetic:
     """Per-token arithmetic at an average causal context of ``(context + 1) / 2`` positions.
 
@@ -99,7 +100,14 @@ def arithmetic_per_token(
     element with a dense matrix, ``2(a+b)`` with span filling's short-call construction) and unmixing
     of every answer (``a+b``), and the accelerator's random rows (``(a+b)/a`` times its work), with
     the grouping ``(a, b)`` of a call of ``rows_per_call`` rows (default: one prompt of ``context``
-    tokens) at each boundary's width (:mod:`p3eft.obfuscatune.mixing`)."""
+    tokens) at each boundary's width (:mod:`p3eft.obfuscatune.mixing`).
+
+    ``head_share``: the share of positions whose logits the enclave computes (ours). 1 for full logits
+    (the ``logits`` call); in training, the positions the loss covers (the enclave's loss applies the
+    head only there: :func:`~p3eft.obfuscatune.enclave.labelled_positions_loss`); in greedy generation,
+    one position per new token (transformers keeps only the last position's logits)."""
+    if not 0 < head_share <= 1:
+        raise ValueError(f"head_share must be in (0, 1], got {head_share}")
     cfg = split.enclave_model.config
     d = hidden_size(split.enclave_model)
     fam = parse_masks(masks).with_chunk(d)
@@ -139,7 +147,7 @@ def arithmetic_per_token(
         norms = layers * per_layer + RMSNORM_FLOPS * d
         qk_dim = d
     attention = layers * (2 * 2 * avg_ctx * qk_dim + SOFTMAX_FLOPS * heads * avg_ctx)
-    lm_head = 2 * d * vocab
+    lm_head = 2 * d * vocab * head_share
     return Arithmetic(lin, lora, mask, norms, attention, lm_head, mix, lin / plain_lin)
 
 
@@ -151,13 +159,20 @@ def model_accounting(
     context: int = 128,
     defence: str = "none",
     rows_per_call: int | None = None,
+    head_share: float = 1.0,
 ) -> dict[str, Any]:
-    """Parameter shares and per-token arithmetic of one architecture, from its split (``rows_per_call``:
-    see :func:`arithmetic_per_token`)."""
+    """Parameter shares and per-token arithmetic of one architecture, from its split (``rows_per_call``
+    and ``head_share``: see :func:`arithmetic_per_token`)."""
     split = meta_split(config)
     out = split.accounting()
     out["arithmetic"] = arithmetic_per_token(
-        split, mode=mode, masks=masks, context=context, defence=defence, rows_per_call=rows_per_call
+        split,
+        mode=mode,
+        masks=masks,
+        context=context,
+        defence=defence,
+        rows_per_call=rows_per_call,
+        head_share=head_share,
     ).to_dict()
     out.update(
         {
@@ -168,6 +183,7 @@ def model_accounting(
             "defence": defence,
             "context": context,
             "rows_per_call": context if rows_per_call is None else rows_per_call,
+            "head_share": head_share,
         }
     )
     return out

@@ -34,6 +34,7 @@ from p3eft.obfuscatune.split import (
     split_model,
 )
 from p3eft.runtime import codec
+from p3eft.tuning.lm_data import IGNORE_INDEX
 from p3eft.tuning.lora import LoraSettings
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -48,6 +49,28 @@ PAPER_MODE_WARNING = (
     "attacker holding the public base model it protects neither the prompts (without row mixing) nor the "
     "weights (measured: docs/obfuscatune.md, 'What the untrusted side sees'); use it for the paper's ablation only"
 )
+
+
+def labelled_positions_loss(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
+    """The causal-LM loss of ``model(..., labels=labels)``, with the LM head applied only at the
+    positions that carry a label (ours).
+
+    The head is the enclave's largest single cost (GPT2-XL: 2 x 1600 x 50257 FLOPs per position, more
+    than half of its arithmetic), and a fine-tuning loss usually covers a minority of positions (the
+    answer, not the question; never the padding). The transformer body runs as before; its last
+    hidden states at the positions whose next token is labelled go through the head, and the loss is
+    their mean cross-entropy, as transformers computes it (labels shifted by one, ``-100`` ignored,
+    logits at least float32), except that float64 logits stay float64 (transformers casts them down
+    to float32, which would cap the float64 exactness checks at ~1e-7). Same loss and gradients up
+    to float summation order."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    return torch.nn.functional.cross_entropy(logits, targets[keep])
 
 
 @dataclass
@@ -421,10 +444,8 @@ class Enclave:
             # went through: in-process, networked and resumed runs then see the same draws.
             with torch.random.fork_rng(devices=[]), torch.enable_grad():
                 torch.manual_seed(self._dropout_seed())
-                out = model(
-                    input_ids=input_ids.long(), attention_mask=attention_mask.long(), labels=labels.long()
-                )
-                out.loss.backward()
+                loss = labelled_positions_loss(model, input_ids.long(), attention_mask.long(), labels.long())
+                loss.backward()
         finally:
             self.cloud.call("release", tag=str(self._step))
             for stub in split.stubs.values():
@@ -433,7 +454,7 @@ class Enclave:
             self.anchor.grad = None
             model.eval()
         self.cloud.call("step")
-        return {"loss": float(out.loss.detach()), "step": self._step}
+        return {"loss": float(loss.detach()), "step": self._step}
 
     def _dropout_seed(self) -> int:
         digest = hashlib.blake2b(
