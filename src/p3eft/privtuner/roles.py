@@ -217,10 +217,11 @@ class ModelOwner:
 
     @remote
     def pt_checkpoint(self, session: str) -> dict[str, Any]:
-        """The encrypted adapter and head between steps, with the model owner's tag. The data owner
-        stores it and may later :meth:`pt_restore` it into a new session under the same keys (after a
-        crash of either party); the tag makes sure that only a state this model owner produced for
-        these keys and this model can be loaded, never one the data owner made up."""
+        """The encrypted adapter and head between steps: with the model owner's tag (end policy
+        ``export``), or sealed under the model owner's key (``encrypted``: the data owner cannot open
+        it). The data owner stores it and may later :meth:`pt_restore` it into a new session under the
+        same keys (after a crash of either party); tag and seal make sure that only a state this model
+        owner produced for these keys and this model can be loaded, never one the data owner made up."""
         s = self._session(session)
         s.require_idle()
         model, ctx = s.require_model()
