@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from p3eft.data import MultipleChoiceExample
+from p3eft.errors import P3eftError
 from p3eft.models import load_causal_lm
 from p3eft.models.loading import _load_tokenizer
 from p3eft.models.registry import get_spec
@@ -102,3 +103,41 @@ def test_batching_and_padding_do_not_change_scores(tiny_gpt2_dir):
     )
     for x, y in zip(one["details"], many["details"], strict=True):
         assert x["logliks"] == pytest.approx(y["logliks"], abs=1e-4)
+
+
+def test_scoring_from_the_scored_positions_only_equals_full_logits(tiny_gpt2_dir):
+    """A model that returns logits only where the scorer looks (the continuation) scores the same as
+    full logits; a function that returns the wrong positions is refused, not misread."""
+    lm = load_causal_lm(tiny_gpt2_dir)
+    examples = [
+        MultipleChoiceExample(id=str(i), context=f"Question: {i} plus {i}?\nAnswer:", choices=c, label=0)
+        for i, c in enumerate([["two", "a longer wrong answer"], ["x", "yy", "zed"]])
+    ]
+
+    def full(ids, mask):
+        return lm.model(input_ids=ids, attention_mask=mask).logits
+
+    seen = []
+
+    def selected(ids, mask, positions):
+        seen.append((int(positions.sum()), positions.numel()))
+        return full(ids, mask)[positions]
+
+    a = score_multiple_choice(full, lm.tokenizer, examples, batch_size=2, progress=False, return_details=True)
+    b = score_multiple_choice(
+        None,
+        lm.tokenizer,
+        examples,
+        batch_size=2,
+        progress=False,
+        return_details=True,
+        selected_logits_fn=selected,
+    )
+    assert a == b
+    assert all(0 < n < total for n, total in seen)  # only the continuations are asked for
+    with pytest.raises(P3eftError, match="scored positions"):
+        score_multiple_choice(
+            None, lm.tokenizer, examples, progress=False, selected_logits_fn=lambda i, m, p: full(i, m)
+        )
+    with pytest.raises(ValueError, match="exactly one"):
+        score_multiple_choice(full, lm.tokenizer, examples, progress=False, selected_logits_fn=selected)

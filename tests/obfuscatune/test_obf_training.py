@@ -219,3 +219,33 @@ def test_the_enclave_loss_runs_the_head_only_where_labels_are(family):
     for (name, p), q in zip(model.named_parameters(), ref_model.parameters(), strict=True):
         if q.grad is not None:
             assert torch.allclose(p.grad, q.grad, atol=1e-12), name
+
+
+def test_the_enclave_scores_with_the_head_only_at_the_asked_positions():
+    """``continuation_logits`` returns the split model's logits at the marked positions, equal to the
+    plain model's there, with the LM head run on those rows only; a mask of another shape is refused."""
+    model = tiny_gpt2()
+    s = session_from_model(tiny_gpt2(), EnclaveSettings(dtype="float64"))
+    b = batch()
+    positions = b["labels"] != -100
+    rows = []
+    head = s.enclave.split.enclave_model.get_output_embeddings()
+    hook = head.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0]))
+    got = s.enclave_channel.call(
+        "continuation_logits",
+        input_ids=b["input_ids"],
+        attention_mask=b["attention_mask"],
+        positions=positions,
+    )
+    hook.remove()
+    with torch.no_grad():
+        want = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits[positions]
+    assert rows == [int(positions.sum())] and got.shape == want.shape
+    assert torch.allclose(got, want, atol=1e-9)
+    with pytest.raises(ProtocolError, match="shape of input_ids"):
+        s.enclave_channel.call(
+            "continuation_logits",
+            input_ids=b["input_ids"],
+            attention_mask=b["attention_mask"],
+            positions=positions[:, 1:],
+        )

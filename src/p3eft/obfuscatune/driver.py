@@ -99,18 +99,19 @@ def evaluate(
             f"ObfuscaTune evaluates causal LMs on multiple-choice tasks, not {task.kind} ({task.name})"
         )
 
-    def logits_fn(ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return enclave.call("logits", input_ids=ids, attention_mask=mask)
+    def selected_logits_fn(ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return enclave.call("continuation_logits", input_ids=ids, attention_mask=mask, positions=positions)
 
     t0 = time.perf_counter()
     metrics = score_multiple_choice(
-        logits_fn,
+        None,
         tokenizer,
         task.examples,
         batch_size=batch_size,
         max_length=max_length,
         progress=progress,
         pad_token_id=_pad_id(tokenizer),
+        selected_logits_fn=selected_logits_fn,
     )
     metrics["seconds"] = time.perf_counter() - t0
     return metrics

@@ -65,12 +65,21 @@ def labelled_positions_loss(
     logits at least float32), except that float64 logits stay float64 (transformers casts them down
     to float32, which would cap the float64 exactness checks at ~1e-7). Same loss and gradients up
     to float summation order."""
-    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[:, :-1][keep])
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = targets != IGNORE_INDEX
+    logits = head_at(model, input_ids, attention_mask, keep)
     logits = logits if logits.dtype == torch.float64 else logits.float()
-    return torch.nn.functional.cross_entropy(logits, targets[keep])
+    return torch.nn.functional.cross_entropy(logits, targets[keep[:, :-1]])
+
+
+def head_at(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
+    """The logits at the marked ``positions`` only (``[N, V]``, in row-major order of the mask): the
+    transformer body runs on every position, the LM head only on the marked ones (ours)."""
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    return model.get_output_embeddings()(hidden[positions])
 
 
 @dataclass
@@ -468,6 +477,21 @@ class Enclave:
         model.eval()
         with torch.no_grad():
             return model(input_ids=input_ids.long(), attention_mask=attention_mask.long()).logits
+
+    @remote
+    def continuation_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, positions: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits only where the caller scores (``positions``: a boolean mask shaped like
+        ``input_ids``), as ``[N, V]`` in row-major order: the multiple-choice scorer needs the
+        continuation's positions, and the LM head, the enclave's largest cost, runs only there.
+        The data owner also receives fewer of the fine-tuned model's outputs."""
+        model = self._require_ready().enclave_model
+        if not isinstance(positions, torch.Tensor) or positions.shape != input_ids.shape:
+            raise ProtocolError("positions must be a mask with the shape of input_ids")
+        model.eval()
+        with torch.no_grad():
+            return head_at(model, input_ids.long(), attention_mask.long(), positions.bool())
 
     @remote
     def token_logprobs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

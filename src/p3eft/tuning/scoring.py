@@ -24,6 +24,8 @@ from p3eft.data.types import ClassificationExample, MultipleChoiceExample, Task
 from p3eft.errors import P3eftError
 
 LogitsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# (input_ids, attention_mask, positions) -> the logits at the marked positions only, [N, V] row-major
+SelectedLogitsFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def check_scoring_args(batch_size: int, max_length: int) -> None:
@@ -64,14 +66,27 @@ def choice_logliks(
     the target at every marked position. Only marked positions are normalised (saves memory at large V).
     """
     mask = cont_mask.bool()
-    rows = torch.arange(logits.shape[0], device=logits.device).unsqueeze(1).expand_as(mask)[mask]
-    sel = logits[mask].float()  # [N, V]
+    return selected_logliks(logits[mask], targets, mask)
+
+
+def selected_logliks(
+    selected: torch.Tensor, targets: torch.Tensor, cont_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`choice_logliks` from the logits at the marked positions only (``[N, V]``, row-major
+    order of ``cont_mask``), as a :data:`SelectedLogitsFn` returns them."""
+    mask = cont_mask.bool()
+    if selected.ndim != 2 or selected.shape[0] != int(mask.sum()):
+        raise P3eftError(
+            f"expected logits at the {int(mask.sum())} scored positions, got shape {tuple(selected.shape)}"
+        )
+    rows = torch.arange(mask.shape[0], device=selected.device).unsqueeze(1).expand_as(mask)[mask]
+    sel = selected.float()  # [N, V]
     tgt = targets[mask]
     tok_lp = torch.log_softmax(sel, dim=-1).gather(-1, tgt.unsqueeze(-1)).squeeze(-1)
     hit = sel.argmax(-1) == tgt
-    ll = torch.zeros(logits.shape[0], dtype=torch.float64, device=logits.device)
+    ll = torch.zeros(mask.shape[0], dtype=torch.float64, device=selected.device)
     ll.index_add_(0, rows, tok_lp.double())
-    misses = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+    misses = torch.zeros(mask.shape[0], dtype=torch.long, device=selected.device)
     misses.index_add_(0, rows, (~hit).long())
     return ll, misses == 0
 
@@ -95,7 +110,7 @@ def _requests(tokenizer, examples: Sequence[MultipleChoiceExample], max_length: 
 
 
 def score_multiple_choice(
-    logits_fn: LogitsFn,
+    logits_fn: LogitsFn | None,
     tokenizer,
     examples: Sequence[MultipleChoiceExample],
     *,
@@ -104,12 +119,17 @@ def score_multiple_choice(
     max_length: int = 1024,
     pad_token_id: int | None = None,
     return_details: bool = False,
+    selected_logits_fn: SelectedLogitsFn | None = None,
 ) -> dict:
     """``acc``, ``acc_norm``, ``exact_match``, ``mean_gold_loglik`` and ``n`` over ``examples`` (module doc).
 
     ``mean_gold_loglik`` is the mean log-likelihood of the best gold choice: a continuous number that
-    moves with any change of the model, where accuracies on a few questions may not.
+    moves with any change of the model, where accuracies on a few questions may not. Give
+    ``selected_logits_fn`` instead of ``logits_fn`` for a model that computes logits only where they
+    are scored (the continuation's positions).
     """
+    if (logits_fn is None) == (selected_logits_fn is None):
+        raise ValueError("give exactly one of logits_fn and selected_logits_fn")
     if not examples:
         raise ValueError("no examples to score")
     check_scoring_args(batch_size, max_length)
@@ -133,8 +153,10 @@ def score_multiple_choice(
                 tgt[row, :n] = torch.tensor(toks[1:])
                 att[row, :n] = 1
                 cm[row, n - reqs[i].n_cont : n] = True
-            logits = logits_fn(inp, att)
-            ll, gr = choice_logliks(logits, tgt, cm)
+            if selected_logits_fn is not None:
+                ll, gr = selected_logliks(selected_logits_fn(inp, att, cm), tgt, cm)
+            else:
+                ll, gr = choice_logliks(logits_fn(inp, att), tgt, cm)
             for row, i in enumerate(idx):
                 logliks[i], greedy[i] = float(ll[row]), bool(gr[row])
     per_ex: dict[int, list[int]] = {}
