@@ -244,3 +244,28 @@ def test_encrypted_phases_resume_after_a_crash(tmp_path, monkeypatch):
     assert tr["twin_losses"] == pytest.approx(losses, abs=1e-9)
     # negative control: a twin restarted from the initial adapter has another second loss
     assert abs(twin_update(twin, batches[1], init, 0.5)[0][0] - losses[1]) > 1e-3
+
+
+def test_the_report_lists_every_encrypted_update_against_the_twin():
+    """Phase 2's report: updates done of planned, examples per update, one row per update."""
+    et = {
+        "examples": 16,
+        "updates": 2,
+        "batch": 8,
+        "steps_done": 1,
+        "seconds": 3.0,
+        "enc_losses": [0.69],
+        "twin_losses": [0.68],
+        "max_abs_loss_diff": 0.01,
+    }
+    res = {
+        "config": ExperimentConfig().__dict__,
+        "weights": {"random": True, "source": "test"},
+        "started": "now",
+        "machine": {"cpu_model": "cpu", "cores": 2},
+        "phases_done": [],
+        "encrypted_train": et,
+    }
+    text = markdown(res, "x.json", "x.png").split("## Phase 2")[1]
+    assert "1 of 2 encrypted SGD updates ran (8 example(s) each, 16 examples in all)" in text
+    assert "| 1 | 0.69000 | 0.68000 | +1.0e-02 |" in text and "| 2 |" not in text

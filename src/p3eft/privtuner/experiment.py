@@ -775,9 +775,19 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
         lines += [
             "## Phase 2: encrypted fine-tuning through the protocol",
             "",
-            f"{et.get('steps_done', 0)} of {et['examples']} encrypted SGD steps ran (one example each) in "
-            f"{et.get('seconds', 0):.0f} s; largest |encrypted loss - twin loss| per step: "
+            f"{et.get('steps_done', 0)} of {et.get('updates', et['examples'])} encrypted SGD updates ran "
+            f"({et.get('batch', 1)} example(s) each, {et['examples']} examples in all) in "
+            f"{et.get('seconds', 0):.0f} s; largest |encrypted loss - twin loss| per update: "
             f"{et.get('max_abs_loss_diff', float('nan')):.2e}.",
+            "",
+            "| update | encrypted loss | twin loss | difference |",
+            "|---|---|---|---|",
+            *(
+                f"| {i + 1} | {e:.5f} | {t:.5f} | {e - t:+.1e} |"
+                for i, (e, t) in enumerate(
+                    zip(et.get("enc_losses", []), et.get("twin_losses", []), strict=False)
+                )
+            ),
             "",
         ]
     ev = res.get("encrypted_eval")
