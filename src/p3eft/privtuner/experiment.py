@@ -624,10 +624,13 @@ def plot(res: dict[str, Any], png: Path) -> None:
         _not_run(axes[0], "phase 1 (plaintext LoRA and twin) not run")
     et = res.get("encrypted_train")
     if et and et.get("enc_losses"):
-        axes[1].plot(et["twin_losses"], "o-", label="twin", ms=3)
-        axes[1].plot(et["enc_losses"], "x--", label="encrypted", ms=4)
-        axes[1].set_title(f"phase 2: loss per step, {len(et['enc_losses'])} encrypted steps")
-        axes[1].set_xlabel("step (one example)")
+        updates = np.arange(1, len(et["enc_losses"]) + 1)
+        axes[1].plot(updates[: len(et["twin_losses"])], et["twin_losses"], "o-", label="twin", ms=3)
+        axes[1].plot(updates, et["enc_losses"], "x--", label="encrypted", ms=4)
+        planned = et.get("updates", len(updates))
+        axes[1].set_title(f"phase 2: loss per update, {len(updates)} of {planned} encrypted updates")
+        axes[1].set_xlabel(f"update ({et.get('batch', 1)} example(s) each)")
+        axes[1].set_xticks(updates)
         axes[1].legend()
     else:
         _not_run(axes[1], "phase 2 (encrypted training) not run")
