@@ -197,9 +197,7 @@ class ModelOwner:
         """HMAC-SHA256 under the model owner's state key over what a checkpoint is: these exact
         ciphertexts, for these keys (context id) and this model (backend fingerprint)."""
         mac = hmac.new(self._state_key, b"p3eft-privtuner-checkpoint-v1", hashlib.sha256)
-        fingerprint = str(getattr(self.backend, "fingerprint", ""))
-        for part in (ctx.context_id, self.backend.name.encode(), fingerprint.encode()):
-            mac.update(len(part).to_bytes(8, "little") + part)
+        mac.update(self._binding(ctx))
         for name in sorted(adapter):
             raw = name.encode()
             mac.update(len(raw).to_bytes(8, "little") + raw + len(adapter[name]).to_bytes(8, "little"))
@@ -207,13 +205,16 @@ class ModelOwner:
                 mac.update(hashlib.sha256(blob).digest())
         return mac.hexdigest()
 
+    def _binding(self, ctx: CkksContext) -> bytes:
+        """What a checkpoint belongs to, length-prefixed: the data owner's keys (context id) and this
+        model (name, fingerprint). Both the tag and the sealed label cover it."""
+        fingerprint = str(getattr(self.backend, "fingerprint", ""))
+        parts = (ctx.context_id, self.backend.name.encode(), fingerprint.encode())
+        return b"".join(len(part).to_bytes(8, "little") + part for part in parts)
+
     def _sealed_label(self, ctx: CkksContext) -> str:
         """What a sealed checkpoint is bound to (its AEAD label): these keys and this model."""
-        digest = hashlib.sha256()
-        fingerprint = str(getattr(self.backend, "fingerprint", ""))
-        for part in (ctx.context_id, self.backend.name.encode(), fingerprint.encode()):
-            digest.update(len(part).to_bytes(8, "little") + part)
-        return f"{P.SEALED_STATE_LABEL}:{digest.hexdigest()}"
+        return f"{P.SEALED_STATE_LABEL}:{hashlib.sha256(self._binding(ctx)).hexdigest()}"
 
     @remote
     def pt_checkpoint(self, session: str) -> dict[str, Any]:

@@ -39,18 +39,28 @@ def sealing_key(platform_secret: bytes, measurement: bytes) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=measurement, info=b"p3eft-seal-v1").derive(platform_secret)
 
 
+def _read_header(blob: bytes) -> tuple[int, bytes, int] | None:
+    """``(version, raw label, header length)`` of a sealed blob, or None without the magic and room
+    for a nonce."""
+    head = len(_MAGIC) + 4
+    if len(blob) < head + 12 or not blob.startswith(_MAGIC):
+        return None
+    version, n = struct.unpack_from("<HH", blob, len(_MAGIC))
+    return version, blob[head : head + n], head + n
+
+
 def sealed_label(blob: bytes) -> str | None:
     """The label in a sealed blob's header (public: it is authenticated, not encrypted), or None when
     ``blob`` is not a well-formed sealed blob. Lets a party check what kind of sealed state it holds or
     forwards without the key."""
-    head = len(_MAGIC) + 4
-    if not isinstance(blob, bytes) or len(blob) < head + 12 + 16 or not blob.startswith(_MAGIC):
+    parsed = _read_header(blob) if isinstance(blob, bytes) else None
+    if parsed is None:
         return None
-    version, n = struct.unpack_from("<HH", blob, len(_MAGIC))
-    if version != _VERSION or len(blob) < head + n + 12 + 16:
+    version, raw_label, end = parsed
+    if version != _VERSION or len(blob) < end + 12 + 16:
         return None
     try:
-        return blob[head : head + n].decode("utf-8")
+        return raw_label.decode("utf-8")
     except UnicodeDecodeError:
         return None
 
@@ -82,20 +92,19 @@ class Sealer:
         return header + nonce + self._aead.encrypt(nonce, codec.encode(payload), header)
 
     def unseal(self, blob: bytes, label: str, what: str = "sealed file") -> Any:
-        raw_label = label.encode("utf-8")
-        head = len(_MAGIC) + 4
-        if len(blob) < head + 12 or not blob.startswith(_MAGIC):
+        parsed = _read_header(blob)
+        if parsed is None:
             raise SecurityError(f"{what} is not a sealed p3eft file (or truncated)")
-        version, n = struct.unpack_from("<HH", blob, len(_MAGIC))
+        version, raw_label, end = parsed
         if version != _VERSION:
             raise SecurityError(f"{what}: unsupported sealed-file version {version}")
-        if blob[head : head + n] != raw_label:
-            found = blob[head : head + n].decode("utf-8", "replace")
+        if raw_label != label.encode("utf-8"):
+            found = raw_label.decode("utf-8", "replace")
             raise SecurityError(f"{what} is sealed as {found!r}, expected {label!r} (swapped or stale file)")
-        header = blob[: head + n]
-        nonce = blob[head + n : head + n + 12]
+        header = blob[:end]
+        nonce = blob[end : end + 12]
         try:
-            plain = self._aead.decrypt(nonce, blob[head + n + 12 :], header)
+            plain = self._aead.decrypt(nonce, blob[end + 12 :], header)
         except InvalidTag as err:
             raise SecurityError(
                 f"{what} failed authentication: tampered, or sealed by another enclave build/platform"
