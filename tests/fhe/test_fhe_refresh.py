@@ -51,7 +51,8 @@ def test_respond_with_view_for_an_audit(n8192, rng):
     x = rng.uniform(-4, 4, ctx.slots)
     low = ops.mul_plain(ctx, tensor.encrypt(ctx, x), 1.0)
     masker = refresh.RefreshMasker(ctx, bound=4.0)
-    fresh, view = refresh.refresh_respond_with_view(ctx, sk, masker.mask(low))
+    answer, view = refresh.refresh_answer(ctx, sk, masker.mask(low))
+    fresh = ctx.ciphertext_from_bytes(answer)
     np.testing.assert_allclose(tensor.decrypt(sk, ctx, masker.unmask(fresh)), x, atol=REFRESH_TOL)
     norm = refresh.normalised_view(view, 4.0, low.seal.scale)
     assert np.all(np.abs(norm) <= 1.0) and stats.kstest(norm, "uniform", args=(-1, 2)).pvalue > 1e-4
@@ -84,6 +85,49 @@ def test_mask_is_an_exact_integer_polynomial_of_the_stated_width(n8192):
     # an integer mask uniform on a power-of-two width: every low bit is a fair coin
     low_bits = np.array([int(v) & 0xFF for v in r])
     assert stats.chisquare(np.bincount(low_bits, minlength=256)).pvalue > 1e-6
+
+
+def test_request_travels_at_the_lowest_refresh_level_and_the_answer_is_seeded(n8192, rng):
+    # the request is dropped to the lowest level that holds p + r (exact: same view, fewer primes);
+    # the answer is a seeded symmetric encryption, about half the bytes of the ciphertext it loads to
+    ctx, sk = n8192
+    x = rng.uniform(-4, 4, ctx.slots)
+    top = tensor.encrypt(ctx, x)
+    assert ctx.level(top) > refresh.min_refresh_level(ctx, 4.0)
+    masker = refresh.RefreshMasker(ctx, bound=4.0)
+    masked = masker.mask(top)
+    assert ctx.level(masked) == refresh.min_refresh_level(ctx, 4.0)
+    answer, _ = refresh.refresh_answer(ctx, sk, masked)
+    fresh = ctx.ciphertext_from_bytes(answer)
+    assert len(answer) < 0.6 * len(ctx.ciphertext_to_bytes(fresh))
+    np.testing.assert_allclose(tensor.decrypt(sk, ctx, masker.unmask(fresh)), x, atol=REFRESH_TOL)
+
+
+def test_rawpoly_reads_every_word_as_the_binding_does(n8192, rng):
+    # the fast reader (SEAL's own serialisation, decompressed) against one pybind call per word
+    ctx, sk = n8192
+    ct = ops.mul_plain(ctx, tensor.encrypt(ctx, rng.uniform(-1, 1, ctx.slots)), 1.0)
+    pt = sk.decrypt_plaintext(ctx, ct)
+    for obj in (ct.seal, pt):
+        arr = obj.dyn_array()
+        slow = np.fromiter((arr[i] for i in range(arr.size())), dtype=np.uint64, count=arr.size())
+        np.testing.assert_array_equal(rawpoly.read_words(obj), slow)
+        np.testing.assert_array_equal(rawpoly.read_words(obj, 100), slow[:100])
+        with pytest.raises(ValueError, match="words"):
+            rawpoly.read_words(obj, arr.size() + 1)
+
+
+def test_integer_polynomial_survives_the_ntt_plaintext_exactly(n8192, rng):
+    ctx, _ = n8192
+    top = ctx.top_level
+    q = math.prod(rawpoly.primes_at(ctx, top))
+    vals = np.array(
+        [int(v) for v in rng.integers(-(2**62), 2**62, ctx.params.poly_modulus_degree)], dtype=object
+    )
+    vals[:3] = [q // 2, -(q // 2) + 1, 0]
+    pt = rawpoly.ntt_plaintext_from_integers(ctx, top, vals, ctx.params.scale)
+    assert pt.is_ntt_form() and ctx.level(pt) == top and pt.scale == ctx.params.scale
+    assert list(rawpoly.plaintext_coefficients(ctx, pt, top)) == list(vals)
 
 
 def test_rawpoly_crt_round_trip():

@@ -337,16 +337,6 @@ class SecretKey:
         self._decryptor = sealapi.Decryptor(self.seal_context, self.key)
         self._encryptor = sealapi.Encryptor(self.seal_context, self.key)
 
-    def encrypt_zero(self, ctx: CkksContext, level: int, scale: float) -> Any:
-        """A fresh symmetric encryption of zero at ``level`` labelled ``scale`` (cheaper than the
-        public-key one, and as good for the key holder's own re-encryptions)."""
-        if ctx.context_id != self.context_id:
-            raise SecurityError("secret key belongs to another FHE context")
-        out = sealapi.Ciphertext(ctx.seal)
-        self._encryptor.encrypt_zero_symmetric(ctx.parms_id(level), out)
-        out.scale = scale
-        return out
-
     def __repr__(self) -> str:  # never print key material
         return f"SecretKey(params={self.params.name}, context={self.context_id.hex()[:12]})"
 
@@ -366,15 +356,20 @@ class SecretKey:
         """Encrypt under the secret key and serialise with SEAL's seed compression: the second
         polynomial is replaced by its PRNG seed, so the upload is about half a public-key ciphertext.
         Only the key holder can do this; the receiver loads it with ``ciphertext_from_bytes``."""
+        return self.encrypt_plaintext_seeded_bytes(ctx, ctx.encode(slots), layout)
+
+    def encrypt_plaintext_seeded_bytes(self, ctx: CkksContext, pt: Any, layout: Layout) -> bytes:
+        """:meth:`encrypt_seeded_bytes` of a SEAL plaintext already encoded (NTT form, any level and
+        scale): what the refresh answer uses for its integer polynomial."""
         if ctx.context_id != self.context_id:
             raise SecurityError("secret key belongs to another FHE context")
-        seeded = self._encryptor.encrypt_symmetric(ctx.encode(slots))
+        seeded = self._encryptor.encrypt_symmetric(pt)
         return serial.pack(
             "ciphertext",
             self.context_id,
             serial.seal_to_bytes(seeded),
-            level=ctx.top_level,
-            scale=ctx.params.scale,
+            level=ctx.level(pt),
+            scale=pt.scale,
             meta={"layout": layout.to_dict()},
         )
 

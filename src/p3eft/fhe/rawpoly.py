@@ -5,14 +5,16 @@ ciphertext and read a decrypted polynomial as integers, with no floating point i
 ``sealapi`` binding offers neither a writable view nor a NumPy buffer of a polynomial. What it does
 offer, and what we use (ours):
 
-* reading: ``obj.dyn_array()[i]``, one pybind call per 64-bit word. Measured on the development
-  machine: about 0.17 us per word, so 8.5 ms for a whole two-prime N=8192 ciphertext (49152 words),
-  2.8 ms for the one polynomial a decryption gives at level 1. Fast enough for a refresh;
-  ``Plaintext.data(i)`` is no faster and ``Ciphertext.data(i)`` only reaches the first word of a
-  polynomial.
-* writing: we build SEAL's own uncompressed serialisation of a ciphertext (header, metadata, raw
-  words) with NumPy and let SEAL load it through :func:`p3eft.fhe.serial.seal_from_bytes`, which runs
-  SEAL's validity checks (every word below its prime, sizes, parms id).
+* reading: SEAL's own serialisation of the object (zstd-compressed by this build of SEAL),
+  decompressed with ``zstandard`` and read with ``np.frombuffer``. The binding's only other route,
+  ``obj.dyn_array()[i]``, is one pybind call per 64-bit word (0.17 to 0.5 us per word measured on
+  the development machine: 24 ms of a refresh answer's 82 ms went into reading 49152 words that
+  way); ``Plaintext.data(i)`` is no faster and ``Ciphertext.data(i)`` only reaches the first word
+  of a polynomial.
+* writing: we build SEAL's own uncompressed serialisation of a ciphertext or plaintext (header,
+  metadata, raw words) with NumPy and let SEAL load it through
+  :func:`p3eft.fhe.serial.seal_from_bytes`, which runs SEAL's validity checks (every word below its
+  prime, sizes, parms id).
 * number-theoretic transforms: SEAL's own, ``Evaluator.transform_to_ntt`` / ``transform_from_ntt`` on
   ciphertexts. A ciphertext whose second polynomial is zero carries any polynomial we want through
   them, so we never implement modular NTTs ourselves.
@@ -25,17 +27,21 @@ coefficients.
 from __future__ import annotations
 
 import struct
+import zlib
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import tenseal.sealapi as sealapi
+import zstandard
 
 from p3eft.fhe import serial
 
 _SEAL_MAGIC = 0xA15E
 _HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compression, reserved, total size
 _CT_META = struct.Struct("<4QBQQQdQ")  # parms id, is_ntt_form, size, N, primes, scale, correction factor
+_PT_META = struct.Struct("<4QQd")  # parms id, coefficient count, scale
+_COMPRESSION_NONE, _COMPRESSION_ZLIB, _COMPRESSION_ZSTD = 0, 1, 2
 
 
 @lru_cache(maxsize=1)
@@ -63,11 +69,34 @@ def primes_at(ctx: Any, level: int) -> list[int]:
     return [m.value() for m in data.parms().coeff_modulus()]
 
 
+def _members(saved: bytes) -> bytes:
+    """The member bytes of one SEAL serialisation, decompressed (SEAL writes zstd, zlib or none)."""
+    magic, hsize, _, _, compression, _, total = _HEADER.unpack_from(saved)
+    if magic != _SEAL_MAGIC or total != len(saved):
+        raise ValueError("not one whole SEAL serialisation")
+    body = saved[hsize:]
+    if compression == _COMPRESSION_ZSTD:
+        return zstandard.ZstdDecompressor().decompressobj().decompress(body)
+    if compression == _COMPRESSION_ZLIB:
+        return zlib.decompress(body)
+    if compression == _COMPRESSION_NONE:
+        return body
+    raise ValueError(f"unknown SEAL compression mode {compression}")
+
+
 def read_words(obj: Any, count: int | None = None) -> np.ndarray:
-    """The first ``count`` 64-bit words of a SEAL plaintext or ciphertext (all by default)."""
-    arr = obj.dyn_array()
-    n = arr.size() if count is None else count
-    return np.fromiter((arr[i] for i in range(n)), dtype=np.uint64, count=n)
+    """The first ``count`` 64-bit words of a SEAL plaintext or ciphertext (all by default).
+
+    SEAL saves a ciphertext as its metadata then a nested, uncompressed DynArray (header, word count,
+    words); a plaintext likewise with shorter metadata. One save and one decompression read them all."""
+    meta = _CT_META if isinstance(obj, sealapi.Ciphertext) else _PT_META
+    members = _members(serial.seal_to_bytes(obj))
+    start = meta.size + _HEADER.size
+    (size,) = struct.unpack_from("<Q", members, start)
+    n = size if count is None else count
+    if n > size:
+        raise ValueError(f"asked for {n} words of a {size}-word SEAL object")
+    return np.frombuffer(members, dtype="<u8", count=n, offset=start + 8).astype(np.uint64)
 
 
 def ciphertext_from_polys(
@@ -80,6 +109,24 @@ def ciphertext_from_polys(
     return serial.seal_from_bytes(
         sealapi.Ciphertext(ctx.seal), ctx.seal, _header(len(body)) + body, "polynomial"
     )
+
+
+def ntt_plaintext_from_integers(ctx: Any, level: int, values: np.ndarray, scale: float) -> sealapi.Plaintext:
+    """A CKKS plaintext (NTT form, at ``level``, labelled ``scale``) of an integer polynomial, exactly.
+
+    The residues go through SEAL's NTT in a carrier ciphertext (p, 1) (:func:`add_integer_poly`), are
+    read back, and are loaded as a plaintext that SEAL checks. What the key holder needs to encrypt an
+    integer polynomial with SEAL's seeded symmetric encryption (half the bytes of a ciphertext)."""
+    primes = primes_at(ctx, level)
+    n = ctx.params.poly_modulus_degree
+    carrier = np.zeros((2, len(primes), n), dtype=np.uint64)
+    carrier[0] = residues(values, primes)
+    carrier[1, :, 0] = 1
+    lifted = ciphertext_from_polys(ctx, level, carrier, scale, ntt_form=False)
+    ctx.evaluator.transform_to_ntt_inplace(lifted)
+    words = read_words(lifted, len(primes) * n)  # the first polynomial: p in NTT form
+    body = _PT_META.pack(*ctx.parms_id(level), len(primes) * n, float(scale)) + _dynarray_bytes(words)
+    return serial.seal_from_bytes(sealapi.Plaintext(), ctx.seal, _header(len(body)) + body, "plaintext")
 
 
 def residues(values: np.ndarray, primes: list[int]) -> np.ndarray:

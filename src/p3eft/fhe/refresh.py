@@ -5,12 +5,14 @@ homomorphic encryption from ring-learning-with-errors", PoPETs 2021): the mask i
 polynomial in the coefficient domain* of the plaintext, so no floating point touches the masked value.
 
 1. The evaluator (model owner) holds a ciphertext of the plaintext polynomial p = m * scale + e at a
-   level l. It draws r, each of the N coefficients uniform on the integers of [-W, W) with
+   level l, and drops it to the lowest level whose modulus holds p + r (:func:`min_refresh_level`;
+   exact, and the smallest request to send). It draws r, each of the N coefficients uniform on the integers of [-W, W) with
    W = 2^(lambda + ceil(log2 P)), P = (B + 1) * scale, and adds the trivial ciphertext (r, 0):
    :meth:`RefreshMasker.mask`.
 2. The key holder (data owner) decrypts to the integer polynomial p + r (centred modulo q_0...q_l),
-   lifts those integers to every prime of the top level and encrypts them there (a fresh symmetric
-   encryption of zero plus the lifted polynomial): :func:`refresh_respond`. It never sees p alone.
+   lifts those integers to every prime of the top level and encrypts them there with SEAL's seeded
+   symmetric encryption (the second polynomial travels as its PRNG seed, so the answer is half a
+   ciphertext): :func:`refresh_answer`. It never sees p alone.
 3. The evaluator subtracts r at the top level: :meth:`RefreshMasker.unmask`. The result encrypts
    p plus fresh encryption noise, at the scale the input had.
 
@@ -38,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.fhe import rawpoly
+from p3eft.fhe import ops, rawpoly
 from p3eft.fhe.context import Ciphertext, CkksContext, LevelError, SecretKey
 
 DEFAULT_LAMBDA = 40
@@ -116,6 +118,11 @@ class RefreshMasker:
         need = min_refresh_level(self.ctx, self.bound, self.lam)
         if lvl < need:
             raise LevelError(f"refresh with lambda={self.lam} needs level >= {need}, ciphertext is at {lvl}")
+        # Send the request at the lowest level that holds p + r (ours): dropping primes is exact (the
+        # centred p is the same integer modulo the smaller modulus) and keeps the scale, so the key
+        # holder's view is unchanged, while the request, the mask addition and the key holder's
+        # decryption shrink with the number of primes.
+        ct = ops.drop_to(self.ctx, ct, need)
         self._scale = ct.seal.scale
         self._mask = uniform_integers(self.mask_width(self._scale), self.ctx.params.poly_modulus_degree)
         return Ciphertext(rawpoly.add_integer_poly(self.ctx, ct.seal, self._mask), ct.context_id, ct.layout)
@@ -140,20 +147,21 @@ def key_holder_coefficients(ctx: CkksContext, sk: SecretKey, masked: Ciphertext)
     return rawpoly.plaintext_coefficients(ctx, sk.decrypt_plaintext(ctx, masked), ctx.level(masked))
 
 
-def refresh_respond(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> Ciphertext:
-    """Key holder's side: decrypt to the integer polynomial and encrypt it again at the top level."""
-    return refresh_respond_with_view(ctx, sk, masked)[0]
+def refresh_answer(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> tuple[bytes, np.ndarray]:
+    """Key holder's side: decrypt to the integer polynomial and encrypt it again at the top level.
 
-
-def refresh_respond_with_view(
-    ctx: CkksContext, sk: SecretKey, masked: Ciphertext
-) -> tuple[Ciphertext, np.ndarray]:
-    """:func:`refresh_respond`, also returning the key holder's view (the centred integer coefficients
-    it decrypted), for a key holder that keeps an audit record of what it saw."""
+    Returns the answer's bytes (a seeded symmetric encryption: SEAL stores the second polynomial as
+    its seed, so the answer is about half a ciphertext; the receiver's load expands it) and the key
+    holder's view (the centred integer coefficients it decrypted), for a key holder that keeps an
+    audit record of what it saw."""
     coeffs = key_holder_coefficients(ctx, sk, masked)
-    zero = sk.encrypt_zero(ctx, ctx.top_level, masked.seal.scale)
-    fresh = Ciphertext(rawpoly.add_integer_poly(ctx, zero, coeffs), ctx.context_id, masked.layout)
-    return fresh, coeffs
+    pt = rawpoly.ntt_plaintext_from_integers(ctx, ctx.top_level, coeffs, masked.seal.scale)
+    return sk.encrypt_plaintext_seeded_bytes(ctx, pt, masked.layout), coeffs
+
+
+def refresh_respond(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> Ciphertext:
+    """:func:`refresh_answer` as a ciphertext (in-process use: tests, benchmarks, the local refresher)."""
+    return ctx.ciphertext_from_bytes(refresh_answer(ctx, sk, masked)[0])
 
 
 def normalised_view(coeffs: np.ndarray, bound: float, scale: float, lam: int = DEFAULT_LAMBDA) -> np.ndarray:
@@ -164,8 +172,8 @@ def normalised_view(coeffs: np.ndarray, bound: float, scale: float, lam: int = D
 
 
 def refresh_respond_bytes(ctx: CkksContext, sk: SecretKey, masked: bytes) -> bytes:
-    """Same, on checked bytes: what the data owner's ``@remote`` method does."""
-    return ctx.ciphertext_to_bytes(refresh_respond(ctx, sk, ctx.ciphertext_from_bytes(masked)))
+    """Same, on checked bytes: what the key holder's ``@remote`` method does."""
+    return refresh_answer(ctx, sk, ctx.ciphertext_from_bytes(masked))[0]
 
 
 def refresh_local(

@@ -31,7 +31,7 @@ from p3eft.channel import Channel, remote, resolve_remote
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, SecretKey, keygen
 from p3eft.fhe.params import ParamSet
-from p3eft.fhe.refresh import refresh_respond_with_view
+from p3eft.fhe.refresh import refresh_answer
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.accounting import AccountingChannel, Ledger
 from p3eft.privtuner.audit import top_values
@@ -365,15 +365,15 @@ class DataOwner:
     @remote
     def fhe_refresh(self, ciphertext: bytes) -> bytes:
         """Decrypt the masked ciphertext to its integer polynomial (a view of p + r only) and encrypt
-        that polynomial again at the top level (:func:`p3eft.fhe.refresh.refresh_respond_with_view`:
-        the coefficient-domain refresh, no double rounding)."""
+        that polynomial again at the top level (:func:`p3eft.fhe.refresh.refresh_answer`: the
+        coefficient-domain refresh, no double rounding; a seeded answer, half a ciphertext)."""
         masked = self.ctx.ciphertext_from_bytes(ciphertext)
-        fresh, coeffs = refresh_respond_with_view(self.ctx, self._sk, masked)
+        answer, coeffs = refresh_answer(self.ctx, self._sk, masked)
         # the view as float64 (exact to 53 bits: enough for the audit's distribution tests)
         self._record("refresh", np.array([float(c) for c in coeffs]))
         self.ledger.decryptions += 1
         self.ledger.encryptions += 1
-        return self.ctx.ciphertext_to_bytes(fresh)
+        return answer
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _record(self, purpose: str, values: np.ndarray) -> None:
