@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.repeats < 1:
         ap.error("--repeats must be at least 1")
     rows = [measure(s.strip(), a.lam, a.bound, a.repeats) for s in a.sets.split(",") if s.strip()]
-    print("| set | levels (input / refresh / top) | mask | respond | load + unmask | request | answer | max error |")
+    print(
+        "| set | levels (input / refresh / top) | mask | respond | load + unmask | request | answer | max error |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -85,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if a.json:
         command = "python benchmarks/fhe_refresh.py " + " ".join(sys.argv[1:] if argv is None else argv)
-        record = {"provenance": provenance(command, a.repeats), "lambda": a.lam, "bound": a.bound, "rows": rows}
+        record = {
+            "provenance": provenance(command, a.repeats),
+            "lambda": a.lam,
+            "bound": a.bound,
+            "rows": rows,
+        }
         a.json.parent.mkdir(parents=True, exist_ok=True)
         a.json.write_text(json.dumps(record, indent=2) + "\n")
         print(f"wrote {a.json}")

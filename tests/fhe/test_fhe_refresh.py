@@ -51,7 +51,7 @@ def test_respond_with_view_for_an_audit(n8192, rng):
     x = rng.uniform(-4, 4, ctx.slots)
     low = ops.mul_plain(ctx, tensor.encrypt(ctx, x), 1.0)
     masker = refresh.RefreshMasker(ctx, bound=4.0)
-    answer, view = refresh.refresh_answer(ctx, sk, masker.mask(low))
+    answer, view = refresh.refresh_answer(ctx, sk, masker.mask(low), with_view=True)
     fresh = ctx.ciphertext_from_bytes(answer)
     np.testing.assert_allclose(tensor.decrypt(sk, ctx, masker.unmask(fresh)), x, atol=REFRESH_TOL)
     norm = refresh.normalised_view(view, 4.0, low.seal.scale)
@@ -125,7 +125,9 @@ def test_integer_polynomial_survives_the_ntt_plaintext_exactly(n8192, rng):
         [int(v) for v in rng.integers(-(2**62), 2**62, ctx.params.poly_modulus_degree)], dtype=object
     )
     vals[:3] = [q // 2, -(q // 2) + 1, 0]
-    pt = rawpoly.ntt_plaintext_from_integers(ctx, top, vals, ctx.params.scale)
+    pt = rawpoly.ntt_plaintext_from_residues(
+        ctx, top, rawpoly.residues(vals, rawpoly.primes_at(ctx, top)), ctx.params.scale
+    )
     assert pt.is_ntt_form() and ctx.level(pt) == top and pt.scale == ctx.params.scale
     assert list(rawpoly.plaintext_coefficients(ctx, pt, top)) == list(vals)
 
@@ -248,3 +250,18 @@ def test_distinguisher_detects_a_too_narrow_mask(n8192):
 
     adv, sigma = _advantage(ctx, sk, delta, narrow, 8)
     assert adv > 10 * sigma and adv > 0.05
+
+
+def test_key_holder_refuses_a_request_beyond_the_exact_lift(n8192):
+    # a hostile or broken evaluator sends a polynomial near Q/2 of its level: the fast base extension
+    # cannot lift it exactly, so the key holder refuses instead of answering a wrong polynomial
+    ctx, sk = n8192
+    q = math.prod(rawpoly.primes_at(ctx, ctx.top_level - 1))
+    bad = _poly_ciphertext(ctx, q // 2 - 5)
+    with pytest.raises(ProtocolError, match="out of range"):
+        refresh.refresh_answer(ctx, sk, bad)
+    fine = _poly_ciphertext(ctx, q // 8)  # far beyond any bound, yet liftable: answered exactly
+    answer, view = refresh.refresh_answer(ctx, sk, fine, with_view=True)
+    assert max(abs(int(v) - q // 8) for v in view) < 2**16  # the polynomial plus encryption noise
+    back = refresh.key_holder_coefficients(ctx, sk, ops.drop_to(ctx, ctx.ciphertext_from_bytes(answer), 1))
+    assert max(abs(int(b) - int(v)) for b, v in zip(back, view, strict=True)) < 2**16  # fresh noise only

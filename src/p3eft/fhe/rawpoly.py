@@ -111,22 +111,28 @@ def ciphertext_from_polys(
     )
 
 
-def ntt_plaintext_from_integers(ctx: Any, level: int, values: np.ndarray, scale: float) -> sealapi.Plaintext:
-    """A CKKS plaintext (NTT form, at ``level``, labelled ``scale``) of an integer polynomial, exactly.
+def ntt_plaintext_from_residues(ctx: Any, level: int, res: np.ndarray, scale: float) -> sealapi.Plaintext:
+    """A CKKS plaintext (NTT form, at ``level``, labelled ``scale``) of an integer polynomial given by
+    its residues (primes x N) modulo the level's primes, exactly.
 
-    The residues go through SEAL's NTT in a carrier ciphertext (p, 1) (:func:`add_integer_poly`), are
+    The residues go through SEAL's NTT in a carrier ciphertext (p, 1) (:func:`add_residue_poly`), are
     read back, and are loaded as a plaintext that SEAL checks. What the key holder needs to encrypt an
     integer polynomial with SEAL's seeded symmetric encryption (half the bytes of a ciphertext)."""
     primes = primes_at(ctx, level)
     n = ctx.params.poly_modulus_degree
-    carrier = np.zeros((2, len(primes), n), dtype=np.uint64)
-    carrier[0] = residues(values, primes)
-    carrier[1, :, 0] = 1
-    lifted = ciphertext_from_polys(ctx, level, carrier, scale, ntt_form=False)
+    lifted = ciphertext_from_polys(ctx, level, _carrier(res, n), scale, ntt_form=False)
     ctx.evaluator.transform_to_ntt_inplace(lifted)
     words = read_words(lifted, len(primes) * n)  # the first polynomial: p in NTT form
     body = _PT_META.pack(*ctx.parms_id(level), len(primes) * n, float(scale)) + _dynarray_bytes(words)
     return serial.seal_from_bytes(sealapi.Plaintext(), ctx.seal, _header(len(body)) + body, "plaintext")
+
+
+def _carrier(res: np.ndarray, n: int) -> np.ndarray:
+    """The polynomials (p, 1) in coefficient form: p's residues and the constant 1 (not transparent)."""
+    carrier = np.zeros((2, res.shape[0], n), dtype=np.uint64)
+    carrier[0] = res
+    carrier[1, :, 0] = 1
+    return carrier
 
 
 def residues(values: np.ndarray, primes: list[int]) -> np.ndarray:
@@ -153,29 +159,33 @@ def _ones_ntt(count: int, n: int) -> np.ndarray:
 
 
 def add_integer_poly(ctx: Any, ct: sealapi.Ciphertext, values: np.ndarray) -> sealapi.Ciphertext:
-    """ct + (p, 0) for an integer polynomial p (object array of Python ints), exactly, at ct's level.
+    """ct + (p, 0) for an integer polynomial p (object array of Python ints), exactly, at ct's level."""
+    return add_residue_poly(ctx, ct, residues(values, primes_at(ctx, ctx.level(ct))))
+
+
+def add_residue_poly(ctx: Any, ct: sealapi.Ciphertext, res: np.ndarray) -> sealapi.Ciphertext:
+    """ct + (p, 0) for an integer polynomial p given by its residues modulo ct's primes, exactly.
 
     SEAL refuses to transform a "transparent" ciphertext (second polynomial zero), so p travels as
     (p, 1) through SEAL's NTT and the 1 is taken off again with (0, 1) in NTT form, where the
     constant polynomial 1 is all ones (ours)."""
     level = ctx.level(ct)
-    primes = primes_at(ctx, level)
+    count = len(primes_at(ctx, level))
     n = ctx.params.poly_modulus_degree
-    carrier = np.zeros((2, len(primes), n), dtype=np.uint64)
-    carrier[0] = residues(values, primes)
-    carrier[1, :, 0] = 1
-    lifted = ciphertext_from_polys(ctx, level, carrier, ct.scale, ntt_form=False)
+    if res.shape != (count, n):
+        raise ValueError(f"residues of shape {res.shape} for a ciphertext of {count} primes x {n}")
+    lifted = ciphertext_from_polys(ctx, level, _carrier(res, n), ct.scale, ntt_form=False)
     ctx.evaluator.transform_to_ntt_inplace(lifted)
-    one = np.zeros((2, len(primes), n), dtype=np.uint64)
-    one[1] = _ones_ntt(len(primes), n)
+    one = np.zeros((2, count, n), dtype=np.uint64)
+    one[1] = _ones_ntt(count, n)
     out = sealapi.Ciphertext(ctx.seal)
     ctx.evaluator.add(ct, lifted, out)
     ctx.evaluator.sub_inplace(out, ciphertext_from_polys(ctx, level, one, ct.scale, ntt_form=True))
     return out
 
 
-def plaintext_coefficients(ctx: Any, pt: sealapi.Plaintext, level: int) -> np.ndarray:
-    """The centred integer coefficients of a decrypted (NTT-form) CKKS plaintext at ``level``.
+def plaintext_residues(ctx: Any, pt: sealapi.Plaintext, level: int) -> np.ndarray:
+    """The coefficients (primes x N residues) of a decrypted (NTT-form) CKKS plaintext at ``level``.
 
     SEAL adds the plaintext to a carrier (0, 1) in NTT form and takes the sum out of NTT form, so the
     words are read once, already as coefficients."""
@@ -186,4 +196,9 @@ def plaintext_coefficients(ctx: Any, pt: sealapi.Plaintext, level: int) -> np.nd
     carrier = ciphertext_from_polys(ctx, level, polys, pt.scale, ntt_form=True)
     ctx.evaluator.add_plain_inplace(carrier, pt)
     ctx.evaluator.transform_from_ntt_inplace(carrier)
-    return centred(read_words(carrier, len(primes) * n).reshape(len(primes), n), primes)
+    return read_words(carrier, len(primes) * n).reshape(len(primes), n)
+
+
+def plaintext_coefficients(ctx: Any, pt: sealapi.Plaintext, level: int) -> np.ndarray:
+    """The centred integer coefficients (Python ints) of a decrypted (NTT-form) CKKS plaintext."""
+    return centred(plaintext_residues(ctx, pt, level), primes_at(ctx, level))

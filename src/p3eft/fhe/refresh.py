@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.fhe import ops, rawpoly
+from p3eft.fhe import ops, rawpoly, rns
 from p3eft.fhe.context import Ciphertext, CkksContext, LevelError, SecretKey
 
 DEFAULT_LAMBDA = 40
@@ -91,6 +91,17 @@ def uniform_integers(width: int, count: int) -> np.ndarray:
     return out
 
 
+def draw_mask(width: int, count: int) -> rns.LimbPoly:
+    """The refresh mask: ``count`` integers uniform on [-width, width), kept as 64-bit limbs.
+
+    Production widths are powers of two (:meth:`RefreshMasker.mask_width`): exactly that many CSPRNG
+    bits per coefficient. Any other width (tests' narrow negative controls) goes through
+    :func:`uniform_integers`' rejection sampling."""
+    if width >= 1 and width & (width - 1) == 0:
+        return rns.LimbPoly.uniform(width, count)
+    return rns.LimbPoly.from_ints(uniform_integers(width, count))
+
+
 @dataclass
 class RefreshMasker:
     """Evaluator side of one refresh: holds the integer mask between :meth:`mask` and :meth:`unmask`."""
@@ -98,7 +109,7 @@ class RefreshMasker:
     ctx: CkksContext
     bound: float
     lam: int = DEFAULT_LAMBDA
-    _mask: np.ndarray | None = None
+    _mask: rns.LimbPoly | None = None
     _scale: float = 0.0
 
     def __post_init__(self) -> None:
@@ -124,8 +135,9 @@ class RefreshMasker:
         # decryption shrink with the number of primes.
         ct = ops.drop_to(self.ctx, ct, need)
         self._scale = ct.seal.scale
-        self._mask = uniform_integers(self.mask_width(self._scale), self.ctx.params.poly_modulus_degree)
-        return Ciphertext(rawpoly.add_integer_poly(self.ctx, ct.seal, self._mask), ct.context_id, ct.layout)
+        self._mask = draw_mask(self.mask_width(self._scale), self.ctx.params.poly_modulus_degree)
+        res = self._mask.residues(rawpoly.primes_at(self.ctx, need))
+        return Ciphertext(rawpoly.add_residue_poly(self.ctx, ct.seal, res), ct.context_id, ct.layout)
 
     def unmask(self, fresh: Ciphertext) -> Ciphertext:
         if self._mask is None:
@@ -136,7 +148,8 @@ class RefreshMasker:
             raise SecurityError("refresh answer is not at the top level")
         if fresh.seal.scale != self._scale:
             raise SecurityError("refresh answer has another scale than the masked ciphertext")
-        out = rawpoly.add_integer_poly(self.ctx, fresh.seal, -self._mask)
+        res = self._mask.residues(rawpoly.primes_at(self.ctx, top), negate=True)
+        out = rawpoly.add_residue_poly(self.ctx, fresh.seal, res)
         self._mask = None
         return Ciphertext(out, fresh.context_id, fresh.layout)
 
@@ -147,16 +160,30 @@ def key_holder_coefficients(ctx: CkksContext, sk: SecretKey, masked: Ciphertext)
     return rawpoly.plaintext_coefficients(ctx, sk.decrypt_plaintext(ctx, masked), ctx.level(masked))
 
 
-def refresh_answer(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> tuple[bytes, np.ndarray]:
+def refresh_answer(
+    ctx: CkksContext, sk: SecretKey, masked: Ciphertext, with_view: bool = False
+) -> tuple[bytes, np.ndarray | None]:
     """Key holder's side: decrypt to the integer polynomial and encrypt it again at the top level.
 
     Returns the answer's bytes (a seeded symmetric encryption: SEAL stores the second polynomial as
-    its seed, so the answer is about half a ciphertext; the receiver's load expands it) and the key
-    holder's view (the centred integer coefficients it decrypted), for a key holder that keeps an
-    audit record of what it saw."""
-    coeffs = key_holder_coefficients(ctx, sk, masked)
-    pt = rawpoly.ntt_plaintext_from_integers(ctx, ctx.top_level, coeffs, masked.seal.scale)
-    return sk.encrypt_plaintext_seeded_bytes(ctx, pt, masked.layout), coeffs
+    its seed, so the answer is about half a ciphertext; the receiver's load expands it) and, with
+    ``with_view``, the key holder's view (the centred integer coefficients it decrypted), for a key
+    holder that keeps an audit record of what it saw.
+
+    The polynomial stays in residue form: it is lifted from the request's primes to the top level's by
+    an exact base extension (:func:`p3eft.fhe.rns.extend_centred`), which needs |p + r| below about
+    Q/2 of the request's level. A request that :meth:`RefreshMasker.mask` made is below Q/32
+    (:func:`min_refresh_level`'s margin); any other is refused."""
+    level = ctx.level(masked)
+    primes = rawpoly.primes_at(ctx, level)
+    res = rawpoly.plaintext_residues(ctx, sk.decrypt_plaintext(ctx, masked), level)
+    try:
+        top = rns.extend_centred(res, primes, rawpoly.primes_at(ctx, ctx.top_level))
+    except ValueError as err:
+        raise ProtocolError(f"refresh request out of range: {err}") from err
+    pt = rawpoly.ntt_plaintext_from_residues(ctx, ctx.top_level, top, masked.seal.scale)
+    view = rawpoly.centred(res, primes) if with_view else None
+    return sk.encrypt_plaintext_seeded_bytes(ctx, pt, masked.layout), view
 
 
 def refresh_respond(ctx: CkksContext, sk: SecretKey, masked: Ciphertext) -> Ciphertext:
