@@ -37,6 +37,13 @@ def test_staggered_matvec_matches_numpy(n8192, rng, n_out, n_in):
     assert mat.k_count * (ctx.slots // mat.window) >= mat.window and mat.k_count < max(n_in, 2)
 
 
+def test_an_all_zero_matrix_gives_an_encryption_of_zero(n8192, rng):
+    ctx, sk = n8192
+    mat, ys, y = _apply(ctx, sk, np.zeros((64, 64)), rng.uniform(-1, 1, 64))
+    np.testing.assert_allclose(y, 0.0, atol=TOL)
+    assert all(ctx.level(c) == ctx.top_level - 1 for c in ys)
+
+
 def test_output_is_replicated_and_restagger_feeds_the_next_layer(n8192, rng):
     ctx, sk = n8192
     w1 = rng.normal(size=(64, 64)) / 8

@@ -78,3 +78,18 @@ def test_lora_branch_all_encrypted(n8192, rng):
     ax = refresh.refresh_local(ctx, sk, ax, bound=16.0)  # N8192: refresh between the two halves
     h = ccops.sum_rows(ctx, ops.multiply(ctx, ccops.broadcast_rows(ctx, ax, dim), cb))
     np.testing.assert_allclose(tensor.decrypt(sk, ctx, h), b @ (a @ x), atol=TOL)
+
+
+def test_product_by_an_all_zero_plaintext_is_an_encryption_of_zero(n8192, rng):
+    # SEAL refuses "transparent" results; a row mask selecting nothing in one ciphertext of a
+    # multi-ciphertext matrix (PrivTuner's head at 64 tokens) must still give a valid zero
+    ctx, sk = n8192
+    ca = tensor.encrypt(ctx, rng.uniform(-2, 2, 100))
+    for zeros in (np.zeros(ctx.slots), 0.0):
+        out = ops.mul_plain(ctx, ca, zeros)
+        assert ctx.level(out) == ctx.top_level - 1 and out.seal.scale == ca.seal.scale
+        assert out.context_id == ca.context_id
+        np.testing.assert_allclose(tensor.decrypt(sk, ctx, out), 0.0, atol=TOL)
+        np.testing.assert_allclose(
+            tensor.decrypt(sk, ctx, ops.add(ctx, out, ca)), tensor.decrypt(sk, ctx, ca), atol=TOL
+        )

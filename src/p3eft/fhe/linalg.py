@@ -140,9 +140,9 @@ class _DiagonalKernel:
                     total = inner
                 else:
                     ev.add_inplace(total, inner)
-            if total is None:  # an all-zero block of the matrix
+            if total is None:  # an all-zero block of the matrix: an encryption of zero, pre-rescale
                 total = sealapi.Ciphertext(ctx.seal)
-                ev.multiply_plain(xs[0].seal, ctx.encode(0.0, lvl, ops.prime_at(ctx, lvl)), total)
+                ctx.encrypt_zero(total, lvl, scale * ops.prime_at(ctx, lvl))
             if sum_copies is not None:
                 # add the copies up before the rescale (ours): the rotations' key-switching noise is then
                 # divided by q_l with everything else instead of landing at full size on the result

@@ -169,10 +169,26 @@ def mul_plain(
     need_levels(ctx, a, 1)
     lvl = ctx.level(a)
     target = a.seal.scale if scale is None else scale
+    if not np.any(values):  # SEAL refuses a product whose result is "transparent" (exactly zero)
+        return encrypted_zero(ctx, lvl - 1, target, a.context_id, layout or a.layout)
     pt = ctx.encode(values, lvl, plain_scale_for(ctx, a, target))
     out = _new(ctx)
     ctx.evaluator.multiply_plain(a.seal, pt, out)
     return rescale(ctx, out, a.context_id, layout or a.layout, target)
+
+
+def encrypted_zero(
+    ctx: CkksContext, level: int, scale: float, context_id: bytes, layout: Layout
+) -> Ciphertext:
+    """A fresh public-key encryption of zero: what a product by an all-zero plaintext equals.
+
+    SEAL throws on a result whose second polynomial is zero ("transparent": it would be readable
+    without the key), so a product by zeros, e.g. a row mask that selects nothing in one ciphertext of
+    a multi-ciphertext matrix, is replaced by an encryption of zero at the level and scale the product
+    would have had."""
+    out = _new(ctx)
+    ctx.encrypt_zero(out, level, scale)
+    return Ciphertext(out, context_id, layout)
 
 
 def multiply(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:
