@@ -6,9 +6,9 @@ polynomial in the coefficient domain* of the plaintext, so no floating point tou
 
 1. The evaluator (model owner) holds a ciphertext of the plaintext polynomial p = m * scale + e at a
    level l, and drops it to the lowest level whose modulus holds p + r (:func:`min_refresh_level`;
-   exact, and the smallest request to send). It draws r, each of the N coefficients uniform on the integers of [-W, W) with
-   W = 2^(lambda + ceil(log2 P)), P = (B + 1) * scale, and adds the trivial ciphertext (r, 0):
-   :meth:`RefreshMasker.mask`.
+   exact, and the smallest request to send). It draws r, each of the N coefficients uniform on the
+   integers of [-W, W) with W = 2^(lambda + ceil(log2 P)), P = (B + 1) * scale, and adds the
+   trivial ciphertext (r, 0): :meth:`RefreshMasker.mask`.
 2. The key holder (data owner) decrypts to the integer polynomial p + r (centred modulo q_0...q_l),
    lifts those integers to every prime of the top level and encrypts them there with SEAL's seeded
    symmetric encryption (the second polynomial travels as its PRNG seed, so the answer is half a
