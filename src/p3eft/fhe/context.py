@@ -99,6 +99,9 @@ class CkksContext:
     _encryptor: Any = None
     _parms_ids: list[list[int]] = field(default_factory=list)
     _key_payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # public helper objects derived from the parameters alone, built on first use by the modules that
+    # need them (e.g. rawpoly's (0, 1) carriers per level); never key material
+    helper_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     # ----- construction -----------------------------------------------------------------------
     @staticmethod

@@ -153,9 +153,22 @@ def centred(res: np.ndarray, primes: list[int]) -> np.ndarray:
     return np.where(total > big_q // 2, total - big_q, total)
 
 
-def _ones_ntt(count: int, n: int) -> np.ndarray:
-    """The constant polynomial 1 in NTT form: 1 at every evaluation point of every prime."""
-    return np.ones((count, n), dtype=np.uint64)
+def _ones_ciphertext(ctx: Any, level: int, scale: float) -> sealapi.Ciphertext:
+    """A new ciphertext (0, 1) in NTT form at ``level``, labelled ``scale``: a copy of the cached one
+    (two negations, far cheaper than building it), so that no caller shares or relabels the cache."""
+    # cached per context and level, since every refresh needs it (a serialisation and a checked SEAL
+    # load to build); the constant 1 is all ones in NTT form
+    per_level = ctx.helper_cache.setdefault("rawpoly.ones", {})
+    if level not in per_level:
+        count, n = len(primes_at(ctx, level)), ctx.params.poly_modulus_degree
+        polys = np.zeros((2, count, n), dtype=np.uint64)
+        polys[1] = 1
+        per_level[level] = ciphertext_from_polys(ctx, level, polys, 1.0, ntt_form=True)
+    out = sealapi.Ciphertext(ctx.seal)
+    ctx.evaluator.negate(per_level[level], out)
+    ctx.evaluator.negate_inplace(out)
+    out.scale = scale
+    return out
 
 
 def add_integer_poly(ctx: Any, ct: sealapi.Ciphertext, values: np.ndarray) -> sealapi.Ciphertext:
@@ -176,11 +189,9 @@ def add_residue_poly(ctx: Any, ct: sealapi.Ciphertext, res: np.ndarray) -> seala
         raise ValueError(f"residues of shape {res.shape} for a ciphertext of {count} primes x {n}")
     lifted = ciphertext_from_polys(ctx, level, _carrier(res, n), ct.scale, ntt_form=False)
     ctx.evaluator.transform_to_ntt_inplace(lifted)
-    one = np.zeros((2, count, n), dtype=np.uint64)
-    one[1] = _ones_ntt(count, n)
     out = sealapi.Ciphertext(ctx.seal)
     ctx.evaluator.add(ct, lifted, out)
-    ctx.evaluator.sub_inplace(out, ciphertext_from_polys(ctx, level, one, ct.scale, ntt_form=True))
+    ctx.evaluator.sub_inplace(out, _ones_ciphertext(ctx, level, ct.scale))
     return out
 
 
@@ -191,10 +202,8 @@ def plaintext_residues(ctx: Any, pt: sealapi.Plaintext, level: int) -> np.ndarra
     words are read once, already as coefficients."""
     primes = primes_at(ctx, level)
     n = ctx.params.poly_modulus_degree
-    polys = np.zeros((2, len(primes), n), dtype=np.uint64)
-    polys[1] = _ones_ntt(len(primes), n)  # not transparent, so SEAL transforms it; ignored below
-    carrier = ciphertext_from_polys(ctx, level, polys, pt.scale, ntt_form=True)
-    ctx.evaluator.add_plain_inplace(carrier, pt)
+    carrier = sealapi.Ciphertext(ctx.seal)  # (0, 1) is not transparent, so SEAL transforms it
+    ctx.evaluator.add_plain(_ones_ciphertext(ctx, level, pt.scale), pt, carrier)
     ctx.evaluator.transform_from_ntt_inplace(carrier)
     return read_words(carrier, len(primes) * n).reshape(len(primes), n)
 
