@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.fhe import serial, tensor
+from p3eft.fhe import ops, serial, tensor
 from p3eft.fhe.context import CkksContext, Layout, SecretKey, keygen
 from p3eft.fhe.params import get_param_set
 
@@ -81,6 +81,19 @@ def test_public_context_round_trip_keeps_id_and_works(small, rng):
     data = remote.ciphertext_to_bytes(ct)
     sk2 = SecretKey.from_bytes(ctx.params, sk.to_bytes(), ctx.context_id)
     np.testing.assert_allclose(tensor.decrypt(sk2, ctx, ctx.ciphertext_from_bytes(data)), x, atol=1e-6)
+
+
+def test_an_evaluator_may_drop_the_key_bytes_it_never_forwards(small, rng):
+    ctx, sk = small
+    payload = ctx.to_payload()
+    lean = CkksContext.from_payload(payload, keep_key_bytes=False)
+    assert lean.context_id == ctx.context_id and not lean._key_payloads
+    assert CkksContext.from_payload(payload)._key_payloads  # the default keeps them
+    x = rng.uniform(-1, 1, 50)
+    ct = ops.rotate(lean, tensor.encrypt(lean, x), lean.galois_steps[0])  # the keys still work
+    assert ctx.level(lean.ciphertext_from_bytes(lean.ciphertext_to_bytes(ct))) == ctx.top_level
+    with pytest.raises(ProtocolError, match="keep_key_bytes"):
+        lean.to_payload()
 
 
 def test_ciphertext_bytes_round_trip_keeps_level_scale_layout(n8192, rng):

@@ -99,6 +99,7 @@ class CkksContext:
     _encryptor: Any = None
     _parms_ids: list[list[int]] = field(default_factory=list)
     _key_payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
+    _key_bytes_dropped: bool = field(default=False, repr=False)
     # public helper objects derived from the parameters alone, built on first use by the modules that
     # need them (e.g. rawpoly's (0, 1) carriers per level); never key material
     helper_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -146,11 +147,16 @@ class CkksContext:
         self._encryptor = sealapi.Encryptor(self.seal, self.public_key)
 
     @classmethod
-    def from_payload(cls, payload: dict[str, bytes]) -> CkksContext:
+    def from_payload(cls, payload: dict[str, bytes], keep_key_bytes: bool = True) -> CkksContext:
         """Rebuild the evaluator's context from :meth:`to_payload` bytes (what the data owner sends).
 
         The context id is recomputed from every key received; each envelope must declare that id, so
-        a relinearisation or Galois key from another key pair is refused (:class:`SecurityError`)."""
+        a relinearisation or Galois key from another key pair is refused (:class:`SecurityError`).
+
+        ``keep_key_bytes=False`` drops the received key bytes once SEAL has loaded them: an evaluator
+        that never forwards the keys (PrivTuner's model owner) then holds one copy of its sessions'
+        keys instead of two (the upload's size less per session: 0.6 to 1.2 GB for PrivTuner's shapes at
+        N=16384), and :meth:`key_bytes` refuses."""
         if not isinstance(payload, dict):
             raise ProtocolError(f"FHE key payload must be a dict of bytes, got {type(payload).__name__}")
         try:
@@ -191,7 +197,10 @@ class CkksContext:
             steps,
             cid,
         )
-        ctx._key_payloads = {k: env.payload for k, env in envs.items()}
+        if keep_key_bytes:
+            ctx._key_payloads = {k: env.payload for k, env in envs.items()}
+        else:
+            ctx._key_bytes_dropped = True
         return ctx
 
     def to_payload(self) -> dict[str, bytes]:
@@ -208,6 +217,11 @@ class CkksContext:
         if which not in ("public_key", "relin_keys", "galois_keys"):
             raise ProtocolError(f"no public key called {which!r}")
         meta = {"steps": list(self.galois_steps)} if which == "galois_keys" else {}
+        if self._key_bytes_dropped:
+            raise ProtocolError(
+                "this context was loaded with keep_key_bytes=False: its key bytes were dropped, "
+                "so it cannot forward the keys (load it with keep_key_bytes=True for that)"
+            )
         if which not in self._key_payloads:  # a context assembled by hand: serialise on first use
             obj = {
                 "public_key": self.public_key,

@@ -136,7 +136,7 @@ class ModelOwner:
     @remote
     def pt_upload_keys(self, session: str, keys: dict[str, bytes]) -> dict[str, Any]:
         s = self._session(session)
-        ctx = CkksContext.from_payload(keys)
+        ctx = CkksContext.from_payload(keys, keep_key_bytes=False)  # never forwarded: one copy of the keys
         if ctx.params != self.backend.params:
             raise SecurityError("the uploaded keys are for another parameter set than this session's")
         missing = set(self.backend.galois_steps) - set(ctx.galois_steps)
