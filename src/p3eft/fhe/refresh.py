@@ -61,10 +61,11 @@ def mask_bits(bound: float, scale: float, lam: int = DEFAULT_LAMBDA) -> int:
 
 
 def min_refresh_level(ctx: CkksContext, bound: float, lam: int = DEFAULT_LAMBDA) -> int:
-    """Lowest level whose modulus holds p + r (|p + r| < 2W) with a sign bit and 4 bits of margin."""
+    """Lowest level whose modulus Q holds p + r (|p + r| < 2W) with a sign bit and 4 bits of margin:
+    Q >= 2^need with the level's actual primes (a b-bit prime is below 2^b), so |p + r| < Q/32."""
     need = mask_bits(bound, ctx.params.scale * (1 + 2**-20), lam) + 2 + _MARGIN_BITS
     for lvl in range(ctx.top_level + 1):
-        if ctx.params.level_bits(lvl) >= need:
+        if math.prod(rawpoly.primes_at(ctx, lvl)) >= 1 << need:
             return lvl
     raise LevelError(f"no level of {ctx.params.name} has the {need} bits a lambda={lam} refresh needs")
 
@@ -173,7 +174,7 @@ def refresh_answer(
     The polynomial stays in residue form: it is lifted from the request's primes to the top level's by
     an exact base extension (:func:`p3eft.fhe.rns.extend_centred`), which needs |p + r| below about
     Q/2 of the request's level. A request that :meth:`RefreshMasker.mask` made is below Q/32
-    (:func:`min_refresh_level`'s margin); any other is refused."""
+    (:func:`min_refresh_level`); any other is refused."""
     level = ctx.level(masked)
     primes = rawpoly.primes_at(ctx, level)
     res = rawpoly.plaintext_residues(ctx, sk.decrypt_plaintext(ctx, masked), level)
