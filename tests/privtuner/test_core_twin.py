@@ -169,3 +169,15 @@ def test_twin_counts_each_range_flag_once():
     fwd.logits(examples[0], params)
     both.gradients(examples[0], params)
     assert len(fwd.flags) == 1 and len(both.flags) == 1  # the backward reads no approximation of tanh
+
+
+def test_a_length_that_packs_beyond_the_position_table_is_refused_in_one_line():
+    # every packed row takes a position embedding: the tiny BERT has 64, so 130 tokens (two
+    # ciphertexts of 128 rows) must be refused with the largest length that fits, not a broadcast error
+    from p3eft.errors import P3eftError
+    from p3eft.privtuner.config import PrivTunerConfig
+    from p3eft.privtuner.twin import PrivTunerModel
+
+    with pytest.raises(P3eftError, match=r"130 packs to 256 rows.*64 position embeddings.*fits is 64"):
+        PrivTunerModel(PrivTunerConfig(model="tiny", layers=1, max_len=130, lora_rank=2))
+    assert PrivTunerModel(PrivTunerConfig(model="tiny", layers=1, max_len=64, lora_rank=2)).spec.seq == 64

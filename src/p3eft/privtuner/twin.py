@@ -50,6 +50,20 @@ class PrivTunerModel:
         if len(self.weights.layers) != cfg.layers:
             raise P3eftError(f"weights have {len(self.weights.layers)} layers, config says {cfg.layers}")
         self.spec = PackingSpec.build(self.weights.hidden, cfg.max_len, cfg.params.slots)
+        positions = int(self.weights.position.shape[0])
+        if self.spec.seq > positions:  # every packed row, padding included, takes a position embedding
+            fits = max(
+                (
+                    n
+                    for n in range(2, positions + 1)
+                    if PackingSpec.build(self.weights.hidden, n, cfg.params.slots).seq <= positions
+                ),
+                default=None,
+            )
+            raise P3eftError(
+                f"max_len {cfg.max_len} packs to {self.spec.seq} rows, more than {cfg.model}'s {positions} "
+                f"position embeddings; the largest max_len that fits is {fits}"
+            )
         rng = np.random.default_rng([cfg.seed, 0x707])
         self._rotation = random_rotation(self.weights.hidden, rng)  # secret of the model owner
         self.graph = EncoderGraph(self.weights, cfg, self.spec, self._rotation)
