@@ -36,7 +36,7 @@ def _new(ctx: CkksContext) -> sealapi.Ciphertext:
     return sealapi.Ciphertext(ctx.seal)
 
 
-def _clone(ctx: CkksContext, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
+def clone_raw(ctx: CkksContext, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
     """A deep copy of a SEAL ciphertext. The binding has no copy constructor, so negate twice (exact
     modular arithmetic, O(N) per prime)."""
     out = _new(ctx)
@@ -46,7 +46,7 @@ def _clone(ctx: CkksContext, ct: sealapi.Ciphertext) -> sealapi.Ciphertext:
 
 
 def copy(ctx: CkksContext, a: Ciphertext, layout: Layout | None = None) -> Ciphertext:
-    return Ciphertext(_clone(ctx, ctx.check(a).seal), a.context_id, layout or a.layout)
+    return Ciphertext(clone_raw(ctx, ctx.check(a).seal), a.context_id, layout or a.layout)
 
 
 def need_levels(ctx: CkksContext, a: Ciphertext, k: int) -> None:
@@ -81,7 +81,7 @@ def same_scale(x: float, y: float, rel: float = 1e-12) -> bool:
 
 def relabel(ctx: CkksContext, a: Ciphertext, scale: float) -> Ciphertext:
     """A copy of ``a`` that SEAL believes has ``scale`` (the value read changes by the ratio)."""
-    out = _clone(ctx, a.seal)
+    out = clone_raw(ctx, a.seal)
     out.scale = scale
     return Ciphertext(out, a.context_id, a.layout)
 

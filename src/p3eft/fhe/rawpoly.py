@@ -36,7 +36,7 @@ import numpy as np
 import tenseal.sealapi as sealapi
 import zstandard
 
-from p3eft.fhe import serial
+from p3eft.fhe import ops, serial
 
 _SEAL_MAGIC = 0xA15E
 _HEADER = struct.Struct("<HBBBBHQ")  # magic, header size, major, minor, compression, reserved, total size
@@ -116,24 +116,26 @@ def ntt_plaintext_from_residues(ctx: Any, level: int, res: np.ndarray, scale: fl
     """A CKKS plaintext (NTT form, at ``level``, labelled ``scale``) of an integer polynomial given by
     its residues (primes x N) modulo the level's primes, exactly.
 
-    The residues go through SEAL's NTT in a carrier ciphertext (p, 1) (:func:`add_residue_poly`), are
+    The residues go through SEAL's NTT in a carrier ciphertext (p, 1) (:func:`_ntt_carrier`), are
     read back, and are loaded as a plaintext that SEAL checks. What the key holder needs to encrypt an
     integer polynomial with SEAL's seeded symmetric encryption (half the bytes of a ciphertext)."""
-    primes = primes_at(ctx, level)
-    n = ctx.params.poly_modulus_degree
-    lifted = ciphertext_from_polys(ctx, level, _carrier(res, n), scale, ntt_form=False)
-    ctx.evaluator.transform_to_ntt_inplace(lifted)
-    words = read_words(lifted, len(primes) * n)  # the first polynomial: p in NTT form
-    body = _PT_META.pack(*ctx.parms_id(level), len(primes) * n, float(scale)) + _dynarray_bytes(words)
+    words = read_words(_ntt_carrier(ctx, level, res, scale), res.size)  # the first polynomial: p, NTT
+    body = _PT_META.pack(*ctx.parms_id(level), words.size, float(scale)) + _dynarray_bytes(words)
     return serial.seal_from_bytes(sealapi.Plaintext(), ctx.seal, _header(len(body)) + body, "plaintext")
 
 
-def _carrier(res: np.ndarray, n: int) -> np.ndarray:
-    """The polynomials (p, 1) in coefficient form: p's residues and the constant 1 (not transparent)."""
-    carrier = np.zeros((2, res.shape[0], n), dtype=np.uint64)
-    carrier[0] = res
-    carrier[1, :, 0] = 1
-    return carrier
+def _ntt_carrier(ctx: Any, level: int, res: np.ndarray, scale: float) -> sealapi.Ciphertext:
+    """The ciphertext (p, 1) in NTT form, p given by its residues modulo the level's primes: SEAL's
+    NTT of p, which SEAL only runs on a ciphertext whose second polynomial is not zero."""
+    count, n = len(primes_at(ctx, level)), ctx.params.poly_modulus_degree
+    if res.shape != (count, n):
+        raise ValueError(f"residues of shape {res.shape} for a level of {count} primes x {n}")
+    polys = np.zeros((2, count, n), dtype=np.uint64)
+    polys[0] = res
+    polys[1, :, 0] = 1
+    lifted = ciphertext_from_polys(ctx, level, polys, scale, ntt_form=False)
+    ctx.evaluator.transform_to_ntt_inplace(lifted)
+    return lifted
 
 
 def residues(values: np.ndarray, primes: list[int]) -> np.ndarray:
@@ -156,7 +158,8 @@ def centred(res: np.ndarray, primes: list[int]) -> np.ndarray:
 
 def _ones_ciphertext(ctx: Any, level: int, scale: float) -> sealapi.Ciphertext:
     """A new ciphertext (0, 1) in NTT form at ``level``, labelled ``scale``: a copy of the cached one
-    (two negations, far cheaper than building it), so that no caller shares or relabels the cache."""
+    (:func:`p3eft.fhe.ops.clone_raw`, far cheaper than building it), so that no caller shares or
+    relabels the cache."""
     # cached per context and level, since every refresh needs it (a serialisation and a checked SEAL
     # load to build); the constant 1 is all ones in NTT form
     per_level = ctx.helper_cache.setdefault("rawpoly.ones", {})
@@ -165,9 +168,7 @@ def _ones_ciphertext(ctx: Any, level: int, scale: float) -> sealapi.Ciphertext:
         polys = np.zeros((2, count, n), dtype=np.uint64)
         polys[1] = 1
         per_level[level] = ciphertext_from_polys(ctx, level, polys, 1.0, ntt_form=True)
-    out = sealapi.Ciphertext(ctx.seal)
-    ctx.evaluator.negate(per_level[level], out)
-    ctx.evaluator.negate_inplace(out)
+    out = ops.clone_raw(ctx, per_level[level])
     out.scale = scale
     return out
 
@@ -184,14 +185,8 @@ def add_residue_poly(ctx: Any, ct: sealapi.Ciphertext, res: np.ndarray) -> seala
     (p, 1) through SEAL's NTT and the 1 is taken off again with (0, 1) in NTT form, where the
     constant polynomial 1 is all ones (ours)."""
     level = ctx.level(ct)
-    count = len(primes_at(ctx, level))
-    n = ctx.params.poly_modulus_degree
-    if res.shape != (count, n):
-        raise ValueError(f"residues of shape {res.shape} for a ciphertext of {count} primes x {n}")
-    lifted = ciphertext_from_polys(ctx, level, _carrier(res, n), ct.scale, ntt_form=False)
-    ctx.evaluator.transform_to_ntt_inplace(lifted)
     out = sealapi.Ciphertext(ctx.seal)
-    ctx.evaluator.add(ct, lifted, out)
+    ctx.evaluator.add(ct, _ntt_carrier(ctx, level, res, ct.scale), out)
     ctx.evaluator.sub_inplace(out, _ones_ciphertext(ctx, level, ct.scale))
     return out
 
