@@ -20,6 +20,14 @@ _READY = typer.Option(None, "--ready-file", help="Write {party,pid,port,url} as 
 _MAXMB = typer.Option(256, "--max-message-mb", help="Largest payload accepted, in MiB.")
 
 
+@app.callback()
+def _follow_parent() -> None:
+    # Before any model loads: a party started by a supervisor dies with it (runtime.launch).
+    from p3eft.runtime.launch import follow_parent
+
+    follow_parent()
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"

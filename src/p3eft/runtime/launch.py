@@ -2,8 +2,8 @@
 
 A party server binds port 0 (the OS picks a free port, so there is no race between choosing and
 binding) and then writes a small JSON *ready file* ``{"party", "pid", "port", "url"}`` atomically;
-whoever started it waits for that file. Children get ``PR_SET_PDEATHSIG`` so they die with their
-parent, and :class:`PartyGroup` stops every child on exit, on error and on Ctrl-C.
+whoever started it waits for that file. Children die with their parent (:func:`follow_parent`), and
+:class:`PartyGroup` stops every child on exit, on error and on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def serve_until_signal(server: PartyServer, party: str, host: str, ready_file: s
     if ready_file:
         write_ready(ready_file, info)
     print(json.dumps(info), flush=True)
-    _watch_parent()
+    follow_parent()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -114,13 +114,37 @@ def serve_until_signal(server: PartyServer, party: str, host: str, ready_file: s
 
 
 PARENT_ENV = "P3EFT_PARENT_PID"
+# Set by a supervisor that started the child from its main thread: only then may the child ask for
+# PR_SET_PDEATHSIG, which fires when the *thread* that forked exits, not the process.
+DEATHSIG_ENV = "P3EFT_PARENT_DEATHSIG"
+_PR_SET_PDEATHSIG = 1
+_following = threading.Lock()
+_followed: list[bool] = []
 
 
-def _watch_parent() -> None:
-    """Exit when the supervising process is gone (a second line behind PR_SET_PDEATHSIG)."""
+def follow_parent() -> None:
+    """Die with the supervising process named by ``P3EFT_PARENT_PID`` (no-op without it; idempotent).
+
+    The child asks for the death signal itself, then checks that its parent is still the one that
+    started it (the parent may have died before the request). The supervisor must not do this
+    between fork and exec: a ``preexec_fn`` makes :mod:`subprocess` fork instead of vfork, and
+    then gRPC's fork handlers restart its poller in the child, whose epoll descriptor ``close_fds``
+    closes; the child aborts before exec ("epoll_wait error: Bad file descriptor", grpc/grpc#43055,
+    about 1 start in 100 while the parent holds a channel). A watch thread is the second line,
+    and the only one for children started from other threads.
+    """
     want = os.environ.get(PARENT_ENV)
     if not want:
         return
+    with _following:
+        if _followed:
+            return
+        _followed.append(True)
+    if os.environ.get(DEATHSIG_ENV) == "1":
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != int(want):
+        os._exit(0)
 
     def watch() -> None:
         while os.getppid() == int(want):
@@ -299,14 +323,6 @@ def connect_attested(
 
 
 # -- supervising child processes --------------------------------------------------------------
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
 class PartyProcess:
     """One party running as a child process, announced by its ready file."""
 
@@ -326,11 +342,10 @@ class PartyProcess:
         self.ready_file.unlink(missing_ok=True)
         argv = [a.replace("{ready}", str(self.ready_file)) for a in self.argv]
         env = {**os.environ, **(self.env or {}), PARENT_ENV: str(os.getpid())}
-        # PDEATHSIG fires when the *thread* that forked exits, so only the main thread may use it;
-        # children started from other threads rely on the parent watch alone.
-        pre = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+        env[DEATHSIG_ENV] = "1" if threading.current_thread() is threading.main_thread() else "0"
+        # No preexec_fn: the child follows its parent by itself (see follow_parent).
         with open(self.log_path, "ab") as logf:
-            self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env, preexec_fn=pre)
+            self.proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
             self.wait_ready(timeout_s)
         return self
