@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from p3eft.fhe.costs import (
+    like_for_like,
     ours_batch_time,
     ours_matvec_time,
     parallel_speedup,
@@ -51,23 +52,7 @@ def main() -> None:
         theirs = None
         if not (args.quick and label == "768x3072"):
             theirs = tenseal_mm(params, ours["x"], ours["weight"].T, args.repeats)
-        rec = {
-            "ours_s": ours["seconds"],
-            "ours_cpu_s": ours["cpu_seconds"],
-            "ours_with_encode_s": ours["with_encode_seconds"],
-            "ours_with_encode_cpu_s": ours["with_encode_cpu_seconds"],
-            "ours_max_abs_error": ours["max_abs_error"],
-        }
-        if theirs is not None:
-            rec.update(
-                tenseal_mm_s=theirs["seconds"],
-                tenseal_mm_cpu_s=theirs["cpu_seconds"],
-                tenseal_max_abs_error=theirs["max_abs_error"],
-                ratio_kernel_wall=theirs["seconds"] / ours["seconds"],
-                ratio_kernel_cpu=theirs["cpu_seconds"] / ours["cpu_seconds"],
-                ratio_with_encode_wall=theirs["seconds"] / ours["with_encode_seconds"],
-                ratio_with_encode_cpu=theirs["cpu_seconds"] / ours["with_encode_cpu_seconds"],
-            )
+        rec = like_for_like(ours, theirs)
         results[label] = rec
 
     speed = parallel_speedup(params, jobs=args.jobs)

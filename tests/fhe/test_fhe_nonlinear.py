@@ -62,6 +62,21 @@ def test_too_few_levels_without_refresher_is_a_clear_error(deep):
         nonlinear.inv_sqrt().encrypted(ctx, tensor.encrypt(ctx, np.ones(4), level=5))
 
 
+def test_inv_sqrt_spends_exactly_six_levels(deep, rng):
+    # the depth the table states is the depth the ciphertext loses (2 levels per Newton step, not 3)
+    ctx, sk = deep
+    approx = nonlinear.inv_sqrt()
+    x = rng.uniform(approx.lo, approx.hi, 64)
+    out = approx.encrypted(ctx, tensor.encrypt(ctx, x, level=6))
+    assert ctx.level(out) == 0
+    np.testing.assert_allclose(tensor.decrypt(sk, ctx, out), approx.plain(x), rtol=1e-4)
+
+
+def test_every_approximation_states_its_behaviour_outside_its_range():
+    for name, approx in nonlinear.default_catalogue().items():
+        assert isinstance(approx.outside, str) and len(approx.outside) > 20, name
+
+
 @pytest.mark.parametrize("name", ["reciprocal", "inv_sqrt", "exp"])
 def test_encrypted_error_is_the_tables_error(deep, rng, name):
     # no scale relabelling: under encryption the relative error stays the approximation's own (the

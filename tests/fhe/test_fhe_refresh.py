@@ -71,19 +71,23 @@ def test_lambda_below_30_bad_bound_and_too_low_level_are_refused(n8192):
 
 
 def test_mask_is_an_exact_integer_polynomial_of_the_stated_width(n8192):
-    # the key holder's view is exactly p + r, with r on the integers of [-W, W): nothing rounded
+    # the key holder's view is exactly p + e + r: r on the integers of [-W, W), e the fresh encryption
+    # noise of the re-randomisation (a few thousand), nothing rounded
     ctx, sk = n8192
     low = ops.mul_plain(ctx, tensor.encrypt(ctx, np.full(ctx.slots, 3.0)), 1.0)
     plain = refresh.key_holder_coefficients(ctx, sk, low)
     masker = refresh.RefreshMasker(ctx, bound=4.0)
     view = refresh.key_holder_coefficients(ctx, sk, masker.mask(low))
-    r = view - plain
+    r = masker._mask.to_ints()
+    fresh_noise = view - plain - r
+    assert max(abs(int(v)) for v in fresh_noise) < 2**16
+    assert any(int(v) != 0 for v in fresh_noise)  # the re-randomisation did add a fresh encryption
     width = masker.mask_width(low.seal.scale)
     assert width >= 2**40 * refresh.coefficient_bound(4.0, low.seal.scale)
     assert all(-width <= int(v) < width for v in r)
     assert max(abs(int(v)) for v in plain) <= refresh.coefficient_bound(4.0, low.seal.scale)
     # an integer mask uniform on a power-of-two width: every low bit is a fair coin
-    low_bits = np.array([int(v) & 0xFF for v in r])
+    low_bits = np.array([int(v) & 0xFF for v in view - plain])
     assert stats.chisquare(np.bincount(low_bits, minlength=256)).pvalue > 1e-6
 
 
@@ -265,3 +269,53 @@ def test_key_holder_refuses_a_request_beyond_the_exact_lift(n8192):
     assert max(abs(int(v) - q // 8) for v in view) < 2**16  # the polynomial plus encryption noise
     back = refresh.key_holder_coefficients(ctx, sk, ops.drop_to(ctx, ctx.ciphertext_from_bytes(answer), 1))
     assert max(abs(int(b) - int(v)) for b, v in zip(back, view, strict=True)) < 2**16  # fresh noise only
+
+
+def _second_polynomial(ct: Ciphertext) -> np.ndarray:
+    words = rawpoly.read_words(ct.seal)
+    return words[words.size // 2 :]
+
+
+def _guess_request(ctx, x_ct: Ciphertext, weights: np.ndarray, level: int) -> np.ndarray:
+    """The key holder redoes a guessed computation on the ciphertext it made itself."""
+    return _second_polynomial(ops.drop_to(ctx, ops.mul_plain(ctx, x_ct, weights), level))
+
+
+@pytest.mark.parametrize("rerandomised", [True, False])
+def test_key_holder_cannot_test_guesses_of_the_weights_on_the_second_polynomial(
+    n8192, rng, monkeypatch, rerandomised
+):
+    """The key holder encrypted x itself, so it knows x's ciphertext whole. The evaluator's products
+    are deterministic, so without re-randomisation the request's second polynomial equals the one the
+    key holder computes for the right guess of the evaluator's secret weights, and for no other: it
+    tells two candidate weight vectors apart every time (the negative control). Re-randomised, the
+    request matches neither guess."""
+    ctx, sk = n8192
+    if not rerandomised:
+        monkeypatch.setattr(refresh.ops, "rerandomise", lambda ctx, ct: ct)
+    x_ct = tensor.encrypt(ctx, rng.uniform(-1, 1, ctx.slots))
+    w_secret, w_other = rng.uniform(-1, 1, ctx.slots), rng.uniform(-1, 1, ctx.slots)
+    masked = refresh.RefreshMasker(ctx, bound=4.0).mask(ops.mul_plain(ctx, x_ct, w_secret))
+    seen = _second_polynomial(masked)
+    right = _guess_request(ctx, x_ct, w_secret, ctx.level(masked))
+    wrong = _guess_request(ctx, x_ct, w_other, ctx.level(masked))
+    assert not np.array_equal(seen, wrong)
+    if rerandomised:
+        assert not np.array_equal(seen, right)
+        assert np.mean(seen == right) < 1e-3  # not even partly: a fresh, unrelated polynomial
+    else:
+        assert np.array_equal(seen, right)
+
+
+def test_rerandomise_keeps_the_message_and_refuses_an_unrelinearised_ciphertext(n8192, rng):
+    ctx, sk = n8192
+    x = rng.uniform(-4, 4, ctx.slots)
+    ct = ops.mul_plain(ctx, tensor.encrypt(ctx, x), 1.0)
+    again = ops.rerandomise(ctx, ct)
+    assert ctx.level(again) == ctx.level(ct) and again.seal.scale == ct.seal.scale
+    assert not np.array_equal(_second_polynomial(again), _second_polynomial(ct))
+    np.testing.assert_allclose(tensor.decrypt(sk, ctx, again), x, atol=REFRESH_TOL)
+    three = sealapi.Ciphertext(ctx.seal)
+    ctx.evaluator.multiply(ct.seal, ct.seal, three)  # not relinearised: three polynomials
+    with pytest.raises(ProtocolError, match="2 polynomials"):
+        ops.rerandomise(ctx, Ciphertext(three, ct.context_id, ct.layout))

@@ -189,3 +189,69 @@ def test_a_long_computation_is_not_idleness(toy):
     assert out["z"].shape == (2,) and other.logits("bad film").shape == (2,)
     with pytest.raises(ValueError, match="positive"):
         ModelOwner(toy.ToyBackend(), idle_timeout_s=0)
+
+
+def _second_polynomial(ct) -> bytes:
+    from p3eft.fhe import rawpoly
+
+    words = rawpoly.read_words(ct.seal)
+    return words[words.size // 2 :].tobytes()
+
+
+def _byte_strings(obj) -> list[bytes]:
+    if isinstance(obj, bytes):
+        return [obj]
+    if isinstance(obj, dict):
+        return [b for v in obj.values() for b in _byte_strings(v)]
+    if isinstance(obj, list | tuple):
+        return [b for v in obj for b in _byte_strings(v)]
+    return []
+
+
+@pytest.mark.parametrize("roles_forget", [False, True])
+def test_every_ciphertext_the_data_owner_receives_is_rerandomised(toy, monkeypatch, roles_forget):
+    """The data owner can open whatever it receives, and it made the inputs of every computation, so a
+    ciphertext whose second polynomial is the computation's own lets it test guesses of the model
+    owner's weights (tests/fhe/test_fhe_refresh.py). Refresh requests, logits, checkpoints and the
+    exported adapter must all have passed through ops.rerandomise. Negative control: a model owner
+    whose role code forgets it (the refresh still re-randomises) is caught."""
+    import types
+
+    from p3eft.privtuner import roles
+
+    fresh: set[bytes] = set()
+    real = ops.rerandomise
+
+    def spy(ctx, ct):
+        out = real(ctx, ct)
+        fresh.add(_second_polynomial(out))
+        return out
+
+    monkeypatch.setattr(ops, "rerandomise", spy)
+    if roles_forget:
+        monkeypatch.setattr(roles, "ops", types.SimpleNamespace(rerandomise=lambda ctx, ct: ct))
+    received: list = []
+
+    class Recording(InProcessChannel):
+        def call(self, method, /, **kwargs):
+            out = super().call(method, **kwargs)
+            received.append(out)
+            return out
+
+    do = DataOwner(Recording(ModelOwner(toy.ToyBackend(seed=3))), toy.ToyCodec, DataOwnerConfig(lr=0.5))
+    do.train_step(BATCHES[0])
+    do.logits("great fun")
+    do.checkpoint()
+    do.decrypt_adapter()
+    cts = []
+    for blob in (b for r in received for b in _byte_strings(r)):
+        try:
+            cts.append(do.ctx.ciphertext_from_bytes(blob))
+        except (ProtocolError, SecurityError):
+            continue  # not a ciphertext of this session
+    assert len(cts) >= 8  # refreshes, logits, the checkpoint's and the export's adapter
+    stale = [ct for ct in cts if _second_polynomial(ct) not in fresh]
+    if roles_forget:
+        assert stale
+    else:
+        assert not stale, f"{len(stale)} of {len(cts)} ciphertexts reached the data owner as computed"

@@ -35,6 +35,7 @@ class Timing:
     wall_s: float
     cpu_s: float
     min_wall_s: float
+    runs: int
 
 
 def _timing(fn: Callable[[], Any], repeats: int) -> Timing:
@@ -44,7 +45,7 @@ def _timing(fn: Callable[[], Any], repeats: int) -> Timing:
         fn()
         walls.append(time.perf_counter() - t0)
         cpus.append(time.process_time() - c0)
-    return Timing(statistics.median(walls), statistics.median(cpus), min(walls))
+    return Timing(statistics.median(walls), statistics.median(cpus), min(walls), len(walls))
 
 
 def _median_time(fn: Callable[[], Any], repeats: int) -> float:
@@ -115,6 +116,7 @@ def tenseal_mm(
     return {
         "seconds": tm.wall_s,
         "cpu_seconds": tm.cpu_s,
+        "runs": tm.runs,
         "max_abs_error": float(np.abs(got - rows @ weight_in_out).max()),
     }
 
@@ -232,6 +234,7 @@ def ours_matvec_time(params: ParamSet, n_out: int, n_in: int, repeats: int, seed
         "min_seconds": tm.min_wall_s,
         "with_encode_seconds": tm_enc.wall_s,
         "with_encode_cpu_seconds": tm_enc.cpu_s,
+        "runs": min(tm.runs, tm_enc.runs),
         "max_abs_error": float(np.abs(y - weight @ x).max()),
         "with_encode_max_abs_error": float(np.abs(y_enc - weight @ x).max()),
         "weight_encode_s": encode_s,
@@ -261,9 +264,39 @@ def ours_batch_time(params: ParamSet, rows: int, n: int, repeats: int, seed: int
         "min_seconds": tm.min_wall_s,
         "with_encode_seconds": tm_enc.wall_s,
         "with_encode_cpu_seconds": tm_enc.cpu_s,
+        "runs": min(tm.runs, tm_enc.runs),
         "max_abs_error": float(np.abs(y - x @ weight.T).max()),
         "x": x,
         "weight": weight,
+    }
+
+
+def like_for_like(ours: dict[str, Any], theirs: dict[str, Any] | None) -> dict[str, Any]:
+    """One row of the comparison with TenSEAL: our product timed kernel only (weights pre-encoded) and
+    kernel + encoding (what TenSEAL's ``mm`` does in every call), against TenSEAL, with the ratios in
+    CPU time and in wall time for both. Refuses timings over different numbers of runs: a median of 3
+    against a single run is not a comparison."""
+    rec = {
+        "runs": ours["runs"],
+        "ours_s": ours["seconds"],
+        "ours_cpu_s": ours["cpu_seconds"],
+        "ours_with_encode_s": ours["with_encode_seconds"],
+        "ours_with_encode_cpu_s": ours["with_encode_cpu_seconds"],
+        "ours_max_abs_error": ours["max_abs_error"],
+    }
+    if theirs is None:
+        return rec
+    if theirs["runs"] != ours["runs"]:
+        raise ValueError(f"unequal repeats: ours {ours['runs']}, TenSEAL {theirs['runs']}")
+    return {
+        **rec,
+        "tenseal_mm_s": theirs["seconds"],
+        "tenseal_mm_cpu_s": theirs["cpu_seconds"],
+        "tenseal_max_abs_error": theirs["max_abs_error"],
+        "ratio_kernel_wall": theirs["seconds"] / ours["seconds"],
+        "ratio_kernel_cpu": theirs["cpu_seconds"] / ours["cpu_seconds"],
+        "ratio_with_encode_wall": theirs["seconds"] / ours["with_encode_seconds"],
+        "ratio_with_encode_cpu": theirs["cpu_seconds"] / ours["with_encode_cpu_seconds"],
     }
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 import tenseal.sealapi as sealapi
 
+from p3eft.errors import ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, LevelError
 
 
@@ -189,6 +190,25 @@ def encrypted_zero(
     out = _new(ctx)
     ctx.encrypt_zero(out, level, scale)
     return Ciphertext(out, context_id, layout)
+
+
+def rerandomise(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
+    """``a`` plus a fresh public-key encryption of zero: the same message, plus fresh noise.
+
+    Why: a ciphertext's second polynomial c1 is a deterministic function of the ciphertexts it was
+    computed from and of the evaluator's plaintexts (weights). A key holder who made those input
+    ciphertexts can redo a guessed computation and compare c1 exactly, so every ciphertext that goes
+    back to the key holder (refresh requests, logits, an exported adapter) is re-randomised first:
+    c1 + u*a + e1 is pseudorandom under RLWE whatever c1 was (ours; multiparty CKKS does the same
+    before a collective decryption). It does not hide the *noise* in c0: a refresh's mask covers it,
+    decrypted outputs keep it (docs/fhe.md, "Client-aided refresh")."""
+    if a.seal.size() != 2:
+        raise ProtocolError(f"re-randomise a relinearised ciphertext (2 polynomials), got {a.seal.size()}")
+    zero = _new(ctx)
+    ctx.encrypt_zero(zero, ctx.level(a), a.seal.scale)
+    out = _new(ctx)
+    ctx.evaluator.add(a.seal, zero, out)
+    return Ciphertext(out, a.context_id, a.layout)
 
 
 def multiply(ctx: CkksContext, a: Ciphertext, b: Ciphertext) -> Ciphertext:

@@ -6,9 +6,11 @@ polynomial in the coefficient domain* of the plaintext, so no floating point tou
 
 1. The evaluator (model owner) holds a ciphertext of the plaintext polynomial p = m * scale + e at a
    level l, and drops it to the lowest level whose modulus holds p + r (:func:`min_refresh_level`;
-   exact, and the smallest request to send). It draws r, each of the N coefficients uniform on the
-   integers of [-W, W) with W = 2^(lambda + ceil(log2 P)), P = (B + 1) * scale, and adds the
-   trivial ciphertext (r, 0): :meth:`RefreshMasker.mask`.
+   exact, and the smallest request to send). It re-randomises it (adds a fresh public-key encryption
+   of zero, :func:`p3eft.fhe.ops.rerandomise`), so that the second polynomial is no longer a function
+   of the computation the key holder could redo from its own ciphertexts. It draws r, each of the N
+   coefficients uniform on the integers of [-W, W) with W = 2^(lambda + ceil(log2 P)),
+   P = (B + 1) * scale, and adds the trivial ciphertext (r, 0): :meth:`RefreshMasker.mask`.
 2. The key holder (data owner) decrypts to the integer polynomial p + r (centred modulo q_0...q_l),
    lifts those integers to every prime of the top level and encrypts them there with SEAL's seeded
    symmetric encryption (the second polynomial travels as its PRNG seed, so the answer is half a
@@ -20,8 +22,9 @@ What P covers (ours): a slot vector with |slot| <= B encodes to coefficients of 
 (each coefficient is an average of the slot values times roots of unity), and evaluator noise with
 coefficients below one scale unit (a slot error below 1, beyond which the result is useless anyway).
 
-Guarantee (statistical hiding, per refresh): for two plaintext polynomials whose coefficients are
-bounded by P, the key holder's views p + r and p' + r differ in statistical distance by at most
+Guarantee (per refresh): the request's second polynomial is pseudorandom (RLWE, after the
+re-randomisation); and for two plaintext polynomials whose coefficients are bounded by P (the fresh
+encryption noise of the re-randomisation included), the key holder's views p + r and p' + r differ in statistical distance by at most
 |p_i - p'_i| / (2W) <= 2^-lambda per coefficient, so at most N * 2^-lambda for the whole polynomial
 (2^-27 for N = 8192 and lambda = 40). Slots beyond B break the premise: their coefficients can
 exceed P and the bound no longer holds (see :func:`p3eft.fhe.nonlinear.range_flags`).
@@ -135,6 +138,8 @@ class RefreshMasker:
         # holder's view is unchanged, while the request, the mask addition and the key holder's
         # decryption shrink with the number of primes.
         ct = ops.drop_to(self.ctx, ct, need)
+        # c1 is hidden by re-randomisation (computationally, RLWE), c0 by the mask (statistically).
+        ct = ops.rerandomise(self.ctx, ct)
         self._scale = ct.seal.scale
         self._mask = draw_mask(self.mask_width(self._scale), self.ctx.params.poly_modulus_degree)
         res = self._mask.residues(rawpoly.primes_at(self.ctx, need))

@@ -29,6 +29,7 @@ import numpy as np
 
 from p3eft.channel import Channel, remote, resolve_remote
 from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, SecretKey, keygen
 from p3eft.fhe.params import ParamSet
 from p3eft.fhe.refresh import refresh_answer
@@ -158,7 +159,8 @@ class ModelOwner:
 
         def job() -> bytes:  # parsed in the session's worker: its CPU time is the model owner's
             cts = _fresh_ciphertexts(ctx, inputs, "forward inputs")
-            return ctx.ciphertext_to_bytes(model.forward(cts, key, train))
+            # re-randomised: the data owner decrypts these logits (p3eft.fhe.ops.rerandomise)
+            return ctx.ciphertext_to_bytes(ops.rerandomise(ctx, model.forward(cts, key, train)))
 
         return s.start(job)
 
@@ -190,7 +192,7 @@ class ModelOwner:
                 "this model owner keeps the adapter encrypted (end policy 'encrypted'): it hands out no "
                 "adapter ciphertexts; inference stays two-party"
             )
-        return _adapter_bytes(*s.require_model())
+        return _adapter_bytes(*s.require_model(), rerandomise=True)
 
     # -- checkpoints (ours): the data owner keeps them, the model owner vouches for them ------------
     def _checkpoint_tag(self, ctx: CkksContext, adapter: dict[str, list[bytes]]) -> str:
@@ -226,9 +228,9 @@ class ModelOwner:
         s = self._session(session)
         s.require_idle()
         model, ctx = s.require_model()
-        blobs = _adapter_bytes(model, ctx)
         if self.end_policy is P.EndPolicy.ENCRYPTED:  # the data owner keeps it, but cannot open it
-            return {"sealed": self._sealer.seal(blobs, self._sealed_label(ctx))}
+            return {"sealed": self._sealer.seal(_adapter_bytes(model, ctx), self._sealed_label(ctx))}
+        blobs = _adapter_bytes(model, ctx, rerandomise=True)  # ciphertexts the data owner can open
         return {"adapter": blobs, "tag": self._checkpoint_tag(ctx, blobs)}
 
     @remote
@@ -283,10 +285,15 @@ class ModelOwner:
             s.close()
 
 
-def _adapter_bytes(model: EncryptedModel, ctx: CkksContext) -> dict[str, list[bytes]]:
-    """The encrypted adapter and head as checked ciphertext bytes, by name."""
+def _adapter_bytes(
+    model: EncryptedModel, ctx: CkksContext, rerandomise: bool = False
+) -> dict[str, list[bytes]]:
+    """The encrypted adapter and head as checked ciphertext bytes, by name; ``rerandomise`` for bytes
+    the data owner will decrypt (:func:`p3eft.fhe.ops.rerandomise`)."""
+    fresh = (lambda c: ops.rerandomise(ctx, c)) if rerandomise else (lambda c: c)
     return {
-        name: [ctx.ciphertext_to_bytes(c) for c in cts] for name, cts in model.adapter_ciphertexts().items()
+        name: [ctx.ciphertext_to_bytes(fresh(c)) for c in cts]
+        for name, cts in model.adapter_ciphertexts().items()
     }
 
 
