@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from p3eft.errors import P3eftError
+from p3eft.outputs import check_writable_file
 
 if TYPE_CHECKING:  # imported lazily below: keeps `p3eft --help` free of torch
     from p3eft.tuning import TrainConfig
@@ -224,11 +225,8 @@ with_eval_flags = flag_group(
 
 def check_json_out(path: Path | None) -> None:
     """Refuse a ``--json`` path that cannot be written, before any model loads."""
-    if path is None:
-        return
-    from p3eft.tuning.checkpoint import check_writable_file
-
-    check_writable_file(path, "--json")
+    if path is not None:
+        check_writable_file(path, "--json")
 
 
 def float_list(flag: str, text: str) -> list[float]:
