@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import typer
 
+from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
 
 app = typer.Typer(
@@ -90,7 +91,7 @@ _W3_GRID = typer.Option(None, "--w3-grid", help=_W3_HELP)
 _CPU_HZ = typer.Option(
     None, "--cpu-hz", help="Clock of the machine that measured the cost file (if its provenance lacks it)."
 )
-_SEED = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline.")
+_SEED = opt.option(0, "--seed", help="Seed of the generated scenario and the random baseline.")
 
 
 @app.command()
@@ -249,15 +250,13 @@ def regenerate(
     w3_grid: str = _W3_GRID,
     cpu_hz: float = _CPU_HZ,
     seed: int = _SEED,
-    repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
+    repeats: int = opt.option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
 ) -> None:
     """Every published result in one go: the figures, the 6-user exhaustive check, the benchmark."""
     from p3eft.wireless import check_allocation, generate_scenario, solve, solve_exhaustive
     from p3eft.wireless.bench import benchmark_record, format_tables, run_benchmark
     from p3eft.wireless.experiments import make_figures
 
-    if repeats < 1:
-        raise P3eftError(f"--repeats must be >= 1, got {repeats}")
     dl = _deadlines(deadline_s)
     w3s = _w3_grid(w3_grid)
     gen = {} if dl is None else {"deadline_s": dl}
