@@ -96,3 +96,58 @@ def test_unknown_flag_in_a_subprocess():
     )
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "--bacth-size" in out.stderr
+
+
+# --- outputs are checked before any work (issue 14 item 3) --------------------------------------------
+
+OUTPUT_CASES = [
+    (["privtuner", "finetune", "--out", "FILE"], "--out FILE is a file"),
+    (["privtuner", "finetune", "--out", "FILE/run"], "cannot be created"),
+    (["privtuner", "finetune", "--out", "DIR/run", "--json", "DIR"], "--json DIR is a folder"),
+    (["privtuner", "evaluate", "--json", "DIR"], "--json DIR is a folder"),
+    (["privtuner", "verify", "--json", "DIR"], "--json DIR is a folder"),
+    (["demo", "--out", "FILE"], "--out FILE is a file"),
+    (["demo", "--out", "DIR/run", "--json", "DIR"], "--json DIR is a folder"),
+    (["wireless", "figures", "--quick", "--out", "FILE"], "--out FILE is a file"),
+    (["wireless", "regenerate", "--out", "FILE/run"], "cannot be created"),
+    (["wireless", "run", "--users", "3", "--json", "DIR"], "--json DIR is a folder"),
+    (["keys", "init", "FILE"], "key folder FILE is a file"),
+    (["attack", "tokens", "--json", "DIR"], "--json DIR is a folder"),
+    (["attack", "tokens", "--report", "FILE"], "--report FILE is a file"),
+]
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("work started although an output could not be written")
+
+
+@pytest.mark.parametrize(("argv", "needle"), OUTPUT_CASES)
+def test_bad_outputs_refused_before_any_work(argv, needle, capsys, monkeypatch, tmp_path):
+    """Item 3: an output that is a file, a folder where a file goes, or cannot be created ends as one
+    line with exit 2 before a model loads, a party starts or a sweep runs (not a traceback at the end)."""
+    import p3eft.attacks.suite
+    import p3eft.obfuscatune.net.demo
+    import p3eft.privtuner.wiring
+    import p3eft.wireless
+    import p3eft.wireless.experiments
+
+    for module, name in (
+        (p3eft.privtuner.wiring, "settings"),
+        (p3eft.obfuscatune.net.demo, "run_demo"),
+        (p3eft.wireless.experiments, "make_figures"),
+        (p3eft.wireless, "solve"),
+        (p3eft.attacks.suite, "run_suite"),
+    ):
+        monkeypatch.setattr(module, name, _must_not_run)
+    (tmp_path / "a-file").write_text("x")
+    paths = {"FILE": str(tmp_path / "a-file"), "DIR": str(tmp_path)}
+
+    def place(text: str) -> str:
+        for key, value in paths.items():
+            text = text.replace(key, value)
+        return text
+
+    assert main([place(a) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert err.startswith("p3eft: error:") and place(needle) in err, err

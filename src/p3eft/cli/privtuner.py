@@ -17,6 +17,7 @@ import typer
 
 from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
+from p3eft.outputs import check_writable_dir
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
@@ -147,6 +148,8 @@ def finetune(
     except ValueError:
         raise P3eftError(f"--end must be export or encrypted, not {end!r}") from None
     _network(server, certs)
+    check_writable_dir(out)  # outputs before anything loads: a bad --out or --json fails in a second
+    opt.check_json_out(json_out)
     cfg = tuning.settings()
     from p3eft.privtuner.workflows import finetune as run
 
@@ -224,6 +227,7 @@ def evaluate(
     if checkpoint is not None and train_limit:
         raise P3eftError("--checkpoint evaluates a trained adapter: it takes no --train-limit")
     _network(server, certs)
+    opt.check_json_out(json_out)
     from p3eft.privtuner import workflows
     from p3eft.privtuner.checkpoint import run_checkpoint
 
@@ -259,6 +263,7 @@ def verify(
 ) -> None:
     """One encrypted forward pass and one encrypted training step on two real SST-2 examples, checked
     against the approximate twin, with the transcript audit."""
+    opt.check_json_out(json_out)
     cfg = tuning.settings()
     from p3eft.privtuner.workflows import verify as run
 
@@ -292,6 +297,7 @@ def bench(
 ) -> None:
     """Measure one encrypted training step and one inference per parameter set; write the step-cost file
     that `p3eft wireless run --costs FILE` reads."""
+    opt.check_json_out(json_out)
     names = [s.strip() for s in param_sets.split(",")] if param_sets else None
     if names is not None and not all(names):
         raise P3eftError("--param-sets has an empty name")
