@@ -1,5 +1,6 @@
 """The CLI shell: every command group is listed and runs as a console script."""
 
+import re
 import subprocess
 import sys
 
@@ -151,3 +152,58 @@ def test_bad_outputs_refused_before_any_work(argv, needle, capsys, monkeypatch, 
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
     assert err.startswith("p3eft: error:") and place(needle) in err, err
+
+
+# --- the README's flag promise (issue 14 item 9) --------------------------------------------------------
+
+
+def _finetune_flags(scheme: str) -> set[str]:
+    cmd = _root().commands["finetune"] if scheme == "plain" else _root().commands[scheme].commands["finetune"]
+    return {o for p in cmd.params for o in (*p.opts, *getattr(p, "secondary_opts", ())) if o.startswith("--")}
+
+
+def _readme_sentences() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return [" ".join(s.split()) for s in re.split(r"(?<=[.;])\s", text)]
+
+
+def test_readme_says_exactly_which_flags_every_scheme_shares():
+    """Item 9: a README sentence that promises flags to every scheme must hold for all three
+    finetunes; the flags it says PrivTuner lacks must be absent there and present in the other two."""
+    flags = {s: _finetune_flags(s) for s in ("plain", "obfuscatune", "privtuner")}
+    shared = [s for s in _readme_sentences() if "every scheme" in s.lower() and "`--" in s]
+    assert shared, "the README no longer says which flags every scheme takes"
+    for sentence in shared:
+        for flag in re.findall(r"`(--[a-z-]+)`", sentence):
+            assert all(flag in f for f in flags.values()), (flag, sentence)
+    also = next(s for s in _readme_sentences() if "ObfuscaTune also share" in s)
+    for flag in re.findall(r"`(--[a-z-]+)`", also.split("(and")[0]):
+        assert flag in flags["plain"] and flag in flags["obfuscatune"] and flag not in flags["privtuner"]
+
+
+# --- copy-paste commands write into run folders, not into the committed results (issue 14 item 8) -----
+
+_WRITES_RESULTS = re.compile(r"(--out|--json|--report|--save-scenario)[ =]+\S*docs/results")
+
+
+def _commands_writing_results(text: str) -> list[str]:
+    """The lines of fenced code blocks (what a user copies) that write under docs/results."""
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", text, re.S)
+    return [line.strip() for block in blocks for line in block.splitlines() if _WRITES_RESULTS.search(line)]
+
+
+def test_copy_paste_commands_do_not_write_into_the_committed_results():
+    """Item 8: README's and docs/*.md's command blocks write under runs/ (or a name the user picks); how
+    a committed result was made is told in the text beside it, never as a block to paste."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    docs = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    assert len(docs) > 5
+    found = [f"{d.name}: {line}" for d in docs for line in _commands_writing_results(d.read_text())]
+    assert found == []
+    # negative control: the old quick start line is caught
+    old = "```bash\np3eft obfuscatune experiment --out docs/results/obfuscatune\n```\n"
+    assert _commands_writing_results(old) == ["p3eft obfuscatune experiment --out docs/results/obfuscatune"]
