@@ -2,9 +2,9 @@
 
 Two schemes share one framework:
 
-* PrivTuner -- CKKS homomorphic encryption + LoRA: the CKKS engine is :mod:`p3eft.fhe`, the wireless
-  resource optimiser :mod:`p3eft.wireless`; the encrypted fine-tuning protocol belongs in
-  :mod:`p3eft.privtuner`, and ``p3eft privtuner`` says in one line whether this version has it.
+* :mod:`p3eft.privtuner` -- PrivTuner: CKKS homomorphic encryption + LoRA, the encrypted fine-tuning
+  and inference protocol (``p3eft privtuner finetune | evaluate | verify | bench``); its CKKS engine
+  is :mod:`p3eft.fhe`, its wireless resource optimiser :mod:`p3eft.wireless`.
 * :mod:`p3eft.obfuscatune` -- ObfuscaTune: obfuscated weights on an untrusted accelerator, the rest
   in a trusted execution environment.
 

@@ -251,15 +251,33 @@ def _sst2_accuracy_with_adapter(adapter, limit: int) -> float:
         ["obfuscatune", "experiment", "--batch-size", "0", "--out", "OUT"],
         ["demo", "--steps", "0"],
         ["demo", "--threads", "0"],
+        # PrivTuner takes the same ranges (cli/options.py), with its own defaults
+        ["privtuner", "finetune", "--lr", "-1", "--out", "OUT"],
+        ["privtuner", "finetune", "--alpha", "-3", "--out", "OUT"],
+        ["privtuner", "finetune", "--seed", "-1", "--out", "OUT"],
+        ["privtuner", "finetune", "--rank", "0", "--out", "OUT"],
+        ["privtuner", "finetune", "--layers", "0", "--out", "OUT"],
+        ["privtuner", "finetune", "--epochs", "0", "--out", "OUT"],
+        ["privtuner", "evaluate", "--seed", "-1"],
+        ["privtuner", "evaluate", "--max-len", "1"],
+        ["privtuner", "evaluate", "--train-limit", "-1"],
+        ["privtuner", "verify", "--lr", "0"],
+        ["privtuner", "bench", "--max-len", "1", "--json", "OUT/costs.json"],
+        ["serve", "privtuner-model-owner", "--alpha", "-3", "--certs", "OUT"],
+        ["wireless", "run", "--seed", "-1", "--users", "3"],
     ],
 )
 def test_bad_numbers_refused_before_anything_loads(capsys, monkeypatch, tmp_path, argv):
     """Item 1: every numeric flag of training and evaluation is checked while parsing (one place:
     cli/options.py), so nothing loads and nothing is scored with a batch size of 0 or -2."""
     import p3eft.models.loading as loading
+    import p3eft.privtuner.wiring as wiring
+    import p3eft.wireless
 
     monkeypatch.setattr(loading, "_load_causal_lm", _must_not_load)
     monkeypatch.setattr(loading, "_load_sequence_classifier", _must_not_load)
+    monkeypatch.setattr(wiring, "settings", _must_not_load)  # PrivTuner: every command starts here
+    monkeypatch.setattr(p3eft.wireless, "generate_scenario", _must_not_load)
     argv = [a.replace("OUT", str(tmp_path / "o")) for a in argv]
     flag = next(a for a in argv if a.startswith("--") and a not in ("--out",))
     line = _one_line_error(capsys, argv, "Invalid value")

@@ -8,11 +8,11 @@ from p3eft.cli.main import main
 
 BAD = [
     (["privtuner", "finetune", "--out", "x", "--end", "maybe"], "--end must be export or encrypted"),
-    (["privtuner", "finetune", "--out", "x", "--limit", "0"], "--limit must be at least 1"),
+    (["privtuner", "finetune", "--out", "x", "--limit", "0"], "Invalid value for '--limit'"),
     (["privtuner", "finetune", "--out", "x", "--server", "nohostport", "--certs", "."], "bad party address"),
     (["privtuner", "finetune", "--out", "x", "--server", "127.0.0.1:1"], "--server needs --certs"),
     (["privtuner", "finetune", "--out", "x", "--certs", "."], "only used with --server"),
-    (["privtuner", "evaluate", "--limit", "-3"], "--limit must be at least 1"),
+    (["privtuner", "evaluate", "--limit", "-3"], "Invalid value for '--limit'"),
     (["privtuner", "evaluate", "--adapter", "a", "--train-limit", "2"], "plaintext"),
     (["privtuner", "evaluate", "--adapter", "a", "--checkpoint", "c"], "plaintext"),
     (["privtuner", "evaluate", "--checkpoint", "c", "--train-limit", "2"], "takes no --train-limit"),
@@ -20,7 +20,7 @@ BAD = [
         ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--end-policy", "maybe"],
         "export or encrypted",
     ),
-    (["privtuner", "bench", "--json", "x.json", "--repeats", "0"], "--repeats must be at least 1"),
+    (["privtuner", "bench", "--json", "x.json", "--repeats", "0"], "Invalid value for '--repeats'"),
     (["privtuner", "bench", "--json", "x.json", "--param-sets", "PT16384,,"], "empty name"),
     (["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--factory", "nomodule"], "bad factory"),
     (

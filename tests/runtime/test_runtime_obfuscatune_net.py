@@ -236,7 +236,15 @@ def test_cli_refuses_flags_the_enclave_sets(world, capsys):
 
     base = ["obfuscatune", "finetune", "--out", str(world["dir"] / "x"), "--model", str(world["folder"])]
     base += ["--enclave", "127.0.0.1:1", "--certs", str(world["certs"] / "data-owner")]
-    for flag, value in (("--rank", "4"), ("--mode", "paper"), ("--masks", "naive"), ("--dtype", "float64")):
+    owned = [
+        ("--rank", "4"),
+        ("--alpha", "8"),
+        ("--dropout", "0.1"),
+        ("--mode", "paper"),
+        ("--masks", "naive"),
+    ]
+    owned += [("--dtype", "float64"), ("--defence", "none")]
+    for flag, value in owned:
         assert main([*base, flag, value]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and f"{flag} cannot apply with --enclave" in err[0]

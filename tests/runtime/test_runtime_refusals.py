@@ -516,6 +516,31 @@ def test_certificate_errors_are_one_line(net, tmp_path, capsys):
         load_identity(bad, "cloud")
 
 
+def test_corrupt_platform_keys_are_one_line(net, tmp_path, capsys):
+    """Issue 14.3: a corrupt platform-attest.key (enclave) or platform-attest.pub (the parties that
+    verify) is one line naming the file, not cryptography's ValueError traceback."""
+    import shutil
+
+    garbage = b"-----BEGIN PRIVATE KEY-----\ngarbage\n-----END PRIVATE KEY-----\n"
+    with pytest.raises(SecurityError, match=r"platform-attest\.key\) is not a readable PEM key"):
+        SimulatedAttestor(garbage)
+    with pytest.raises(SecurityError, match=r"platform-attest\.pub\) is not a readable PEM key"):
+        SimulatedVerifier(b"not a key at all")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    spki = (serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    with pytest.raises(SecurityError, match="must be Ed25519"):  # a readable key of the wrong kind
+        SimulatedVerifier(ec.generate_private_key(ec.SECP256R1()).public_key().public_bytes(*spki))
+    enclave = tmp_path / "enclave"
+    shutil.copytree(net["keys"] / "enclave", enclave)
+    (enclave / "platform-attest.key").write_bytes(garbage)
+    argv = ["serve", "enclave", "--certs", str(enclave), "--cloud", "127.0.0.1:1"]
+    assert main([*argv, "--state-dir", str(tmp_path / "state")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "platform-attest.key) is not a readable PEM key" in err[0], err
+
+
 def test_constant_seed_is_refused(net, tmp_path, capsys):
     """Item 1: the session seed never comes from the command line, and a constant seed is refused."""
     base = ["serve", "enclave", "--certs", str(net["keys"] / "enclave"), "--cloud", "127.0.0.1:1"]

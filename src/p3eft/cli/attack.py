@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from p3eft.cli import options as opt
+from p3eft.outputs import check_writable_dir
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -15,6 +16,9 @@ app = typer.Typer(
 
 
 def _run(attacks: list[str], **opts) -> None:
+    opt.check_json_out(opts["json_out"])  # before the model loads: a bad output fails in a second
+    if opts["report"] is not None:
+        check_writable_dir(opts["report"], "--report")
     from p3eft.attacks.suite import SuiteConfig, markdown, run_suite, write
 
     def split(v: str) -> list[str]:

@@ -7,6 +7,9 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli import options as opt
+from p3eft.outputs import check_writable_dir
+
 
 def register(app: typer.Typer) -> None:
     @app.command()
@@ -26,6 +29,8 @@ def register(app: typer.Typer) -> None:
         threads: int = typer.Option(1, "--threads", min=1, help="Intra-op threads per party process."),
     ) -> None:
         """Run the networked ObfuscaTune demo (cloud, enclave, model owner, data owner as processes)."""
+        check_writable_dir(out)  # before any party starts: a bad --out or --json fails in a second
+        opt.check_json_out(json_out)
         from p3eft.obfuscatune.net.demo import DemoConfig, run_demo
 
         cfg = DemoConfig(

@@ -348,7 +348,7 @@ def experiment(
 
     _settings(mode, exp_masks)
     parse_defence(defence)
-    from p3eft.tuning.checkpoint import check_writable_dir
+    from p3eft.outputs import check_writable_dir
 
     check_writable_dir(out)
     kappa_values = opt.float_list("--kappas", kappas)

@@ -1,9 +1,12 @@
 """Every flag that more than one command takes, defined once, with its help text and its valid range.
 
-`p3eft finetune` / `evaluate` (plain reference) and `p3eft obfuscatune finetune` / `evaluate` take
-the same training and evaluation flags; defining them here keeps their names, help and limits in step.
-Numeric limits are click ranges (``min=``/``max=``), so a bad value (``--batch-size 0``) is refused
-while the command line is parsed, before any model loads, as one ``p3eft: error:`` line with exit 2.
+`p3eft finetune` / `evaluate` (plain reference), `p3eft obfuscatune finetune` / `evaluate` and
+`p3eft privtuner ...` take the same training and evaluation flags; defining them here keeps their
+names, help and limits in step. Each numeric flag's range lives in one table, :data:`RANGES`, and
+every command builds such a flag with :func:`option`, even where its default or help differs
+(PrivTuner's learning rate is not ObfuscaTune's). The ranges are click's (``min=``, or a parser for
+floats), so a bad value (``--batch-size 0``, ``--lr -1``, ``--seed -1``) is refused while the command
+line is parsed, before any model loads, as one ``p3eft: error:`` line with exit 2.
 The library checks the same limits again for callers that do not go through the CLI
 (:class:`p3eft.tuning.TrainConfig`, :func:`p3eft.tuning.score_multiple_choice`).
 """
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import typer
 
 from p3eft.errors import P3eftError
+from p3eft.outputs import check_writable_file
 
 if TYPE_CHECKING:  # imported lazily below: keeps `p3eft --help` free of torch
     from p3eft.tuning import TrainConfig
@@ -35,7 +39,7 @@ def _dropout(text: str) -> float:
     return _float_in(text, "0<=x<1", lambda x: 0.0 <= x < 1.0)
 
 
-def _float_in(text: str, rule: str, ok) -> float:
+def _float_in(text: str, rule: str, ok: Callable[[float], bool]) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -43,6 +47,30 @@ def _float_in(text: str, rule: str, ok) -> float:
     if not ok(value):
         raise typer.BadParameter(f"{text} is not in the range {rule}")
     return value
+
+
+# The valid range of every numeric flag that several commands (or schemes) take: the one place.
+RANGES: dict[str, dict[str, Any]] = {
+    "--lr": {"parser": _positive_float},
+    "--alpha": {"parser": _positive_float},
+    "--dropout": {"parser": _dropout},
+    "--rank": {"min": 1},
+    "--batch-size": {"min": 1},
+    "--max-len": {"min": 2},
+    "--seed": {"min": 0},
+    "--limit": {"min": 1},
+    "--max-steps": {"min": 1},
+    "--checkpoint-every": {"min": 0},
+    "--layers": {"min": 1},
+    "--epochs": {"min": 1},
+    "--repeats": {"min": 1},
+}
+
+
+def option(default: Any, flag: str, *aliases: str, help: str) -> Any:  # noqa: A002 - typer's name
+    """A typer option for ``flag`` with the range :data:`RANGES` gives it (a KeyError for a flag
+    without one: a numeric flag must not slip through unchecked)."""
+    return typer.Option(default, flag, *aliases, help=help, **RANGES[flag])
 
 
 # --- what to run on ------------------------------------------------------------------------------
@@ -56,34 +84,25 @@ ADAPTER = typer.Option(
 )
 
 # --- training ------------------------------------------------------------------------------------
-MAX_STEPS = typer.Option(
-    100, "--max-steps", min=1, help="Optimiser steps in total (a resumed run counts earlier ones)."
-)
-TRAIN_LIMIT = typer.Option(None, "--limit", min=1, help="Use only the first N training examples.")
-CHECKPOINT_EVERY = typer.Option(
-    0, "--checkpoint-every", min=0, help="Checkpoint every K steps (0: only at the end)."
-)
-LR = typer.Option(3e-5, "--lr", parser=_positive_float, help="Learning rate (ObfuscaTune's appendix: 3e-5).")
-RANK = typer.Option(16, "--rank", min=1, help="LoRA rank r.")
-ALPHA = typer.Option(
-    32.0, "--alpha", parser=_positive_float, help="LoRA alpha (the update is scaled by alpha/r)."
-)
-DROPOUT = typer.Option(0.05, "--dropout", parser=_dropout, help="LoRA dropout, in [0, 1).")
-BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Examples per optimiser step.")
-MAX_LEN = typer.Option(
-    256, "--max-len", min=2, help="Longest training sequence in tokens (cut from the left)."
-)
-SEED = typer.Option(0, "--seed", min=0, help="Seed of the LoRA initialisation, batch order and dropout.")
+MAX_STEPS = option(100, "--max-steps", help="Optimiser steps in total (a resumed run counts earlier ones).")
+TRAIN_LIMIT = option(None, "--limit", help="Use only the first N training examples.")
+CHECKPOINT_EVERY = option(0, "--checkpoint-every", help="Checkpoint every K steps (0: only at the end).")
+LR = option(3e-5, "--lr", help="Learning rate (ObfuscaTune's appendix: 3e-5).")
+RANK = option(16, "--rank", help="LoRA rank r.")
+ALPHA = option(32.0, "--alpha", help="LoRA alpha (the update is scaled by alpha/r).")
+DROPOUT = option(0.05, "--dropout", help="LoRA dropout, in [0, 1).")
+BATCH_SIZE = option(8, "--batch-size", help="Examples per optimiser step.")
+MAX_LEN = option(256, "--max-len", help="Longest training sequence in tokens (cut from the left).")
+SEED = option(0, "--seed", help="Seed of the LoRA initialisation, batch order and dropout.")
 RESUME = typer.Option(False, "--resume", help="Continue from the latest checkpoint in --out.")
 
 # --- evaluation ----------------------------------------------------------------------------------
-EVAL_LIMIT = typer.Option(None, "--limit", min=1, help="Score only the first N evaluation examples.")
-EVAL_BATCH_SIZE = typer.Option(8, "--batch-size", min=1, help="Sequences per forward pass while scoring.")
-EVAL_MAX_LEN = typer.Option(
+EVAL_LIMIT = option(None, "--limit", help="Score only the first N evaluation examples.")
+EVAL_BATCH_SIZE = option(8, "--batch-size", help="Sequences per forward pass while scoring.")
+EVAL_MAX_LEN = option(
     1024,
     "--max-len",
     "--max-length",  # the old spelling of `obfuscatune evaluate`, kept as an alias
-    min=2,
     help="Longest scored sequence in tokens (context cut from the left).",
 )
 
@@ -224,11 +243,8 @@ with_eval_flags = flag_group(
 
 def check_json_out(path: Path | None) -> None:
     """Refuse a ``--json`` path that cannot be written, before any model loads."""
-    if path is None:
-        return
-    from p3eft.tuning.checkpoint import check_writable_file
-
-    check_writable_file(path, "--json")
+    if path is not None:
+        check_writable_file(path, "--json")
 
 
 def float_list(flag: str, text: str) -> list[float]:

@@ -17,48 +17,42 @@ import typer
 
 from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
+from p3eft.outputs import check_writable_dir
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 app = typer.Typer(no_args_is_help=True, help="PrivTuner: encrypted (CKKS) LoRA fine-tuning and inference.")
 
 MODEL = typer.Option("minilm-l6", "--model", help="minilm-l6 (real weights), bert-tiny (cost shape) or tiny.")
-LAYERS = typer.Option(2, "--layers", help="Keep the encoder's first K layers (all adapted).")
-MAX_LEN = typer.Option(64, "--max-len", help="Tokens per example (longer sentences are cut).")
-RANK = typer.Option(8, "--rank", help="LoRA rank.")
-ALPHA = typer.Option(8.0, "--alpha", help="LoRA alpha.")
-LR = typer.Option(
+# numeric flags: PrivTuner's own defaults, the ranges every scheme shares (cli/options.py)
+LAYERS = opt.option(2, "--layers", help="Keep the encoder's first K layers (all adapted).")
+MAX_LEN = opt.option(64, "--max-len", help="Tokens per example (longer sentences are cut).")
+RANK = opt.option(8, "--rank", help="LoRA rank.")
+ALPHA = opt.option(8.0, "--alpha", help="LoRA alpha.")
+LR = opt.option(
     1e-3,
     "--lr",
     help="SGD learning rate (batch 1; 1e-3 chosen for the standardized head on held-out SST-2 training text).",
 )
 PARAM_SET = typer.Option(None, "--param-set", help="CKKS chain, e.g. PT16384 (default: the model's).")
-SEED = typer.Option(0, "--seed", help="Seed of the model owner's LoRA initialisation and the data order.")
+SEED = opt.option(0, "--seed", help="Seed of the model owner's LoRA initialisation and the data order.")
 HEAD_STD = typer.Option(
     True,
     "--head-standardize/--no-head-standardize",
     help="Standardize the classifier's input by public calibrated constants (ours; SGD learns with it).",
 )
-DATA_DIR = typer.Option(None, "--data-dir", help="Dataset folder (default: $P3EFT_DATA, ../shared/data).")
 SERVER = typer.Option(None, "--server", help="HOST:PORT of `p3eft serve privtuner-model-owner`.")
 CERTS = typer.Option(
     None,
     "--certs",
     help="The data owner's own key folder, DIR/data-owner from `p3eft keys init DIR` (with --server).",
 )
-JSON_OUT = typer.Option(None, "--json", help="Also write the results JSON here.")
-PROGRESS = typer.Option(True, "--progress/--no-progress", help="Show progress bars on stderr.")
 
 
 def _write(payload: dict[str, Any], path: Path | None) -> None:
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(payload, indent=2, default=str))
-
-
-def _positive(name: str, value: int | None) -> None:
-    if value is not None and value < 1:
-        raise P3eftError(f"{name} must be at least 1, got {value}")
 
 
 def _network(server: str | None, certs: Path | None) -> None:
@@ -121,10 +115,10 @@ with_tuning_flags = opt.flag_group(
 def finetune(
     tuning: TuningFlags,
     out: Path = typer.Option(..., "--out", help="Output folder: results.json, adapter/ (with --end export)."),
-    limit: int = typer.Option(64, "--limit", help="Train on the first N SST-2 training examples."),
-    epochs: int = typer.Option(1, "--epochs", min=1, help="Passes over the training examples."),
+    limit: int = opt.option(64, "--limit", help="Train on the first N SST-2 training examples."),
+    epochs: int = opt.option(1, "--epochs", help="Passes over the training examples."),
     eval_limit: int = typer.Option(
-        0, "--eval-limit", help="Then evaluate encrypted on the first N dev examples (same session)."
+        0, "--eval-limit", min=0, help="Then evaluate encrypted on the first N dev examples (same session)."
     ),
     end: str = typer.Option(
         "export",
@@ -133,11 +127,11 @@ def finetune(
         "encrypted: the adapter stays encrypted (inference stays two-party: keep a checkpoint, then "
         "`evaluate --checkpoint OUT/checkpoint`).",
     ),
-    data_dir: Path | None = DATA_DIR,
+    data_dir: Path | None = opt.DATA_DIR,
     server: str | None = SERVER,
     certs: Path | None = CERTS,
-    json_out: Path | None = JSON_OUT,
-    progress: bool = PROGRESS,
+    json_out: Path | None = opt.JSON_OUT,
+    progress: bool = opt.PROGRESS,
     resume: bool = typer.Option(
         False, "--resume", help="Continue the run checkpointed in OUT/checkpoint (same settings; next step)."
     ),
@@ -149,15 +143,13 @@ def finetune(
     from p3eft.privtuner.checkpoint import PASSPHRASE_ENV, run_checkpoint
     from p3eft.privtuner.protocol import EndPolicy
 
-    _positive("--limit", limit)
-    _positive("--epochs", epochs)
-    if eval_limit < 0:
-        raise P3eftError(f"--eval-limit must be >= 0, got {eval_limit}")
     try:
         policy = EndPolicy(end)
     except ValueError:
         raise P3eftError(f"--end must be export or encrypted, not {end!r}") from None
     _network(server, certs)
+    check_writable_dir(out)  # outputs before anything loads: a bad --out or --json fails in a second
+    opt.check_json_out(json_out)
     cfg = tuning.settings()
     from p3eft.privtuner.workflows import finetune as run
 
@@ -208,9 +200,12 @@ def evaluate(
     adapter: Path | None = typer.Option(
         None, "--adapter", help="An exported PEFT adapter folder: plaintext evaluation with peft."
     ),
-    limit: int = typer.Option(200, "--limit", help="Evaluate on the first N SST-2 dev examples."),
+    limit: int = opt.option(200, "--limit", help="Evaluate on the first N SST-2 dev examples."),
     train_limit: int = typer.Option(
-        0, "--train-limit", help="Encrypted mode: first train encrypted on N examples in the same session."
+        0,
+        "--train-limit",
+        min=0,
+        help="Encrypted mode: first train encrypted on N examples in the same session.",
     ),
     checkpoint: Path | None = typer.Option(
         None,
@@ -218,16 +213,13 @@ def evaluate(
         help="Encrypted mode: the trained, still encrypted adapter of a finetune run (its OUT/checkpoint; "
         "needs the run's passphrase in $P3EFT_CHECKPOINT_PASSPHRASE).",
     ),
-    data_dir: Path | None = DATA_DIR,
+    data_dir: Path | None = opt.DATA_DIR,
     server: str | None = SERVER,
     certs: Path | None = CERTS,
-    json_out: Path | None = JSON_OUT,
-    progress: bool = PROGRESS,
+    json_out: Path | None = opt.JSON_OUT,
+    progress: bool = opt.PROGRESS,
 ) -> None:
     """Evaluate on SST-2 dev: encrypted two-party inference, or plaintext with an exported adapter."""
-    _positive("--limit", limit)
-    if train_limit < 0:
-        raise P3eftError(f"--train-limit must be >= 0, got {train_limit}")
     if adapter is not None and (server is not None or train_limit or checkpoint is not None):
         raise P3eftError(
             "--adapter evaluates in plaintext: it takes no --server, --train-limit or --checkpoint"
@@ -235,6 +227,7 @@ def evaluate(
     if checkpoint is not None and train_limit:
         raise P3eftError("--checkpoint evaluates a trained adapter: it takes no --train-limit")
     _network(server, certs)
+    opt.check_json_out(json_out)
     from p3eft.privtuner import workflows
     from p3eft.privtuner.checkpoint import run_checkpoint
 
@@ -264,12 +257,13 @@ def evaluate(
 @with_tuning_flags
 def verify(
     tuning: TuningFlags,
-    data_dir: Path | None = DATA_DIR,
-    json_out: Path | None = JSON_OUT,
-    progress: bool = PROGRESS,
+    data_dir: Path | None = opt.DATA_DIR,
+    json_out: Path | None = opt.JSON_OUT,
+    progress: bool = opt.PROGRESS,
 ) -> None:
     """One encrypted forward pass and one encrypted training step on two real SST-2 examples, checked
     against the approximate twin, with the transcript audit."""
+    opt.check_json_out(json_out)
     cfg = tuning.settings()
     from p3eft.privtuner.workflows import verify as run
 
@@ -296,14 +290,14 @@ def bench(
     param_sets: str | None = typer.Option(
         None, "--param-sets", help="Comma-separated CKKS chains (default: every PrivTuner set that fits)."
     ),
-    repeats: int = typer.Option(1, "--repeats", help="Steps and inferences measured per set (median)."),
+    repeats: int = opt.option(1, "--repeats", help="Steps and inferences measured per set (median)."),
     seed: int = SEED,
-    data_dir: Path | None = DATA_DIR,
-    progress: bool = PROGRESS,
+    data_dir: Path | None = opt.DATA_DIR,
+    progress: bool = opt.PROGRESS,
 ) -> None:
     """Measure one encrypted training step and one inference per parameter set; write the step-cost file
     that `p3eft wireless run --costs FILE` reads."""
-    _positive("--repeats", repeats)
+    opt.check_json_out(json_out)
     names = [s.strip() for s in param_sets.split(",")] if param_sets else None
     if names is not None and not all(names):
         raise P3eftError("--param-sets has an empty name")

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli import options as opt
+from p3eft.cli import privtuner as pt
+
 app = typer.Typer(no_args_is_help=True)
 
 _CERTS = typer.Option(
@@ -134,16 +137,14 @@ def privtuner_model_owner(
     port: int = _PORT,
     ready_file: Path | None = _READY,
     max_message_mb: int = typer.Option(1024, "--max-message-mb", help="Largest payload accepted, in MiB."),
-    model: str = typer.Option("minilm-l6", "--model", help="minilm-l6 (real weights), bert-tiny or tiny."),
-    layers: int = typer.Option(2, "--layers", help="Keep the encoder's first K layers."),
-    max_len: int = typer.Option(64, "--max-len", help="Tokens per example."),
-    rank: int = typer.Option(8, "--rank", help="LoRA rank."),
-    alpha: float = typer.Option(8.0, "--alpha", help="LoRA alpha."),
-    param_set: str | None = typer.Option(None, "--param-set", help="CKKS chain (default: the model's)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the adapter's initialisation."),
-    head_standardize: bool = typer.Option(
-        True, "--head-standardize/--no-head-standardize", help="Standardize the classifier's input (ours)."
-    ),
+    model: str = pt.MODEL,  # the model flags of `p3eft privtuner`, with their ranges
+    layers: int = pt.LAYERS,
+    max_len: int = pt.MAX_LEN,
+    rank: int = pt.RANK,
+    alpha: float = pt.ALPHA,
+    param_set: str | None = pt.PARAM_SET,
+    seed: int = opt.option(0, "--seed", help="Seed of the adapter's initialisation."),
+    head_standardize: bool = pt.HEAD_STD,
     factory: str | None = typer.Option(
         None, "--factory", help="Backend factory MODULE:NAME or FILE.py:NAME (default: the encrypted BERT)."
     ),

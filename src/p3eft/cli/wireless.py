@@ -13,7 +13,9 @@ from pathlib import Path
 import click
 import typer
 
+from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
+from p3eft.outputs import check_writable_dir, check_writable_file
 
 app = typer.Typer(
     no_args_is_help=True, help="PrivTuner's wireless system: energy/privacy resource allocation."
@@ -90,7 +92,7 @@ _W3_GRID = typer.Option(None, "--w3-grid", help=_W3_HELP)
 _CPU_HZ = typer.Option(
     None, "--cpu-hz", help="Clock of the machine that measured the cost file (if its provenance lacks it)."
 )
-_SEED = typer.Option(0, "--seed", help="Seed of the generated scenario and the random baseline.")
+_SEED = opt.option(0, "--seed", help="Seed of the generated scenario and the random baseline.")
 
 
 @app.command()
@@ -131,6 +133,9 @@ def run(
 
     if (scenario is None) == (users is None):
         raise P3eftError("give exactly one of --scenario FILE or --users U")
+    opt.check_json_out(json_out)
+    if save_scenario is not None:
+        check_writable_file(save_scenario, "--save-scenario")
     if users is not None and users < 1:
         raise P3eftError(f"--users must be >= 1, got {users}")
     if continuous not in ("dual", "fractional"):
@@ -228,6 +233,7 @@ def figures(
 
     if users < 2:
         raise P3eftError(f"--users must be >= 2 for the figures, got {users}")
+    check_writable_dir(out)  # before the sweeps run: a bad --out fails in a second, not after them
     dl = _deadlines(deadline_s)
     table = _load(costs, cpu_hz)
     cmd = _command_line(ctx)
@@ -249,21 +255,19 @@ def regenerate(
     w3_grid: str = _W3_GRID,
     cpu_hz: float = _CPU_HZ,
     seed: int = _SEED,
-    repeats: int = typer.Option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
+    repeats: int = opt.option(3, "--repeats", help="Solve-time repeats of the benchmark (median)."),
 ) -> None:
     """Every published result in one go: the figures, the 6-user exhaustive check, the benchmark."""
     from p3eft.wireless import check_allocation, generate_scenario, solve, solve_exhaustive
     from p3eft.wireless.bench import benchmark_record, format_tables, run_benchmark
     from p3eft.wireless.experiments import make_figures
 
-    if repeats < 1:
-        raise P3eftError(f"--repeats must be >= 1, got {repeats}")
+    check_writable_dir(out)  # before the sweeps and the benchmark run
     dl = _deadlines(deadline_s)
     w3s = _w3_grid(w3_grid)
     gen = {} if dl is None else {"deadline_s": dl}
     table = _load(costs, cpu_hz)
     command = _command_line(ctx)
-    out.mkdir(parents=True, exist_ok=True)
     for p in make_figures(out, table, command, seed=seed, users=10, deadline_s=dl, w3_values=w3s):
         typer.echo(f"wrote {p} (+ .json, .command.txt)")
     sc = generate_scenario(6, seed=seed, **gen)

@@ -1,4 +1,5 @@
-"""Loaders for the five benchmarks, reading the original files (formats: ``../shared/data/README.md``).
+"""Loaders for the five benchmarks, reading the original files (the folder layout, the file names and
+where a user gets them: docs/foundation.md, "Datasets and metrics").
 
 Prompt formats follow lm-evaluation-harness's task definitions (context, choices, gold index; each
 choice is scored after a single space):

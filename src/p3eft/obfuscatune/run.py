@@ -30,14 +30,10 @@ from p3eft.errors import MissingResourceError, P3eftError
 from p3eft.obfuscatune import driver
 from p3eft.obfuscatune.enclave import EnclaveSettings
 from p3eft.obfuscatune.export import save_exported_adapter
+from p3eft.outputs import check_writable_dir
 from p3eft.tuning import LoraSettings, TrainConfig
 from p3eft.tuning.adapters import ADAPTER_META
-from p3eft.tuning.checkpoint import (
-    CheckpointStore,
-    check_writable_dir,
-    load_state_files,
-    save_state_files,
-)
+from p3eft.tuning.checkpoint import CheckpointStore, load_state_files, save_state_files
 from p3eft.tuning.scoring import check_scoring_args, meaningful_metrics
 
 SEALING_KEY_FILE = "enclave-sealing.key"

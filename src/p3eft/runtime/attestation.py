@@ -28,11 +28,12 @@ import sys
 import sysconfig
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -178,16 +179,33 @@ def _quote_body(
     return b"".join((_DOMAIN, measurement, public_key, nonce, struct.pack("<d", timestamp), report_data))
 
 
+K = TypeVar("K")
+
+
+def _platform_key(load: Callable[[bytes], object], pem: bytes, kind: type[K], what: str) -> K:
+    """Parse a platform key file with ``load``: a corrupt or foreign file is one :class:`SecurityError`
+    line for the user (as :mod:`p3eft.runtime.pki` does for certificates), not cryptography's traceback."""
+    try:
+        key = load(pem)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as err:
+        raise SecurityError(f"the {what} is not a readable PEM key; run `p3eft keys init --force`") from err
+    if not isinstance(key, kind):
+        raise SecurityError(f"the {what} must be Ed25519")
+    return key
+
+
 class SimulatedAttestor(Attestor):
     """Signs quotes with the simulated platform key (development only; see module docstring)."""
 
     backend = "simulated"
 
     def __init__(self, platform_key_pem: bytes, measurement: bytes | None = None) -> None:
-        key = serialization.load_pem_private_key(platform_key_pem, password=None)
-        if not isinstance(key, ed25519.Ed25519PrivateKey):
-            raise SecurityError("platform attestation key must be Ed25519")
-        self._key = key
+        self._key = _platform_key(
+            lambda pem: serialization.load_pem_private_key(pem, password=None),
+            platform_key_pem,
+            ed25519.Ed25519PrivateKey,
+            "platform attestation key (platform-attest.key)",
+        )
         self.measurement = measurement if measurement is not None else code_measurement()
 
     def evidence(self, nonce: bytes, enclave_public_key: bytes, config: dict) -> dict:
@@ -218,10 +236,12 @@ class SimulatedVerifier(Verifier):
         max_age_s: float = DEFAULT_MAX_AGE_S,
         policy: dict[str, object] | None = None,
     ) -> None:
-        key = serialization.load_pem_public_key(platform_public_pem)
-        if not isinstance(key, ed25519.Ed25519PublicKey):
-            raise SecurityError("platform attestation public key must be Ed25519")
-        self._key = key
+        self._key = _platform_key(
+            serialization.load_pem_public_key,
+            platform_public_pem,
+            ed25519.Ed25519PublicKey,
+            "platform attestation public key (platform-attest.pub)",
+        )
         self.expected = expected_measurement if expected_measurement is not None else code_measurement()
         self.max_age_s = max_age_s
         self.policy = dict(policy or {})

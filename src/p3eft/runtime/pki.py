@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from p3eft.errors import MissingResourceError, P3eftError, SecurityError, UnknownNameError
+from p3eft.outputs import check_writable_dir
 
 PARTIES = ("enclave", "cloud", "model-owner", "data-owner")
 DATA_OWNER = "data-owner"
@@ -117,8 +118,8 @@ def init_keys(
 
     ``hosts`` adds DNS names or IP addresses to every certificate, for parties on other machines.
     """
-    out = Path(directory)
     parties = party_names(data_owners)
+    out = check_writable_dir(directory, "key folder")  # a file or an unwritable path: one line
     if (out / "ca" / "ca.key").exists() and not force:
         raise P3eftError(f"{out} already holds a CA (ca/ca.key); pass --force to replace every key in it")
     now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)

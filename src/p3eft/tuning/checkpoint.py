@@ -66,31 +66,6 @@ def _atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def check_writable_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create ``path`` (and parents) or refuse it in one line: called before any model loads."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise P3eftError(f"{flag} {path} is a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise P3eftError(f"{flag} {path} cannot be created: {err.strerror or err}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise P3eftError(f"{flag} {path} is not writable")
-    return path
-
-
-def check_writable_file(path: str | Path, flag: str = "--json") -> Path:
-    """Refuse an output file path that cannot be written (a folder, or an unwritable parent)."""
-    path = Path(path)
-    if path.is_dir():
-        raise P3eftError(f"{flag} {path} is a folder, not a file")
-    check_writable_dir(path.parent, f"{flag}'s folder")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise P3eftError(f"{flag} {path} is not writable")
-    return path
-
-
 STEP_PREFIX = "step-"
 
 

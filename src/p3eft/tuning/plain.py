@@ -15,6 +15,7 @@ import torch
 from p3eft.data import Task, load_task
 from p3eft.errors import P3eftError
 from p3eft.models import LoadedModel, load_causal_lm, load_sequence_classifier
+from p3eft.outputs import check_writable_dir
 from p3eft.tuning.adapters import (
     attach_lora,
     check_adapter_dir,
@@ -22,7 +23,7 @@ from p3eft.tuning.adapters import (
     save_adapter,
     trainable_parameters,
 )
-from p3eft.tuning.checkpoint import Checkpointer, check_writable_dir
+from p3eft.tuning.checkpoint import Checkpointer
 from p3eft.tuning.config import TrainConfig
 from p3eft.tuning.lm_data import (
     StepBatches,
