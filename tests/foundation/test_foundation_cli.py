@@ -264,6 +264,9 @@ def _sst2_accuracy_with_adapter(adapter, limit: int) -> float:
         ["privtuner", "verify", "--lr", "0"],
         ["privtuner", "bench", "--max-len", "1", "--json", "OUT/costs.json"],
         ["serve", "privtuner-model-owner", "--alpha", "-3", "--certs", "OUT"],
+        ["serve", "cloud", "--port", "70000", "--certs", "OUT"],
+        ["serve", "enclave", "--max-message-mb", "0", "--certs", "OUT"],
+        ["serve", "privtuner-model-owner", "--port", "-1", "--certs", "OUT"],
         ["wireless", "run", "--seed", "-1", "--users", "3"],
     ],
 )

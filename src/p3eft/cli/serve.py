@@ -18,9 +18,9 @@ _CERTS = typer.Option(
     ..., "--certs", help="This party's own key folder from `p3eft keys init` (DIR/<party>)."
 )
 _HOST = typer.Option("127.0.0.1", "--host", help="Address to bind.")
-_PORT = typer.Option(0, "--port", help="Port to bind (0: a free one, announced on stdout).")
+_PORT = typer.Option(0, "--port", min=0, max=65535, help="Port to bind (0: a free one, announced on stdout).")
 _READY = typer.Option(None, "--ready-file", help="Write {party,pid,port,url} as JSON here once serving.")
-_MAXMB = typer.Option(256, "--max-message-mb", help="Largest payload accepted, in MiB.")
+_MAXMB = typer.Option(256, "--max-message-mb", min=1, help="Largest payload accepted, in MiB.")
 
 
 @app.callback()
@@ -136,7 +136,9 @@ def privtuner_model_owner(
     host: str = _HOST,
     port: int = _PORT,
     ready_file: Path | None = _READY,
-    max_message_mb: int = typer.Option(1024, "--max-message-mb", help="Largest payload accepted, in MiB."),
+    max_message_mb: int = typer.Option(
+        1024, "--max-message-mb", min=1, help="Largest payload accepted, in MiB."
+    ),
     model: str = pt.MODEL,  # the model flags of `p3eft privtuner`, with their ranges
     layers: int = pt.LAYERS,
     max_len: int = pt.MAX_LEN,
