@@ -115,6 +115,11 @@ OUTPUT_CASES = [
     (["keys", "init", "FILE"], "key folder FILE is a file"),
     (["attack", "tokens", "--json", "DIR"], "--json DIR is a folder"),
     (["attack", "tokens", "--report", "FILE"], "--report FILE is a file"),
+    (["bench", "fhe", "--sets", "N8192", "--json", "DIR"], "--json DIR is a folder"),
+    (
+        ["model-owner", "upload", "--enclave", "127.0.0.1:1", "--certs", "DIR", "--json", "DIR"],
+        "--json DIR is a folder",
+    ),
 ]
 
 
@@ -127,7 +132,9 @@ def test_bad_outputs_refused_before_any_work(argv, needle, capsys, monkeypatch, 
     """Item 3: an output that is a file, a folder where a file goes, or cannot be created ends as one
     line with exit 2 before a model loads, a party starts or a sweep runs (not a traceback at the end)."""
     import p3eft.attacks.suite
+    import p3eft.fhe.costs
     import p3eft.obfuscatune.net.demo
+    import p3eft.obfuscatune.net.model_owner
     import p3eft.privtuner.wiring
     import p3eft.wireless
     import p3eft.wireless.experiments
@@ -138,6 +145,8 @@ def test_bad_outputs_refused_before_any_work(argv, needle, capsys, monkeypatch, 
         (p3eft.wireless.experiments, "make_figures"),
         (p3eft.wireless, "solve"),
         (p3eft.attacks.suite, "run_suite"),
+        (p3eft.fhe.costs, "measure_param_set"),
+        (p3eft.obfuscatune.net.model_owner, "upload"),
     ):
         monkeypatch.setattr(module, name, _must_not_run)
     (tmp_path / "a-file").write_text("x")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli.options import check_json_out
 from p3eft.errors import P3eftError
 
 app = typer.Typer(help="Measure costs (FHE parameter sets, ...) and write JSON.")
@@ -37,6 +38,7 @@ def fhe(
     from p3eft.fhe.costs import measure_param_set, provenance
     from p3eft.fhe.params import NAMED_SETS
 
+    check_json_out(json_path)  # before minutes of measuring
     names = [s.strip() for s in sets.split(",") if s.strip()]
     unknown = [n for n in names if n not in NAMED_SETS]
     if unknown:

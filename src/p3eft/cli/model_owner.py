@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from p3eft.cli.options import check_json_out
+
 app = typer.Typer(no_args_is_help=True)
 
 
@@ -34,6 +36,7 @@ def upload(
         from p3eft.errors import P3eftError
 
         raise P3eftError("--chunk-mb must be at least 1")
+    check_json_out(json_out)  # before the model loads and streams
     summary = do_upload(model, enclave, certs, chunk_mb=chunk_mb, refresh=refresh, expect=expect)
     typer.echo(
         f"provisioned {summary['model']} ({summary['bytes_sent'] / 2**20:.1f} MiB sent to the attested enclave "
