@@ -204,10 +204,9 @@ def rerandomise(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
     decrypted outputs keep it (docs/fhe.md, "Client-aided refresh")."""
     if a.seal.size() != 2:
         raise ProtocolError(f"re-randomise a relinearised ciphertext (2 polynomials), got {a.seal.size()}")
-    zero = _new(ctx)
-    ctx.encrypt_zero(zero, ctx.level(a), a.seal.scale)
+    zero = encrypted_zero(ctx, ctx.level(a), a.seal.scale, a.context_id, a.layout)
     out = _new(ctx)
-    ctx.evaluator.add(a.seal, zero, out)
+    ctx.evaluator.add(a.seal, zero.seal, out)
     return Ciphertext(out, a.context_id, a.layout)
 
 
