@@ -224,7 +224,11 @@ def test_encrypted_phases_resume_after_a_crash(tmp_path, monkeypatch):
     assert res["phases_done"] == ["encrypted_train", "encrypted_eval"] and len(res["resumed"]) == 1
     assert tr["steps_done"] == 2 and len(tr["enc_losses"]) == 2 == len(tr["step_costs"])
     assert tr["max_abs_loss_diff"] < 1e-2
-    assert res["encrypted_eval"]["examples"] == 1 and res["encrypted_eval"]["agreement_with_twin"] == 1.0
+    ev = res["encrypted_eval"]
+    assert ev["examples"] == 1 and ev["agreement_with_twin"] == 1.0
+    # the twin on the encrypted model's own decrypted parameters: inference error only
+    assert ev["agreement_with_twin_same_params"] == 1.0 and ev["logit_diff_same_params_examples"] == 1
+    assert ev["max_abs_logit_diff_same_params"] < 1e-3
     # the uninterrupted twin, in plaintext: two SGD updates from the same initial adapter
     backend = BertBackend(
         settings(model="tiny", layers=1, max_len=4, rank=1, alpha=2.0, lr=0.5, head_standardize=False)
@@ -269,3 +273,43 @@ def test_the_report_lists_every_encrypted_update_against_the_twin():
     text = markdown(res, "x.json", "x.png").split("## Phase 2")[1]
     assert "1 of 2 encrypted SGD updates ran (8 example(s) each, 16 examples in all)" in text
     assert "| 1 | 0.69000 | 0.68000 | +1.0e-02 |" in text and "| 2 |" not in text
+
+
+def test_same_params_agreement_aligns_logits_kept_only_for_the_later_examples():
+    """A run resumed from one that kept only predictions: the logit difference covers the examples
+    whose encrypted logits were kept (the last ones), the agreement every example."""
+    from p3eft.privtuner.experiment import same_params_agreement
+
+    ev = {
+        "predictions": [0, 1, 1, 0],
+        "twin_same_params_logits": [[1.0, 0.0], [0.0, 1.0], [1.0, 0.5], [0.2, 0.1]],
+        "logits": [[0.9, 0.6], [0.25, 0.1]],  # the last two examples only
+    }
+    out = same_params_agreement(ev)
+    assert out["twin_same_params_predictions"] == [0, 1, 0, 0]
+    assert out["agreement_with_twin_same_params"] == 0.75
+    assert out["max_abs_logit_diff_same_params"] == pytest.approx(0.1)  # 0.9 - 1.0 and 0.6 - 0.5
+    assert out["logit_diff_same_params_examples"] == 2
+    assert "max_abs_logit_diff_same_params" not in same_params_agreement({**ev, "logits": []})
+
+
+def test_an_exported_adapter_maps_back_to_the_graphs_parameters():
+    """peft names and the plain head (what the data owner decrypts) -> the matrices the twin takes,
+    with the head standardized again: the round trip is exact, and a foreign tensor name is refused."""
+    import numpy as np
+
+    from p3eft.errors import ProtocolError
+    from p3eft.privtuner.adapter import from_peft_names, peft_names
+    from p3eft.privtuner.wiring import BertBackend, settings
+
+    backend = BertBackend(settings(model="tiny", layers=2, max_len=4, rank=2, alpha=4.0))
+    assert backend.fns.head_std is not None  # the standardized head is the default: it is undone and redone
+    init = backend.initial_params(seed=3)
+    named = peft_names(backend.plain_params(init))
+    back = backend.params_from_export(named)
+    assert set(back) == set(init)
+    for k in init:
+        np.testing.assert_allclose(back[k], init[k], rtol=1e-12, atol=1e-12)
+    assert from_peft_names(peft_names({"L1.v.B": np.ones(1)})) == {"L1.v.B": np.ones(1)}
+    with pytest.raises(ProtocolError, match="not a PrivTuner adapter tensor name"):
+        from_peft_names({"encoder.layer.0.attention.self.key.lora_A.weight": np.ones(1)})

@@ -46,6 +46,23 @@ def peft_names(plain: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
+def from_peft_names(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The inverse of :func:`peft_names`: peft-style names -> ``L{l}.{q|v}.A``/``.B``, ``head.W``/``head.b``."""
+    modules = {v: k for k, v in MODULE_NAMES.items()}
+    out = {}
+    for k, v in named.items():
+        if k == "classifier.weight":
+            out["head.W"] = v
+        elif k == "classifier.bias":
+            out["head.b"] = v
+        else:
+            parts = k.split(".")  # encoder.layer.{l}.attention.self.{module}.lora_{A|B}.weight
+            if len(parts) != 8 or parts[5] not in modules or not parts[6].startswith("lora_"):
+                raise ProtocolError(f"not a PrivTuner adapter tensor name: {k!r}")
+            out[f"L{parts[2]}.{modules[parts[5]]}.{parts[6][5:]}"] = v
+    return out
+
+
 class EncryptedAdapter:
     """LoRA factors + classifier as ciphertexts (model owner's side), with encrypted gradients."""
 

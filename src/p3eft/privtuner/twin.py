@@ -105,9 +105,15 @@ class PrivTunerModel:
         self, mats: dict[str, np.ndarray], old: HeadStandardizer | None, new: HeadStandardizer | None
     ) -> dict[str, np.ndarray]:
         """The same parameters laid out for the standardization ``new`` instead of ``old``."""
-        plain = self.plain_params(mats, old)
-        w, b = plain.pop("head.W"), plain.pop("head.b")
-        return param_matrices(self.spec, self.cfg, plain, w, b, new)
+        return self.matrices_from_plain(self.plain_params(mats, old), new)
+
+    def matrices_from_plain(
+        self, plain: dict[str, np.ndarray], head_std: HeadStandardizer | None = None
+    ) -> dict[str, np.ndarray]:
+        """The inverse of :meth:`plain_params`: plain LoRA factors and head (``head.W``, ``head.b``)
+        -> the graph's matrices, the head laid out for ``head_std``."""
+        lora = {k: v for k, v in plain.items() if k not in ("head.W", "head.b")}
+        return param_matrices(self.spec, self.cfg, lora, plain["head.W"], plain["head.b"], head_std)
 
     # ----- data owner's side (used by the twin and by tests) ----------------------------------------
     def example_inputs(

@@ -237,6 +237,14 @@ class BertBackend:
         """The graph's parameter matrices -> plain LoRA factors and the plain head."""
         return self.model.plain_params(mats, self.fns.head_std)
 
+    def params_from_export(self, named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """An exported (decrypted, peft-named) adapter and plain head -> the graph's parameter matrices,
+        the head standardized again as the session's (the inverse of :meth:`plain_params` after
+        :func:`~p3eft.privtuner.adapter.peft_names`)."""
+        from p3eft.privtuner.adapter import from_peft_names
+
+        return self.model.matrices_from_plain(from_peft_names(named), self.fns.head_std)
+
     def open_session(self, seed: int | None) -> BertSessionSpec:
         return BertSessionSpec(self, self.cfg.seed if seed is None else int(seed))
 
