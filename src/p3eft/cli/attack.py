@@ -151,3 +151,53 @@ _command(
     ["tokens", "qkv", "weights", "structure", "static", "subspace", "covariance", "gradients"],
     "Every attack; the full table and JSON.",
 )
+
+
+def _workloads(spec: str):
+    from p3eft.attacks.frontier import Workload
+    from p3eft.errors import P3eftError
+
+    out = []
+    for item in (x.strip() for x in spec.split(",") if x.strip()):
+        parts = item.split(":")
+        try:
+            if len(parts) != 3:
+                raise ValueError
+            out.append(Workload(parts[0], int(parts[1]), float(parts[2])))
+        except ValueError:
+            raise P3eftError(
+                f"--workloads: {item!r} is not NAME:ROWS:HEAD_SHARE (e.g. logits-512:512:1)"
+            ) from None
+    if not out:
+        raise P3eftError("--workloads: at least one NAME:ROWS:HEAD_SHARE is needed")
+    return out
+
+
+@app.command("frontier")
+def frontier(
+    results: list[Path] = typer.Argument(
+        ...,
+        help="Attack-suite JSON files (`p3eft attack all --json`); later files fill in or replace earlier ones' figures.",
+    ),
+    workloads: str = typer.Option(
+        "logits-512:512:1,logits-2048:2048:1",
+        "--workloads",
+        help="Comma-separated NAME:ROWS:HEAD_SHARE to price (rows per call, share of positions with logits);"
+        " the first is the frontier's reference.",
+    ),
+    mode: str = typer.Option("strict", "--mode", help="Only this mode's configurations (strict or paper)."),
+    json_out: Path | None = typer.Option(None, "--json", help="Write the frontier JSON here."),
+    report: Path | None = typer.Option(None, "--report", help="Folder for frontier.md and frontier.png."),
+) -> None:
+    """Leakage against enclave cost over the measured configurations, and which are on the frontier."""
+    opt.check_json_out(json_out)
+    if report is not None:
+        check_writable_dir(report, "--report")
+    from p3eft.attacks.frontier import build_frontier, load_results, markdown, write
+    from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, DEFAULT_MODE
+
+    wl = _workloads(workloads)
+    points = build_frontier(load_results(results), wl, mode=mode)
+    default = (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE)
+    write(points, wl, default, json_out, report)
+    typer.echo(markdown(points, wl, default))
