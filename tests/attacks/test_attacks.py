@@ -130,6 +130,7 @@ def test_suite_writes_table_and_json_with_the_default_keys(tmp_path):
     assert d["goals"]["tokens_known_plaintext"] is True
     table = (tmp_path / "rep" / "attacks.md").read_text()
     assert (
-        "| strict **(default)** | kron | mix:4+fill |" in table and "| strict | orthogonal | none |" in table
+        f"| strict **(default)** | {DEFAULT_MASKS} | {DEFAULT_DEFENCE} |" in table
+        and "| strict | orthogonal | none |" in table
     )
     assert "subspace: known rows (calls)" in table

@@ -53,7 +53,7 @@ def test_subspace_attack_breaks_row_mixing_on_short_calls(cands, masks):
 
 
 def test_default_configuration_is_the_victim_tested():
-    assert (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE) == ("strict", "kron", "mix:4+fill")
+    assert (DEFAULT_MODE, DEFAULT_MASKS, DEFAULT_DEFENCE) == ("strict", "kron:12", "mix:4+fill")
 
 
 def test_span_filling_gives_the_attack_no_equations(cands):

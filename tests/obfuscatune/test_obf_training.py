@@ -5,7 +5,7 @@ import torch
 from helpers_obf import batch, plain_peft, tiny_gpt2, tiny_llama
 
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, EnclaveSettings
+from p3eft.obfuscatune.enclave import DEFAULT_DEFENCE, DEFAULT_MASKS, EnclaveSettings
 from p3eft.obfuscatune.session import session_from_model
 
 
@@ -56,6 +56,8 @@ def _compare(export, peft_model, tol):
         ("gpt2", "strict", "orthogonal", "float64", 1e-9, "mix:4"),
         ("gpt2", "paper", "orthogonal", "float64", 1e-9, DEFAULT_DEFENCE),
         ("gpt2", "strict", "kron:4", "float64", 1e-9, DEFAULT_DEFENCE),
+        ("gpt2", "strict", DEFAULT_MASKS, "float64", 1e-9, DEFAULT_DEFENCE),  # the default, whole
+        ("llama", "strict", DEFAULT_MASKS, "float32", 1e-3, DEFAULT_DEFENCE),
         ("gpt2", "strict", "orthogonal", "float32", 1e-3, DEFAULT_DEFENCE),
         ("llama", "strict", "orthogonal", "float32", 1e-3, DEFAULT_DEFENCE),
     ],

@@ -22,8 +22,12 @@ MODE_HELP = (
     "strict (ours, default: both sides of every linear masked) or paper (one-sided, as published; protects "
     "neither prompts nor weights against an attacker holding the public model, see docs/obfuscatune.md)."
 )
+# the enclave's DEFAULT_MASKS, spelled here so that building the CLI does not import torch (a test keeps
+# the two equal)
+MASKS = "kron:12"
 MASKS_HELP = (
-    "kron (default: structured, cheap for the enclave), orthogonal, cond:K, naive, kron[:F] or blockperm[:B]."
+    f"{MASKS} (default: Kronecker factors <= 12, structured, cheap for the enclave), orthogonal, cond:K,"
+    " naive, kron[:F] (F: largest factor, 16 if omitted) or blockperm[:B]."
 )
 DTYPE_HELP = "Enclave/accelerator precision: float32 or float64."
 # the enclave's DEFAULT_DEFENCE, spelled here so that building the CLI does not import torch (a test
@@ -52,7 +56,7 @@ def _settings(mode: str, masks: str, dtype: str = "float32", defence: str = DEFE
 ENCLAVE_OWNED = ("rank", "alpha", "dropout", "mode", "masks", "dtype", "defence")
 EXPECT_HELP = (
     "With --enclave: KEY=VALUE[,...] the enclave's attested configuration must show "
-    f"(default mode=strict,masks=kron,defence={DEFENCE},seed=random)."
+    f"(default mode=strict,masks={MASKS},defence={DEFENCE},seed=random)."
 )
 
 
@@ -113,7 +117,7 @@ with_mask_flags = opt.flag_group(
     MaskFlags,
     (
         ("mode", str, typer.Option("strict", "--mode", help=MODE_HELP)),
-        ("masks", str, typer.Option("kron", "--masks", help=MASKS_HELP)),
+        ("masks", str, typer.Option(MASKS, "--masks", help=MASKS_HELP)),
         ("dtype", str, typer.Option("float32", "--dtype", help=DTYPE_HELP)),
         ("defence", str, typer.Option(DEFENCE, "--defence", help=DEFENCE_HELP)),
     ),
@@ -253,7 +257,7 @@ def verify(
 def info(
     model: str = typer.Option("gpt2-xl", "--model", help="Registry name or local model folder."),
     mode: str = typer.Option("strict", "--mode", help=MODE_HELP),
-    masks: str = typer.Option("kron", "--masks", help=MASKS_HELP),
+    masks: str = typer.Option(MASKS, "--masks", help=MASKS_HELP),
     context: int = typer.Option(128, "--context", min=1, help="Context length for the attention arithmetic."),
     defence: str = typer.Option(DEFENCE, "--defence", help=DEFENCE_HELP),
     rows: int | None = typer.Option(
@@ -330,7 +334,7 @@ def experiment(
     ),
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
-    exp_masks: str = typer.Option("kron", "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
+    exp_masks: str = typer.Option(MASKS, "--masks", help="Table 1's ObfuscaTune masks. " + MASKS_HELP),
     defence: str = typer.Option(DEFENCE, "--defence", help=DEFENCE_HELP),
     cloud_device: str | None = typer.Option(
         None, "--cloud-device", help="Untrusted side's torch device (default: cuda if present, else cpu)."
@@ -340,6 +344,12 @@ def experiment(
         "--tables",
         help="Which tables to run: 1, 2 or 1,2. '2' runs only the Unprotected fine-tuning (its adapter)"
         " and the sweep; put it into full results with 'p3eft obfuscatune merge-sweep'.",
+    ),
+    columns: str = typer.Option(
+        "unprotected,obfuscatune,naive",
+        "--columns",
+        help="Table 1's columns to run. Without 'unprotected' the obfuscated runs start from the same seeded"
+        " adapter without the plain fine-tuning; put them into full results with 'p3eft obfuscatune merge-table1'.",
     ),
 ) -> None:
     """The paper's Table 1 (Unprotected / ObfuscaTune / naive) and Table 2 (condition-number sweep)."""
@@ -357,6 +367,11 @@ def experiment(
     table_list = sorted({t.strip() for t in tables.split(",")})
     if not table_list or any(t not in ("1", "2") for t in table_list):
         raise P3eftError(f"--tables takes 1, 2 or 1,2; got {tables!r}")
+    from p3eft.obfuscatune.experiment import TABLE1_COLUMNS
+
+    column_list = opt.name_list(columns)
+    if not column_list or any(c not in TABLE1_COLUMNS for c in column_list):
+        raise P3eftError(f"--columns takes some of {', '.join(TABLE1_COLUMNS)}; got {columns!r}")
     cfg = ExperimentConfig(
         models=opt.name_list(models),
         datasets=opt.name_list(datasets),
@@ -374,6 +389,7 @@ def experiment(
         defence=defence,
         cloud_device=cloud_device,
         tables=[int(t) for t in table_list],
+        columns=[c for c in TABLE1_COLUMNS if c in column_list],
     )
     res = run_experiment(cfg, out, progress=progress)
     typer.echo(res["markdown"])
@@ -392,11 +408,40 @@ def merge_sweep(
 ) -> None:
     """Replace each swept dataset's Table 2 in RESULTS by the sweep's, with its provenance."""
     from p3eft.obfuscatune.experiment import merge_sweep as merge
+
+    _merge_into(results, sweeps, note, merge)
+
+
+@app.command("merge-table1")
+def merge_table1(
+    results: Path = typer.Argument(
+        ..., help="Folder of the full results (results.json); rewritten in place."
+    ),
+    runs: list[Path] = typer.Argument(
+        ..., help="results.json files of Table-1 runs (--tables 1 --columns ...)."
+    ),
+    note: str = typer.Option(
+        ..., "--note", help="Where and how the runs ran (machine, date, commit): shown beside each row."
+    ),
+) -> None:
+    """Replace the Table-1 columns each run measured in RESULTS by the run's, with their provenance."""
+    from p3eft.obfuscatune.experiment import merge_table1 as merge
+
+    _merge_into(results, runs, note, merge)
+
+
+def _merge_into(results: Path, parts: list[Path], note: str, merge) -> None:
+    """Merge each part's results.json into RESULTS with ``merge`` and rewrite its files."""
     from p3eft.obfuscatune.experiment import write_results
 
     payload = _read_json(results / "results.json")
-    for path in sweeps:
-        payload = merge(payload, _read_json(path), note)
+    for path in parts:
+        try:
+            payload = merge(payload, _read_json(path), note)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise P3eftError(
+                f"{path} or {results / 'results.json'} is not an experiment's results.json ({exc!r})"
+            ) from None
     res = write_results(results, payload)
     typer.echo(res["markdown"])
     typer.echo(f"wrote {results / 'results.json'}, {results / 'tables.md'}, {results / 'obfuscatune.png'}")

@@ -42,6 +42,20 @@ from p3eft.tuning import (
     trainable_parameters,
 )
 
+TABLE1_COLUMNS = ("unprotected", "obfuscatune", "naive")
+# what a Table-1 column merged from another run must share with the results it joins
+_SAME_TRAINING = (
+    "limit",
+    "eval_limit",
+    "max_steps",
+    "lr",
+    "batch_size",
+    "max_len",
+    "mode",
+    "seed",
+    "defence",
+)
+
 
 @dataclass
 class ExperimentConfig:
@@ -64,6 +78,9 @@ class ExperimentConfig:
     # Which tables to run. Table 2 needs only the Unprotected run's adapter, so ``[2]`` skips Table 1's
     # two obfuscated fine-tunings (ours: lets a long sweep run on its own and be merged afterwards).
     tables: list[int] = field(default_factory=lambda: [1, 2])
+    # Table 1's columns to run (ours: one column can be re-measured, e.g. under new default masks, and
+    # merged into full results; without "unprotected" only its seeded initial adapter is built)
+    columns: list[str] = field(default_factory=lambda: list(TABLE1_COLUMNS))
 
 
 def _train_config(cfg: ExperimentConfig) -> TrainConfig:
@@ -76,14 +93,22 @@ def _pad(tok) -> int:
     return int(tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0))
 
 
-def _plain_run(loaded, train_task, eval_task, tcfg: TrainConfig, progress: bool) -> tuple[dict, Any, dict]:
-    """Unprotected: the foundation's PEFT LoRA reference on a copy of the model."""
+def _lora_copy(loaded, tcfg: TrainConfig) -> tuple[Any, dict]:
+    """A copy of the model with fresh LoRA adapters (seeded by ``tcfg.seed``) and their initial values:
+    every Table-1 run starts from these."""
+    from peft import get_peft_model_state_dict
+
     work = copy.copy(loaded)
     work.model = copy.deepcopy(loaded.model)
     peft_model = attach_lora(work, tcfg)
+    return peft_model, {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+
+
+def _plain_run(loaded, train_task, eval_task, tcfg: TrainConfig, progress: bool) -> tuple[dict, Any, dict]:
+    """Unprotected: the foundation's PEFT LoRA reference on a copy of the model."""
     from peft import get_peft_model_state_dict
 
-    init = {k: v.detach().clone() for k, v in get_peft_model_state_dict(peft_model).items()}
+    peft_model, init = _lora_copy(loaded, tcfg)
     items = build_lm_training_examples(loaded.tokenizer, train_task.examples, tcfg.max_len)
     pad = _pad(loaded.tokenizer)
     batches = StepBatches(items, tcfg.batch_size, tcfg.seed, lambda b: collate_lm(b, pad))
@@ -183,7 +208,11 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
             train_task = load_task(ds, "train", data_dir=cfg.data_dir, limit=cfg.limit, seed=cfg.seed)
             eval_task = load_task(ds, "eval", data_dir=cfg.data_dir, limit=cfg.eval_limit, seed=cfg.seed)
             tasks[ds] = (train_task, eval_task)
-            plain, init, final = _plain_run(loaded, train_task, eval_task, tcfg, progress)
+            if 2 in cfg.tables or "unprotected" in cfg.columns:
+                plain, init, final = _plain_run(loaded, train_task, eval_task, tcfg, progress)
+                table1 = {"unprotected": plain}
+            else:  # only obfuscated columns: the same seeded initial adapter, no plain fine-tuning
+                (_, init), final, table1 = _lora_copy(loaded, tcfg), None, {}
             adapters[ds] = (init, final)
             recs[ds] = dict(
                 model=model_name,
@@ -193,10 +222,12 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 n_train=len(train_task.examples),
                 n_eval=len(eval_task.examples),
                 notes=[n for n in (train_task.note, eval_task.note) if n],
-                table1={"unprotected": plain},
+                table1=table1,
                 table2={},
             )
-        for label, masks in (("obfuscatune", cfg.masks), ("naive", "naive")) if 1 in cfg.tables else ():
+        records = [r for r in records if r["model"] != model_name] + list(recs.values())
+        columns = [(c, m) for c, m in (("obfuscatune", cfg.masks), ("naive", "naive")) if c in cfg.columns]
+        for label, masks in columns if 1 in cfg.tables else ():
             settings = EnclaveSettings(
                 mode=cfg.mode, masks=masks, defence=cfg.defence, lora_dropout=tcfg.dropout
             )
@@ -299,6 +330,8 @@ def _markdown(records: list[dict], cfg: ExperimentConfig, wall: float) -> str:
 def _provenance(rec: dict, p: dict) -> str:
     """A provenance line; a merged sweep also names its own Unprotected run's accuracy and wall time."""
     text = p["text"]
+    if p.get("masks") and p["masks"] not in TABLE1_COLUMNS:
+        text += f" (masks {p['masks']})"
     if "unprotected_eval" in p:
         acc = _acc({"eval": p["unprotected_eval"]}, rec["metric"])
         text += f" (its own Unprotected adapter scored {acc:.3f}"
@@ -310,13 +343,25 @@ def missing_runs(records: list[dict], cfg: ExperimentConfig) -> list[str]:
     """The configured runs that have no result, e.g. ``obqa: cond:1000`` (for partial or merged results)."""
     wanted2 = [f"cond:{k:g}" for k in cfg.kappas] + ["naive"]
     out = []
+    wanted1 = cfg.columns if 1 in cfg.tables else TABLE1_COLUMNS
     for r in records:
-        gaps = [k for k in ("unprotected", "obfuscatune", "naive") if k not in r["table1"]]
+        gaps = [k for k in wanted1 if k not in r["table1"]]
         if cfg.sweep_datasets is None or r["dataset"] in cfg.sweep_datasets:
             gaps += [s for s in wanted2 if s not in r["table2"]]
         if gaps:
             out.append(f"{r['dataset']}: " + ", ".join(gaps))
     return out
+
+
+def _matching_record(by_key: dict[tuple[str, str], dict], upd: dict[str, Any], what: str) -> dict:
+    """The base record of ``upd``'s model and dataset, measured on the same data sizes and metric."""
+    key = (upd["model"], upd["dataset"])
+    if key not in by_key:
+        raise P3eftError(f"no {key[0]}/{key[1]} record in the base results to merge {what} into")
+    rec = by_key[key]
+    if (rec["n_train"], rec["n_eval"], rec["metric"]) != (upd["n_train"], upd["n_eval"], upd["metric"]):
+        raise P3eftError(f"{key[1]}: {what} used other data sizes or metric than the base results")
+    return rec
 
 
 def merge_sweep(base: dict[str, Any], update: dict[str, Any], text: str) -> dict[str, Any]:
@@ -332,12 +377,7 @@ def merge_sweep(base: dict[str, Any], update: dict[str, Any], text: str) -> dict
     for upd in update["records"]:
         if not upd["table2"]:
             continue
-        key = (upd["model"], upd["dataset"])
-        if key not in by_key:
-            raise P3eftError(f"no {key[0]}/{key[1]} record in the base results to merge the sweep into")
-        rec = by_key[key]
-        if (rec["n_train"], rec["n_eval"], rec["metric"]) != (upd["n_train"], upd["n_eval"], upd["metric"]):
-            raise P3eftError(f"{key[1]}: the sweep used other data sizes or metric than the base results")
+        rec = _matching_record(by_key, upd, "the sweep")
         rec["table2"] = copy.deepcopy(upd["table2"])
         rec.setdefault("provenance", {})["table2"] = {
             "text": text,
@@ -346,6 +386,46 @@ def merge_sweep(base: dict[str, Any], update: dict[str, Any], text: str) -> dict
             "wall_seconds": update.get("wall_seconds"),
             "unprotected_eval": upd["table1"]["unprotected"]["eval"],
         }
+    return merged
+
+
+def merge_table1(base: dict[str, Any], update: dict[str, Any], text: str) -> dict[str, Any]:
+    """Put the Table-1 columns an ``update`` run measured (``columns``) into ``base``'s matching records.
+
+    The update must share the training settings (data sizes, steps, lr, batch, length, mode, seed,
+    defence). When it measured the ObfuscaTune column under other masks, it must cover every record that
+    has that column, and the results' masks become the update's: one table never mixes two mask
+    settings in one column (ours, as :func:`merge_sweep` never mixes two sweeps).
+    """
+    merged = copy.deepcopy(base)
+    bcfg, ucfg = merged["config"], update["config"]
+    diff = [k for k in _SAME_TRAINING if bcfg.get(k) != ucfg.get(k)]
+    if diff:
+        raise P3eftError(f"the Table-1 run used other settings than the base results: {', '.join(diff)}")
+    by_key = {(r["model"], r["dataset"]): r for r in merged["records"]}
+    covered = set()
+    for upd in update["records"]:
+        cols = {k: v for k, v in upd["table1"].items() if k in ucfg.get("columns", TABLE1_COLUMNS)}
+        if not cols:
+            continue
+        rec = _matching_record(by_key, upd, "the Table-1 run")
+        covered.add((upd["model"], upd["dataset"]))
+        for col, run in cols.items():
+            rec["table1"][col] = copy.deepcopy(run)
+            rec.setdefault("provenance", {})[f"table1 {col}"] = {
+                "text": text,
+                "masks": ucfg.get("masks") if col == "obfuscatune" else col,
+                "machine": update.get("machine"),
+                "wall_seconds": update.get("wall_seconds"),
+            }
+    if ucfg.get("masks") != bcfg.get("masks") and "obfuscatune" in ucfg.get("columns", TABLE1_COLUMNS):
+        left = [k[1] for k, r in by_key.items() if "obfuscatune" in r["table1"] and k not in covered]
+        if left:
+            raise P3eftError(
+                f"the Table-1 run's masks ({ucfg.get('masks')}) differ from the results' ({bcfg.get('masks')})"
+                f" and it does not cover {', '.join(left)}: one column would mix two mask settings"
+            )
+        bcfg["masks"] = ucfg["masks"]
     return merged
 
 
