@@ -1,15 +1,17 @@
 """Seconds, bytes and refresh round trips of one encrypted PrivTuner training step and one encrypted
-inference, per model shape and CKKS parameter set, through the real protocol (one process).
+inference, per model shape, CKKS parameter set and model-owner worker count, through the real protocol.
 
 Usage: ``python benchmarks/privtuner.py [--models bert-tiny,minilm-l6] [--layers 2] [--max-len 64]
-[--param-sets PT16384,PT32768] [--repeats 1] [--json FILE]``. Prints one table per model and writes
-``{"models": {name: <step-cost file>}}`` (each entry is the format ``p3eft wireless run --costs`` reads),
-plus where the model owner's time goes (linear products, ciphertext products, nonlinear functions,
-refreshes) from the encoder's own counters. ``bert-tiny`` has random weights from its config (the
-cost shape); ``minilm-l6`` has its real weights.
+[--param-sets PT16384,PT32768] [--workers 1,2] [--repeats 1] [--json FILE]``. Prints one table per
+model and writes ``{"models": {name: {"workers=N": <step-cost file>}}}`` (each step-cost file is the
+format ``p3eft wireless run --costs`` reads), plus where the model owner's time goes (linear products,
+ciphertext products, nonlinear functions, refreshes) from the encoder's own counters. ``bert-tiny`` has
+random weights from its config (the cost shape); ``minilm-l6`` has its real weights.
 
-Process pool: the encrypted encoder runs in one process; ``p3eft.fhe.parallel`` parallelises one
-plaintext matrix over many inputs, which the encoder does not use yet, so there is no pool row.
+Workers: with N > 1 the model owner's plaintext-weight products run on a pool of N processes
+(:class:`p3eft.fhe.parallel.KernelPool`); everything else stays in the model owner's session thread.
+Server CPU seconds include the workers' CPU, so the pool shows in wall time, not in CPU. The pool is
+started once per session, with the keys; its start is in ``session_setup_*``, not in the step.
 """
 
 from __future__ import annotations
@@ -30,27 +32,34 @@ def main() -> None:
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=8.0)
     ap.add_argument("--param-sets", default=None, help="comma-separated (default: every PrivTuner set)")
+    ap.add_argument("--workers", default="1,2", help="comma-separated model-owner worker counts")
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
+    try:
+        counts = [int(w) for w in args.workers.split(",")]
+    except ValueError:
+        ap.error(f"--workers takes comma-separated integers, got {args.workers!r}")
     out: dict = {"command": " ".join(["python", *sys.argv]), "models": {}}
     for name in args.models.split(","):
-        res = bench(
-            model=name,
-            layers=args.layers,
-            max_len=args.max_len,
-            rank=args.rank,
-            alpha=args.alpha,
-            param_sets=args.param_sets.split(",") if args.param_sets else None,
-            repeats=args.repeats,
-            command=out["command"],
-        )
-        out["models"][name] = res["costs"]
-        print(f"\n{name}, {args.layers} layers, {args.max_len} tokens")
-        print(res["table"])
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(out, indent=2, default=str))
+        for workers in counts:
+            res = bench(
+                model=name,
+                layers=args.layers,
+                max_len=args.max_len,
+                rank=args.rank,
+                alpha=args.alpha,
+                param_sets=args.param_sets.split(",") if args.param_sets else None,
+                repeats=args.repeats,
+                command=out["command"],
+                workers=workers,
+            )
+            out["models"].setdefault(name, {})[f"workers={workers}"] = res["costs"]
+            print(f"\n{name}, {args.layers} layers, {args.max_len} tokens, {workers} worker(s)")
+            print(res["table"])
+            if args.json:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(out, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,19 @@ import json
 from p3eft.privtuner.bench import COST_KEYS, KIND, BenchCase, step_cost_file, table
 
 
-def test_step_cost_file_counts_one_step(toy):
-    case = BenchCase("toy-N16384", toy.ToyBackend(), toy.ToyCodec)
-    costs = step_cost_file(
+def _toy_costs(toy, workers: int = 1) -> dict:
+    case = BenchCase("toy-N16384", toy.ToyBackend(), toy.ToyCodec, workers)
+    return step_cost_file(
         [case],
         {"name": "toy", "layers": 0, "max_len": 0, "hidden": 8, "lora_rank": 0},
         [("good movie", 1)],
         repeats=1,
         command="test",
     )
+
+
+def test_step_cost_file_counts_one_step(toy):
+    costs = _toy_costs(toy)
     json.dumps(costs)  # JSON-ready
     assert costs["kind"] == KIND and costs["version"] == 1
     ps = costs["param_sets"]["toy-N16384"]
@@ -31,3 +35,13 @@ def test_step_cost_file_counts_one_step(toy):
     assert step["bytes_up"] > inf["bytes_up"] > 0 and step["server_cpu_s"] > 0 and step["device_cpu_s"] > 0
     assert ps["key_upload_bytes"] > 1e6 and ps["keygen_cpu_s"] > 0
     assert "toy-N16384" in table(costs)
+
+
+def test_the_step_cost_file_records_the_model_owners_workers(toy):
+    """``--workers 2``: the file and its table say so, and the step is still counted (the toy model
+    ignores the pool; the pool's products are tested in test_proto_pool.py)."""
+    costs = _toy_costs(toy, workers=2)
+    ps = costs["param_sets"]["toy-N16384"]
+    assert ps["workers"] == 2 and ps["per_example"]["refresh_round_trips"] == 2
+    row = next(line for line in table(costs).splitlines() if line.startswith("toy-N16384"))
+    assert row.split()[1] == "2"

@@ -22,6 +22,16 @@ BAD = [
     ),
     (["privtuner", "bench", "--json", "x.json", "--repeats", "0"], "Invalid value for '--repeats'"),
     (["privtuner", "bench", "--json", "x.json", "--param-sets", "PT16384,,"], "empty name"),
+    (["privtuner", "bench", "--json", "x.json", "--workers", "0"], "Invalid value for '--workers'"),
+    (["privtuner", "bench", "--json", "x.json", "--workers", "33"], "Invalid value for '--workers'"),
+    (
+        ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--workers", "0"],
+        "Invalid value for '--workers'",
+    ),
+    (
+        ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--workers", "two"],
+        "Invalid value for '--workers'",
+    ),
     (["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--factory", "nomodule"], "bad factory"),
     (
         ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--idle-timeout", "0"],

@@ -112,7 +112,7 @@ class ToySpec:
     def public_setup(self) -> dict[str, Any]:
         return {"table": self.table}
 
-    def bind(self, ctx: CkksContext, refresher: Refresher) -> ToyModel:
+    def bind(self, ctx: CkksContext, refresher: Refresher, pool: object = None) -> ToyModel:
         return ToyModel(ctx, refresher, self.w0)
 
 

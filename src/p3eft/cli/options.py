@@ -64,6 +64,7 @@ RANGES: dict[str, dict[str, Any]] = {
     "--layers": {"min": 1},
     "--epochs": {"min": 1},
     "--repeats": {"min": 1},
+    "--workers": {"min": 1, "max": 32},  # p3eft.privtuner.roles.MAX_WORKERS
 }
 
 
@@ -72,6 +73,13 @@ def option(default: Any, flag: str, *aliases: str, help: str) -> Any:  # noqa: A
     without one: a numeric flag must not slip through unchecked)."""
     return typer.Option(default, flag, *aliases, help=help, **RANGES[flag])
 
+
+WORKERS = option(
+    1,
+    "--workers",
+    help="Processes per data-owner session for the model owner's plaintext-weight products (1: none; "
+    "each holds that session's public keys, about 1 GB).",
+)
 
 # --- what to run on ------------------------------------------------------------------------------
 MODEL = typer.Option(

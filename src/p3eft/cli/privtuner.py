@@ -291,12 +291,14 @@ def bench(
         None, "--param-sets", help="Comma-separated CKKS chains (default: every PrivTuner set that fits)."
     ),
     repeats: int = opt.option(1, "--repeats", help="Steps and inferences measured per set (median)."),
+    workers: int = opt.WORKERS,
     seed: int = SEED,
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
 ) -> None:
     """Measure one encrypted training step and one inference per parameter set; write the step-cost file
-    that `p3eft wireless run --costs FILE` reads."""
+    that `p3eft wireless run --costs FILE` reads. With --workers N the model owner runs its products on
+    a pool of N processes (the file records it; its CPU seconds include the workers')."""
     opt.check_json_out(json_out)
     names = [s.strip() for s in param_sets.split(",")] if param_sets else None
     if names is not None and not all(names):
@@ -314,6 +316,7 @@ def bench(
         seed=seed,
         data_dir=data_dir,
         progress=progress,
+        workers=workers,
     )
     _write(res["costs"], json_out)
     typer.echo(res["table"])

@@ -165,6 +165,7 @@ def privtuner_model_owner(
         help="export: data owners may decrypt the trained adapter; encrypted: the adapter is never handed "
         "out (checkpoints sealed under the state key), inference stays two-party.",
     ),
+    workers: int = opt.WORKERS,
     verbose: bool = typer.Option(
         False, "--verbose", "-v", help="Log at INFO level (what the party serves; never payloads or keys)."
     ),
@@ -200,5 +201,14 @@ def privtuner_model_owner(
             )
         )
     run_model_owner(
-        backend, certs, host, port, ready_file, max_message_mb * 2**20, idle_timeout, key, end_policy
+        backend,
+        certs,
+        host,
+        port,
+        ready_file,
+        max_message_mb * 2**20,
+        idle_timeout,
+        key,
+        end_policy,
+        workers,
     )

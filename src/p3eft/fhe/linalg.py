@@ -83,14 +83,8 @@ class _DiagonalKernel:
         for tile in self.tiles.values():
             self._plaintexts(ctx, tile, lvl)
 
-    def _apply(
-        self,
-        ctx: CkksContext,
-        xs: list[Ciphertext],
-        out_blocks: int,
-        layout: Layout,
-        sum_copies: tuple[int, int] | None = None,
-    ) -> list[Ciphertext]:
+    def _inputs(self, ctx: CkksContext, xs: list[Ciphertext]) -> tuple[list[Ciphertext], int, float]:
+        """The input blocks checked and brought to one level; that level and their common scale."""
         for x in xs:
             ctx.check(x)
         lvl = min(ctx.level(x) for x in xs)
@@ -99,62 +93,100 @@ class _DiagonalKernel:
         scale = xs[0].seal.scale  # diagonals are encoded at q_l, so the product keeps the input's scale
         if not all(ops.same_scale(x.seal.scale, scale, 1e-9) for x in xs):
             raise ValueError("input blocks of one product must share a scale (encrypt them alike)")
-        ev = ctx.evaluator
-        # baby steps, once per input block
+        return xs, lvl, scale
+
+    def baby_steps(self, ctx: CkksContext, xs: list[Any]) -> list[list[Any]]:
+        """rot(x, g) for g < G, once per input block (SEAL ciphertexts; shared by every tile and giant
+        step)."""
         babies: list[list[Any]] = []
         for x in xs:
-            row = [x.seal]
+            row = [x]
             for g in range(1, self.baby):
                 r = sealapi.Ciphertext(ctx.seal)
-                ev.rotate_vector(x.seal, g, ctx.galois_keys, r)
+                ctx.evaluator.rotate_vector(x, g, ctx.galois_keys, r)
                 row.append(r)
             babies.append(row)
-        outs = []
+        return babies
+
+    def giant_sum(
+        self, ctx: CkksContext, babies: list[list[Any]], lvl: int, block: int, giants: range
+    ) -> Any | None:
+        """sum over h in ``giants`` of rot(sum_g D_(h,g) * rot(x, g), h*G) for output block ``block``,
+        before the rescale (None when every diagonal there is zero).
+
+        Each giant step's inner sum is rotated whole, so sums over disjoint ``giants`` ranges add up
+        (exact modular additions) to the very ciphertext one pass over all of them gives: what lets
+        :class:`~p3eft.fhe.parallel.KernelPool` split one product across processes."""
+        ev = ctx.evaluator
         scratch = sealapi.Ciphertext(ctx.seal)
-        for i in range(out_blocks):
-            total = None
-            for h in range(self.giant):
-                inner = None
-                for b in range(len(xs)):
-                    tile = self.tiles.get((i, b))
-                    if tile is None:
-                        continue
-                    pts = self._plaintexts(ctx, tile, lvl)
-                    for g in range(self.baby):
-                        pt = pts.get((h, g))
-                        if pt is None:
-                            continue
-                        if inner is None:
-                            inner = sealapi.Ciphertext(ctx.seal)
-                            ev.multiply_plain(babies[b][g], pt, inner)
-                        else:
-                            ev.multiply_plain(babies[b][g], pt, scratch)
-                            ev.add_inplace(inner, scratch)
-                if inner is None:
+        total = None
+        for h in giants:
+            inner = None
+            for b, row in enumerate(babies):
+                tile = self.tiles.get((block, b))
+                if tile is None:
                     continue
-                if h:
-                    rot = sealapi.Ciphertext(ctx.seal)
-                    ev.rotate_vector(inner, h * self.baby, ctx.galois_keys, rot)
-                    inner = rot
-                if total is None:
-                    total = inner
-                else:
-                    ev.add_inplace(total, inner)
-            if total is None:  # an all-zero block of the matrix: an encryption of zero, pre-rescale
-                total = sealapi.Ciphertext(ctx.seal)
-                ctx.encrypt_zero(total, lvl, scale * ops.prime_at(ctx, lvl))
-            if sum_copies is not None:
-                # add the copies up before the rescale (ours): the rotations' key-switching noise is then
-                # divided by q_l with everything else instead of landing at full size on the result
-                count, stride = sum_copies
-                step = stride
-                while step < count * stride:
-                    rot = sealapi.Ciphertext(ctx.seal)
-                    ev.rotate_vector(total, step, ctx.galois_keys, rot)
-                    ev.add_inplace(total, rot)
-                    step *= 2
-            outs.append(ops.rescale(ctx, total, xs[0].context_id, layout, scale))
-        return outs
+                pts = self._plaintexts(ctx, tile, lvl)
+                for g in range(self.baby):
+                    pt = pts.get((h, g))
+                    if pt is None:
+                        continue
+                    if inner is None:
+                        inner = sealapi.Ciphertext(ctx.seal)
+                        ev.multiply_plain(row[g], pt, inner)
+                    else:
+                        ev.multiply_plain(row[g], pt, scratch)
+                        ev.add_inplace(inner, scratch)
+            if inner is None:
+                continue
+            if h:
+                rot = sealapi.Ciphertext(ctx.seal)
+                ev.rotate_vector(inner, h * self.baby, ctx.galois_keys, rot)
+                inner = rot
+            if total is None:
+                total = inner
+            else:
+                ev.add_inplace(total, inner)
+        return total
+
+    def _finish(
+        self,
+        ctx: CkksContext,
+        total: Any | None,
+        x: Ciphertext,
+        lvl: int,
+        scale: float,
+        layout: Layout,
+        sum_copies: tuple[int, int] | None,
+    ) -> Ciphertext:
+        ev = ctx.evaluator
+        if total is None:  # an all-zero block of the matrix: an encryption of zero, pre-rescale
+            total = sealapi.Ciphertext(ctx.seal)
+            ctx.encrypt_zero(total, lvl, scale * ops.prime_at(ctx, lvl))
+        if sum_copies is not None:
+            # add the copies up before the rescale (ours): the rotations' key-switching noise is then
+            # divided by q_l with everything else instead of landing at full size on the result
+            count, stride = sum_copies
+            step = stride
+            while step < count * stride:
+                rot = sealapi.Ciphertext(ctx.seal)
+                ev.rotate_vector(total, step, ctx.galois_keys, rot)
+                ev.add_inplace(total, rot)
+                step *= 2
+        return ops.rescale(ctx, total, x.context_id, layout, scale)
+
+    def _apply(
+        self,
+        ctx: CkksContext,
+        xs: list[Ciphertext],
+        out_blocks: int,
+        layout: Layout,
+        sum_copies: tuple[int, int] | None = None,
+    ) -> list[Ciphertext]:
+        xs, lvl, scale = self._inputs(ctx, xs)
+        babies = self.baby_steps(ctx, [x.seal for x in xs])
+        totals = [self.giant_sum(ctx, babies, lvl, i, range(self.giant)) for i in range(out_blocks)]
+        return [self._finish(ctx, t, xs[0], lvl, scale, layout, sum_copies) for t in totals]
 
 
 def staggered_steps(n_out: int, n_in: int, slots: int) -> list[int]:

@@ -32,6 +32,7 @@ import numpy as np
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.nonlinear import Refresher
+from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.approx import FnSet, SlotPart
 from p3eft.privtuner.kernels import RowsKernel
 from p3eft.privtuner.packing import PackingSpec
@@ -213,8 +214,16 @@ class CipherBackend:
     """Logical matrices as ``spec.cts`` ciphertexts each; refreshes through ``refresher`` when a
     ciphertext would drop below the refresh floor."""
 
-    def __init__(self, ctx: CkksContext, spec: PackingSpec, fns: FnSet, refresher: Refresher) -> None:
+    def __init__(
+        self,
+        ctx: CkksContext,
+        spec: PackingSpec,
+        fns: FnSet,
+        refresher: Refresher,
+        pool: KernelPool | None = None,
+    ) -> None:
         self.ctx, self.spec, self.fns, self.refresher = ctx, spec, fns, refresher
+        self.pool = pool  # plaintext-weight products run there when set (p3eft.fhe.parallel)
         self.kernels: dict[str, RowsKernel] = {}
         self.stats = CipherStats()
         self._masks: dict[Any, np.ndarray] = {}
@@ -301,24 +310,31 @@ class CipherBackend:
     def lin(self, lin: Linear, x: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
         k = self._kernel(lin)
-        out = []
         r = self.spec.rows_per_ct
         factor = lin.factor()
-        for ci, c in enumerate(self.ready(x)):
-            rm = None if factor is None else self.spec.physical(factor, ci)
+        xs = self.ready(x)
+        masks = [None if factor is None else self.spec.physical(factor, ci) for ci in range(len(xs))]
+        kernels: list[RowsKernel | None] = []
+        for ci, rm in enumerate(masks):
             if rm is not None and not np.any(rm):
-                # all rows masked out: a fresh encryption of zeros (SEAL refuses a product by 0,
-                # whose result would be transparent)
+                kernels.append(None)  # all rows masked out
+            elif rm is not None and not np.all(rm == 1.0):  # a row mask or per-slot scales
+                key = (lin.key, ci)
+                if key not in self.kernels:
+                    self.kernels[key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, rm)
+                kernels.append(self.kernels[key])
+            else:
+                kernels.append(k)
+        products = self._products([(kk, c) for kk, c in zip(kernels, xs, strict=True) if kk is not None])
+        out = []
+        for ci, (c, kk, rm) in enumerate(zip(xs, kernels, masks, strict=True)):
+            if kk is None:
+                # a fresh encryption of zeros (SEAL refuses a product by 0, whose result would be
+                # transparent)
                 lvl = max(self.ctx.level(c) - 1, 0)
                 y = self.ctx.encrypt_slots(np.zeros(self.ctx.slots), self.spec.layout(), lvl)
             else:
-                kk = k
-                if rm is not None and not np.all(rm == 1.0):  # a row mask or per-slot scales
-                    key = (lin.key, ci)
-                    if key not in self.kernels:
-                        self.kernels[key] = RowsKernel(lin.weight, self.spec.block, self.ctx.slots, rm)
-                    kk = self.kernels[key]
-                y = self._replicate(kk(self.ctx, c))
+                y = self._replicate(products.pop(0))
             b = np.zeros((r, self.spec.width))
             if lin.bias is not None:
                 b = np.repeat(lin.bias[None, :], r, axis=0)
@@ -331,6 +347,12 @@ class CipherBackend:
             out.append(y)
         self.stats.add("linear", t0, len(out))
         return out
+
+    def _products(self, pairs: list[tuple[RowsKernel, Ciphertext]]) -> list[Ciphertext]:
+        """The kernels' products: on the session's process pool when it has one, else here."""
+        if self.pool is None:
+            return [kk(self.ctx, c) for kk, c in pairs]
+        return [ys[0] for ys in self.pool.products(self.ctx, [kk.product(self.ctx, c) for kk, c in pairs])]
 
     # ----- element-wise --------------------------------------------------------------------------
     def add(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:

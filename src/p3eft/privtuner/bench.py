@@ -40,7 +40,8 @@ COST_KEYS = (
 
 @dataclass(frozen=True)
 class BenchCase:
-    """One parameter set's run: the backend (model owner) and the data owner's codec factory."""
+    """One parameter set's run: the backend (model owner), the data owner's codec factory, and the
+    model owner's kernel-pool processes per session (1: none)."""
 
     name: str
     backend: ModelBackend
@@ -74,7 +75,7 @@ def measure_case(
 ) -> dict[str, Any]:
     """Key generation, ``repeats`` one-example training steps and inferences for one parameter set."""
     say = progress or (lambda _msg: None)
-    mo = ModelOwner(case.backend)
+    mo = ModelOwner(case.backend, workers=case.workers)
     cpu0, wall0 = time.process_time(), time.perf_counter()
     do = DataOwner(InProcessChannel(mo), case.codec_factory, DataOwnerConfig(lr=lr))
     setup_cpu, setup_wall = time.process_time() - cpu0, time.perf_counter() - wall0
@@ -145,7 +146,7 @@ def step_cost_file(
 def table(costs: dict[str, Any]) -> str:
     """A fixed-width table of a step-cost object (what the benchmark prints)."""
     head = (
-        f"{'param set':<14}{'what':<10}{'dev cpu s':>10}{'srv cpu s':>10}{'srv wall s':>11}"
+        f"{'param set':<14}{'workers':>8}  {'what':<10}{'dev cpu s':>10}{'srv cpu s':>10}{'srv wall s':>11}"
         f"{'MB up':>9}{'MB down':>9}{'refresh':>8}{'enc':>6}{'dec':>6}"
     )
     lines = [head, "-" * len(head)]
@@ -153,7 +154,7 @@ def table(costs: dict[str, Any]) -> str:
         for what, key in (("train", "per_example"), ("infer", "inference_per_example")):
             c = ps[key]
             lines.append(
-                f"{name:<14}{what:<10}{c['device_cpu_s']:>10.2f}{c['server_cpu_s']:>10.2f}"
+                f"{name:<14}{ps.get('workers', 1):>8}  {what:<10}{c['device_cpu_s']:>10.2f}{c['server_cpu_s']:>10.2f}"
                 f"{c['server_wall_s']:>11.2f}{c['bytes_up'] / 1e6:>9.2f}{c['bytes_down'] / 1e6:>9.2f}"
                 f"{c['refresh_round_trips']:>8d}{c['encryptions']:>6d}{c['decryptions']:>6d}"
             )

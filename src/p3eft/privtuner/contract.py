@@ -21,6 +21,7 @@ import numpy as np
 
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.nonlinear import Refresher
+from p3eft.fhe.parallel import KernelPool
 from p3eft.fhe.params import ParamSet
 
 
@@ -57,7 +58,10 @@ class SessionModelSpec(Protocol):
         """What the data owner may receive (payload types only): rotated tables, layouts, shapes."""
         ...
 
-    def bind(self, ctx: CkksContext, refresher: Refresher) -> EncryptedModel: ...
+    def bind(self, ctx: CkksContext, refresher: Refresher, pool: KernelPool | None = None) -> EncryptedModel:
+        """The session's encrypted model under the data owner's keys. ``pool``, when the model owner
+        runs one, may take the model's heavy products (a model may ignore it)."""
+        ...
 
 
 class ModelBackend(Protocol):

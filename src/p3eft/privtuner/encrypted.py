@@ -9,7 +9,8 @@ and tanh the calibrated engine approximations, depth restored by the refresher.
 
 API (stable):
 
-* ``EncryptedEncoder(model, fns, ctx, refresher)``;
+* ``EncryptedEncoder(model, fns, ctx, refresher, pool=None)``: with a
+  :class:`~p3eft.fhe.parallel.KernelPool`, the plaintext-weight products run on its workers;
 * ``forward(cts, adapter, cache_key=None, keep=True) -> Ciphertext``: ``cts`` are the data owner's
   ciphertexts in :func:`p3eft.privtuner.packing.pack_example` order (``spec.cts`` token ciphertexts,
   then ``spec.cts`` key-mask ciphertexts); returns the logits ciphertext (logit c in row c, see
@@ -29,6 +30,7 @@ from typing import Any
 from p3eft.errors import ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext
 from p3eft.fhe.nonlinear import Refresher
+from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.adapter import EncryptedAdapter
 from p3eft.privtuner.approx import FnSet
 from p3eft.privtuner.backend import CipherBackend, galois_steps
@@ -47,12 +49,19 @@ def required_galois_steps(model: PrivTunerModel) -> list[int]:
 class EncryptedEncoder:
     """The encrypted model (model owner). One instance per data-owner session."""
 
-    def __init__(self, model: PrivTunerModel, fns: FnSet, ctx: CkksContext, refresher: Refresher) -> None:
+    def __init__(
+        self,
+        model: PrivTunerModel,
+        fns: FnSet,
+        ctx: CkksContext,
+        refresher: Refresher,
+        pool: KernelPool | None = None,
+    ) -> None:
         if fns.exact:
             raise ProtocolError("the encrypted encoder needs calibrated approximations, not exact functions")
         self.model = model
         self.ctx = ctx
-        self.backend = CipherBackend(ctx, model.spec, fns, refresher)
+        self.backend = CipherBackend(ctx, model.spec, fns, refresher, pool)
         # frozen layers' outputs per example key, least recently used first: a cache, so a data owner
         # sending ever new keys costs the model owner recomputation, not unbounded memory
         self._frozen: OrderedDict[Any, list[Ciphertext]] = OrderedDict()

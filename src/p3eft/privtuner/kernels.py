@@ -11,6 +11,7 @@ may also be one factor per output slot (row and feature).
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ import numpy as np
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.linalg import _DiagonalKernel, _Tile
+from p3eft.fhe.parallel import KernelRecipe, Product
 
 # Encoded diagonals are cached only for small kernels, and for one level at a time: one diagonal at
 # N=16384 and level 8 is 1.2 MB, so MiniLM's 512-diagonal kernels would hold 600 MB each per level.
@@ -52,6 +54,7 @@ class RowsKernel(_DiagonalKernel):
             raise ValueError(f"RowsKernel takes a square matrix with 2*width <= block; got {w_mat.shape}")
         super().__init__(n_out, n_in, n_in, slots)
         self.block = block
+        self._args = (w_mat, block, slots, row_mask)
         t = np.arange(slots)
         j = t % block
         rows = t // block
@@ -66,6 +69,18 @@ class RowsKernel(_DiagonalKernel):
 
         self._add_tile((0, 0), diag)
 
+    @cached_property
+    def recipe(self) -> KernelRecipe:
+        """How a pool worker rebuilds this kernel (:class:`~p3eft.fhe.parallel.KernelPool`)."""
+        return KernelRecipe.of(RowsKernel, *self._args)
+
+    def product(self, ctx: CkksContext, x: Ciphertext) -> Product:
+        """This kernel's product with ``x``, for a pool to compute."""
+        return Product(self, self.recipe, [x], 1, self._layout(ctx))
+
+    def _layout(self, ctx: CkksContext) -> Layout:
+        return Layout(self.n_out, ctx.slots // self.block, self.block, "rows")
+
     def galois_steps(self) -> list[int]:
         return self.bsgs_steps()
 
@@ -77,5 +92,4 @@ class RowsKernel(_DiagonalKernel):
         return super()._plaintexts(ctx, tile, level)
 
     def __call__(self, ctx: CkksContext, x: Ciphertext) -> Ciphertext:
-        lay = Layout(self.n_out, ctx.slots // self.block, self.block, "rows")
-        return self._apply(ctx, [x], 1, lay)[0]
+        return self._apply(ctx, [x], 1, self._layout(ctx))[0]

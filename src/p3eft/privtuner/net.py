@@ -70,16 +70,19 @@ def run_model_owner(
     idle_timeout_s: float | None = None,
     state_key: bytes | None = None,
     end_policy: str = "export",
+    workers: int = 1,
 ) -> None:
     """``p3eft serve privtuner-model-owner``: one :class:`ModelOwner` for every data owner that connects,
     served until SIGTERM/SIGINT and announced as ``{party, pid, port, url}`` (the runtime's serve loop).
-    ``idle_timeout_s``, ``state_key`` and ``end_policy``: see :class:`ModelOwner` (default
+    ``idle_timeout_s``, ``state_key``, ``end_policy`` and ``workers``: see :class:`ModelOwner` (default
     :data:`~p3eft.privtuner.roles.IDLE_TIMEOUT_S`; a random state key per process)."""
     from p3eft.privtuner.roles import IDLE_TIMEOUT_S, ModelOwner
     from p3eft.runtime.launch import serve_until_signal
 
     timeout = IDLE_TIMEOUT_S if idle_timeout_s is None else idle_timeout_s
-    owner = ModelOwner(backend, idle_timeout_s=timeout, state_key=state_key, end_policy=end_policy)
+    owner = ModelOwner(
+        backend, idle_timeout_s=timeout, state_key=state_key, end_policy=end_policy, workers=workers
+    )
     server = model_owner_server(owner, certs, host, port, max_message_bytes)
     serve_until_signal(server, MODEL_OWNER, host, ready_file)
 

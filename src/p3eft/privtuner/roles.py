@@ -28,9 +28,10 @@ from typing import Any
 import numpy as np
 
 from p3eft.channel import Channel, remote, resolve_remote
-from p3eft.errors import ProtocolError, SecurityError
+from p3eft.errors import P3eftError, ProtocolError, SecurityError
 from p3eft.fhe import ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, SecretKey, keygen
+from p3eft.fhe.parallel import KernelPool
 from p3eft.fhe.params import ParamSet
 from p3eft.fhe.refresh import refresh_answer
 from p3eft.privtuner import protocol as P
@@ -42,6 +43,7 @@ from p3eft.runtime.sealing import Sealer
 
 MAX_SESSIONS = 64
 MAX_KEY_CHARS = 256  # an example key names an example for the frozen-layer cache
+MAX_WORKERS = 32  # kernel-pool processes per session; each holds the session's public keys (~1 GB)
 IDLE_TIMEOUT_S = 3600.0  # ours: a session whose data owner is silent this long is closed
 
 
@@ -67,9 +69,12 @@ class ModelOwner:
         clock: Callable[[], float] = time.monotonic,
         state_key: bytes | None = None,
         end_policy: P.EndPolicy | str = P.EndPolicy.EXPORT,
+        workers: int = 1,
     ) -> None:
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be positive, got {idle_timeout_s}")
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= MAX_WORKERS:
+            raise P3eftError(f"workers must be an integer from 1 to {MAX_WORKERS}, got {workers!r}")
         if state_key is not None and len(state_key) < 32:
             raise SecurityError("the model owner's state key must be at least 32 bytes")
         # signs the checkpoints it hands out; a random one per process unless the operator keeps one
@@ -80,6 +85,9 @@ class ModelOwner:
         sealing_key = hmac.new(self._state_key, b"p3eft-privtuner-sealed-adapter-v1", hashlib.sha256).digest()
         self._sealer = Sealer(sealing_key)
         self.backend = backend
+        # > 1: each session gets a pool of this many processes for its plaintext-weight products
+        # (p3eft.fhe.parallel.KernelPool), started when its keys arrive and stopped with it
+        self.workers = workers
         self.max_sessions = max_sessions
         self.idle_timeout_s = float(idle_timeout_s)
         self.clock = clock
@@ -145,7 +153,13 @@ class ModelOwner:
             raise ProtocolError(
                 f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs"
             )
-        s.bind_keys(ctx)
+        pool = KernelPool(keys, self.workers) if self.workers > 1 else None
+        try:
+            s.bind_keys(ctx, pool)
+        except BaseException:
+            if pool is not None:
+                pool.close()
+            raise
         return {"context_id": ctx.context_id.hex()}
 
     @remote

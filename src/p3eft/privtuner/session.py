@@ -9,7 +9,8 @@ Mid-computation help (ours): the encrypted model calls its refresher synchronous
 is the client of the link, so the session runs each request in a worker thread whose refresher's
 channel is a :class:`CallbackChannel`: a call parks the request as a :class:`~.protocol.Callback`
 answer to the data owner's pending request and waits for the data owner's ``resume``. The worker's
-CPU time is its own thread's CPU time, so per-party accounting stays exact even in one process.
+CPU time is its own thread's CPU time, plus what the session's kernel pool processes (if any) spent
+for it, so per-party accounting stays exact even in one process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 from p3eft.errors import P3eftError, ProtocolError
 from p3eft.fhe.context import CkksContext
+from p3eft.fhe.parallel import KernelPool
 from p3eft.fhe.roles import RemoteRefresher
 from p3eft.privtuner.contract import EncryptedModel, SessionModelSpec
 from p3eft.privtuner.protocol import Callback, Done
@@ -98,6 +100,7 @@ class ModelOwnerSession:
     _channel: CallbackChannel = field(default_factory=CallbackChannel)
     _worker: threading.Thread | None = None
     _refresher: RemoteRefresher | None = None
+    pool: KernelPool | None = None  # the session's kernel workers (model owner ``workers`` > 1)
     clock: Callable[[], float] = time.monotonic  # for the idle timeout (tests pass a fake one)
     last_activity: float = 0.0
 
@@ -118,13 +121,17 @@ class ModelOwnerSession:
         since = max(self.last_activity, self._channel.waiting_since)
         return (self.clock() if now is None else now) - since
 
-    def bind_keys(self, ctx: CkksContext) -> None:
+    def bind_keys(self, ctx: CkksContext, pool: KernelPool | None = None) -> None:
         if self.ctx is not None:
             raise ProtocolError("this session already has its data owner's keys")
         self._refresher = _CountingRefresher(ctx, self._channel, self.refresh_bound, self.refresh_lambda)
         self._refresher.counters = self.counters
         self.ctx = ctx
-        self.model = self.spec.bind(ctx, self._refresher)
+        self.pool = pool
+        if pool is None:
+            self.model = self.spec.bind(ctx, self._refresher)
+        else:
+            self.model = self.spec.bind(ctx, self._refresher, pool)
 
     def require_idle(self) -> None:
         """Refuse while a request of this session is still computing or waiting for its callback."""
@@ -143,16 +150,18 @@ class ModelOwnerSession:
         self.require_idle()
 
         def run() -> None:
-            cpu0, wall0 = time.thread_time(), time.perf_counter()
+            # the model owner's CPU: this thread's, plus what the session's kernel workers spent
+            cpu0, wall0, pool0 = time.thread_time(), time.perf_counter(), self._pool_cpu()
             try:
                 result = job()
             except BaseException as err:  # handed to the serving thread, which re-raises it
-                self.counters.cpu_s += time.thread_time() - cpu0
+                self.counters.cpu_s += time.thread_time() - cpu0 + self._pool_cpu() - pool0
                 self.counters.wall_s += time.perf_counter() - wall0
                 self.touch()  # the idle clock starts when the answer leaves, not when the request came
                 self._channel.post(err)
                 return
-            cpu, wall = time.thread_time() - cpu0, time.perf_counter() - wall0
+            cpu = time.thread_time() - cpu0 + self._pool_cpu() - pool0
+            wall = time.perf_counter() - wall0
             self.counters.cpu_s += cpu
             self.counters.wall_s += wall
             cost: dict[str, Any] = {"server_cpu_s": cpu, "server_wall_s": wall}
@@ -167,6 +176,9 @@ class ModelOwnerSession:
         self._worker = threading.Thread(target=run, daemon=True, name=f"privtuner-session-{self.token[:8]}")
         self._worker.start()
         return self._wait()
+
+    def _pool_cpu(self) -> float:
+        return 0.0 if self.pool is None else self.pool.worker_cpu_s
 
     def resume(self, answer: Any) -> dict[str, Any]:
         if self._worker is None or not self._worker.is_alive():
@@ -184,6 +196,8 @@ class ModelOwnerSession:
 
     def close(self) -> None:
         self._channel.close()
+        if self.pool is not None:  # not waiting: a session may be closed under the model owner's lock
+            self.pool.close(wait=False)
 
 
 class _CountingRefresher(RemoteRefresher):

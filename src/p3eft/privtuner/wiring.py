@@ -28,6 +28,7 @@ import numpy as np
 from p3eft.errors import P3eftError, ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.nonlinear import Refresher
+from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.adapter import EncryptedAdapter, peft_names
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.encrypted import EncryptedEncoder, required_galois_steps
@@ -180,8 +181,10 @@ class BertSessionSpec:
             "head_std": None if self.backend.fns.head_std is None else self.backend.fns.head_std.to_dict(),
         }
 
-    def bind(self, ctx: CkksContext, refresher: Refresher) -> BertEncryptedModel:
-        enc = EncryptedEncoder(self.model, self.backend.fns, ctx, refresher)
+    def bind(
+        self, ctx: CkksContext, refresher: Refresher, pool: KernelPool | None = None
+    ) -> BertEncryptedModel:
+        enc = EncryptedEncoder(self.model, self.backend.fns, ctx, refresher, pool)
         return BertEncryptedModel(enc, EncryptedAdapter.encrypt(ctx, self.model, self.init), refresher)
 
 

@@ -389,8 +389,10 @@ def bench(
     data_dir: str | Path | None = None,
     progress: bool = True,
     command: str = "p3eft privtuner bench",
+    workers: int = 1,
 ) -> dict[str, Any]:
-    """The step-cost file for every parameter set (see :mod:`p3eft.privtuner.bench`)."""
+    """The step-cost file for every parameter set (see :mod:`p3eft.privtuner.bench`); ``workers`` > 1
+    gives the model owner a kernel pool of that many processes."""
     from p3eft.privtuner.bench import BenchCase, step_cost_file, table
     from p3eft.privtuner.wiring import BertBackend, BertCodec, settings
 
@@ -410,7 +412,7 @@ def bench(
             "hidden": backend.model.weights.hidden,
             "lora_rank": rank,
         }
-        cases.append(BenchCase(name, backend, BertCodec))
+        cases.append(BenchCase(name, backend, BertCodec, workers))
     examples = _sst2("train", max(2, repeats), data_dir)
     costs = step_cost_file(cases, info, examples, repeats, command, progress=say)
     return {"costs": costs, "table": table(costs)}
