@@ -106,3 +106,33 @@ def test_bad_worker_counts_are_refused(workers):
     backend = BertBackend(model.cfg, model=model, calibration=report, init_params=params)
     with pytest.raises(P3eftError, match="workers"):
         ModelOwner(backend, workers=workers)
+
+
+def test_a_second_key_upload_is_refused_before_any_pool_starts(toy):
+    """A data owner that uploads its keys again (or a hostile one, to make the model owner spawn
+    processes) is refused before a pool is built: the session keeps its two workers, no more."""
+    from p3eft.errors import ProtocolError
+    from p3eft.privtuner import protocol as P
+
+    mo = ModelOwner(toy.ToyBackend(), workers=2)
+    do = DataOwner(InProcessChannel(mo), toy.ToyCodec, DataOwnerConfig(lr=0.5))
+    session = next(iter(mo._sessions.values()))
+    before = session.pool.pids
+    assert len(before) == 2
+    kids = _spawned_children()
+    t0 = time.monotonic()
+    with pytest.raises(ProtocolError, match="already has its data owner's keys"):
+        do.channel.call(P.KEYS, session=do.setup.session, keys=do.ctx.to_payload())
+    assert time.monotonic() - t0 < 5.0  # parsing the keys again, not starting workers
+    assert session.pool.pids == before and set(_spawned_children()) <= set(kids)  # nothing new
+    do.close()
+
+
+def _spawned_children() -> list[int]:
+    import psutil
+
+    return sorted(
+        c.pid
+        for c in psutil.Process().children(recursive=True)
+        if any("spawn_main" in a for a in c.cmdline())
+    )

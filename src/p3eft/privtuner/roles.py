@@ -153,6 +153,8 @@ class ModelOwner:
             raise ProtocolError(
                 f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs"
             )
+        if s.ctx is not None:  # refused before a pool is started: a repeated upload costs nothing
+            raise ProtocolError("this session already has its data owner's keys")
         pool = KernelPool(keys, self.workers) if self.workers > 1 else None
         try:
             s.bind_keys(ctx, pool)
