@@ -225,6 +225,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 table1=table1,
                 table2={},
             )
+        # this model's records, filled in place by the runs below (each write shows them as they are)
         records = [r for r in records if r["model"] != model_name] + list(recs.values())
         columns = [(c, m) for c, m in (("obfuscatune", cfg.masks), ("naive", "naive")) if c in cfg.columns]
         for label, masks in columns if 1 in cfg.tables else ():
@@ -237,7 +238,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 recs[ds]["table1"][label] = _obf_run(
                     s.enclave_channel, tok, adapters[ds][0], train_task, eval_task, tcfg, progress
                 )
-                records = [r for r in records if r["model"] != model_name] + list(recs.values())
                 _write(out, cfg, records, time.perf_counter() - t_start)
             del s
         for spec in [f"cond:{k:g}" for k in cfg.kappas] + ["naive"] if 2 in cfg.tables else []:
@@ -251,7 +251,6 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, *, progress: bool = T
                 metrics = driver.evaluate(ch, tok, tasks[ds][1], progress=progress)
                 recs[ds]["table2"][spec] = {"max_abs_logit_diff": err, "eval": metrics}
             del s
-            records = [r for r in records if r["model"] != model_name] + list(recs.values())
             _write(out, cfg, records, time.perf_counter() - t_start)
     return _write(out, cfg, records, time.perf_counter() - t_start)
 

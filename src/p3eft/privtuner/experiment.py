@@ -371,13 +371,14 @@ def run(
             t0 = time.perf_counter() - ev.get("seconds", 0.0)
             for i in range(ev["examples"], len(dev_pairs)):
                 text, label = dev_pairs[i]
+                ex = tokens.example(text, label)
                 z = do.logits(text)
-                zt = twin.logits(tokens.example(text, label), params)
+                zt = twin.logits(ex, params)
                 ev["predictions"].append(int(np.argmax(z)))
                 ev["twin_predictions"].append(int(np.argmax(zt)))
                 ev["labels"].append(int(label))
                 ev.setdefault("logits", []).append(np.asarray(z).tolist())
-                same_logits.append(twin.logits(tokens.example(text, label), same).tolist())
+                same_logits.append(twin.logits(ex, same).tolist())
                 ev["max_abs_logit_diff"] = max(
                     ev.get("max_abs_logit_diff", 0.0), float(np.max(np.abs(z - zt)))
                 )

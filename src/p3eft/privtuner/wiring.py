@@ -29,7 +29,7 @@ from p3eft.errors import P3eftError, ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
-from p3eft.privtuner.adapter import EncryptedAdapter, peft_names
+from p3eft.privtuner.adapter import EncryptedAdapter, from_peft_names, peft_names
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.encrypted import EncryptedEncoder, required_galois_steps
 from p3eft.privtuner.packing import PackingSpec, pack_dlogits, pack_example, unpack_logits
@@ -244,8 +244,6 @@ class BertBackend:
         """An exported (decrypted, peft-named) adapter and plain head -> the graph's parameter matrices,
         the head standardized again as the session's (the inverse of :meth:`plain_params` after
         :func:`~p3eft.privtuner.adapter.peft_names`)."""
-        from p3eft.privtuner.adapter import from_peft_names
-
         return self.model.matrices_from_plain(from_peft_names(named), self.fns.head_std)
 
     def open_session(self, seed: int | None) -> BertSessionSpec:
