@@ -16,7 +16,7 @@ from p3eft.runtime.client import NetworkChannel
 from p3eft.runtime.launch import PartyGroup, p3eft_argv
 from p3eft.runtime.pki import load_identity
 
-from .conftest import TOY_PATH
+from .conftest import TOY_PATH, pool_workers, wait_gone
 
 DATA = {
     "a": ([[("good movie", 1), ("bad film", 0)], [("great fun", 1)]], 0.5),
@@ -161,40 +161,6 @@ def test_a_served_model_owner_enforces_the_encrypted_end_policy(toy, certs, tmp_
     assert np.allclose([first, second], twin_losses, atol=1e-4)
 
 
-def _pool_workers(pid: int) -> list[int]:
-    """The kernel-pool processes under ``pid`` (multiprocessing's spawned workers; not its resource
-    tracker)."""
-    import psutil
-
-    out = []
-    for child in psutil.Process(pid).children(recursive=True):
-        try:
-            if any("spawn_main" in part for part in child.cmdline()):
-                out.append(child.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return out
-
-
-def _wait_gone(pids: list[int], timeout_s: float = 30.0) -> list[int]:
-    import time
-
-    import psutil
-
-    def running(pid: int) -> bool:
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
-
-    deadline = time.monotonic() + timeout_s
-    alive = [p for p in pids if running(p)]
-    while alive and time.monotonic() < deadline:
-        time.sleep(0.2)
-        alive = [p for p in alive if running(p)]
-    return alive
-
-
 def test_a_served_model_owner_with_workers_starts_and_stops_a_pool_per_session(toy, certs, tmp_path):
     """`serve privtuner-model-owner --workers 2` (a gRPC server that must not fork: the pool spawns):
     each data owner's session gets its own two workers when its keys arrive, training still equals
@@ -208,21 +174,21 @@ def test_a_served_model_owner_with_workers_starts_and_stops_a_pool_per_session(t
         do = DataOwner(
             connect_model_owner(party.url, certs / "data-owner"), toy.ToyCodec, DataOwnerConfig(lr=lr)
         )
-        first = _pool_workers(party.proc.pid)
+        first = pool_workers(party.proc.pid)
         assert len(first) == 2
         other = DataOwner(
             connect_model_owner(party.url, certs / "data-owner-2"), toy.ToyCodec, DataOwnerConfig(lr=lr)
         )
-        both = _pool_workers(party.proc.pid)
+        both = pool_workers(party.proc.pid)
         assert len(both) == 4 and set(first) < set(both)  # a pool of its own per session
         losses = [do.train_step(b) for b in batches]
         do.close()
-        assert not _wait_gone(first)  # closing the session stopped its workers
-        assert sorted(_pool_workers(party.proc.pid)) == sorted(set(both) - set(first))
-        left = _pool_workers(party.proc.pid)
+        assert not wait_gone(first)  # closing the session stopped its workers
+        assert sorted(pool_workers(party.proc.pid)) == sorted(set(both) - set(first))
+        left = pool_workers(party.proc.pid)
         os.kill(party.proc.pid, signal.SIGKILL)  # the other session is still open
         party.proc.wait(timeout=30)
-        assert not _wait_gone(left)  # no orphans: each worker watches its parent
+        assert not wait_gone(left)  # no orphans: each worker watches its parent
         other.channel.close()
     twin_losses, _ = toy.twin_train(toy.ToyBackend(), batches, lr)
     assert np.allclose(losses, twin_losses, atol=1e-4)

@@ -4,7 +4,6 @@ is the model owner's, and it stops with its session."""
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -23,6 +22,8 @@ from p3eft.privtuner.packing import PackingSpec
 from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
 from p3eft.privtuner.toy import calibrated
 from p3eft.privtuner.wiring import BertBackend, BertCodec
+
+from .conftest import pool_workers, wait_gone
 
 
 def test_linear_layers_on_the_pool_are_the_local_ciphertexts():
@@ -86,18 +87,7 @@ def test_a_training_step_with_workers_agrees_with_one_without():
     before = peft_names(model.plain_params(params, report.fns.head_std))
     assert max(np.abs(a2[k] - before[k]).max() for k in before) > 1e-3  # the step moved the adapter
     assert worker_cpu > 0 and server_cpu >= worker_cpu  # the workers' CPU is the model owner's
-    deadline = time.monotonic() + 30
-    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(p) for p in pids)  # stopped with the session
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
+    assert not wait_gone(pids)  # stopped with the session
 
 
 @pytest.mark.parametrize("workers", [0, -1, 33, 2.0, "2", True])
@@ -108,31 +98,32 @@ def test_bad_worker_counts_are_refused(workers):
         ModelOwner(backend, workers=workers)
 
 
-def test_a_second_key_upload_is_refused_before_any_pool_starts(toy):
+def test_a_second_key_upload_is_refused_before_any_pool_starts(toy, monkeypatch):
     """A data owner that uploads its keys again (or a hostile one, to make the model owner spawn
-    processes) is refused before a pool is built: the session keeps its two workers, no more."""
+    processes) is refused before a pool is built: one pool per session, ever."""
     from p3eft.errors import ProtocolError
     from p3eft.privtuner import protocol as P
+    from p3eft.privtuner import roles
 
+    started = []
+
+    class CountingPool(KernelPool):
+        def __init__(self, *args, **kwargs):
+            started.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(roles, "KernelPool", CountingPool)
     mo = ModelOwner(toy.ToyBackend(), workers=2)
     do = DataOwner(InProcessChannel(mo), toy.ToyCodec, DataOwnerConfig(lr=0.5))
     session = next(iter(mo._sessions.values()))
     before = session.pool.pids
-    assert len(before) == 2
-    kids = _spawned_children()
+    assert len(before) == 2 and len(started) == 1
+    kids = pool_workers()
     t0 = time.monotonic()
     with pytest.raises(ProtocolError, match="already has its data owner's keys"):
         do.channel.call(P.KEYS, session=do.setup.session, keys=do.ctx.to_payload())
-    assert time.monotonic() - t0 < 5.0  # parsing the keys again, not starting workers
-    assert session.pool.pids == before and set(_spawned_children()) <= set(kids)  # nothing new
+    assert time.monotonic() - t0 < 5.0  # refused before the keys are parsed or workers started
+    # no second pool, not even one started and closed again (the check that fails without the fix)
+    assert len(started) == 1
+    assert session.pool.pids == before and set(pool_workers()) <= set(kids)  # nothing new
     do.close()
-
-
-def _spawned_children() -> list[int]:
-    import psutil
-
-    return sorted(
-        c.pid
-        for c in psutil.Process().children(recursive=True)
-        if any("spawn_main" in a for a in c.cmdline())
-    )

@@ -236,36 +236,39 @@ class KernelPool:
 
     def products(self, ctx: CkksContext, items: Sequence[Product]) -> list[list[Ciphertext]]:
         """Every item's output blocks; the items' giant ranges run side by side on the workers."""
-        jobs = []
-        prepared = []
         parts = max(1, self.workers // max(1, sum(it.out_blocks for it in items)))
+        pending = []  # per item: its inputs' level and scale, and per output block the ranges' futures
         for it in items:
             xs, lvl, scale = it.kernel._inputs(ctx, it.xs)
-            prepared.append((xs, lvl, scale))
             blobs = [serial.seal_to_bytes(x.seal) for x in xs]
-            for block in range(it.out_blocks):
-                for rng in giant_ranges(it.kernel.giant, parts):
-                    jobs.append(self._submit(_giant_job, it.recipe, blobs, lvl, block, rng))
-        sums = iter(self._results(jobs))
-        out = []
-        for it, (xs, lvl, scale) in zip(items, prepared, strict=True):
-            blocks = []
-            for _ in range(it.out_blocks):
-                total = None
-                for _rng in giant_ranges(it.kernel.giant, parts):
-                    part = next(sums)
-                    if part is None:
-                        continue
-                    seal_ct = serial.seal_from_bytes(
-                        sealapi.Ciphertext(ctx.seal), ctx.seal, part, "ciphertext"
-                    )
-                    if total is None:
-                        total = seal_ct
-                    else:
-                        ctx.evaluator.add_inplace(total, seal_ct)
-                blocks.append(it.kernel._finish(ctx, total, xs[0], lvl, scale, it.layout, it.sum_copies))
-            out.append(blocks)
-        return out
+            blocks = [
+                [
+                    self._submit(_giant_job, it.recipe, blobs, lvl, block, rng)
+                    for rng in giant_ranges(it.kernel.giant, parts)
+                ]
+                for block in range(it.out_blocks)
+            ]
+            pending.append((xs[0], lvl, scale, blocks))
+        return [
+            [
+                it.kernel._finish(ctx, self._sum(ctx, futures), x, lvl, scale, it.layout, it.sum_copies)
+                for futures in blocks
+            ]
+            for it, (x, lvl, scale, blocks) in zip(items, pending, strict=True)
+        ]
+
+    def _sum(self, ctx: CkksContext, futures: list[Any]) -> Any | None:
+        """The sum of one output block's ranges (None when every range was all-zero diagonals)."""
+        total = None
+        for part in self._results(futures):
+            if part is None:
+                continue
+            ct = serial.seal_from_bytes(sealapi.Ciphertext(ctx.seal), ctx.seal, part, "ciphertext")
+            if total is None:
+                total = ct
+            else:
+                ctx.evaluator.add_inplace(total, ct)
+        return total
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

@@ -325,7 +325,9 @@ class CipherBackend:
                 kernels.append(self.kernels[key])
             else:
                 kernels.append(k)
-        products = self._products([(kk, c) for kk, c in zip(kernels, xs, strict=True) if kk is not None])
+        products = iter(
+            self._products([(kk, c) for kk, c in zip(kernels, xs, strict=True) if kk is not None])
+        )
         out = []
         for ci, (c, kk, rm) in enumerate(zip(xs, kernels, masks, strict=True)):
             if kk is None:
@@ -334,7 +336,7 @@ class CipherBackend:
                 lvl = max(self.ctx.level(c) - 1, 0)
                 y = self.ctx.encrypt_slots(np.zeros(self.ctx.slots), self.spec.layout(), lvl)
             else:
-                y = self._replicate(products.pop(0))
+                y = self._replicate(next(products))
             b = np.zeros((r, self.spec.width))
             if lin.bias is not None:
                 b = np.repeat(lin.bias[None, :], r, axis=0)

@@ -145,6 +145,7 @@ class ModelOwner:
     @remote
     def pt_upload_keys(self, session: str, keys: dict[str, bytes]) -> dict[str, Any]:
         s = self._session(session)
+        s.require_no_keys()  # before parsing them or starting a pool: a repeated upload costs nothing
         ctx = CkksContext.from_payload(keys, keep_key_bytes=False)  # never forwarded: one copy of the keys
         if ctx.params != self.backend.params:
             raise SecurityError("the uploaded keys are for another parameter set than this session's")
@@ -153,8 +154,6 @@ class ModelOwner:
             raise ProtocolError(
                 f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs"
             )
-        if s.ctx is not None:  # refused before a pool is started: a repeated upload costs nothing
-            raise ProtocolError("this session already has its data owner's keys")
         pool = KernelPool(keys, self.workers) if self.workers > 1 else None
         try:
             s.bind_keys(ctx, pool)

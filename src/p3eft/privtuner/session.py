@@ -121,14 +121,18 @@ class ModelOwnerSession:
         since = max(self.last_activity, self._channel.waiting_since)
         return (self.clock() if now is None else now) - since
 
-    def bind_keys(self, ctx: CkksContext, pool: KernelPool | None = None) -> None:
+    def require_no_keys(self) -> None:
+        """Refuse a second set of keys (checked before the model owner starts anything for them)."""
         if self.ctx is not None:
             raise ProtocolError("this session already has its data owner's keys")
+
+    def bind_keys(self, ctx: CkksContext, pool: KernelPool | None = None) -> None:
+        self.require_no_keys()
         self._refresher = _CountingRefresher(ctx, self._channel, self.refresh_bound, self.refresh_lambda)
         self._refresher.counters = self.counters
         self.ctx = ctx
         self.pool = pool
-        if pool is None:
+        if pool is None:  # a backend written before pools (``serve --factory``) may not take one
             self.model = self.spec.bind(ctx, self._refresher)
         else:
             self.model = self.spec.bind(ctx, self._refresher, pool)
