@@ -13,7 +13,9 @@ its true sizes):
    steps from the same initial adapter; per-step losses of both and their difference.
 3. ``encrypted_eval``: encrypted inference with the trained, still-encrypted adapter on the first
    ``enc_eval`` dev examples; accuracy and agreement with the twin's predictions (twin trained in
-   phase 2 on the same examples).
+   phase 2 on the same examples, and the twin on the encrypted model's own decrypted parameters),
+   in this process or, with ``eval_procs`` > 1, in processes restored from the sealed checkpoint
+   (:mod:`p3eft.privtuner.encrypted_eval`); the decrypted adapter is kept as a PEFT folder.
 
 The training recipe (ours) is one the encrypted protocol runs as it is: each step averages the
 gradients of ``batch`` examples (the data owner sends dL/dlogits / batch per example, the model owner
@@ -35,6 +37,7 @@ import numpy as np
 from p3eft.errors import P3eftError
 from p3eft.privtuner.checkpoint import check_same_run, run_checkpoint
 from p3eft.privtuner.config import PrivTunerConfig
+from p3eft.privtuner.encrypted_eval import MAX_PROCS
 from p3eft.privtuner.standardize import HeadStandardizer
 
 PHASES = ("plain_twin", "encrypted_train", "encrypted_eval")
@@ -60,6 +63,10 @@ class ExperimentConfig:
     enc_eval: int = 200  # phase 3 encrypted dev examples
     phases: tuple[str, ...] = ("plain_twin", "encrypted_train", "encrypted_eval")
     head_standardize: bool = True  # the classifier's input standardized (p3eft.privtuner.standardize)
+    # phase 3's processes (ours): > 1 runs the encrypted dev inferences side by side, each process a
+    # data owner restored from the sealed checkpoint (p3eft.privtuner.encrypted_eval); not a setting of
+    # the run: a resumed run may change it
+    eval_procs: int = 1
 
     def __post_init__(self) -> None:
         for name in ("train", "epochs", "batch", "dev"):
@@ -67,6 +74,8 @@ class ExperimentConfig:
                 raise P3eftError(f"--{name} must be at least 1")
         if self.enc_train < 0 or self.enc_eval < 0:
             raise P3eftError("--enc-train and --enc-eval must not be negative")
+        if not 1 <= self.eval_procs <= MAX_PROCS:
+            raise P3eftError(f"--eval-procs must be from 1 to {MAX_PROCS}")
         if self.optimizer not in OPTIMIZERS:
             raise P3eftError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         unknown = set(self.phases) - set(PHASES)
@@ -292,22 +301,15 @@ def run(
     if "encrypted_train" in ecfg.phases or "encrypted_eval" in ecfg.phases:
         from p3eft.channel import InProcessChannel
         from p3eft.privtuner import accounting
+        from p3eft.privtuner.encrypted_eval import restored_data_owner
         from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
 
         enc_steps = _first_examples(steps, ecfg.enc_train)
         n_enc = sum(len(b) for b in enc_steps)
         saved = checkpoint.load() if checkpoint is not None and checkpoint.exists() else None
-        run_id = {"experiment": asdict(ecfg) | {"phases": None}, "enc_steps": enc_steps}
+        run_id = {"experiment": _run_settings(ecfg) | {"phases": None}, "enc_steps": enc_steps}
         if saved is not None:
             check_same_run(saved.run, run_id)
-        state_key = None if checkpoint is None else checkpoint.in_process_state_key()
-        do = DataOwner(
-            InProcessChannel(ModelOwner(backend, state_key=state_key)),
-            BertCodec,
-            DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
-            keys=None if saved is None else saved.keys,
-        )
-        res["key_upload_bytes"] = do.key_upload_bytes
         params = init
         phase = {
             "update": "sgd",  # the protocol's update, whatever phase 1's optimizer
@@ -319,14 +321,26 @@ def run(
             "step_costs": [],
         }
         if saved is not None:
-            do.restore(saved.state)
             params = {k: np.asarray(v, dtype=np.float64) for k, v in saved.progress["twin_params"].items()}
             phase = saved.progress["phase"]
             say(f"phase 2: resumed after step {phase.get('steps_done', 0)} of {len(enc_steps)}")
         res["encrypted_train"] = phase
+        train_left = "encrypted_train" in ecfg.phases and phase.get("steps_done", 0) < len(enc_steps)
+        do = None  # this process's own data owner: to train, and to evaluate without helper processes
+        if train_left or ("encrypted_eval" in ecfg.phases and ecfg.eval_procs == 1):
+            if saved is None:
+                state_key = None if checkpoint is None else checkpoint.in_process_state_key()
+                do = DataOwner(
+                    InProcessChannel(ModelOwner(backend, state_key=state_key)),
+                    BertCodec,
+                    DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
+                )
+            else:
+                do = restored_data_owner(cfg, backend, checkpoint)
+            res["key_upload_bytes"] = do.key_upload_bytes
         t0, c0 = time.perf_counter() - phase.get("seconds", 0.0), time.process_time()
         c_before = phase.get("cpu_seconds_this_process", 0.0)
-        if "encrypted_train" in ecfg.phases:
+        if train_left:
             for i in range(phase.get("steps_done", 0), len(enc_steps)):
                 idx = enc_steps[i]
                 batch = [(train_all[j].text, train_all[j].label) for j in idx]
@@ -348,58 +362,128 @@ def run(
                     checkpoint.save(do.key_material(), do.checkpoint(), run_id, progress)
                 say(f"phase 2: step {i + 1}/{len(enc_steps)} loss enc {loss:.5f} twin {tl:.5f}")
                 _write(out_json, res)
-            if phase.get("steps_done") == len(enc_steps) and "encrypted_train" not in res["phases_done"]:
-                res["phases_done"].append("encrypted_train")
-            _write(out_json, res)
+        if phase.get("steps_done") == len(enc_steps) and "encrypted_train" not in res["phases_done"]:
+            res["phases_done"].append("encrypted_train")
+        _write(out_json, res)
+        if do is not None and ecfg.eval_procs > 1:  # phase 3's processes restore from the checkpoint
+            res["totals"] = _totals(do)
+            do.close()
+            do = None
 
         if "encrypted_eval" in ecfg.phases:
-            dev_pairs = [(e.text, e.label) for e in dev_task.examples[: ecfg.enc_eval]]
-            ev: dict[str, Any] = res.get("encrypted_eval") or {
-                "examples": 0,
-                "predictions": [],
-                "twin_predictions": [],
-                "labels": [],
-            }
-            res["encrypted_eval"] = ev
-            # the reference that isolates inference error (ours): the twin on the encrypted model's own
-            # parameters, which the data owner decrypts once (it holds the key; the experiment runs the
-            # export policy). The twin trained beside it differs by the trainings' divergence too.
-            same = backend.params_from_export(do.decrypt_adapter())
-            same_logits = ev.setdefault("twin_same_params_logits", [])
-            for text, label in dev_pairs[len(same_logits) : ev["examples"]]:  # examples done before this
-                same_logits.append(twin.logits(tokens.example(text, label), same).tolist())
-            t0 = time.perf_counter() - ev.get("seconds", 0.0)
-            for i in range(ev["examples"], len(dev_pairs)):
-                text, label = dev_pairs[i]
-                ex = tokens.example(text, label)
-                z = do.logits(text)
-                zt = twin.logits(ex, params)
-                ev["predictions"].append(int(np.argmax(z)))
-                ev["twin_predictions"].append(int(np.argmax(zt)))
-                ev["labels"].append(int(label))
-                ev.setdefault("logits", []).append(np.asarray(z).tolist())
-                same_logits.append(twin.logits(ex, same).tolist())
-                ev["max_abs_logit_diff"] = max(
-                    ev.get("max_abs_logit_diff", 0.0), float(np.max(np.abs(z - zt)))
-                )
-                ev["examples"] = i + 1
-                p, tp, y = (np.array(ev[k]) for k in ("predictions", "twin_predictions", "labels"))
-                ev["accuracy"], ev["twin_accuracy"] = _accuracy(p, y), _accuracy(tp, y)
-                ev["agreement_with_twin"] = float(np.mean(p == tp))
-                ev.update(same_params_agreement(ev))
-                ev["seconds"] = time.perf_counter() - t0
-                if (i + 1) % 5 == 0 or i + 1 == len(dev_pairs):
-                    say(
-                        f"phase 3: {i + 1}/{len(dev_pairs)} acc {ev['accuracy']:.3f} agree {ev['agreement_with_twin']:.3f}"
-                    )
-                    _write(out_json, res)
-            if ev["examples"] == len(dev_pairs) and "encrypted_eval" not in res["phases_done"]:
-                res["phases_done"].append("encrypted_eval")
-        res["totals"] = {k: v for k, v in do.ledger.snapshot().items() if k != "per_method"}
-        do.close()
+            encrypted_dev_eval(ecfg, cfg, res, out_json, do, checkpoint, backend, twin, params, say, data_dir)
+        if do is not None:
+            res["totals"] = _totals(do)
+            do.close()
     res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     _write(out_json, res)
     return res
+
+
+def encrypted_dev_eval(
+    ecfg: ExperimentConfig,
+    cfg: PrivTunerConfig,
+    res: dict[str, Any],
+    out_json: Path,
+    do: Any,
+    checkpoint: Any,
+    backend: Any,
+    twin: Any,
+    params: dict[str, np.ndarray],
+    say: Callable[[str], None],
+    data_dir: str | Path | None,
+) -> None:
+    """Phase 3: encrypted inference of the first ``enc_eval`` dev sentences with the adapter phase 2
+    trained, by this process's data owner ``do`` or (``eval_procs`` > 1) by processes restored from
+    ``checkpoint``; written after every sentence, in dev order, so ``--resume`` goes on after the last."""
+    from p3eft.data import load_task
+    from p3eft.privtuner import encrypted_eval as ee
+
+    tokens = backend.tokens
+    dev_pairs = [
+        (e.text, e.label) for e in load_task("sst2", "eval", data_dir=data_dir).examples[: ecfg.enc_eval]
+    ]
+    ev: dict[str, Any] = res.get("encrypted_eval") or {
+        "examples": 0,
+        "predictions": [],
+        "twin_predictions": [],
+        "labels": [],
+    }
+    res["encrypted_eval"] = ev
+    todo = [(i, text) for i, (text, _) in enumerate(dev_pairs)][ev["examples"] :]
+    if ecfg.eval_procs == 1:
+        source = ee.in_this_process(do, todo)
+    elif not todo:
+        source = iter(())
+    else:
+        if checkpoint is None or not checkpoint.exists():
+            raise P3eftError(
+                "--eval-procs > 1: each process is restored from the sealed checkpoint of phase 2; set "
+                "P3EFT_CHECKPOINT_PASSPHRASE for the whole run"
+            )
+        say(f"phase 3: {len(todo)} dev sentences over {ecfg.eval_procs} processes")
+        source = ee.in_processes(cfg, checkpoint.folder, todo, ecfg.eval_procs, data_dir)
+    same_logits = ev.setdefault("twin_same_params_logits", [])
+    costs = ev.setdefault("costs", [])
+    same: dict[str, np.ndarray] | None = None
+    t0 = time.perf_counter() - ev.get("seconds", 0.0)
+    for item in ee.in_index_order(source, ev["examples"]):
+        if isinstance(item, ee.Adapter):
+            # the reference that isolates inference error (ours): the twin on the encrypted model's own
+            # parameters, which the data owner decrypts (it holds the key; the experiment runs the export
+            # policy) and keeps as a PEFT folder. The twin trained beside it differs by the trainings'
+            # divergence too.
+            same = backend.params_from_export(item.named)
+            meta = {
+                "config": {k: v for k, v in cfg.to_dict().items() if k != "extra"},
+                "dataset": "sst2",
+                "train_examples": res["encrypted_train"]["examples"],
+                "trained": "under encryption (phase 2 of the experiment), decrypted by the data owner",
+            }
+            folder = ee.export_once(out_json.parent / "adapter", item.named, cfg, meta)
+            ev["adapter"] = folder.name
+            for text, label in dev_pairs[len(same_logits) : ev["examples"]]:  # examples done before
+                same_logits.append(twin.logits(tokens.example(text, label), same).tolist())
+            continue
+        if same is None:
+            raise P3eftError("phase 3: an inference arrived before the adapter")
+        i = item.index
+        text, label = dev_pairs[i]
+        ex = tokens.example(text, label)
+        z = np.asarray(item.logits)
+        zt = twin.logits(ex, params)
+        ev["predictions"].append(int(np.argmax(z)))
+        ev["twin_predictions"].append(int(np.argmax(zt)))
+        ev["labels"].append(int(label))
+        ev.setdefault("logits", []).append(z.tolist())
+        same_logits.append(twin.logits(ex, same).tolist())
+        costs.append(item.costs)
+        ev["max_abs_logit_diff"] = max(ev.get("max_abs_logit_diff", 0.0), float(np.max(np.abs(z - zt))))
+        ev["examples"] = i + 1
+        p, tp, y = (np.array(ev[k]) for k in ("predictions", "twin_predictions", "labels"))
+        ev["accuracy"], ev["twin_accuracy"] = _accuracy(p, y), _accuracy(tp, y)
+        ev["agreement_with_twin"] = float(np.mean(p == tp))
+        ev.update(same_params_agreement(ev))
+        ev["mean_costs"] = ee.summary_costs(costs)
+        ev["procs"] = ecfg.eval_procs
+        ev["seconds"] = time.perf_counter() - t0
+        if (i + 1) % 5 == 0 or i + 1 == len(dev_pairs):
+            say(
+                f"phase 3: {i + 1}/{len(dev_pairs)} acc {ev['accuracy']:.3f} agree {ev['agreement_with_twin']:.3f}"
+            )
+        _write(out_json, res)
+    if ev["examples"] == len(dev_pairs) and "encrypted_eval" not in res["phases_done"]:
+        res["phases_done"].append("encrypted_eval")
+    _write(out_json, res)
+
+
+def _totals(do: Any) -> dict[str, Any]:
+    return {k: v for k, v in do.ledger.snapshot().items() if k != "per_method"}
+
+
+def _run_settings(ecfg: ExperimentConfig) -> dict[str, Any]:
+    """The settings that make a run what it is (a resume must keep them); not how it is run."""
+    return {k: v for k, v in asdict(ecfg).items() if k != "eval_procs"}
 
 
 def same_params_agreement(ev: dict[str, Any]) -> dict[str, Any]:
@@ -425,7 +509,8 @@ def _resumed(out_json: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     if not out_json.is_file():
         raise P3eftError(f"--resume: {out_json} does not exist")
     old = json.loads(out_json.read_text())
-    if json.loads(json.dumps(fresh["config"])) | {"phases": None} != old.get("config", {}) | {"phases": None}:
+    ignore = {"phases": None, "eval_procs": None}  # how the run is run, not what it is
+    if json.loads(json.dumps(fresh["config"])) | ignore != old.get("config", {}) | ignore:
         raise P3eftError(f"--resume: {out_json} is of a run with other settings")
     old["config"] = fresh["config"]
     old.setdefault("resumed", []).append(fresh["started"])
@@ -844,6 +929,22 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
                     " examples whose encrypted logits were kept"
                 )
                 + ".",
+                "",
+            ]
+        mc = ev.get("mean_costs")
+        if mc:
+            lines += [
+                f"Per encrypted inference (mean over the {len(ev['costs'])} with costs kept; "
+                f"{ev.get('procs', 1)} process(es) side by side): model owner {mc['server_cpu_s']:.1f} s CPU / "
+                f"{mc['server_wall_s']:.1f} s wall, data owner {mc['device_cpu_s']:.1f} s CPU, "
+                f"{mc['bytes_up'] / 1e6:.1f} MB up, {mc['bytes_down'] / 1e6:.1f} MB down, "
+                f"{mc['refresh_round_trips']:.0f} refresh round trips.",
+                "",
+            ]
+        if ev.get("adapter"):
+            lines += [
+                f"The adapter phase 2 trained, decrypted by the data owner (export policy): `{ev['adapter']}/`"
+                " (a PEFT folder; it reloads with `peft.PeftModel.from_pretrained`).",
                 "",
             ]
     missing = [p for p in ("plain_twin", "encrypted_train", "encrypted_eval") if p not in res["phases_done"]]
