@@ -127,16 +127,20 @@ class KernelRecipe:
 
 
 def _watch_parent(parent: int) -> None:
-    """Exit when the process that started this worker is gone (a killed model owner leaves no
-    workers behind). A watch thread, not PR_SET_PDEATHSIG: that signal follows the *thread* that
-    started the child, and a model owner starts its pools from short-lived request threads."""
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(0)
 
 
-def _init_kernel_worker(payload_file: str) -> None:
+def start_parent_watch() -> None:
+    """Exit this process when the one that started it is gone (a killed model owner leaves no
+    workers behind). A watch thread, not PR_SET_PDEATHSIG: that signal follows the *thread* that
+    started the child, and a model owner starts its pools from short-lived request threads."""
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+
+
+def _init_kernel_worker(payload_file: str) -> None:
+    start_parent_watch()
     with open(payload_file, "rb") as f:  # written by this worker's parent into its own 0700 folder
         payload = pickle.load(f)
     _KWORKER["ctx"] = CkksContext.from_payload(payload, keep_key_bytes=False)

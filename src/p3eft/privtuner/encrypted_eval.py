@@ -95,7 +95,11 @@ def _child(
     tasks: Any,
     results: Any,
 ) -> None:
-    """A spawned process: restore, then infer sentences from ``tasks`` until its ``None``."""
+    """A spawned process: restore, then infer sentences from ``tasks`` until its ``None``; it exits
+    when its parent is gone (no orphan goes on computing for nobody)."""
+    from p3eft.fhe.parallel import start_parent_watch
+
+    start_parent_watch()
     try:
         from p3eft.privtuner.checkpoint import CheckpointDir, passphrase_from_env
         from p3eft.privtuner.wiring import BertBackend

@@ -338,6 +338,7 @@ def run(
             else:
                 do = restored_data_owner(cfg, backend, checkpoint)
             res["key_upload_bytes"] = do.key_upload_bytes
+        saved = None  # its keys (GBs at N=16384) live on in ``do`` if needed, else in phase 3's processes
         t0, c0 = time.perf_counter() - phase.get("seconds", 0.0), time.process_time()
         c_before = phase.get("cpu_seconds_this_process", 0.0)
         if train_left:
