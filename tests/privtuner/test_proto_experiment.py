@@ -251,6 +251,43 @@ def test_the_report_lists_every_encrypted_update_against_the_twin():
     text = markdown(res, "x.json", "x.png").split("## Phase 2")[1]
     assert "1 of 2 encrypted SGD updates ran (8 example(s) each, 16 examples in all)" in text
     assert "| 1 | 0.69000 | 0.68000 | +1.0e-02 |" in text and "| 2 |" not in text
+    assert "Resumed" not in markdown(res, "x.json", "x.png")
+    res |= {"resumed": ["t1", "t2"], "phase1_from": "an earlier run"}
+    head = markdown(res, "x.json", "x.png").split("## Phase 2")[0]
+    assert "Resumed (`--resume`) at t1, t2." in head and "Phase 1 is taken from an earlier run." in head
+
+
+def test_the_report_gives_phase_3s_costs_and_adapter():
+    ev = {
+        "examples": 2,
+        "accuracy": 0.5,
+        "twin_accuracy": 0.5,
+        "agreement_with_twin": 1.0,
+        "max_abs_logit_diff": 1e-4,
+        "costs": [{}, {}],
+        "mean_costs": {
+            "server_cpu_s": 60.0,
+            "server_wall_s": 70.0,
+            "device_cpu_s": 9.0,
+            "bytes_up": 2e8,
+            "bytes_down": 1e8,
+            "refresh_round_trips": 220.0,
+        },
+        "procs": 2,
+        "adapter": "adapter",
+    }
+    res = {
+        "config": ExperimentConfig().__dict__,
+        "weights": {"random": True, "source": "test"},
+        "started": "now",
+        "machine": {"cpu_model": "cpu", "cores": 2},
+        "phases_done": [],
+        "encrypted_eval": ev,
+    }
+    text = markdown(res, "x.json", "x.png").split("## Phase 3")[1]
+    assert "(mean over the 2 with costs kept; 2 process(es) side by side)" in text
+    assert "model owner 60.0 s CPU / 70.0 s wall, data owner 9.0 s CPU, 200.0 MB up, 100.0 MB down" in text
+    assert "220 refresh round trips" in text and "`adapter/`" in text
 
 
 def test_same_params_agreement_aligns_logits_kept_only_for_the_later_examples():

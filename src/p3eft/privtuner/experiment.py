@@ -808,6 +808,10 @@ def markdown(res: dict[str, Any], json_name: str, png_name: str) -> str:
         "work, so wall seconds are inflated; CPU seconds are this process's).",
         "",
     ]
+    if res.get("resumed"):
+        lines += [f"Resumed (`--resume`) at {', '.join(res['resumed'])}.", ""]
+    if res.get("phase1_from"):  # a run that took its finished phase 1 from an earlier run's JSON
+        lines += [f"Phase 1 is taken from {res['phase1_from']}.", ""]
     pt = res.get("plain_twin")
     if pt:
         lines += [
