@@ -39,9 +39,13 @@ def test_mean_costs_per_inference():
 
 
 def test_bad_process_counts_are_refused():
+    """Phase 3's processes and the model owner's pool: each count checked where it is set."""
     for bad in (0, ee.MAX_PROCS + 1):
         with pytest.raises(P3eftError, match="eval-procs"):
             ExperimentConfig(eval_procs=bad)
+    for bad in (0, 33):
+        with pytest.raises(P3eftError, match="--workers"):
+            ExperimentConfig(workers=bad)
     with pytest.raises(P3eftError, match="from 1 to"):
         next(ee.in_processes(None, "nowhere", [(0, "x")], 0))
 

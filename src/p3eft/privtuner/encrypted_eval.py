@@ -69,16 +69,17 @@ def in_this_process(do: Any, todo: Iterable[tuple[int, str]]) -> Iterator[Adapte
         yield infer(do, index, text)
 
 
-def restored_data_owner(cfg: PrivTunerConfig, backend: Any, checkpoint: Any) -> Any:
-    """A data owner whose in-process model owner continues from ``checkpoint`` (a
-    :class:`~p3eft.privtuner.checkpoint.CheckpointDir`): the kept keys and the signed adapter."""
+def restored_data_owner(cfg: PrivTunerConfig, backend: Any, checkpoint: Any, workers: int = 1) -> Any:
+    """A data owner whose in-process model owner (with a pool of ``workers``) continues from
+    ``checkpoint`` (a :class:`~p3eft.privtuner.checkpoint.CheckpointDir`): the kept keys and the signed
+    adapter."""
     from p3eft.channel import InProcessChannel
     from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
     from p3eft.privtuner.wiring import BertCodec
 
     saved = checkpoint.load()
     do = DataOwner(
-        InProcessChannel(ModelOwner(backend, state_key=checkpoint.in_process_state_key())),
+        InProcessChannel(ModelOwner(backend, state_key=checkpoint.in_process_state_key(), workers=workers)),
         BertCodec,
         DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
         keys=saved.keys,

@@ -38,9 +38,11 @@ from p3eft.errors import P3eftError
 from p3eft.privtuner.checkpoint import check_same_run, run_checkpoint
 from p3eft.privtuner.config import PrivTunerConfig
 from p3eft.privtuner.encrypted_eval import MAX_PROCS
+from p3eft.privtuner.roles import MAX_WORKERS
 from p3eft.privtuner.standardize import HeadStandardizer
 
 PHASES = ("plain_twin", "encrypted_train", "encrypted_eval")
+HOW_RUN = ("eval_procs", "workers")  # options a resumed run may change: how it runs, not what it is
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -67,6 +69,9 @@ class ExperimentConfig:
     # data owner restored from the sealed checkpoint (p3eft.privtuner.encrypted_eval); not a setting of
     # the run: a resumed run may change it
     eval_procs: int = 1
+    # the model owner's process pool for its plaintext-weight products (p3eft.fhe.parallel.KernelPool),
+    # in phases 2 and 3; not a setting of the run either
+    workers: int = 1
 
     def __post_init__(self) -> None:
         for name in ("train", "epochs", "batch", "dev"):
@@ -76,6 +81,8 @@ class ExperimentConfig:
             raise P3eftError("--enc-train and --enc-eval must not be negative")
         if not 1 <= self.eval_procs <= MAX_PROCS:
             raise P3eftError(f"--eval-procs must be from 1 to {MAX_PROCS}")
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise P3eftError(f"--workers must be from 1 to {MAX_WORKERS}")
         if self.optimizer not in OPTIMIZERS:
             raise P3eftError(f"unknown optimizer {self.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
         unknown = set(self.phases) - set(PHASES)
@@ -331,12 +338,12 @@ def run(
             if saved is None:
                 state_key = None if checkpoint is None else checkpoint.in_process_state_key()
                 do = DataOwner(
-                    InProcessChannel(ModelOwner(backend, state_key=state_key)),
+                    InProcessChannel(ModelOwner(backend, state_key=state_key, workers=ecfg.workers)),
                     BertCodec,
                     DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
                 )
             else:
-                do = restored_data_owner(cfg, backend, checkpoint)
+                do = restored_data_owner(cfg, backend, checkpoint, workers=ecfg.workers)
             res["key_upload_bytes"] = do.key_upload_bytes
         saved = None  # its keys (GBs at N=16384) live on in ``do`` if needed, else in phase 3's processes
         t0, c0 = time.perf_counter() - phase.get("seconds", 0.0), time.process_time()
@@ -484,7 +491,7 @@ def _totals(do: Any) -> dict[str, Any]:
 
 def _run_settings(ecfg: ExperimentConfig) -> dict[str, Any]:
     """The settings that make a run what it is (a resume must keep them); not how it is run."""
-    return {k: v for k, v in asdict(ecfg).items() if k != "eval_procs"}
+    return {k: v for k, v in asdict(ecfg).items() if k not in HOW_RUN}
 
 
 def same_params_agreement(ev: dict[str, Any]) -> dict[str, Any]:
@@ -510,7 +517,7 @@ def _resumed(out_json: Path, fresh: dict[str, Any]) -> dict[str, Any]:
     if not out_json.is_file():
         raise P3eftError(f"--resume: {out_json} does not exist")
     old = json.loads(out_json.read_text())
-    ignore = {"phases": None, "eval_procs": None}  # how the run is run, not what it is
+    ignore = dict.fromkeys(("phases", *HOW_RUN))  # how the run is run, not what it is
     if json.loads(json.dumps(fresh["config"])) | ignore != old.get("config", {}) | ignore:
         raise P3eftError(f"--resume: {out_json} is of a run with other settings")
     old["config"] = fresh["config"]
