@@ -228,6 +228,18 @@ def test_encrypted_phases_resume_after_a_crash(resumed_experiment):
     assert abs(twin_update(twin, batches[1], init, 0.5)[0][0] - losses[1]) > 1e-3
 
 
+def _report_input(**phases: dict) -> dict:
+    """A run's JSON as the report reads it, with only the given phases."""
+    return {
+        "config": ExperimentConfig().__dict__,
+        "weights": {"random": True, "source": "test"},
+        "started": "now",
+        "machine": {"cpu_model": "cpu", "cores": 2},
+        "phases_done": [],
+        **phases,
+    }
+
+
 def test_the_report_lists_every_encrypted_update_against_the_twin():
     """Phase 2's report: updates done of planned, examples per update, one row per update."""
     et = {
@@ -240,14 +252,7 @@ def test_the_report_lists_every_encrypted_update_against_the_twin():
         "twin_losses": [0.68],
         "max_abs_loss_diff": 0.01,
     }
-    res = {
-        "config": ExperimentConfig().__dict__,
-        "weights": {"random": True, "source": "test"},
-        "started": "now",
-        "machine": {"cpu_model": "cpu", "cores": 2},
-        "phases_done": [],
-        "encrypted_train": et,
-    }
+    res = _report_input(encrypted_train=et)
     text = markdown(res, "x.json", "x.png").split("## Phase 2")[1]
     assert "1 of 2 encrypted SGD updates ran (8 example(s) each, 16 examples in all)" in text
     assert "| 1 | 0.69000 | 0.68000 | +1.0e-02 |" in text and "| 2 |" not in text
@@ -276,14 +281,7 @@ def test_the_report_gives_phase_3s_costs_and_adapter():
         "procs": 2,
         "adapter": "adapter",
     }
-    res = {
-        "config": ExperimentConfig().__dict__,
-        "weights": {"random": True, "source": "test"},
-        "started": "now",
-        "machine": {"cpu_model": "cpu", "cores": 2},
-        "phases_done": [],
-        "encrypted_eval": ev,
-    }
+    res = _report_input(encrypted_eval=ev)
     text = markdown(res, "x.json", "x.png").split("## Phase 3")[1]
     assert "(mean over the 2 with costs kept; 2 process(es) side by side)" in text
     assert "model owner 60.0 s CPU / 70.0 s wall, data owner 9.0 s CPU, 200.0 MB up, 100.0 MB down" in text
