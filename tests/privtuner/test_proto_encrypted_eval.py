@@ -16,7 +16,7 @@ from p3eft.errors import P3eftError
 from p3eft.privtuner import encrypted_eval as ee
 from p3eft.privtuner.experiment import ExperimentConfig, run
 
-from .conftest import wait_gone
+from .conftest import EXPERIMENT_PASSPHRASE, TINY_EXPERIMENT, wait_gone
 
 
 def _rec(i: int) -> ee.EvalRecord:
@@ -169,3 +169,57 @@ def test_phase_3_processes_exit_when_their_parent_is_killed(resumed_experiment, 
         parent.kill()
         parent.wait()
     assert wait_gone(kids, timeout_s=30) == []
+
+
+def test_phase_3_in_processes_without_a_passphrase_is_refused_before_any_training(tmp_path, monkeypatch):
+    """Its processes restore from the sealed checkpoint, which a run without the passphrase never
+    writes: refused at the start, not after phase 2's hours."""
+    from p3eft.privtuner import checkpoint as ckpt
+    from p3eft.privtuner import wiring
+
+    loaded = []
+    monkeypatch.setattr(wiring, "BertBackend", lambda *a, **k: loaded.append(1))  # the run's first work
+    monkeypatch.delenv(ckpt.PASSPHRASE_ENV, raising=False)
+    ecfg = ExperimentConfig(**TINY_EXPERIMENT, phases=("encrypted_train", "encrypted_eval"), eval_procs=2)
+    with pytest.raises(P3eftError, match=ckpt.PASSPHRASE_ENV):
+        run(ecfg, tmp_path / "sst2.json", say=lambda m: None)
+    assert loaded == [] and not (tmp_path / "sst2.json").exists()
+
+
+@pytest.mark.slow
+def test_a_run_with_phase_3_in_processes_trains_in_a_process_of_its_own(
+    resumed_experiment, tmp_path, monkeypatch
+):
+    """Phase 2 runs in a spawned process (SEAL keeps a session's memory until its process ends, and
+    phase 3's processes need it): no data owner is ever built in this process, and the run gives what
+    the in-process run gave (same twin, encrypted losses and predictions within CKKS noise)."""
+    from p3eft.privtuner import checkpoint as ckpt
+    from p3eft.privtuner.roles import DataOwner
+
+    one = resumed_experiment[3]
+    built = []
+    real_init = DataOwner.__init__
+
+    def counted(self, *args, **kwargs):
+        built.append(1)
+        real_init(self, *args, **kwargs)
+
+    monkeypatch.setattr(DataOwner, "__init__", counted)  # this process only: the spawned ones import anew
+    monkeypatch.setenv(ckpt.PASSPHRASE_ENV, EXPERIMENT_PASSPHRASE)
+    ecfg = ExperimentConfig(**TINY_EXPERIMENT, phases=("encrypted_train", "encrypted_eval"), eval_procs=2)
+    said: list[str] = []
+    res = run(ecfg, tmp_path / "sst2.json", say=said.append)
+    assert built == [] and any("process of its own" in m for m in said)
+    assert res["phases_done"] == ["encrypted_train", "encrypted_eval"] and res["key_upload_bytes"] > 0
+    tr, tr1 = res["encrypted_train"], one["encrypted_train"]
+    assert tr["steps_done"] == 2 and tr["twin_losses"] == tr1["twin_losses"]
+    assert np.max(np.abs(np.subtract(tr["enc_losses"], tr1["enc_losses"]))) < 1e-3
+    ev = res["encrypted_eval"]
+    assert (
+        ev["examples"] == 3 and ev["procs"] == 2 and ev["predictions"] == one["encrypted_eval"]["predictions"]
+    )
+    assert ev["agreement_with_twin_same_params"] == 1.0 and ev["max_abs_logit_diff_same_params"] < 1e-3
+    written = json.loads((tmp_path / "sst2.json").read_text())
+    # the spawned process resumed the run; the run as written is one run, with its own phases
+    assert "resumed" not in written and written["config"]["phases"] == ["encrypted_train", "encrypted_eval"]
+    assert not mp.active_children()

@@ -15,7 +15,9 @@ its true sizes):
    ``enc_eval`` dev examples; accuracy and agreement with the twin's predictions (twin trained in
    phase 2 on the same examples, and the twin on the encrypted model's own decrypted parameters),
    in this process or, with ``eval_procs`` > 1, in processes restored from the sealed checkpoint
-   (:mod:`p3eft.privtuner.encrypted_eval`); the decrypted adapter is kept as a PEFT folder.
+   (:mod:`p3eft.privtuner.encrypted_eval`); the decrypted adapter is kept as a PEFT folder. Phase 2 then
+   runs in a spawned process of its own (:func:`train_in_own_process`), whose memory is gone when
+   phase 3's processes start.
 
 The training recipe (ours) is one the encrypted protocol runs as it is: each step averages the
 gradients of ``batch`` examples (the data owner sends dL/dlogits / batch per example, the model owner
@@ -26,9 +28,11 @@ over ``epochs`` passes through the data, each pass in its own seeded random orde
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,10 @@ from p3eft.privtuner.standardize import HeadStandardizer
 
 PHASES = ("plain_twin", "encrypted_train", "encrypted_eval")
 HOW_RUN = ("eval_procs", "workers")  # options a resumed run may change: how it runs, not what it is
+PROCS_NEED_CHECKPOINT = (
+    "--eval-procs > 1: each process is restored from the sealed checkpoint of phase 2; set "
+    "P3EFT_CHECKPOINT_PASSPHRASE for the whole run"
+)
 OPTIMIZERS = ("sgd", "adam")
 
 
@@ -187,6 +195,8 @@ def run(
         head_standardize=ecfg.head_standardize,
     )
     checkpoint = run_checkpoint(out_json.parent / "checkpoint", resume)
+    if checkpoint is None and ecfg.eval_procs > 1 and "encrypted_eval" in ecfg.phases:
+        raise P3eftError(PROCS_NEED_CHECKPOINT)  # now, not after hours of phase 2 without checkpoints
     res: dict[str, Any] = {
         "config": asdict(ecfg),
         "privtuner_config": cfg.to_dict(),
@@ -328,11 +338,22 @@ def run(
             "step_costs": [],
         }
         if saved is not None:
-            params = {k: np.asarray(v, dtype=np.float64) for k, v in saved.progress["twin_params"].items()}
+            params = _twin_params(saved.progress)
             phase = saved.progress["phase"]
             say(f"phase 2: resumed after step {phase.get('steps_done', 0)} of {len(enc_steps)}")
         res["encrypted_train"] = phase
         train_left = "encrypted_train" in ecfg.phases and phase.get("steps_done", 0) < len(enc_steps)
+        if train_left and ecfg.eval_procs > 1 and "encrypted_eval" in ecfg.phases:
+            saved = None
+            say("phase 2: in a process of its own (phase 3's processes will need its memory)")
+            train_in_own_process(ecfg, out_json, data_dir)
+            trained = json.loads(out_json.read_text())
+            for key in ("encrypted_train", "phases_done", "key_upload_bytes", "totals"):
+                if key in trained:
+                    res[key] = trained[key]
+            phase = res["encrypted_train"]
+            params = _twin_params(checkpoint.load().progress)
+            train_left = False
         do = None  # this process's own data owner: to train, and to evaluate without helper processes
         if train_left or ("encrypted_eval" in ecfg.phases and ecfg.eval_procs == 1):
             if saved is None:
@@ -425,10 +446,7 @@ def encrypted_dev_eval(
         source = iter(())
     else:
         if checkpoint is None or not checkpoint.exists():
-            raise P3eftError(
-                "--eval-procs > 1: each process is restored from the sealed checkpoint of phase 2; set "
-                "P3EFT_CHECKPOINT_PASSPHRASE for the whole run"
-            )
+            raise P3eftError(PROCS_NEED_CHECKPOINT)
         say(f"phase 3: {len(todo)} dev sentences over {ecfg.eval_procs} processes")
         source = ee.in_processes(cfg, checkpoint.folder, todo, ecfg.eval_procs, data_dir)
     same_logits = ev.setdefault("twin_same_params_logits", [])
@@ -483,6 +501,57 @@ def encrypted_dev_eval(
     if ev["examples"] == len(dev_pairs) and "encrypted_eval" not in res["phases_done"]:
         res["phases_done"].append("encrypted_eval")
     _write(out_json, res)
+
+
+def train_in_own_process(ecfg: ExperimentConfig, out_json: Path, data_dir: str | Path | None) -> None:
+    """Phase 2 of this run in a spawned process of its own, which resumes it from ``out_json`` and
+    the sealed checkpoint, trains to the end and exits (ours). Why: after minilm-l6's phase 2 the
+    process that ran it still held 8.9 GB resident with its data owner closed (SEAL's memory pool, we
+    take it, keeps what it allocated until the process ends), and phase 3's processes, started beside
+    it, were killed for memory on a 23 GB machine. Its progress goes to stderr; a failure is one error."""
+    ctx = mp.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    only_train = replace(ecfg, phases=("encrypted_train",))
+    args = (only_train, str(out_json), None if data_dir is None else str(data_dir), send)
+    # not daemonic: with --workers > 1 it starts the model owner's process pool
+    child = ctx.Process(target=_train_child, args=args, name="p3eft-phase-2")
+    child.start()
+    send.close()
+    try:
+        child.join()
+        message = receive.recv() if receive.poll() else None
+    finally:
+        if child.is_alive():
+            child.terminate()
+            child.join(timeout=30)
+    if message is None and child.exitcode != 0:
+        code = child.exitcode
+        how = f"was killed (signal {-code}; for memory?)" if code < 0 else f"failed (exit code {code})"
+        message = f"phase 2's process {how}"
+    if message is not None:
+        raise P3eftError(message)
+
+
+def _train_child(ecfg: ExperimentConfig, out_json: str, data_dir: str | None, send: Any) -> None:
+    from p3eft.fhe.parallel import start_parent_watch
+
+    start_parent_watch()  # a killed experiment leaves no phase 2 behind
+    try:
+        run(ecfg, Path(out_json), data_dir, say=say_stderr, resume=True)
+    except P3eftError as err:
+        send.send(str(err))
+        raise SystemExit(2) from None
+    send.send(None)
+
+
+def say_stderr(msg: str) -> None:
+    """The experiment's progress line: time-stamped, on stderr."""
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def _twin_params(progress: dict[str, Any]) -> dict[str, np.ndarray]:
+    """The twin's adapter as phase 2's checkpoint keeps it (beside the encrypted one)."""
+    return {k: np.asarray(v, dtype=np.float64) for k, v in progress["twin_params"].items()}
 
 
 def _totals(do: Any) -> dict[str, Any]:
@@ -976,7 +1045,6 @@ def main(argv: list[str] | None = None) -> None:
     --enc-train N --enc-eval N --phases plain_twin,... --resume]``; a bad option is one line on stderr,
     exit 2."""
     import argparse
-    import sys
 
     ap = argparse.ArgumentParser(description="PrivTuner SST-2 experiment (writes JSON + PNG into --out)")
     ap.add_argument("--out", type=Path, required=True)
@@ -1021,12 +1089,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     a.out.mkdir(parents=True, exist_ok=True)
-
-    def say(msg: str) -> None:
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
     try:
-        res = run(ecfg, a.out / "privtuner_sst2.json", say=say, resume=a.resume)
+        res = run(ecfg, a.out / "privtuner_sst2.json", say=say_stderr, resume=a.resume)
     except P3eftError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
