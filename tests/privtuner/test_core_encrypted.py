@@ -104,3 +104,20 @@ def test_a_rotation_adds_no_more_than_a_fresh_encryptions_error():
     fresh = np.max(np.abs(sk.decrypt_slots(ctx, ct) - x))
     rotated = np.max(np.abs(sk.decrypt_slots(ctx, ops.rotate(ctx, ct, 64)) - np.roll(x, -64)))
     assert fresh < 1e-7 and rotated < 3 * fresh, (fresh, rotated)
+
+
+def test_after_an_update_the_next_forward_pass_is_as_exact_as_the_first():
+    """An SGD update refreshes every parameter it changed back to the top level. Left 3 levels above
+    the floor (the policy until 2026-12-01), the value factors made the next forward pass's logits
+    ~3e-5 off the twin on the very parameters the data owner decrypts (1.5e-8 before any update)."""
+    model, report, params, examples = calibrated(layers=1, adapt_from=0)
+    sess = LocalSession.start(model, report.fns, params)
+    sess.step(examples[0], LR)
+    levels = {sess.ctx.level(c) for cts in sess.adapter.mats.values() for c in cts}
+    trained = sess.adapter.decrypt_matrices(sess.sk, model)
+    assert max(float(np.max(np.abs(trained[k] - params[k]))) for k in params) > 1e-2  # it did move
+    ex = examples[1]
+    z = sess.decrypt_logits(sess.encoder.forward(sess.encrypt_example(ex), sess.adapter, keep=False))
+    diff = float(np.max(np.abs(z - Twin(model, report.fns).logits(ex, trained))))
+    assert diff < 1e-6, diff
+    assert levels == {sess.ctx.top_level}
