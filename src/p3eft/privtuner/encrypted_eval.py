@@ -69,23 +69,31 @@ def in_this_process(do: Any, todo: Iterable[tuple[int, str]]) -> Iterator[Adapte
         yield infer(do, index, text)
 
 
-def restored_data_owner(cfg: PrivTunerConfig, backend: Any, checkpoint: Any, workers: int = 1) -> Any:
-    """A data owner whose in-process model owner (with a pool of ``workers``) continues from
-    ``checkpoint`` (a :class:`~p3eft.privtuner.checkpoint.CheckpointDir`): the kept keys and the signed
-    adapter."""
+def in_process_data_owner(
+    cfg: PrivTunerConfig, backend: Any, state_key: bytes | None, workers: int = 1, saved: Any = None
+) -> Any:
+    """A data owner with its own in-process model owner (a pool of ``workers``, checkpoint tags under
+    ``state_key``): new keys and a new adapter, or, given ``saved`` (a loaded checkpoint), its keys and
+    the adapter it holds, which that model owner checks it signed."""
     from p3eft.channel import InProcessChannel
     from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
     from p3eft.privtuner.wiring import BertCodec
 
-    saved = checkpoint.load()
     do = DataOwner(
-        InProcessChannel(ModelOwner(backend, state_key=checkpoint.in_process_state_key(), workers=workers)),
+        InProcessChannel(ModelOwner(backend, state_key=state_key, workers=workers)),
         BertCodec,
         DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
-        keys=saved.keys,
+        keys=None if saved is None else saved.keys,
     )
-    do.restore(saved.state)
+    if saved is not None:
+        do.restore(saved.state)
     return do
+
+
+def restored_data_owner(cfg: PrivTunerConfig, backend: Any, checkpoint: Any, workers: int = 1) -> Any:
+    """:func:`in_process_data_owner` continuing from ``checkpoint`` (a
+    :class:`~p3eft.privtuner.checkpoint.CheckpointDir`): the kept keys and the signed adapter."""
+    return in_process_data_owner(cfg, backend, checkpoint.in_process_state_key(), workers, checkpoint.load())
 
 
 def _child(

@@ -181,7 +181,7 @@ def run(
     from p3eft.data import load_task
     from p3eft.fhe.costs import machine_info
     from p3eft.privtuner.twin import Twin
-    from p3eft.privtuner.wiring import BertBackend, BertCodec, settings
+    from p3eft.privtuner.wiring import BertBackend, settings
 
     cfg: PrivTunerConfig = settings(
         model=ecfg.model,
@@ -316,10 +316,8 @@ def run(
         _write(out_json, res)
 
     if "encrypted_train" in ecfg.phases or "encrypted_eval" in ecfg.phases:
-        from p3eft.channel import InProcessChannel
         from p3eft.privtuner import accounting
-        from p3eft.privtuner.encrypted_eval import restored_data_owner
-        from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
+        from p3eft.privtuner.encrypted_eval import in_process_data_owner
 
         enc_steps = _first_examples(steps, ecfg.enc_train)
         n_enc = sum(len(b) for b in enc_steps)
@@ -356,15 +354,8 @@ def run(
             train_left = False
         do = None  # this process's own data owner: to train, and to evaluate without helper processes
         if train_left or ("encrypted_eval" in ecfg.phases and ecfg.eval_procs == 1):
-            if saved is None:
-                state_key = None if checkpoint is None else checkpoint.in_process_state_key()
-                do = DataOwner(
-                    InProcessChannel(ModelOwner(backend, state_key=state_key, workers=ecfg.workers)),
-                    BertCodec,
-                    DataOwnerConfig(lr=cfg.lr, seed=cfg.seed),
-                )
-            else:
-                do = restored_data_owner(cfg, backend, checkpoint, workers=ecfg.workers)
+            state_key = None if checkpoint is None else checkpoint.in_process_state_key()
+            do = in_process_data_owner(cfg, backend, state_key, ecfg.workers, saved)  # ``saved``: loaded once
             res["key_upload_bytes"] = do.key_upload_bytes
         saved = None  # its keys (GBs at N=16384) live on in ``do`` if needed, else in phase 3's processes
         t0, c0 = time.perf_counter() - phase.get("seconds", 0.0), time.process_time()
