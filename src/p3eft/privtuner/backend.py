@@ -357,11 +357,21 @@ class CipherBackend:
         return [ys[0] for ys in self.pool.products(self.ctx, [kk.product(self.ctx, c) for kk, c in pairs])]
 
     # ----- element-wise --------------------------------------------------------------------------
+    def _addable(self, x: Ciphertext, y: Ciphertext) -> tuple[Ciphertext, Ciphertext]:
+        """Operands an addition takes without going below the refresh floor. At one level with
+        scales apart (a LayerNorm output after its Newton iterations meets the FFN's output), the
+        engine brings one onto the other's scale at the cost of a level (:func:`ops.align_scales`),
+        so one at the floor is refreshed first."""
+        if ops.same_scale(x.seal.scale, y.seal.scale) or self.ctx.level(x) != self.ctx.level(y):
+            return x, y
+        self.stats.counts["scale_aligns"] += 1
+        return self._fresh(x, 1), y
+
     def add(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return [ops.add(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
+        return [ops.add(self.ctx, *self._addable(x, y)) for x, y in zip(a, b, strict=True)]
 
     def sub(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return [ops.sub(self.ctx, x, y) for x, y in zip(a, b, strict=True)]
+        return [ops.sub(self.ctx, *self._addable(x, y)) for x, y in zip(a, b, strict=True)]
 
     def mul(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
         t0 = time.perf_counter()
