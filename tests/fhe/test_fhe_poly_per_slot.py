@@ -87,5 +87,7 @@ def test_monomial_to_chebyshev_is_the_same_polynomial():
     d = nonlinear.monomial_to_chebyshev(c)
     for j in range(3):
         np.testing.assert_allclose(
-            np.polynomial.chebyshev.chebval(x, d[:, j]), np.polynomial.polynomial.polyval(x, c[:, j]), atol=1e-12
+            np.polynomial.chebyshev.chebval(x, d[:, j]),
+            np.polynomial.polynomial.polyval(x, c[:, j]),
+            atol=1e-12,
         )
