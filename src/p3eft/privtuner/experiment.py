@@ -510,17 +510,28 @@ def train_in_own_process(ecfg: ExperimentConfig, out_json: Path, data_dir: str |
     send.close()
     try:
         child.join()
-        message = receive.recv() if receive.poll() else None
     finally:
         if child.is_alive():
             child.terminate()
             child.join(timeout=30)
-    if message is None and child.exitcode != 0:
-        code = child.exitcode
-        how = f"was killed (signal {-code}; for memory?)" if code < 0 else f"failed (exit code {code})"
-        message = f"phase 2's process {how}"
+    message = child_failure(receive, child.exitcode)
     if message is not None:
         raise P3eftError(message)
+
+
+def child_failure(receive: Any, exitcode: int | None) -> str | None:
+    """What went wrong in phase 2's process, from its pipe and its exit code (None: nothing). A
+    process killed by a signal (the OOM killer) sent nothing and closed its end: the pipe polls
+    readable and reading it hits EOF, which is the exit code's to explain, not an error of its own."""
+    try:
+        message = receive.recv() if receive.poll() else None
+    except EOFError:
+        message = None
+    if message is None and exitcode != 0:
+        killed = exitcode is not None and exitcode < 0
+        how = f"was killed (signal {-exitcode}; for memory?)" if killed else f"failed (exit code {exitcode})"
+        message = f"phase 2's process {how}"
+    return message
 
 
 def _train_child(ecfg: ExperimentConfig, out_json: str, data_dir: str | None, send: Any) -> None:
