@@ -13,10 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file
-
 from p3eft.data import load_task
-from p3eft.privtuner.export import _canonical
+from p3eft.privtuner.export import exported_arrays
 from p3eft.privtuner.roles import DataOwnerConfig
 from p3eft.privtuner.twin import Twin
 from p3eft.privtuner.wiring import BertBackend, BertCodec, settings
@@ -36,11 +34,7 @@ cfg = settings(
 )
 print(cfg.params, flush=True)
 backend = BertBackend(cfg, None)
-named = {
-    _canonical(k): v.astype(np.float64)
-    for k, v in load_file("docs/results/privtuner/enc_sst2_8tok/adapter/adapter_model.safetensors").items()
-}
-same = backend.params_from_export(named)
+same = backend.params_from_export(exported_arrays("docs/results/privtuner/enc_sst2_8tok/adapter"))
 backend.init_params = same
 twin = Twin(backend.model, backend.fns)
 dev = load_task("sst2", "eval").examples[:n]

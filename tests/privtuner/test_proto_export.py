@@ -11,7 +11,7 @@ import torch
 import transformers
 
 from p3eft.errors import P3eftError, ProtocolError
-from p3eft.privtuner.export import export_adapter, exported_meta, load_exported
+from p3eft.privtuner.export import export_adapter, exported_arrays, exported_meta, load_exported
 
 RANK, ALPHA = 4, 8.0
 
@@ -71,6 +71,14 @@ def test_exported_adapter_reloads_in_peft_with_the_same_logits(tmp_path):
         plain = base(input_ids=ids).logits
     assert torch.allclose(got, want, atol=1e-5)
     assert not torch.allclose(got, plain, atol=1e-3)  # the adapter really changes the model
+    # read back under the model's own names: the adapter as exported (float32), nothing else
+    back = exported_arrays(folder)
+    assert set(back) == set(adapter)
+    for name, value in adapter.items():
+        assert back[name].dtype == np.float64
+        np.testing.assert_array_equal(back[name], np.asarray(value, dtype=np.float32))
+    with pytest.raises(P3eftError):
+        exported_arrays(tmp_path)
 
 
 def test_export_refuses_an_adapter_that_does_not_fit(tmp_path):

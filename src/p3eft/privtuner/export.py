@@ -107,3 +107,17 @@ def exported_meta(folder: str | Path) -> dict[str, Any]:
     if meta.get("scheme") != "privtuner":
         raise P3eftError(f"{folder} is not a PrivTuner export")
     return meta
+
+
+def exported_arrays(folder: str | Path) -> dict[str, np.ndarray]:
+    """An exported adapter's tensors as float64 arrays under the model's own parameter names (what
+    ``params_from_export`` takes): to run the twin, or to encrypt the adapter again, on exactly the
+    parameters the folder holds. The folder's safetensors hold float32 (peft's save)."""
+    from safetensors.numpy import load_file
+
+    check_adapter_dir(folder)
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise P3eftError(f"{folder} has no adapter_model.safetensors")
+    return {_canonical(k): v.astype(np.float64) for k, v in load_file(str(path)).items()}
+
