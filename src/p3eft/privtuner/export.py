@@ -120,4 +120,3 @@ def exported_arrays(folder: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise P3eftError(f"{folder} has no adapter_model.safetensors")
     return {_canonical(k): v.astype(np.float64) for k, v in load_file(str(path)).items()}
-
