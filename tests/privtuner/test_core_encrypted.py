@@ -111,7 +111,9 @@ def test_after_an_update_the_next_forward_pass_is_as_exact_as_the_first():
     """An SGD update refreshes every parameter it changed back to the top level. Left 3 levels above
     the floor (the policy until 2026-12-01), the value factors made the next forward pass's logits
     3.0e-5 to 3.2e-5 off the twin on the very parameters the data owner decrypts (6 sessions); now
-    4e-8 to 1.5e-6 (12 sessions; 1e-8 to 6e-8 before any update: a smaller error remains)."""
+    4e-8 to 1.5e-6 (12 sessions; 1e-8 to 6e-8 before any update). What remains is the spread of the
+    parameters' replicas, each updated with its own gradient noise, of which the twin reads one
+    (docs/privtuner.md, "Levels and refreshes")."""
     model, report, params, examples = calibrated(layers=1, adapt_from=0)
     sess = LocalSession.start(model, report.fns, params)
     sess.step(examples[0], LR)
