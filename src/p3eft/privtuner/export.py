@@ -115,8 +115,6 @@ def exported_arrays(folder: str | Path) -> dict[str, np.ndarray]:
     parameters the folder holds. The folder's safetensors hold float32 (peft's save)."""
     from safetensors.numpy import load_file
 
-    check_adapter_dir(folder)
+    check_adapter_dir(folder)  # refuses a folder without a readable adapter_model.safetensors
     path = Path(folder) / "adapter_model.safetensors"
-    if not path.is_file():
-        raise P3eftError(f"{folder} has no adapter_model.safetensors")
     return {_canonical(k): v.astype(np.float64) for k, v in load_file(str(path)).items()}
