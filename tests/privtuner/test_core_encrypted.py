@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from p3eft.errors import ProtocolError, SecurityError
+from p3eft.fhe import galois
 from p3eft.fhe.context import keygen
 from p3eft.privtuner.adapter import EncryptedAdapter
+from p3eft.privtuner.encrypted import required_galois_steps, rotation_steps
 from p3eft.privtuner.local import LocalSession, verify_local
 from p3eft.privtuner.toy import calibrated
-from p3eft.privtuner.twin import Twin
+from p3eft.privtuner.twin import PrivTunerModel, Twin
 
 LR = 0.5  # large, so that a wrong gradient moves the adapter by more than the tolerance
 
@@ -39,6 +43,21 @@ def test_one_encrypted_step_equals_twin_step(one_layer):
     moved = max(float(np.max(np.abs(LR * g))) for k, g in grads.items() if not k.startswith("head.b"))
     assert moved > 1e-2
     assert result["refreshes"] > 0 and result["refresh_floor"] >= 1
+
+
+def test_power_of_two_rotation_keys_give_the_same_results(one_layer):
+    """``rotation_keys="pow2"``: the data owner makes keys only for signed powers of two and SEAL composes
+    the model's other rotations from them; the results stay within the exact keys' tolerances."""
+    model, report, params, examples, exact = one_layer
+    pow2 = PrivTunerModel(dataclasses.replace(model.cfg, rotation_keys="pow2"), model.weights)
+    keys, needed = required_galois_steps(pow2), rotation_steps(model)
+    assert required_galois_steps(model) == needed  # exact: a key per step
+    assert not set(needed) <= set(keys)  # some of the model's rotations are composed
+    assert all(abs(galois.signed_step(k, pow2.cfg.params.slots)).bit_count() == 1 for k in keys)
+    result = verify_local(pow2, report.fns, params, examples[:1], LR)
+    assert result["logit_max_abs_diff"] < 1e-6
+    assert result["step_max_abs_diff"] < 1e-3
+    assert abs(result["step_max_abs_diff"] - exact["step_max_abs_diff"]) < 1e-4
 
 
 def test_adapter_bytes_round_trip_and_peft_names():

@@ -34,6 +34,7 @@ def test_step_cost_file_counts_one_step(toy):
     assert inf["refresh_round_trips"] == 1 and inf["encryptions"] == 2 and inf["decryptions"] == 2
     assert step["bytes_up"] > inf["bytes_up"] > 0 and step["server_cpu_s"] > 0 and step["device_cpu_s"] > 0
     assert ps["key_upload_bytes"] > 1e6 and ps["keygen_cpu_s"] > 0
+    assert ps["galois_keys"] == len(toy.ToyBackend.galois_steps) and ps["rotation_keys"] == "exact"
     assert "toy-N16384" in table(costs)
 
 
@@ -45,3 +46,18 @@ def test_the_step_cost_file_records_the_model_owners_workers(toy):
     assert ps["workers"] == 2 and ps["per_example"]["refresh_round_trips"] == 2
     row = next(line for line in table(costs).splitlines() if line.startswith("toy-N16384"))
     assert row.split()[1] == "2"
+
+
+def test_the_bench_command_hands_its_rotation_key_policy_to_the_library(monkeypatch, tmp_path):
+    from p3eft.cli.main import main
+    from p3eft.privtuner import workflows
+
+    seen = {}
+
+    def fake_bench(**kw):
+        seen.update(kw)
+        return {"costs": {"kind": KIND}, "table": ""}
+
+    monkeypatch.setattr(workflows, "bench", fake_bench)
+    assert main(["privtuner", "bench", "--json", str(tmp_path / "c.json"), "--rotation-keys", "pow2"]) == 0
+    assert seen["rotation_keys"] == "pow2"

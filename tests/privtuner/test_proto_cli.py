@@ -21,6 +21,15 @@ BAD = [
         "export or encrypted",
     ),
     (["privtuner", "bench", "--json", "x.json", "--repeats", "0"], "Invalid value for '--repeats'"),
+    (
+        ["privtuner", "bench", "--json", "x.json", "--rotation-keys", "all"],
+        "Invalid value for '--rotation-keys'",
+    ),
+    (["privtuner", "verify", "--rotation-keys", "POW2"], "Invalid value for '--rotation-keys'"),
+    (
+        ["serve", "privtuner-model-owner", "--certs", "/nonexistent", "--rotation-keys", ""],
+        "Invalid value for '--rotation-keys'",
+    ),
     (["privtuner", "bench", "--json", "x.json", "--param-sets", "PT16384,,"], "empty name"),
     (["privtuner", "bench", "--json", "x.json", "--workers", "0"], "Invalid value for '--workers'"),
     (["privtuner", "bench", "--json", "x.json", "--workers", "33"], "Invalid value for '--workers'"),

@@ -11,6 +11,8 @@ import pytest
 from p3eft.channel import InProcessChannel
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe import ops
+from p3eft.fhe.context import keygen
+from p3eft.fhe.params import ParamSet
 from p3eft.privtuner import protocol as P
 from p3eft.privtuner.net import connect_model_owner, model_owner_server
 from p3eft.privtuner.roles import DataOwner, DataOwnerConfig, ModelOwner
@@ -32,6 +34,7 @@ def test_in_process_training_equals_twin(toy):
     assert np.allclose(losses, twin_losses, atol=TOL)
     assert np.abs(w - twin_w).max() < TOL
     assert not np.allclose(w, backend.w0, atol=1e-2)  # the step really moved the head
+    assert not do.ctx.can_rotate(backend.galois_steps[0])  # the data owner dropped the keys it never uses
     led = do.ledger
     assert led.refresh_round_trips == 2 * 2 + 2  # one per forward, one per update
     assert led.bytes_up > 0 and led.bytes_down > 0 and led.server_cpu_s > 0 and led.device_cpu_s > 0
@@ -123,6 +126,46 @@ def test_model_owner_refuses_misuse(toy):
     ch.call(P.CLOSE, session=setup.session)
     with pytest.raises(ProtocolError, match="unknown, closed or expired"):
         ch.call(P.ADAPTER, session=setup.session)
+
+
+def test_keys_that_cannot_make_the_model_s_rotations_are_refused(toy):
+    """The model owner checks the uploaded Galois keys against every rotation its model makes (a step's
+    own key or its NAF digits' keys) before it binds them, not deep in the first forward pass."""
+    mo = ModelOwner(toy.ToyBackend())
+    ch = InProcessChannel(mo)
+    setup = P.SessionSetup.from_payload(ch.call(P.OPEN))
+    ctx, _ = keygen(ParamSet.from_json(setup.params), setup.galois_steps[1:])  # no key for rotating by 1
+    with pytest.raises(ProtocolError, match="lack 1 rotation steps"):
+        ch.call(P.KEYS, session=setup.session, keys=ctx.to_payload())
+    ok, _ = keygen(ParamSet.from_json(setup.params), setup.galois_steps)
+    ch.call(P.KEYS, session=setup.session, keys=ok.to_payload())  # the session is still open for good keys
+
+
+def test_the_model_owner_checks_the_rotations_its_model_makes_not_its_key_policy():
+    """A model owner asking for power-of-two keys accepts a data owner's kept exact keys (a checkpoint
+    made under the other policy: they make every rotation too), and refuses keys that miss a step."""
+    import dataclasses
+
+    from p3eft.fhe import galois
+    from p3eft.privtuner.encrypted import rotation_steps
+    from p3eft.privtuner.toy import calibrated
+    from p3eft.privtuner.twin import PrivTunerModel
+    from p3eft.privtuner.wiring import BertBackend, BertCodec
+
+    model, report, params, _ = calibrated(layers=1, adapt_from=0)
+    pow2 = PrivTunerModel(dataclasses.replace(model.cfg, rotation_keys="pow2"), model.weights)
+    backend = BertBackend(pow2.cfg, model=pow2, calibration=report, init_params=params)
+    steps = rotation_steps(pow2)
+    assert set(steps) != set(backend.galois_steps) and backend.rotation_steps == steps
+    mo = ModelOwner(backend)
+    kept = keygen(pow2.cfg.params, steps)
+    do = DataOwner(InProcessChannel(mo), BertCodec, keys=kept)  # accepted
+    do.close()
+    slots = pow2.cfg.params.slots
+    lone = next(s for s in steps if len(galois.naf_terms(galois.signed_step(s, slots))) == 1)
+    short = keygen(pow2.cfg.params, [s for s in steps if s != lone])
+    with pytest.raises(ProtocolError, match="lack 1 rotation steps"):
+        DataOwner(InProcessChannel(mo), BertCodec, keys=short)
 
 
 class FakeClock:

@@ -119,7 +119,7 @@ class ToySpec:
 class ToyBackend:
     name = "toy-linear"
     params = PARAMS
-    galois_steps = ops.rotate_sum_steps(DIM)
+    galois_steps = rotation_steps = ops.rotate_sum_steps(DIM)
     refresh_bound = 16.0
     refresh_lambda = 30
 

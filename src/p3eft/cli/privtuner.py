@@ -17,6 +17,7 @@ import typer
 
 from p3eft.cli import options as opt
 from p3eft.errors import P3eftError
+from p3eft.fhe.galois import ROTATION_KEY_MODES
 from p3eft.outputs import check_writable_dir
 
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -35,6 +36,21 @@ LR = opt.option(
     help="SGD learning rate (batch 1; 1e-3 chosen for the standardized head on held-out SST-2 training text).",
 )
 PARAM_SET = typer.Option(None, "--param-set", help="CKKS chain, e.g. PT16384 (default: the model's).")
+
+
+def _one_of(text: str, choices: tuple[str, ...]) -> str:
+    if text not in choices:
+        raise typer.BadParameter(f"{text!r} is not one of {', '.join(choices)}")
+    return text
+
+
+ROTATION_KEYS = typer.Option(
+    "exact",
+    "--rotation-keys",
+    parser=lambda text: _one_of(text, ROTATION_KEY_MODES),
+    help="Galois keys the data owner makes: exact (one per rotation step) or pow2 (signed powers of two; "
+    "fewer keys to send and hold, slower rotations).",
+)
 SEED = opt.option(0, "--seed", help="Seed of the model owner's LoRA initialisation and the data order.")
 HEAD_STD = typer.Option(
     True,
@@ -88,6 +104,7 @@ class TuningFlags:
     param_set: str | None
     seed: int
     head_standardize: bool
+    rotation_keys: str
 
     def settings(self) -> Any:
         return _settings(**asdict(self))
@@ -106,6 +123,7 @@ with_tuning_flags = opt.flag_group(
         ("param_set", str | None, PARAM_SET),
         ("seed", int, SEED),
         ("head_standardize", bool, HEAD_STD),
+        ("rotation_keys", str, ROTATION_KEYS),
     ),
 )
 
@@ -293,6 +311,7 @@ def bench(
     repeats: int = opt.option(1, "--repeats", help="Steps and inferences measured per set (median)."),
     workers: int = opt.WORKERS,
     seed: int = SEED,
+    rotation_keys: str = ROTATION_KEYS,
     data_dir: Path | None = opt.DATA_DIR,
     progress: bool = opt.PROGRESS,
 ) -> None:
@@ -317,6 +336,7 @@ def bench(
         data_dir=data_dir,
         progress=progress,
         workers=workers,
+        rotation_keys=rotation_keys,
     )
     _write(res["costs"], json_out)
     typer.echo(res["table"])

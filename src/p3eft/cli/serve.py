@@ -147,6 +147,7 @@ def privtuner_model_owner(
     param_set: str | None = pt.PARAM_SET,
     seed: int = opt.option(0, "--seed", help="Seed of the adapter's initialisation."),
     head_standardize: bool = pt.HEAD_STD,
+    rotation_keys: str = pt.ROTATION_KEYS,
     factory: str | None = typer.Option(
         None, "--factory", help="Backend factory MODULE:NAME or FILE.py:NAME (default: the encrypted BERT)."
     ),
@@ -198,6 +199,7 @@ def privtuner_model_owner(
                 param_set=param_set,
                 seed=seed,
                 head_standardize=head_standardize,
+                rotation_keys=rotation_keys,
             )
         )
     run_model_owner(

@@ -25,7 +25,7 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from p3eft.errors import ProtocolError, SecurityError
-from p3eft.fhe import serial
+from p3eft.fhe import galois, serial
 from p3eft.fhe.params import ParamSet
 
 
@@ -100,6 +100,7 @@ class CkksContext:
     _parms_ids: list[list[int]] = field(default_factory=list)
     _key_payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
     _key_bytes_dropped: bool = field(default=False, repr=False)
+    _galois_released: bool = field(default=False, repr=False)  # release_galois_keys() was called
     # public helper objects derived from the parameters alone, built on first use by the modules that
     # need them (e.g. rawpoly's (0, 1) carriers per level); never key material
     helper_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -241,6 +242,30 @@ class CkksContext:
     @property
     def top_level(self) -> int:
         return len(self._parms_ids) - 1
+
+    def can_rotate(self, step: int) -> bool:
+        """Whether this context's Galois keys allow a rotation by ``step`` (by its own key, or composed
+        from the keys of its NAF digits: :mod:`p3eft.fhe.galois`)."""
+        if self._galois_released:
+            return step % self.slots == 0
+        return galois.can_rotate(step, self._galois_step_set, self.slots)
+
+    def release_galois_keys(self) -> None:
+        """Drop SEAL's Galois key object, keeping its serialised bytes (so :meth:`to_payload` still works).
+
+        Why: the party that made the keys (a data owner) never rotates; it only encrypts, decrypts and
+        re-encrypts. At N = 32768 the object is gigabytes it would otherwise hold for the whole session.
+        A rotation afterwards is refused like a missing key."""
+        self.key_bytes("galois_keys")  # serialise first, if this context never has
+        self.galois_keys = sealapi.GaloisKeys()
+        self._galois_released = True
+
+    @property
+    def _galois_step_set(self) -> frozenset[int]:
+        cached = self.helper_cache.get("galois_step_set")
+        if cached is None:
+            cached = self.helper_cache["galois_step_set"] = frozenset(self.galois_steps)
+        return cached
 
     def parms_id(self, level: int) -> list[int]:
         if not 0 <= level <= self.top_level:

@@ -102,9 +102,7 @@ class _DiagonalKernel:
         for x in xs:
             row = [x]
             for g in range(1, self.baby):
-                r = sealapi.Ciphertext(ctx.seal)
-                ctx.evaluator.rotate_vector(x, g, ctx.galois_keys, r)
-                row.append(r)
+                row.append(ops.rotate_raw(ctx, x, g))
             babies.append(row)
         return babies
 
@@ -140,9 +138,7 @@ class _DiagonalKernel:
             if inner is None:
                 continue
             if h:
-                rot = sealapi.Ciphertext(ctx.seal)
-                ev.rotate_vector(inner, h * self.baby, ctx.galois_keys, rot)
-                inner = rot
+                inner = ops.rotate_raw(ctx, inner, h * self.baby)
             if total is None:
                 total = inner
             else:
@@ -169,9 +165,7 @@ class _DiagonalKernel:
             count, stride = sum_copies
             step = stride
             while step < count * stride:
-                rot = sealapi.Ciphertext(ctx.seal)
-                ev.rotate_vector(total, step, ctx.galois_keys, rot)
-                ev.add_inplace(total, rot)
+                ev.add_inplace(total, ops.rotate_raw(ctx, total, step))
                 step *= 2
         return ops.rescale(ctx, total, x.context_id, layout, scale)
 

@@ -20,6 +20,7 @@ import numpy as np
 import tenseal.sealapi as sealapi
 
 from p3eft.errors import ProtocolError
+from p3eft.fhe import galois
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, LevelError
 
 
@@ -232,17 +233,23 @@ def square(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
     return multiply(ctx, a, a)
 
 
-def rotate(ctx: CkksContext, a: Ciphertext, step: int) -> Ciphertext:
-    """Rotate the slots left by ``step``; needs the Galois key for that step."""
-    ctx.check(a)
-    step %= ctx.slots
-    if step == 0:
-        return a
-    if step not in ctx.galois_steps:
-        raise LevelError(f"no Galois key for rotation step {step}: generate keys with this step")
+def rotate_raw(ctx: CkksContext, raw: sealapi.Ciphertext, step: int) -> sealapi.Ciphertext:
+    """Rotate a SEAL ciphertext left by ``step`` into a new one: with the step's own Galois key, or (keys
+    made with ``rotation_key_steps(..., "pow2")``) composed by SEAL from its NAF digits' keys. The one
+    place every rotation goes through, so both key policies work everywhere."""
+    if not ctx.can_rotate(step):
+        raise LevelError(f"no Galois key for rotation step {step % ctx.slots}: generate keys with this step")
     out = _new(ctx)
-    ctx.evaluator.rotate_vector(a.seal, step, ctx.galois_keys, out)
-    return Ciphertext(out, a.context_id, a.layout)
+    ctx.evaluator.rotate_vector(raw, galois.signed_step(step, ctx.slots), ctx.galois_keys, out)
+    return out
+
+
+def rotate(ctx: CkksContext, a: Ciphertext, step: int) -> Ciphertext:
+    """Rotate the slots left by ``step``; needs the Galois key for that step or its NAF digits."""
+    ctx.check(a)
+    if step % ctx.slots == 0:
+        return a
+    return Ciphertext(rotate_raw(ctx, a.seal, step), a.context_id, a.layout)
 
 
 def rotate_sum(ctx: CkksContext, a: Ciphertext, span: int, stride: int = 1) -> Ciphertext:

@@ -104,6 +104,8 @@ def measure_case(
         "per_example": _median_costs(train),
         "inference_per_example": _median_costs(infer),
         "key_upload_bytes": do.key_upload_bytes,
+        "galois_keys": len(do.ctx.galois_steps),
+        "rotation_keys": getattr(getattr(case.backend, "cfg", None), "rotation_keys", "exact"),
         "keygen_cpu_s": keygen_cpu,
         "session_setup_cpu_s": setup_cpu,
         "session_setup_wall_s": setup_wall,

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from p3eft.errors import P3eftError, UnknownNameError
+from p3eft.fhe.galois import ROTATION_KEY_MODES
 from p3eft.fhe.params import ParamSet
 
 # Chains (ours): 40-bit scale primes, as many as the 128-bit HomomorphicEncryption.org limit allows
@@ -73,6 +74,9 @@ class PrivTunerConfig:
     margin: float = 0.25  # calibrated ranges are widened by this fraction of their width on each side
     # the classifier's input standardized by calibrated public constants (p3eft.privtuner.standardize)
     head_standardize: bool = True
+    # which Galois keys the data owner makes (p3eft.fhe.galois): "exact" (one per rotation step) or
+    # "pow2" (signed powers of two; SEAL composes the other steps: fewer keys, slower rotations)
+    rotation_keys: str = "exact"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +90,10 @@ class PrivTunerConfig:
             raise P3eftError("lora_rank must be at least 1")
         if self.refresh_lambda < MIN_REFRESH_LAMBDA:
             raise P3eftError(f"refresh lambda must be >= {MIN_REFRESH_LAMBDA} bits")
+        if self.rotation_keys not in ROTATION_KEY_MODES:
+            raise P3eftError(
+                f"rotation_keys must be one of {', '.join(ROTATION_KEY_MODES)}, not {self.rotation_keys!r}"
+            )
         get_privtuner_param_set(self.param_set)
 
     @property

@@ -69,7 +69,8 @@ class ModelBackend(Protocol):
 
     name: str
     params: ParamSet
-    galois_steps: list[int]
+    galois_steps: list[int]  # the steps the data owner makes Galois keys for (its key policy's)
+    rotation_steps: list[int]  # every step the model rotates by (the uploaded keys must make each)
     refresh_bound: float
     refresh_lambda: int
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from p3eft.errors import ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext
+from p3eft.fhe.galois import rotation_key_steps
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.adapter import EncryptedAdapter
@@ -41,9 +42,16 @@ from p3eft.privtuner.twin import PrivTunerModel
 MAX_FROZEN_ENTRIES = 1024
 
 
-def required_galois_steps(model: PrivTunerModel) -> list[int]:
-    """The rotation steps the data owner must generate Galois keys for."""
+def rotation_steps(model: PrivTunerModel) -> list[int]:
+    """Every rotation step the encrypted model makes."""
     return galois_steps(model.spec, model.weights.heads, model.weights.head_dim)
+
+
+def required_galois_steps(model: PrivTunerModel) -> list[int]:
+    """The steps the data owner must generate Galois keys for: every rotation step of the encrypted
+    model (``rotation_keys="exact"``), or the powers of two those compose from (``"pow2"``, fewer keys
+    and more key switches per rotation; :mod:`p3eft.fhe.galois`)."""
+    return rotation_key_steps(rotation_steps(model), model.cfg.params.slots, model.cfg.rotation_keys)
 
 
 class EncryptedEncoder:

@@ -149,7 +149,7 @@ class ModelOwner:
         ctx = CkksContext.from_payload(keys, keep_key_bytes=False)  # never forwarded: one copy of the keys
         if ctx.params != self.backend.params:
             raise SecurityError("the uploaded keys are for another parameter set than this session's")
-        missing = set(self.backend.galois_steps) - set(ctx.galois_steps)
+        missing = [s for s in self.backend.rotation_steps if not ctx.can_rotate(s)]
         if missing:
             raise ProtocolError(
                 f"the uploaded Galois keys lack {len(missing)} rotation steps the model needs"
@@ -380,6 +380,8 @@ class DataOwner:
                     f"this model owner uses {params.name}"
                 )
         payload = self.ctx.to_payload()
+        if keys is None:  # ours to drop: the data owner never rotates (the caller's kept keys stay whole)
+            self.ctx.release_galois_keys()
         self.key_upload_bytes = sum(len(v) for v in payload.values())
         self.channel.call(P.KEYS, session=self.setup.session, keys=payload)
 

@@ -31,7 +31,7 @@ from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.adapter import EncryptedAdapter, from_peft_names, peft_names
 from p3eft.privtuner.config import PrivTunerConfig
-from p3eft.privtuner.encrypted import EncryptedEncoder, required_galois_steps
+from p3eft.privtuner.encrypted import EncryptedEncoder, required_galois_steps, rotation_steps
 from p3eft.privtuner.packing import PackingSpec, pack_dlogits, pack_example, unpack_logits
 from p3eft.privtuner.rotation import embed
 from p3eft.privtuner.standardize import HeadStandardizer
@@ -53,6 +53,7 @@ def settings(
     param_set: str | None = None,
     seed: int = 0,
     head_standardize: bool = True,
+    rotation_keys: str = "exact",
 ) -> PrivTunerConfig:
     """The public configuration both parties agree on (checked: >= 128-bit chain, lambda >= 30...)."""
     kw: dict[str, Any] = {
@@ -64,6 +65,7 @@ def settings(
         "lora_alpha": alpha,
         "lr": lr,
         "seed": seed,
+        "rotation_keys": rotation_keys,
     }
     if param_set is not None:
         kw["param_set"] = param_set
@@ -208,6 +210,7 @@ class BertBackend:
         self.model = model if model is not None else PrivTunerModel(cfg)
         self.params = cfg.params
         self.galois_steps = required_galois_steps(self.model)
+        self.rotation_steps = rotation_steps(self.model)
         self.refresh_bound = float(cfg.refresh_bound)
         self.refresh_lambda = int(cfg.refresh_lambda)
         self.tokens = tokens_for(self.model)
@@ -222,8 +225,9 @@ class BertBackend:
     def fingerprint(self) -> str:
         """What a training checkpoint's adapter means: the model, its cut, the LoRA shape, the head's
         standardization and the CKKS chain (not the learning rate, seed or data order, which a resumed
-        run may keep or change). Bound into the model owner's checkpoint tags."""
-        skip = ("lr", "seed", "extra")
+        run may keep or change; nor which Galois keys the data owner made, which the keys themselves
+        carry). Bound into the model owner's checkpoint tags."""
+        skip = ("lr", "seed", "extra", "rotation_keys")
         desc = {
             "config": {k: v for k, v in self.cfg.to_dict().items() if k not in skip},
             "weights": str(self.model.weights.source),

@@ -390,9 +390,11 @@ def bench(
     progress: bool = True,
     command: str = "p3eft privtuner bench",
     workers: int = 1,
+    rotation_keys: str = "exact",
 ) -> dict[str, Any]:
     """The step-cost file for every parameter set (see :mod:`p3eft.privtuner.bench`); ``workers`` > 1
-    gives the model owner a kernel pool of that many processes."""
+    gives the model owner a kernel pool of that many processes; ``rotation_keys`` is the data owner's
+    Galois key policy (:mod:`p3eft.fhe.galois`)."""
     from p3eft.privtuner.bench import BenchCase, step_cost_file, table
     from p3eft.privtuner.wiring import BertBackend, BertCodec, settings
 
@@ -401,7 +403,14 @@ def bench(
     cases, info = [], {}
     for name in names:
         cfg = settings(
-            model=model, layers=layers, max_len=max_len, rank=rank, alpha=alpha, param_set=name, seed=seed
+            model=model,
+            layers=layers,
+            max_len=max_len,
+            rank=rank,
+            alpha=alpha,
+            param_set=name,
+            seed=seed,
+            rotation_keys=rotation_keys,
         )
         say(f"{name}: loading {model} and calibrating")
         backend = BertBackend(cfg, data_dir)
