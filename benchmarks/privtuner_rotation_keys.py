@@ -2,13 +2,15 @@
 and what a rotation costs with each.
 
 Usage: ``python benchmarks/privtuner_rotation_keys.py [--model bert-tiny] [--max-len 64]
-[--param-sets PT16384,PT32768] [--modes exact,pow2] [--json FILE]``.
+[--param-sets PT16384,PT32768] [--modes exact,pow2] [--skip PT32768:exact] [--json FILE]``.
 
 Each (parameter set, policy) runs in a fresh child process, so that its peak resident memory is its
 own (``ru_maxrss``): the data owner's key generation and serialisation, the model owner's copy loaded
 from the bytes (as a served model owner does: SEAL objects only), and the data owner's object released
 (``CkksContext.release_galois_keys``). Then every rotation step the model makes is applied once to a
-fresh top-level ciphertext, timed in CPU seconds, and checked against NumPy. Why: at N = 32768 the exact
+fresh top-level ciphertext, timed in CPU seconds, and checked against NumPy. The ``peak_rss_gb_*``
+fields are GiB (2^30 bytes), each the process's peak so far: before the keys (model loaded), after the
+data owner's key generation and serialisation, and after the model owner's copy. Why: at N = 32768 the exact
 keys of a two-layer model are ~15-19 GB, more than a 23 GB machine holds next to the work.
 """
 
@@ -90,6 +92,9 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--param-sets", default="PT16384,PT32768")
     ap.add_argument("--modes", default="exact,pow2")
+    ap.add_argument(
+        "--skip", default="", help="SET:MODE pairs not to run, e.g. PT32768:exact (comma-separated)"
+    )
     ap.add_argument("--json", type=Path, help="write the rows here")
     ap.add_argument("--one", nargs=2, metavar=("PARAM_SET", "MODE"), help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -99,6 +104,8 @@ def main() -> None:
     rows = []
     for ps in args.param_sets.split(","):
         for mode in args.modes.split(","):
+            if f"{ps}:{mode}" in args.skip.split(","):
+                continue
             cmd = [sys.executable, __file__, "--model", args.model, "--max-len", str(args.max_len)]
             done = subprocess.run([*cmd, "--one", ps, mode], capture_output=True, text=True)
             if done.returncode != 0:
