@@ -101,6 +101,7 @@ class CkksContext:
     _key_payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
     _key_bytes_dropped: bool = field(default=False, repr=False)
     _galois_released: bool = field(default=False, repr=False)  # release_galois_keys() was called
+    _galois_step_set: frozenset[int] = field(init=False, repr=False, compare=False)  # for can_rotate
     # public helper objects derived from the parameters alone, built on first use by the modules that
     # need them (e.g. rawpoly's (0, 1) carriers per level); never key material
     helper_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -145,6 +146,7 @@ class CkksContext:
             ids.append(data.parms_id())
             data = data.next_context_data()
         self._parms_ids = list(reversed(ids))  # index = level
+        self._galois_step_set = frozenset(self.galois_steps)
         self._encryptor = sealapi.Encryptor(self.seal, self.public_key)
 
     @classmethod
@@ -259,13 +261,6 @@ class CkksContext:
         self.key_bytes("galois_keys")  # serialise first, if this context never has
         self.galois_keys = sealapi.GaloisKeys()
         self._galois_released = True
-
-    @property
-    def _galois_step_set(self) -> frozenset[int]:
-        cached = self.helper_cache.get("galois_step_set")
-        if cached is None:
-            cached = self.helper_cache["galois_step_set"] = frozenset(self.galois_steps)
-        return cached
 
     def parms_id(self, level: int) -> list[int]:
         if not 0 <= level <= self.top_level:
