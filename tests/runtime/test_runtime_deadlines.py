@@ -156,7 +156,7 @@ def _stall_every_slot(hostile: NetworkChannel, slots: int) -> list[_Stalled]:
     ]
 
 
-def test_calls_that_never_send_a_chunk_free_their_slots(keys):
+def test_calls_that_never_send_a_chunk_free_their_slots(keys, call_when_free):
     """As many calls as ``max_concurrent_rpcs`` that never send a byte of their frame are cut, and
     honest calls are served afterwards. Negative control: with a far deadline they hold every slot
     and an honest call is refused as busy."""
@@ -193,7 +193,10 @@ def test_calls_that_never_send_a_chunk_free_their_slots(keys):
         got: list[int] = []
         others = [_channel(keys, server) for _ in range(slots)]
         threads = [
-            threading.Thread(target=lambda c=c: got.append(c.call("take", data=b"ok"))) for c in others
+            threading.Thread(
+                target=lambda c=c: got.append(call_when_free(lambda: c.call("take", data=b"ok")))
+            )
+            for c in others
         ]
         for t in threads:
             t.start()

@@ -443,9 +443,9 @@ class _Sleeper:
         return seconds
 
 
-def test_concurrency_cap_and_absurd_tensor_headers(net):
+def test_concurrency_cap_refuses_at_once(net, call_when_free):
     """Item 7: calls beyond ``max_concurrent_rpcs`` are refused at once (bounding the memory a flood
-    of large frames can take), and absurd tensor shapes are a ProtocolError, never an internal error."""
+    of large frames can take), and served again once the slot is free."""
     keys = net["keys"]
     server = PartyServer(
         _Sleeper(),
@@ -463,7 +463,22 @@ def test_concurrency_cap_and_absurd_tensor_headers(net):
         with pytest.raises(ProtocolError, match="busy"):
             b.call("nap", seconds=0.0)
         t.join()
-        assert b.call("nap", seconds=0.0) == 0.0  # served once the first call is done
+        assert call_when_free(lambda: b.call("nap", seconds=0.0)) == 0.0  # served once the slot is free
+        a.close()
+        b.close()
+    finally:
+        server.stop()
+
+
+def test_absurd_tensor_headers_are_protocol_errors(net):
+    """Item 7: absurd tensor shapes in a request are a ProtocolError, never an internal error."""
+    keys = net["keys"]
+    server = PartyServer(
+        _Sleeper(), load_identity(keys / "cloud", "cloud"), ServerConfig(allowed_peers=frozenset({"enclave"}))
+    )
+    port = server.start()
+    try:
+        b = NetworkChannel(f"127.0.0.1:{port}", load_identity(keys / "enclave", "enclave"), "cloud")
         for shape in ((0, 2**63), (2**40, 2**40)):
             payload = bytearray(codec.encode({"seconds": torch.zeros(0, 3)}))
             at = payload.index(b"t\x01\x02")
@@ -472,7 +487,6 @@ def test_concurrency_cap_and_absurd_tensor_headers(net):
             raw = Frame(Kind.REQUEST, b.session_id, b._seq, "nap", bytes(payload)).pack()
             msg = _error_of(b, raw)
             assert msg.startswith("ProtocolError") and "internal error" not in msg, msg
-        a.close()
         b.close()
     finally:
         server.stop()
