@@ -5,9 +5,9 @@ Usage: ``python benchmarks/privtuner_rotation_keys.py [--model bert-tiny] [--max
 [--param-sets PT16384,PT32768] [--modes exact,pow2] [--skip PT32768:exact] [--json FILE]``.
 
 Each (parameter set, policy) runs in a fresh child process, so that its peak resident memory is its
-own (``ru_maxrss``): the data owner's key generation and serialisation, the model owner's copy loaded
-from the bytes (as a served model owner does: SEAL objects only), and the data owner's object released
-(``CkksContext.release_galois_keys``). Then every rotation step the model makes is applied once to a
+own (``ru_maxrss``): the data owner's key generation and serialisation (one key at a time, not kept:
+``keygen(..., keep_galois_keys=False)``, as PrivTuner's data owner does), then the model owner's copy
+loaded from the bytes (as a served model owner does: SEAL objects only). Then every rotation step the model makes is applied once to a
 fresh top-level ciphertext, timed in CPU seconds, and checked against NumPy. The ``peak_rss_gb_*``
 fields are GiB (2^30 bytes), each the process's peak so far: before the keys (model loaded), after the
 data owner's key generation and serialisation, and after the model owner's copy. Why: at N = 32768 the exact
@@ -44,12 +44,11 @@ def measure(model: str, max_len: int, param_set: str, mode: str) -> dict:
     steps, key_steps = rotation_steps(pm), required_galois_steps(pm)
     rss0 = _rss_gb()
     cpu = time.process_time()
-    ctx, sk = keygen(cfg.params, key_steps)
+    ctx, sk = keygen(cfg.params, key_steps, keep_galois_keys=False)
     keygen_cpu = time.process_time() - cpu
     payload = ctx.to_payload()
     upload = sum(len(v) for v in payload.values())
     rss_keygen = _rss_gb()
-    ctx.release_galois_keys()  # what the data owner does after its upload
     mo = CkksContext.from_payload(payload, keep_key_bytes=False)
     del payload
     rss_both = _rss_gb()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import tenseal.sealapi as sealapi
 
 from p3eft.fhe import galois, ops, tensor
 from p3eft.fhe.context import LevelError, keygen
@@ -62,24 +63,39 @@ def gappy_keys():
     return keygen(PS, sorted(powers - {4, SLOTS - 4}))
 
 
+def _one_seal_object(ctx, sk):
+    """SEAL's own GaloisKeys object for the context's steps, made from the same secret key: the
+    reference for which rotations SEAL itself can compose."""
+    kg = sealapi.KeyGenerator(ctx.seal, sk.key)
+    gk = sealapi.GaloisKeys()
+    kg.create_galois_keys(
+        ctx.seal.key_context_data().galois_tool().get_elts_from_steps(list(ctx.galois_steps)), gk
+    )
+    return gk
+
+
 def test_can_rotate_says_yes_exactly_when_seal_can(gappy_keys):
+    """Our composition (one key object per step) against SEAL's (one object for all): ``can_rotate``
+    says yes exactly when SEAL's ``rotate_vector`` can make the step, and then the rotation is right."""
     ctx, sk = gappy_keys
+    seal_keys = _one_seal_object(ctx, sk)
     x = np.random.default_rng(3).uniform(-1, 1, SLOTS)
     ct = ctx.encrypt_slots(x, None)
     steps = sorted({*np.random.default_rng(7).integers(1, SLOTS, 40).tolist(), 3, 5, 9, 11, 2047, SLOTS - 9})
     yes = no = 0
     for s in steps:
+        scratch = ctx.encrypt_slots(x, None).seal  # SEAL may leave it half rotated
         if ctx.can_rotate(s):
             yes += 1
             y = sk.decrypt_slots(ctx, ops.rotate(ctx, ct, s))
             np.testing.assert_allclose(y, np.roll(x, -s), atol=1e-5)
+            ctx.evaluator.rotate_vector(ct.seal, galois.signed_step(s, SLOTS), seal_keys, scratch)
         else:
             no += 1
             with pytest.raises(LevelError, match="no Galois key"):
                 ops.rotate(ctx, ct, s)
-            scratch = ctx.encrypt_slots(x, None).seal  # SEAL may leave it half rotated
             with pytest.raises(ValueError):  # and SEAL itself cannot do it either
-                ctx.evaluator.rotate_vector(ct.seal, galois.signed_step(s, SLOTS), ctx.galois_keys, scratch)
+                ctx.evaluator.rotate_vector(ct.seal, galois.signed_step(s, SLOTS), seal_keys, scratch)
     assert yes >= 5 and no >= 2  # 11 = 16 - 4 - 1 and 5 = 4 + 1 at least: both cases exercised
 
 

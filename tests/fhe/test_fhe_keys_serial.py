@@ -87,8 +87,8 @@ def test_an_evaluator_may_drop_the_key_bytes_it_never_forwards(small, rng):
     ctx, sk = small
     payload = ctx.to_payload()
     lean = CkksContext.from_payload(payload, keep_key_bytes=False)
-    assert lean.context_id == ctx.context_id and not lean._key_payloads
-    assert CkksContext.from_payload(payload)._key_payloads  # the default keeps them
+    assert lean.context_id == ctx.context_id and not lean._key_envelopes
+    assert CkksContext.from_payload(payload)._key_envelopes  # the default keeps them
     x = rng.uniform(-1, 1, 50)
     ct = ops.rotate(lean, tensor.encrypt(lean, x), lean.galois_steps[0])  # the keys still work
     assert ctx.level(lean.ciphertext_from_bytes(lean.ciphertext_to_bytes(ct))) == ctx.top_level
@@ -245,6 +245,82 @@ def test_bad_galois_steps_are_a_protocol_error(small, steps):
     payload["galois_keys"] = serial.pack("galois_keys", ctx.context_id, env.payload, meta={"steps": steps})
     with pytest.raises(ProtocolError, match="steps"):
         CkksContext.from_payload(payload)
+
+
+# --- Galois keys: one SEAL object per step ---------------------------------------------------------
+
+
+def _rewrapped(ctx: CkksContext, galois_raw: bytes, meta: dict) -> dict[str, bytes]:
+    """A key payload around other Galois key bytes, every envelope re-wrapped under the id those bytes
+    give: only the checks of the keys themselves can refuse it."""
+    raw = {k: serial.unpack(ctx.key_bytes(k), k).payload for k in ("public_key", "relin_keys")}
+    cid = CkksContext.compute_id(ctx.params, raw["public_key"], raw["relin_keys"], galois_raw, meta["steps"])
+    out = {k: serial.pack(k, cid, v) for k, v in raw.items()}
+    out["galois_keys"] = serial.pack("galois_keys", cid, galois_raw, meta=meta)
+    out["params"] = ctx.params.to_json().encode()
+    return out
+
+
+@pytest.mark.parametrize("sizes", [[1], "12", [0, 5], [True, 1], [1.5, 2], [-1, 10**9], [1, 2]])
+def test_bad_galois_key_sizes_are_a_protocol_error(small, sizes):
+    ctx, _ = small
+    payload = ctx.to_payload()
+    env = serial.unpack(payload["galois_keys"], "galois_keys")
+    payload["galois_keys"] = serial.pack(
+        "galois_keys", ctx.context_id, env.payload, meta=dict(env.meta, sizes=sizes)
+    )
+    with pytest.raises(ProtocolError, match="sizes"):
+        CkksContext.from_payload(payload)
+
+
+def test_galois_keys_cut_wrong_or_swapped_are_refused(small):
+    ctx, _ = small
+    env = serial.unpack(ctx.key_bytes("galois_keys"), "galois_keys")
+    n1, n2 = env.meta["sizes"]
+    assert env.meta["steps"] == [1, 2] and n1 + n2 == len(env.payload)
+    shifted = _rewrapped(ctx, env.payload, {"steps": [1, 2], "sizes": [n1 + 8, n2 - 8]})
+    with pytest.raises(ProtocolError, match="galois_keys payload rejected|do not cover"):
+        CkksContext.from_payload(shifted)
+    first, second = env.payload[:n1], env.payload[n1:]
+    swapped = _rewrapped(ctx, second + first, {"steps": [1, 2], "sizes": [n2, n1]})
+    with pytest.raises(ProtocolError, match="do not cover"):
+        CkksContext.from_payload(swapped)
+    # negative control: the same re-wrapping of the genuine order loads
+    assert CkksContext.from_payload(_rewrapped(ctx, first + second, env.meta)).galois_steps == (1, 2)
+
+
+def test_one_object_galois_payload_still_loads_and_rotates(small):
+    """The form before one object per step (kept keys and checkpoints hold it): one SEAL object for
+    every step, no sizes. It loads, rotates, and is forwarded as received."""
+    import tenseal.sealapi as sealapi
+
+    ctx, sk = small
+    gk = sealapi.GaloisKeys()
+    sealapi.KeyGenerator(ctx.seal, sk.key).create_galois_keys(
+        ctx.seal.key_context_data().galois_tool().get_elts_from_steps([1, 2]), gk
+    )
+    payload = _rewrapped(ctx, serial.seal_to_bytes(gk), {"steps": [1, 2]})
+    old = CkksContext.from_payload(payload)
+    assert len({id(o) for o in old.galois_keys.values()}) == 1 and old.galois_steps == (1, 2)
+    assert old.to_payload() == payload
+    own = SecretKey(
+        sk.params, sk.seal_context, sk.key, old.context_id
+    )  # the same secret key, under the new id
+    x = np.arange(old.slots) / old.slots
+    for step in (1, 2):
+        y = own.decrypt_slots(old, ops.rotate(old, tensor.encrypt(old, x), step))
+        np.testing.assert_allclose(y, np.roll(x, -step), atol=1e-5)
+
+
+def test_a_key_holder_need_not_keep_its_galois_keys():
+    ps = get_param_set("N8192")
+    ctx, sk = keygen(ps, [1, 4, ps.slots - 1], keep_galois_keys=False)  # 3 = 4 - 1, composed
+    assert ctx.galois_keys == {} and not ctx.can_rotate(1) and ctx.galois_steps == (1, 4, ps.slots - 1)
+    other = CkksContext.from_payload(ctx.to_payload())
+    assert other.context_id == ctx.context_id and other.can_rotate(3) and not other.can_rotate(2)
+    x = np.arange(ps.slots) / ps.slots
+    ct = other.ciphertext_from_bytes(ctx.ciphertext_to_bytes(tensor.encrypt(ctx, x)))
+    np.testing.assert_allclose(sk.decrypt_slots(other, ops.rotate(other, ct, 3)), np.roll(x, -3), atol=1e-5)
 
 
 def test_relabelled_ciphertext_of_another_parameter_set(n8192):

@@ -33,6 +33,7 @@ class LevelError(ValueError):
     """An operation needs more multiplicative levels than the ciphertext has left."""
 
 
+KEY_KINDS = ("public_key", "relin_keys", "galois_keys")  # the public keys a context payload carries
 LAYOUT_FORMS = ("plain", "rows", "rows_cyc", "rows_rep", "replicated", "staggered")
 
 
@@ -93,15 +94,18 @@ class CkksContext:
     evaluator: Any
     public_key: Any
     relin_keys: Any
-    galois_keys: Any
+    # step (1..slots-1) -> the SEAL GaloisKeys object that holds that step's key. keygen makes one
+    # object per step (so no step ever needs the whole key set in one buffer: see keygen); a payload
+    # in the one-object form maps every step to the same object. Empty after release_galois_keys().
+    galois_keys: dict[int, Any]
     galois_steps: tuple[int, ...]
     context_id: bytes
     _encryptor: Any = None
     _parms_ids: list[list[int]] = field(default_factory=list)
-    _key_payloads: dict[str, bytes] = field(default_factory=dict, repr=False)
+    # each public key's checked envelope (what key_bytes returns), kept so that to_payload never
+    # serialises or copies gigabytes of Galois keys again
+    _key_envelopes: dict[str, bytes] = field(default_factory=dict, repr=False)
     _key_bytes_dropped: bool = field(default=False, repr=False)
-    _galois_released: bool = field(default=False, repr=False)  # release_galois_keys() was called
-    _galois_step_set: frozenset[int] = field(init=False, repr=False, compare=False)  # for can_rotate
     # public helper objects derived from the parameters alone, built on first use by the modules that
     # need them (e.g. rawpoly's (0, 1) carriers per level); never key material
     helper_cache: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -146,7 +150,6 @@ class CkksContext:
             ids.append(data.parms_id())
             data = data.next_context_data()
         self._parms_ids = list(reversed(ids))  # index = level
-        self._galois_step_set = frozenset(self.galois_steps)
         self._encryptor = sealapi.Encryptor(self.seal, self.public_key)
 
     @classmethod
@@ -164,10 +167,12 @@ class CkksContext:
             raise ProtocolError(f"FHE key payload must be a dict of bytes, got {type(payload).__name__}")
         try:
             params = ParamSet.from_json(payload["params"])
-            envs = {k: serial.unpack(payload[k], k) for k in ("public_key", "relin_keys", "galois_keys")}
+            # views into the received bytes, not copies: the Galois keys are gigabytes at N = 32768
+            envs = {k: serial.unpack(payload[k], k, view=True) for k in KEY_KINDS}
         except KeyError as err:
             raise ProtocolError(f"FHE key payload lacks {err}") from err
         steps = _checked_steps(envs["galois_keys"].meta.get("steps", []), params.slots)
+        sizes = _checked_sizes(envs["galois_keys"].meta.get("sizes"), steps, len(envs["galois_keys"].payload))
         cid = cls.compute_id(
             params,
             envs["public_key"].payload,
@@ -181,14 +186,7 @@ class CkksContext:
         seal_ctx = cls.seal_context(params)
         pk = serial.seal_from_bytes(sealapi.PublicKey(), seal_ctx, envs["public_key"].payload, "public_key")
         rk = serial.seal_from_bytes(sealapi.RelinKeys(), seal_ctx, envs["relin_keys"].payload, "relin_keys")
-        gk = sealapi.GaloisKeys()
-        if steps:
-            serial.seal_from_bytes(gk, seal_ctx, envs["galois_keys"].payload, "galois_keys")
-            tool = seal_ctx.key_context_data().galois_tool()
-            if not all(gk.has_key(e) for e in tool.get_elts_from_steps(list(steps))):
-                raise ProtocolError("Galois keys do not cover the rotation steps they declare")
-        elif envs["galois_keys"].payload:
-            raise ProtocolError("Galois keys declare no rotation steps but carry key material")
+        gk = _load_galois_keys(seal_ctx, envs["galois_keys"].payload, steps, sizes)
         ctx = cls(
             params,
             seal_ctx,
@@ -200,8 +198,8 @@ class CkksContext:
             steps,
             cid,
         )
-        if keep_key_bytes:
-            ctx._key_payloads = {k: env.payload for k, env in envs.items()}
+        if keep_key_bytes:  # the envelopes as received: they passed every check above
+            ctx._key_envelopes = {k: bytes(payload[k]) for k in KEY_KINDS}
         else:
             ctx._key_bytes_dropped = True
         return ctx
@@ -217,24 +215,20 @@ class CkksContext:
 
     def key_bytes(self, which: str) -> bytes:
         """One public key in its checked envelope: the exact SEAL bytes the context id was computed over."""
-        if which not in ("public_key", "relin_keys", "galois_keys"):
+        if which not in KEY_KINDS:
             raise ProtocolError(f"no public key called {which!r}")
-        meta = {"steps": list(self.galois_steps)} if which == "galois_keys" else {}
         if self._key_bytes_dropped:
             raise ProtocolError(
                 "this context was loaded with keep_key_bytes=False: its key bytes were dropped, "
                 "so it cannot forward the keys (load it with keep_key_bytes=True for that)"
             )
-        if which not in self._key_payloads:  # a context assembled by hand: serialise on first use
-            obj = {
-                "public_key": self.public_key,
-                "relin_keys": self.relin_keys,
-                "galois_keys": self.galois_keys,
-            }
-            self._key_payloads[which] = (
-                serial.seal_to_bytes(obj[which]) if which != "galois_keys" or self.galois_steps else b""
-            )
-        return serial.pack(which, self.context_id, self._key_payloads[which], meta=meta)
+        if which not in self._key_envelopes:  # a context assembled by hand: serialise on first use
+            if which == "galois_keys":
+                raw, meta = _galois_key_bytes(self.galois_keys, self.galois_steps)
+            else:
+                raw, meta = serial.seal_to_bytes(getattr(self, which)), {}
+            self._key_envelopes[which] = serial.pack(which, self.context_id, raw, meta=meta)
+        return self._key_envelopes[which]
 
     # ----- levels ---------------------------------------------------------------------------------
     @property
@@ -248,19 +242,16 @@ class CkksContext:
     def can_rotate(self, step: int) -> bool:
         """Whether this context's Galois keys allow a rotation by ``step`` (by its own key, or composed
         from the keys of its NAF digits: :mod:`p3eft.fhe.galois`)."""
-        if self._galois_released:
-            return step % self.slots == 0
-        return galois.can_rotate(step, self._galois_step_set, self.slots)
+        return galois.can_rotate(step, self.galois_keys.keys(), self.slots)
 
     def release_galois_keys(self) -> None:
-        """Drop SEAL's Galois key object, keeping its serialised bytes (so :meth:`to_payload` still works).
+        """Drop SEAL's Galois key objects, keeping their serialised bytes (so :meth:`to_payload` still works).
 
         Why: the party that made the keys (a data owner) never rotates; it only encrypts, decrypts and
-        re-encrypts. At N = 32768 the object is gigabytes it would otherwise hold for the whole session.
+        re-encrypts. At N = 32768 the objects are gigabytes it would otherwise hold for the whole session.
         A rotation afterwards is refused like a missing key."""
         self.key_bytes("galois_keys")  # serialise first, if this context never has
-        self.galois_keys = sealapi.GaloisKeys()
-        self._galois_released = True
+        self.galois_keys = {}
 
     def parms_id(self, level: int) -> list[int]:
         if not 0 <= level <= self.top_level:
@@ -430,9 +421,73 @@ def _checked_steps(raw: Any, slots: int) -> tuple[int, ...]:
     return tuple(raw)
 
 
-def keygen(params: ParamSet, galois_steps: Iterable[int] = ()) -> tuple[CkksContext, SecretKey]:
+def _checked_sizes(raw: Any, steps: tuple[int, ...], total: int) -> list[int] | None:
+    """Per-step byte sizes of a Galois key payload in the one-object-per-step form (None: one object
+    holds every step); they must cut the payload exactly."""
+    if raw is None:
+        return None
+    if (
+        not isinstance(raw, list)
+        or len(raw) != len(steps)
+        or not all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in raw)
+        or sum(raw) != total
+    ):
+        raise ProtocolError("Galois key sizes must be one positive integer per step, summing to the payload")
+    return raw
+
+
+def _load_galois_keys(
+    seal_ctx: Any, payload: bytes | memoryview, steps: tuple[int, ...], sizes: list[int] | None
+) -> dict[int, Any]:
+    """SEAL Galois key objects from a payload, as the step -> object map a context holds; each object
+    must hold the keys for the steps it is declared for."""
+    if not steps:
+        if len(payload):
+            raise ProtocolError("Galois keys declare no rotation steps but carry key material")
+        return {}
+    view = memoryview(payload)
+    if sizes is None:
+        parts = [(steps, view)]
+    else:
+        ends = np.cumsum(sizes).tolist()
+        parts = [((s,), view[e - n : e]) for s, n, e in zip(steps, sizes, ends, strict=True)]
+    tool = seal_ctx.key_context_data().galois_tool()
+    keys: dict[int, Any] = {}
+    for part_steps, blob in parts:
+        obj = serial.seal_from_bytes(sealapi.GaloisKeys(), seal_ctx, blob, "galois_keys")
+        if not all(obj.has_key(e) for e in tool.get_elts_from_steps(list(part_steps))):
+            raise ProtocolError("Galois keys do not cover the rotation steps they declare")
+        keys.update(dict.fromkeys(part_steps, obj))
+    return keys
+
+
+def _galois_key_bytes(keys: dict[int, Any], steps: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
+    """Serialise a step -> object map: one blob per step with their sizes in the metadata when every
+    step has its own object, else the single object that holds them all."""
+    meta: dict[str, Any] = {"steps": list(steps)}
+    if not steps:
+        return b"", meta  # SEAL cannot load an empty key set
+    objects = {id(keys[s]) for s in steps}
+    if len(objects) == 1:
+        return serial.seal_to_bytes(keys[steps[0]]), meta
+    if len(objects) != len(steps):
+        raise ProtocolError("Galois keys must be one object per step or one object for all steps")
+    blobs = [serial.seal_to_bytes(keys[s]) for s in steps]
+    meta["sizes"] = [len(b) for b in blobs]
+    return b"".join(blobs), meta
+
+
+def keygen(
+    params: ParamSet, galois_steps: Iterable[int] = (), keep_galois_keys: bool = True
+) -> tuple[CkksContext, SecretKey]:
     """Generate a key pair: the public :class:`CkksContext` (with only the Galois keys for
-    ``galois_steps``) and the separate :class:`SecretKey`."""
+    ``galois_steps``) and the separate :class:`SecretKey`.
+
+    Each Galois key is made, serialised and (with ``keep_galois_keys=False``, for a key holder that
+    never rotates) dropped one step at a time. Why: SEAL's compressed save buffers a whole object
+    uncompressed before it compresses it, so one object for all steps costs the key set two to three
+    times over at its peak (at N = 32768 that alone exceeded 23 GB); per step, the transient is one
+    key (~0.2 GB there)."""
     seal_ctx = CkksContext.seal_context(params)
     kg = sealapi.KeyGenerator(seal_ctx)
     pk = sealapi.PublicKey()
@@ -440,21 +495,25 @@ def keygen(params: ParamSet, galois_steps: Iterable[int] = ()) -> tuple[CkksCont
     rk = sealapi.RelinKeys()
     kg.create_relin_keys(rk)
     steps = tuple(sorted({int(s) % params.slots for s in galois_steps} - {0}))
-    gk = sealapi.GaloisKeys()
-    if steps:
-        elts = seal_ctx.key_context_data().galois_tool().get_elts_from_steps(list(steps))
-        kg.create_galois_keys(elts, gk)
-    payloads = {
-        "public_key": serial.seal_to_bytes(pk),
-        "relin_keys": serial.seal_to_bytes(rk),
-        "galois_keys": serial.seal_to_bytes(gk) if steps else b"",  # SEAL cannot load an empty key set
-    }
-    cid = CkksContext.compute_id(
-        params, payloads["public_key"], payloads["relin_keys"], payloads["galois_keys"], steps
-    )
+    tool = seal_ctx.key_context_data().galois_tool()
+    gk: dict[int, Any] = {}
+    blobs: list[bytes] = []
+    for step in steps:
+        obj = sealapi.GaloisKeys()
+        kg.create_galois_keys(tool.get_elts_from_steps([step]), obj)
+        blobs.append(serial.seal_to_bytes(obj))
+        if keep_galois_keys:
+            gk[step] = obj
+        del obj
+    raw = {"public_key": serial.seal_to_bytes(pk), "relin_keys": serial.seal_to_bytes(rk)}
+    galois_raw = b"".join(blobs)
+    galois_meta = {"steps": list(steps), "sizes": [len(b) for b in blobs]} if steps else {"steps": []}
+    del blobs
+    cid = CkksContext.compute_id(params, raw["public_key"], raw["relin_keys"], galois_raw, steps)
     ctx = CkksContext(
         params, seal_ctx, sealapi.CKKSEncoder(seal_ctx), sealapi.Evaluator(seal_ctx), pk, rk, gk, steps, cid
     )
-    ctx._key_payloads = payloads
+    ctx._key_envelopes = {k: serial.pack(k, cid, v) for k, v in raw.items()}
+    ctx._key_envelopes["galois_keys"] = serial.pack("galois_keys", cid, galois_raw, meta=galois_meta)
     sk = SecretKey(params, seal_ctx, kg.secret_key(), cid)
     return ctx, sk

@@ -235,13 +235,20 @@ def square(ctx: CkksContext, a: Ciphertext) -> Ciphertext:
 
 def rotate_raw(ctx: CkksContext, raw: sealapi.Ciphertext, step: int) -> sealapi.Ciphertext:
     """Rotate a SEAL ciphertext left by ``step`` into a new one: with the step's own Galois key, or (keys
-    made with ``rotation_key_steps(..., "pow2")``) composed by SEAL from its NAF digits' keys. The one
-    place every rotation goes through, so both key policies work everywhere."""
+    made with ``rotation_key_steps(..., "pow2")``) composed from its NAF digits' keys, one key switch
+    per digit (what SEAL's ``rotate_vector`` does when one key object holds them all; ours, since each
+    key is its own object). The one place every rotation goes through, so both key policies work
+    everywhere."""
     if not ctx.can_rotate(step):
         raise LevelError(f"no Galois key for rotation step {step % ctx.slots}: generate keys with this step")
-    out = _new(ctx)
-    ctx.evaluator.rotate_vector(raw, galois.signed_step(step, ctx.slots), ctx.galois_keys, out)
-    return out
+    signed = galois.signed_step(step, ctx.slots)
+    terms = [signed] if step % ctx.slots in ctx.galois_keys else galois.naf_terms(signed)
+    out = raw
+    for term in terms:
+        nxt = _new(ctx)
+        ctx.evaluator.rotate_vector(out, term, ctx.galois_keys[term % ctx.slots], nxt)
+        out = nxt
+    return out if terms else clone_raw(ctx, raw)
 
 
 def rotate(ctx: CkksContext, a: Ciphertext, step: int) -> Ciphertext:

@@ -58,7 +58,7 @@ class Envelope:
     level: int
     scale: float
     meta: dict[str, Any]
-    payload: bytes
+    payload: bytes | memoryview  # a view into the unpacked bytes only with unpack(view=True)
 
 
 def pack(
@@ -68,15 +68,20 @@ def pack(
     if len(context_id) != 16:
         raise ValueError("context id must be 16 bytes")
     meta_b = json.dumps(meta or {}, sort_keys=True, separators=(",", ":")).encode()
-    digest = hashlib.sha256(meta_b + payload).digest()[:16]
+    h = hashlib.sha256(meta_b)
+    h.update(payload)  # not meta_b + payload: that would copy a payload of gigabytes once more
+    digest = h.digest()[:16]
     head = _HEAD.pack(
         MAGIC, VERSION, KINDS[kind], context_id, level, scale, len(meta_b), len(payload), digest
     )
     return head + meta_b + payload
 
 
-def unpack(data: bytes, kind: str, context_id: bytes | None = None) -> Envelope:
-    """Check and parse ``data``; refuse wrong kind, foreign context, truncation or corruption."""
+def unpack(data: bytes, kind: str, context_id: bytes | None = None, view: bool = False) -> Envelope:
+    """Check and parse ``data``; refuse wrong kind, foreign context, truncation or corruption.
+
+    ``view=True`` gives the payload as a read-only ``memoryview`` into ``data`` instead of a copy (for
+    key payloads of gigabytes that are loaded into SEAL and then dropped)."""
     if not isinstance(data, bytes | bytearray | memoryview):
         raise ProtocolError(f"expected bytes for a {kind}, got {type(data).__name__}")
     data = bytes(data)
@@ -96,7 +101,7 @@ def unpack(data: bytes, kind: str, context_id: bytes | None = None) -> Envelope:
         raise ProtocolError(
             f"{kind} bytes truncated or padded: header declares {want} bytes, got {len(data)}"
         )
-    body = data[HEADER_BYTES:]
+    body = memoryview(data)[HEADER_BYTES:]
     if hashlib.sha256(body).digest()[:16] != digest:
         raise ProtocolError(f"{kind} bytes corrupted: checksum mismatch")
     if context_id is not None and ctx_id != context_id:
@@ -104,12 +109,13 @@ def unpack(data: bytes, kind: str, context_id: bytes | None = None) -> Envelope:
             f"{kind} belongs to FHE context {ctx_id.hex()[:12]}, not to this context {context_id.hex()[:12]}"
         )
     try:
-        meta = json.loads(body[:meta_len] or b"{}")
+        meta = json.loads(bytes(body[:meta_len]) or b"{}")
     except ValueError as err:
         raise ProtocolError(f"{kind} metadata is not JSON: {err}") from err
     if not isinstance(meta, dict):
         raise ProtocolError(f"{kind} metadata is JSON but not an object (got {type(meta).__name__})")
-    return Envelope(kind, ctx_id, level, scale, meta, body[meta_len:])
+    payload = body[meta_len:]
+    return Envelope(kind, ctx_id, level, scale, meta, payload if view else bytes(payload))
 
 
 # --- SEAL objects <-> bytes through an anonymous in-memory file --------------------------------------

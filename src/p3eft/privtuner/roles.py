@@ -370,7 +370,8 @@ class DataOwner:
         params = ParamSet.from_json(self.setup.params)
         if keys is None:
             with self.ledger.device_time():
-                self.ctx, self._sk = keygen(params, self.setup.galois_steps)
+                # the data owner never rotates: it makes its Galois keys for the upload only
+                self.ctx, self._sk = keygen(params, self.setup.galois_steps, keep_galois_keys=False)
         else:
             self.ctx, self._sk = keys
             if self.ctx.params != params or self._sk.context_id != self.ctx.context_id:
@@ -380,8 +381,6 @@ class DataOwner:
                     f"this model owner uses {params.name}"
                 )
         payload = self.ctx.to_payload()
-        if keys is None:  # ours to drop: the data owner never rotates (the caller's kept keys stay whole)
-            self.ctx.release_galois_keys()
         self.key_upload_bytes = sum(len(v) for v in payload.values())
         self.channel.call(P.KEYS, session=self.setup.session, keys=payload)
 
