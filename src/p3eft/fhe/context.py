@@ -472,9 +472,12 @@ def _galois_key_bytes(keys: dict[int, Any], steps: tuple[int, ...]) -> tuple[byt
         return serial.seal_to_bytes(keys[steps[0]]), meta
     if len(objects) != len(steps):
         raise ProtocolError("Galois keys must be one object per step or one object for all steps")
-    blobs = [serial.seal_to_bytes(keys[s]) for s in steps]
-    meta["sizes"] = [len(b) for b in blobs]
-    return b"".join(blobs), meta
+    return _per_step_payload([serial.seal_to_bytes(keys[s]) for s in steps], steps)
+
+
+def _per_step_payload(blobs: list[bytes], steps: tuple[int, ...]) -> tuple[bytes, dict[str, Any]]:
+    """The one-object-per-step form: the blobs back to back, their sizes in the metadata."""
+    return b"".join(blobs), {"steps": list(steps), "sizes": [len(b) for b in blobs]}
 
 
 def keygen(
@@ -506,8 +509,7 @@ def keygen(
             gk[step] = obj
         del obj
     raw = {"public_key": serial.seal_to_bytes(pk), "relin_keys": serial.seal_to_bytes(rk)}
-    galois_raw = b"".join(blobs)
-    galois_meta = {"steps": list(steps), "sizes": [len(b) for b in blobs]} if steps else {"steps": []}
+    galois_raw, galois_meta = _per_step_payload(blobs, steps) if steps else (b"", {"steps": []})
     del blobs
     cid = CkksContext.compute_id(params, raw["public_key"], raw["relin_keys"], galois_raw, steps)
     ctx = CkksContext(
