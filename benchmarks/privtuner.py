@@ -2,7 +2,7 @@
 inference, per model shape, CKKS parameter set and model-owner worker count, through the real protocol.
 
 Usage: ``python benchmarks/privtuner.py [--models bert-tiny,minilm-l6] [--layers 2] [--max-len 64]
-[--param-sets PT16384,PT32768] [--workers 1,2] [--repeats 1] [--json FILE]``. Prints one table per
+[--param-sets PT16384,PT32768] [--workers 1,2] [--rotation-keys exact|pow2] [--repeats 1] [--json FILE]``. Prints one table per
 model and writes ``{"models": {name: {"workers=N": <step-cost file>}}}`` (each step-cost file is the
 format ``p3eft wireless run --costs`` reads), plus where the model owner's time goes (linear products,
 ciphertext products, nonlinear functions, refreshes) from the encoder's own counters. ``bert-tiny`` has
@@ -21,6 +21,7 @@ import json
 import sys
 from pathlib import Path
 
+from p3eft.fhe.galois import ROTATION_KEY_MODES
 from p3eft.privtuner.workflows import bench
 
 
@@ -33,6 +34,12 @@ def main() -> None:
     ap.add_argument("--alpha", type=float, default=8.0)
     ap.add_argument("--param-sets", default=None, help="comma-separated (default: every PrivTuner set)")
     ap.add_argument("--workers", default="1,2", help="comma-separated model-owner worker counts")
+    ap.add_argument(
+        "--rotation-keys",
+        choices=list(ROTATION_KEY_MODES),
+        default="exact",
+        help="the data owner's Galois keys: one per step, or powers of two (fewer, smaller keys)",
+    )
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -53,6 +60,7 @@ def main() -> None:
                 repeats=args.repeats,
                 command=out["command"],
                 workers=workers,
+                rotation_keys=args.rotation_keys,
             )
             out["models"].setdefault(name, {})[f"workers={workers}"] = res["costs"]
             print(f"\n{name}, {args.layers} layers, {args.max_len} tokens, {workers} worker(s)")

@@ -34,6 +34,7 @@ def test_step_cost_file_counts_one_step(toy):
     assert inf["refresh_round_trips"] == 1 and inf["encryptions"] == 2 and inf["decryptions"] == 2
     assert step["bytes_up"] > inf["bytes_up"] > 0 and step["server_cpu_s"] > 0 and step["device_cpu_s"] > 0
     assert ps["key_upload_bytes"] > 1e6 and ps["keygen_cpu_s"] > 0
+    assert ps["process_peak_rss_bytes"] > ps["key_upload_bytes"]  # the keys were in this process
     assert ps["galois_keys"] == len(toy.ToyBackend.galois_steps) and ps["rotation_keys"] == "exact"
     assert "toy-N16384" in table(costs)
 

@@ -40,6 +40,26 @@ def test_in_process_training_equals_twin(toy):
     assert led.bytes_up > 0 and led.bytes_down > 0 and led.server_cpu_s > 0 and led.device_cpu_s > 0
 
 
+def test_a_data_owner_that_drops_its_uploaded_keys_trains_the_same_and_cannot_checkpoint(toy):
+    """keep_key_bytes=False (the bench's data owner): the same training, the upload forgotten, and a
+    checkpoint's key material refused with a clear error; the default keeps them (the control)."""
+    backend = toy.ToyBackend(seed=1)
+    lean = DataOwner(
+        InProcessChannel(ModelOwner(backend)), toy.ToyCodec, DataOwnerConfig(lr=0.5, keep_key_bytes=False)
+    )
+    losses, w = _train(lean, BATCHES)
+    twin_losses, twin_w = toy.twin_train(backend, BATCHES, 0.5)
+    assert np.allclose(losses, twin_losses, atol=TOL) and np.abs(w - twin_w).max() < TOL
+    assert lean.key_upload_bytes > 1e6 and not lean.ctx._key_envelopes
+    with pytest.raises(ProtocolError, match="keep_key_bytes"):
+        lean.key_material()
+    with pytest.raises(ProtocolError, match="dropped"):
+        lean.ctx.to_payload()
+    keeper = DataOwner(InProcessChannel(ModelOwner(toy.ToyBackend(seed=1))), toy.ToyCodec)
+    kept = keeper.key_material()["public"]
+    assert sum(len(v) for v in kept.values()) == keeper.key_upload_bytes
+
+
 def test_networked_run_equals_in_process(toy, certs):
     backend = toy.ToyBackend(seed=2)
     local = DataOwner(InProcessChannel(ModelOwner(backend)), toy.ToyCodec, DataOwnerConfig(lr=0.5))

@@ -201,7 +201,7 @@ class CkksContext:
         if keep_key_bytes:  # the envelopes as received: they passed every check above
             ctx._key_envelopes = {k: bytes(payload[k]) for k in KEY_KINDS}
         else:
-            ctx._key_bytes_dropped = True
+            ctx.drop_key_bytes()
         return ctx
 
     def to_payload(self) -> dict[str, bytes]:
@@ -219,8 +219,8 @@ class CkksContext:
             raise ProtocolError(f"no public key called {which!r}")
         if self._key_bytes_dropped:
             raise ProtocolError(
-                "this context was loaded with keep_key_bytes=False: its key bytes were dropped, "
-                "so it cannot forward the keys (load it with keep_key_bytes=True for that)"
+                "this context's key bytes were dropped (loaded with keep_key_bytes=False, or "
+                "drop_key_bytes() after an upload), so it cannot send the keys again"
             )
         if which not in self._key_envelopes:  # a context assembled by hand: serialise on first use
             if which == "galois_keys":
@@ -243,6 +243,15 @@ class CkksContext:
         """Whether this context's Galois keys allow a rotation by ``step`` (by its own key, or composed
         from the keys of its NAF digits: :mod:`p3eft.fhe.galois`)."""
         return galois.can_rotate(step, self.galois_keys.keys(), self.slots)
+
+    def drop_key_bytes(self) -> None:
+        """Forget the serialised keys; :meth:`key_bytes` and :meth:`to_payload` refuse from then on.
+
+        Why: a key holder that has uploaded its keys and will never send them again (no checkpoint,
+        no second model owner) need not hold the upload: at N = 32768 the Galois keys alone are
+        gigabytes (4.8 GB for PrivTuner's ``pow2`` set). The SEAL key objects it holds stay usable."""
+        self._key_envelopes = {}
+        self._key_bytes_dropped = True
 
     def release_galois_keys(self) -> None:
         """Drop SEAL's Galois key objects, keeping their serialised bytes (so :meth:`to_payload` still works).

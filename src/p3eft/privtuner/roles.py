@@ -344,6 +344,10 @@ class DataOwnerConfig:
     label: str = "data-owner"
     record_decryptions: bool = False  # audit only: keeps what the data owner decrypted, in its process
     keep_views: bool = False  # with record_decryptions: whole slot vectors (else the largest values)
+    # False: forget the serialised public keys once they are uploaded; key_material (and so a sealed
+    # checkpoint) is refused then. For a data owner that never checkpoints (the bench): at PT32768 with
+    # pow2 rotation keys the upload it would otherwise keep is 4.8 GB.
+    keep_key_bytes: bool = True
 
 
 class DataOwner:
@@ -383,6 +387,9 @@ class DataOwner:
         payload = self.ctx.to_payload()
         self.key_upload_bytes = sum(len(v) for v in payload.values())
         self.channel.call(P.KEYS, session=self.setup.session, keys=payload)
+        del payload
+        if not self.config.keep_key_bytes:
+            self.ctx.drop_key_bytes()
 
     # -- what the model owner may ask for in a callback -------------------------------------------------
     @remote
@@ -503,6 +510,11 @@ class DataOwner:
     def key_material(self) -> dict[str, Any]:
         """This data owner's keys as bytes, for its own sealed checkpoint only
         (:mod:`p3eft.privtuner.checkpoint` encrypts them before they touch a disk)."""
+        if not self.config.keep_key_bytes:
+            raise ProtocolError(
+                "this data owner dropped its uploaded keys (keep_key_bytes=False), so it cannot write "
+                "a checkpoint; open the session with keep_key_bytes=True to checkpoint"
+            )
         return {"public": self.ctx.to_payload(), "secret_key": self._sk.to_bytes()}
 
     def close(self) -> None:
