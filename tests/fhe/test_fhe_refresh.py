@@ -58,6 +58,25 @@ def test_respond_with_view_for_an_audit(n8192, rng):
     assert np.all(np.abs(norm) <= 1.0) and stats.kstest(norm, "uniform", args=(-1, 2)).pvalue > 1e-4
 
 
+def test_the_refresh_floor_of_a_parameter_set_equals_that_of_its_keys(n8192):
+    """refresh_floor (no keys: what a model owner checks its model against when it is configured) gives
+    min_refresh_level's answer for every bound and lambda, including ones no level can hold."""
+    ctx, _ = n8192
+    floors = set()
+    for bound in (1.0, 4.0, 2.0**20, 2.0**40):
+        for lam in (30, 40, 60):
+            try:
+                want = refresh.min_refresh_level(ctx, bound, lam)
+            except LevelError:
+                with pytest.raises(LevelError, match="no level"):
+                    refresh.refresh_floor(ctx.params, bound, lam)
+                floors.add(None)
+                continue
+            assert refresh.refresh_floor(ctx.params, bound, lam) == want
+            floors.add(want)
+    assert len(floors) >= 3  # the cases reach different floors, and one no level holds
+
+
 def test_lambda_below_30_bad_bound_and_too_low_level_are_refused(n8192):
     ctx, _ = n8192
     with pytest.raises(SecurityError):

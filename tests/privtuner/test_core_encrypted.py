@@ -9,7 +9,7 @@ import pytest
 
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe import galois
-from p3eft.fhe.context import keygen
+from p3eft.fhe.context import LevelError, keygen
 from p3eft.privtuner.adapter import EncryptedAdapter
 from p3eft.privtuner.encrypted import required_galois_steps, rotation_steps
 from p3eft.privtuner.local import LocalSession, verify_local
@@ -58,6 +58,61 @@ def test_power_of_two_rotation_keys_give_the_same_results(one_layer):
     assert result["logit_max_abs_diff"] < 1e-6
     assert result["step_max_abs_diff"] < 1e-3
     assert abs(result["step_max_abs_diff"] - exact["step_max_abs_diff"]) < 1e-4
+
+
+def test_row_rotations_are_counted_in_one_and_in_several_ciphertexts(one_layer):
+    """The model owner's "where the time goes" counts every row rotation: a packing whose rows fit one
+    ciphertext (one cyclic rotation) as well as one spread over several (two rotations and masks).
+    The one-ciphertext case was once returned before it was counted."""
+    from p3eft.fhe.refresh import LocalRefresher
+    from p3eft.privtuner.backend import CipherBackend, PlainBackend
+    from p3eft.privtuner.packing import PackingSpec
+
+    model, report, *_ = one_layer
+    rng = np.random.default_rng(3)
+    delta = 1
+    for max_len in (4, 2 * model.spec.rows_per_ct):
+        spec = PackingSpec.build(model.spec.hidden, max_len, model.cfg.params.slots)
+        ctx, sk = keygen(model.cfg.params, [delta * spec.block])
+        cb = CipherBackend(ctx, spec, report.fns, LocalRefresher(ctx, sk, model.cfg.refresh_bound, 30))
+        x = rng.uniform(-1, 1, (spec.seq, spec.width))
+        enc = [ctx.encrypt_slots(s, spec.layout()) for s in spec.pack_matrix(x)]
+        got = spec.unpack_matrix([sk.decrypt_slots(ctx, c) for c in cb.rot_rows(enc, delta)])
+        assert np.abs(got - PlainBackend(spec, report.fns).rot_rows(x, delta)).max() < 1e-6
+        assert cb.stats.counts["rotations"] == spec.cts, (spec.cts, dict(cb.stats.counts))
+        assert cb.stats.seconds["rotations"] > 0
+
+
+def test_a_chain_too_shallow_for_an_approximation_is_refused_before_any_key_exists(one_layer):
+    """check_chain_depth: the model's deepest approximation phase against the levels a refreshed
+    ciphertext has above the refresh floor; the model owner's service runs it when it is configured."""
+    from p3eft.fhe.params import ParamSet
+    from p3eft.privtuner.encrypted import ChainTooShallowError, check_chain_depth
+
+    model, report, *_ = one_layer
+    depth, site = report.fns.deepest_phase()
+    assert depth >= 4 and site  # exp's phase at least (a degree-6 polynomial)
+    cfg = model.cfg
+    check_chain_depth(cfg.params, report.fns, cfg.refresh_bound, cfg.refresh_lambda)  # the control
+    shallow = ParamSet("N16384-d3", 16384, (60, 40, 40, 40, 60))
+    with pytest.raises(ChainTooShallowError, match=rf"{site} needs {depth} levels.* has 2 above"):
+        check_chain_depth(shallow, report.fns, cfg.refresh_bound, cfg.refresh_lambda)
+
+
+def test_an_operation_that_a_refresh_cannot_make_room_for_is_refused(one_layer):
+    """The backend's guard: when even a refreshed ciphertext has too few levels for the next phase, a
+    clear LevelError instead of a pass that runs below the refresh floor and fails later."""
+    from p3eft.fhe.params import ParamSet
+    from p3eft.fhe.refresh import LocalRefresher
+    from p3eft.privtuner.backend import CipherBackend
+
+    model, report, *_ = one_layer
+    ctx, sk = keygen(ParamSet("N16384-d3", 16384, (60, 40, 40, 40, 60)))
+    cb = CipherBackend(ctx, model.spec, report.fns, LocalRefresher(ctx, sk, model.cfg.refresh_bound, 30))
+    x = ctx.encrypt_slots(np.zeros(ctx.slots), model.spec.layout(), level=1)
+    assert cb.floor == 1 and cb.ready([x], need=2)[0] is not x  # 2 levels: one refresh makes room
+    with pytest.raises(LevelError, match="needs 3 levels above the refresh floor"):
+        cb.ready([x], need=3)
 
 
 def test_adapter_bytes_round_trip_and_peft_names():

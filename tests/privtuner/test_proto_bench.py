@@ -62,3 +62,41 @@ def test_the_bench_command_hands_its_rotation_key_policy_to_the_library(monkeypa
     monkeypatch.setattr(workflows, "bench", fake_bench)
     assert main(["privtuner", "bench", "--json", str(tmp_path / "c.json"), "--rotation-keys", "pow2"]) == 0
     assert seen["rotation_keys"] == "pow2"
+
+
+def test_the_bench_skips_a_default_set_the_model_cannot_run_and_refuses_one_named(monkeypatch):
+    """A parameter set too shallow for the model's approximations: skipped with its reason when the
+    bench runs every set by default, a one-line error when the user names it."""
+    import pytest
+
+    from p3eft.errors import P3eftError
+    from p3eft.privtuner import bench as bench_mod
+    from p3eft.privtuner import wiring, workflows
+    from p3eft.privtuner.config import PRIVTUNER_PARAM_SETS
+    from p3eft.privtuner.encrypted import ChainTooShallowError
+
+    class FakeBackend:
+        def __init__(self, cfg, data_dir=None):
+            if cfg.param_set == "PT32768-d5":
+                raise ChainTooShallowError("PT32768-d5 cannot run this model: L0.gelu needs 5 levels")
+            self.model = type("M", (), {"weights": type("W", (), {"hidden": 8})()})()
+
+    ran = []
+
+    def fake_costs(cases, info, examples, repeats, command, progress=None):
+        ran.extend(c.name for c in cases)
+        return {"kind": KIND, "param_sets": {c.name: {} for c in cases}}
+
+    monkeypatch.setattr(wiring, "BertBackend", FakeBackend)
+    monkeypatch.setattr(bench_mod, "step_cost_file", fake_costs)
+    monkeypatch.setattr(bench_mod, "table", lambda costs: "")
+    monkeypatch.setattr(workflows, "_sst2", lambda *a, **k: [("good", 1), ("bad", 0)])
+    kw = dict(model="tiny", layers=1, max_len=4, rank=2, alpha=4.0, repeats=1, progress=False)
+    costs = workflows.bench(param_sets=None, **kw)["costs"]
+    assert ran == [n for n in PRIVTUNER_PARAM_SETS if n != "PT32768-d5"]
+    assert "L0.gelu needs 5 levels" in costs["excluded_param_sets"]["PT32768-d5"]
+    with pytest.raises(ChainTooShallowError):
+        workflows.bench(param_sets=["PT16384", "PT32768-d5"], **kw)
+    monkeypatch.setattr(workflows, "PRIVTUNER_PARAM_SETS", {"PT32768-d5": None})
+    with pytest.raises(P3eftError, match="no parameter set can run tiny"):
+        workflows.bench(param_sets=None, **kw)

@@ -45,6 +45,7 @@ import numpy as np
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe import ops, rawpoly, rns
 from p3eft.fhe.context import Ciphertext, CkksContext, LevelError, SecretKey
+from p3eft.fhe.params import ParamSet
 
 DEFAULT_LAMBDA = 40
 MIN_LAMBDA = 30
@@ -66,11 +67,27 @@ def mask_bits(bound: float, scale: float, lam: int = DEFAULT_LAMBDA) -> int:
 def min_refresh_level(ctx: CkksContext, bound: float, lam: int = DEFAULT_LAMBDA) -> int:
     """Lowest level whose modulus Q holds p + r (|p + r| < 2W) with a sign bit and 4 bits of margin:
     Q >= 2^need with the level's actual primes (a b-bit prime is below 2^b), so |p + r| < Q/32."""
-    need = mask_bits(bound, ctx.params.scale * (1 + 2**-20), lam) + 2 + _MARGIN_BITS
-    for lvl in range(ctx.top_level + 1):
-        if math.prod(rawpoly.primes_at(ctx, lvl)) >= 1 << need:
+    primes = [rawpoly.primes_at(ctx, lvl) for lvl in range(ctx.top_level + 1)]
+    return _lowest_level_holding(primes, ctx.params, bound, lam)
+
+
+def refresh_floor(params: ParamSet, bound: float, lam: int = DEFAULT_LAMBDA) -> int:
+    """:func:`min_refresh_level` of a parameter set before any key exists (SEAL's primes, no keys):
+    what a model owner checks its model's depth against when it is configured."""
+    data = CkksContext.seal_context(params).first_context_data()
+    primes = []
+    while data is not None:
+        primes.append([m.value() for m in data.parms().coeff_modulus()])
+        data = data.next_context_data()
+    return _lowest_level_holding(list(reversed(primes)), params, bound, lam)
+
+
+def _lowest_level_holding(primes: list[list[int]], params: ParamSet, bound: float, lam: int) -> int:
+    need = mask_bits(bound, params.scale * (1 + 2**-20), lam) + 2 + _MARGIN_BITS
+    for lvl, qs in enumerate(primes):
+        if math.prod(qs) >= 1 << need:
             return lvl
-    raise LevelError(f"no level of {ctx.params.name} has the {need} bits a lambda={lam} refresh needs")
+    raise LevelError(f"no level of {params.name} has the {need} bits a lambda={lam} refresh needs")
 
 
 def uniform_integers(width: int, count: int) -> np.ndarray:

@@ -421,5 +421,13 @@ class FnSet(dict[str, "Fn | SlotFn"]):
             out.extend(fn.classes if isinstance(fn, SlotFn) else [fn])
         return out
 
+    def deepest_phase(self) -> tuple[int, str]:
+        """(levels, site): the most levels one site's approximation needs in one phase, after its
+        input is refreshed, and that site; (0, "") when nothing is approximated."""
+        best = (0, "")
+        for site, fn in self.items():
+            best = max(best, (fn.depth if isinstance(fn, SlotFn) else fn.first_phase_depth, site))
+        return best
+
     def describe(self) -> list[dict[str, Any]]:
         return [fn.describe() for fn in self.values()]

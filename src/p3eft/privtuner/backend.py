@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from p3eft.fhe import ops
-from p3eft.fhe.context import Ciphertext, CkksContext, Layout
+from p3eft.fhe.context import Ciphertext, CkksContext, Layout, LevelError
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.approx import FnSet, SlotPart
@@ -247,6 +247,12 @@ class CipherBackend:
         t0 = time.perf_counter()
         out = self._renormalise(self.refresher(c))
         self.stats.add("refresh", t0)
+        if self.ctx.level(out) - need < self.floor:  # see encrypted.check_chain_depth
+            raise LevelError(
+                f"an operation needs {need} levels above the refresh floor (level {self.floor}), and a "
+                f"refreshed ciphertext of {self.ctx.params.name} has {self.ctx.level(out) - self.floor}: "
+                "choose a deeper parameter set"
+            )
         return out
 
     def _renormalise(self, c: Ciphertext) -> Ciphertext:
@@ -409,7 +415,9 @@ class CipherBackend:
         if delta == 0:
             return list(a)
         if spec.cts == 1:  # rows repeat with period seq: one cyclic rotation
-            return [ops.rotate(self.ctx, a[0], delta * spec.block)]
+            out = [ops.rotate(self.ctx, a[0], delta * spec.block)]
+            self.stats.add("rotations", t0)
+            return out
         q, b = divmod(delta, spec.rows_per_ct)
         n = spec.cts
         out = []

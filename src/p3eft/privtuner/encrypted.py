@@ -27,11 +27,13 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from p3eft.errors import ProtocolError
+from p3eft.errors import P3eftError, ProtocolError
 from p3eft.fhe.context import Ciphertext, CkksContext
 from p3eft.fhe.galois import rotation_key_steps
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
+from p3eft.fhe.params import ParamSet
+from p3eft.fhe.refresh import refresh_floor
 from p3eft.privtuner.adapter import EncryptedAdapter
 from p3eft.privtuner.approx import FnSet
 from p3eft.privtuner.backend import CipherBackend, galois_steps
@@ -52,6 +54,30 @@ def required_galois_steps(model: PrivTunerModel) -> list[int]:
     model (``rotation_keys="exact"``), or the powers of two those compose from (``"pow2"``, fewer keys
     and more key switches per rotation; :mod:`p3eft.fhe.galois`)."""
     return rotation_key_steps(rotation_steps(model), model.cfg.params.slots, model.cfg.rotation_keys)
+
+
+class ChainTooShallowError(P3eftError):
+    """A CKKS chain on which one of the model's approximations cannot run between two refreshes."""
+
+
+def check_chain_depth(params: ParamSet, fns: FnSet, bound: float, lam: int) -> None:
+    """Refuse ``params`` when a calibrated approximation needs more levels in one phase than a
+    refreshed ciphertext has above the refresh floor (ours).
+
+    Why: a refresh returns a ciphertext at the top level and itself needs the floor's level, so a
+    phase of d levels needs top - floor >= d. Without this check such a chain fails in the middle of
+    the first encrypted pass, after the key generation and upload (minilm-l6's degree-16 GELU on
+    ``PT32768-d5``). One level more may go to a scale reset after a refresh (the backend's
+    ``_fresh`` refuses that case when it happens)."""
+    depth, site = fns.deepest_phase()
+    floor = refresh_floor(params, bound, lam)
+    room = params.top_level - floor
+    if depth > room:
+        raise ChainTooShallowError(
+            f"{params.name} cannot run this model: {site} needs {depth} levels between two refreshes, "
+            f"and a refreshed ciphertext has {room} above the refresh floor (level {floor} for "
+            f"bound {bound:g}, lambda {lam}); choose a deeper parameter set"
+        )
 
 
 class EncryptedEncoder:

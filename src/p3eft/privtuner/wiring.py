@@ -31,7 +31,12 @@ from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
 from p3eft.privtuner.adapter import EncryptedAdapter, from_peft_names, peft_names
 from p3eft.privtuner.config import PrivTunerConfig
-from p3eft.privtuner.encrypted import EncryptedEncoder, required_galois_steps, rotation_steps
+from p3eft.privtuner.encrypted import (
+    EncryptedEncoder,
+    check_chain_depth,
+    required_galois_steps,
+    rotation_steps,
+)
 from p3eft.privtuner.packing import PackingSpec, pack_dlogits, pack_example, unpack_logits
 from p3eft.privtuner.rotation import embed
 from p3eft.privtuner.standardize import HeadStandardizer
@@ -220,6 +225,7 @@ class BertBackend:
             calibration = calibrate(self.model, examples, self.model.init_params())
         self.calibration = calibration
         self.fns = calibration.fns
+        check_chain_depth(self.params, self.fns, self.refresh_bound, self.refresh_lambda)
 
     @property
     def fingerprint(self) -> str:

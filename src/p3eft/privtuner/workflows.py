@@ -396,11 +396,12 @@ def bench(
     gives the model owner a kernel pool of that many processes; ``rotation_keys`` is the data owner's
     Galois key policy (:mod:`p3eft.fhe.galois`)."""
     from p3eft.privtuner.bench import BenchCase, step_cost_file, table
+    from p3eft.privtuner.encrypted import ChainTooShallowError
     from p3eft.privtuner.wiring import BertBackend, BertCodec, settings
 
     names = param_sets or list(PRIVTUNER_PARAM_SETS)
     say = _say(progress)
-    cases, info = [], {}
+    cases, info, excluded = [], {}, {}
     for name in names:
         cfg = settings(
             model=model,
@@ -413,7 +414,14 @@ def bench(
             rotation_keys=rotation_keys,
         )
         say(f"{name}: loading {model} and calibrating")
-        backend = BertBackend(cfg, data_dir)
+        try:
+            backend = BertBackend(cfg, data_dir)
+        except ChainTooShallowError as err:
+            if param_sets:  # named by the user: their error, said in one line
+                raise
+            say(f"{name}: skipped: {err}")
+            excluded[name] = str(err)
+            continue
         info = {
             "name": model,
             "layers": layers,
@@ -422,6 +430,10 @@ def bench(
             "lora_rank": rank,
         }
         cases.append(BenchCase(name, backend, BertCodec, workers))
+    if not cases:
+        raise P3eftError(f"no parameter set can run {model}: " + "; ".join(excluded.values()))
     examples = _sst2("train", max(2, repeats), data_dir)
     costs = step_cost_file(cases, info, examples, repeats, command, progress=say)
+    if excluded:  # the default sets this model cannot run, and why
+        costs["excluded_param_sets"] = excluded
     return {"costs": costs, "table": table(costs)}
