@@ -244,15 +244,15 @@ class CipherBackend:
         independent of the bound, and |value| must stay below it for lambda bits of hiding)."""
         if self.ctx.level(c) - need >= self.floor:
             return c
+        room = self.ctx.top_level - self.floor
+        if need > room:  # no refresh can help (encrypted.check_chain_depth refuses such chains up front)
+            raise LevelError(
+                f"an operation needs {need} levels above the refresh floor (level {self.floor}), and a "
+                f"refreshed ciphertext of {self.ctx.params.name} has {room}: choose a deeper parameter set"
+            )
         t0 = time.perf_counter()
         out = self._renormalise(self.refresher(c))
         self.stats.add("refresh", t0)
-        if self.ctx.level(out) - need < self.floor:  # see encrypted.check_chain_depth
-            raise LevelError(
-                f"an operation needs {need} levels above the refresh floor (level {self.floor}), and a "
-                f"refreshed ciphertext of {self.ctx.params.name} has {self.ctx.level(out) - self.floor}: "
-                "choose a deeper parameter set"
-            )
         return out
 
     def _renormalise(self, c: Ciphertext) -> Ciphertext:

@@ -67,8 +67,8 @@ def check_chain_depth(params: ParamSet, fns: FnSet, bound: float, lam: int) -> N
     Why: a refresh returns a ciphertext at the top level and itself needs the floor's level, so a
     phase of d levels needs top - floor >= d. Without this check such a chain fails in the middle of
     the first encrypted pass, after the key generation and upload (minilm-l6's degree-16 GELU on
-    ``PT32768-d5``). One level more may go to a scale reset after a refresh (the backend's
-    ``_fresh`` refuses that case when it happens)."""
+    ``PT32768-d5``). Not checked: a scale reset right after a refresh takes one level more
+    (:meth:`~p3eft.privtuner.backend.CipherBackend._renormalise`)."""
     depth, site = fns.deepest_phase()
     floor = refresh_floor(params, bound, lam)
     room = params.top_level - floor
