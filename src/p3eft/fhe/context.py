@@ -84,6 +84,17 @@ class Ciphertext:
     layout: Layout
 
 
+def chain_by_level(seal_context: Any) -> list[Any]:
+    """SEAL's context data along the modulus chain, indexed by level (0 = one prime left): SEAL
+    links them from the top (first_context_data) downwards, and our code speaks in levels."""
+    out = []
+    data = seal_context.first_context_data()
+    while data is not None:
+        out.append(data)
+        data = data.next_context_data()
+    return out[::-1]
+
+
 @dataclass
 class CkksContext:
     """Public CKKS state: everything an evaluator may hold (no secret key)."""
@@ -144,12 +155,7 @@ class CkksContext:
         return h.digest()[:16]
 
     def __post_init__(self) -> None:
-        ids = []
-        data = self.seal.first_context_data()
-        while data is not None:
-            ids.append(data.parms_id())
-            data = data.next_context_data()
-        self._parms_ids = list(reversed(ids))  # index = level
+        self._parms_ids = [data.parms_id() for data in chain_by_level(self.seal)]
         self._encryptor = sealapi.Encryptor(self.seal, self.public_key)
 
     @classmethod

@@ -44,7 +44,7 @@ import numpy as np
 
 from p3eft.errors import ProtocolError, SecurityError
 from p3eft.fhe import ops, rawpoly, rns
-from p3eft.fhe.context import Ciphertext, CkksContext, LevelError, SecretKey
+from p3eft.fhe.context import Ciphertext, CkksContext, LevelError, SecretKey, chain_by_level
 from p3eft.fhe.params import ParamSet
 
 DEFAULT_LAMBDA = 40
@@ -74,12 +74,9 @@ def min_refresh_level(ctx: CkksContext, bound: float, lam: int = DEFAULT_LAMBDA)
 def refresh_floor(params: ParamSet, bound: float, lam: int = DEFAULT_LAMBDA) -> int:
     """:func:`min_refresh_level` of a parameter set before any key exists (SEAL's primes, no keys):
     what a model owner checks its model's depth against when it is configured."""
-    data = CkksContext.seal_context(params).first_context_data()
-    primes = []
-    while data is not None:
-        primes.append([m.value() for m in data.parms().coeff_modulus()])
-        data = data.next_context_data()
-    return _lowest_level_holding(list(reversed(primes)), params, bound, lam)
+    chain = chain_by_level(CkksContext.seal_context(params))
+    primes = [[m.value() for m in data.parms().coeff_modulus()] for data in chain]
+    return _lowest_level_holding(primes, params, bound, lam)
 
 
 def _lowest_level_holding(primes: list[list[int]], params: ParamSet, bound: float, lam: int) -> int:

@@ -196,8 +196,8 @@ SCALE_DRIFT_RESET = 2.0**-10
 
 
 class _RenormalisingRefresher:
-    """The backend's refresher as the engine's functions see it: refresh, then bring the scale back
-    to nominal if it drifted (:meth:`CipherBackend._renormalise`)."""
+    """The backend's refresher as the engine's functions see it: a refresh that returns the nominal
+    scale (:meth:`CipherBackend._refresh_nominal`)."""
 
     def __init__(self, backend: CipherBackend) -> None:
         self._backend = backend
@@ -207,7 +207,7 @@ class _RenormalisingRefresher:
         return self._backend.refresher.min_level
 
     def __call__(self, ct: Ciphertext) -> Ciphertext:
-        return self._backend._renormalise(self._backend.refresher(ct))
+        return self._backend._refresh_nominal(ct)
 
 
 class CipherBackend:
@@ -251,13 +251,34 @@ class CipherBackend:
                 f"refreshed ciphertext of {self.ctx.params.name} has {room}: choose a deeper parameter set"
             )
         t0 = time.perf_counter()
-        out = self._renormalise(self.refresher(c))
+        out = self._refresh_nominal(c)
+        if self.ctx.level(out) - need < self.floor:
+            # the scale reset after the refresh took a level this phase needs (c was at the floor, so
+            # the reset could not go first); the reset ciphertext has the nominal scale, which a
+            # second refresh keeps, at the top level
+            out = self.refresher(out)
+            self.stats.counts["second_refreshes"] += 1
         self.stats.add("refresh", t0)
         return out
 
+    def _refresh_nominal(self, c: Ciphertext) -> Ciphertext:
+        """One refresh whose answer has the nominal scale (ours).
+
+        A drifted scale is reset before the refresh when ``c`` has a level above the refresh floor
+        to spend: that level is free (the masked request drops to the floor anyway, and the refresh
+        keeps the scale), and the product runs on the request's few primes instead of the top
+        level's. Only a ciphertext already at the floor is reset after the refresh, at the cost of
+        one of the refreshed ciphertext's levels."""
+        if self._drifted(c) and self.ctx.level(c) > self.floor:
+            c = self._renormalise(c)
+        return self._renormalise(self.refresher(c))
+
+    def _drifted(self, c: Ciphertext) -> bool:
+        return abs(c.seal.scale / self.ctx.params.scale - 1.0) > SCALE_DRIFT_RESET
+
     def _renormalise(self, c: Ciphertext) -> Ciphertext:
-        """Bring a freshly refreshed ciphertext back to the nominal scale (a product by 1, one level)
-        when its true scale has drifted by more than :data:`SCALE_DRIFT_RESET` (ours).
+        """Bring a ciphertext back to the nominal scale (a product by 1, one level) when its true
+        scale has drifted by more than :data:`SCALE_DRIFT_RESET` (ours).
 
         Why: the engine keeps every ciphertext's true scale, and a product of scales s_a s_b / q_l
         doubles the relative gap to 2^40 at each squaring; the refresh keeps the scale, so squaring
@@ -266,11 +287,10 @@ class CipherBackend:
         refresh, the gap stays below 2^(levels between refreshes) x the threshold. The value is
         unchanged (the product by 1 lands exactly on the nominal scale), so the twin has no
         counterpart operation."""
-        nominal = self.ctx.params.scale
-        if abs(c.seal.scale / nominal - 1.0) <= SCALE_DRIFT_RESET:
+        if not self._drifted(c):
             return c
         layout = c.layout
-        out = ops.mul_plain(self.ctx, c, 1.0, scale=nominal)
+        out = ops.mul_plain(self.ctx, c, 1.0, scale=self.ctx.params.scale)
         out.layout = layout
         self.stats.counts["scale_resets"] += 1
         return out

@@ -67,8 +67,9 @@ def check_chain_depth(params: ParamSet, fns: FnSet, bound: float, lam: int) -> N
     Why: a refresh returns a ciphertext at the top level and itself needs the floor's level, so a
     phase of d levels needs top - floor >= d. Without this check such a chain fails in the middle of
     the first encrypted pass, after the key generation and upload (minilm-l6's degree-16 GELU on
-    ``PT32768-d5``). Not checked: a scale reset right after a refresh takes one level more
-    (:meth:`~p3eft.privtuner.backend.CipherBackend._renormalise`)."""
+    ``PT32768-d5``). A scale reset that must follow a refresh takes one of its levels; the backend
+    then refreshes once more rather than run a phase short of levels
+    (:meth:`~p3eft.privtuner.backend.CipherBackend._fresh`)."""
     depth, site = fns.deepest_phase()
     floor = refresh_floor(params, bound, lam)
     room = params.top_level - floor
