@@ -185,3 +185,35 @@ def test_range_flags_and_encrypted_indicator(deep):
     ind = tensor.decrypt(sk, ctx, nonlinear.range_indicator(ctx, tensor.encrypt(ctx, vals), -4.0, 4.0))
     assert np.all(ind[:3] <= 1 + 1e-6) and np.all(ind[3:] > 1.1)
     np.testing.assert_allclose(ind, (vals / 4) ** 2, atol=1e-6)
+
+
+def test_ensure_levels_refreshes_again_when_the_refresher_spends_a_level(deep, rng):
+    """A refresher whose answer is one level below the top (PrivTuner's backend after a scale reset)
+    still gives a phase that needs every level above the floor: a second refresh, not a LevelError.
+    Control: a phase that a single answer fits takes one refresh."""
+    from p3eft.fhe import ops
+    from p3eft.fhe.context import Layout
+
+    ctx, sk = deep
+    inner = refresh.LocalRefresher(ctx, sk, bound=8.0)
+    calls = []
+
+    class SpendsALevel:
+        min_level = inner.min_level
+
+        def __call__(self, ct):
+            calls.append(ctx.level(ct))
+            out = inner(ct)
+            return ops.mul_plain(ctx, out, 1.0) if len(calls) == 1 else out
+
+    x = rng.uniform(-1, 1, ctx.slots)
+    low = ctx.encrypt_slots(x, Layout(1), level=inner.min_level)
+    room = ctx.top_level - inner.min_level
+    out = nonlinear.ensure_levels(ctx, low, room, SpendsALevel())
+    assert len(calls) == 2 and ctx.level(out) == ctx.top_level
+    assert np.abs(sk.decrypt_slots(ctx, out) - x).max() < 1e-5
+    calls.clear()
+    out = nonlinear.ensure_levels(ctx, low, room - 1, SpendsALevel())
+    assert len(calls) == 1 and ctx.level(out) == ctx.top_level - 1
+    with pytest.raises(LevelError, match="more than a fresh ciphertext has"):
+        nonlinear.ensure_levels(ctx, low, room + 1, inner)

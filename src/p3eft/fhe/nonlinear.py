@@ -176,7 +176,12 @@ def eval_poly_per_slot(ctx: CkksContext, x: Ciphertext, coeffs: np.ndarray) -> C
     return total
 
 
-def _ensure(ctx: CkksContext, ct: Ciphertext, need: int, refresher: Refresher | None) -> Ciphertext:
+def ensure_levels(ctx: CkksContext, ct: Ciphertext, need: int, refresher: Refresher | None) -> Ciphertext:
+    """``ct`` with ``need`` levels above the refresher's floor, refreshed if it has fewer.
+
+    A refresher may spend a level of its answer (PrivTuner's backend resets a drifted scale after a
+    refresh, one product); when the phase needs that level, one more refresh gives the top level (the
+    reset scale is kept)."""
     floor = refresher.min_level if refresher is not None else 0
     if ctx.level(ct) - need >= floor:
         return ct
@@ -185,6 +190,8 @@ def _ensure(ctx: CkksContext, ct: Ciphertext, need: int, refresher: Refresher | 
             f"needs {need} more level(s), ciphertext is at level {ctx.level(ct)}; pass a refresher"
         )
     ct = refresher(ct)
+    if ctx.level(ct) - need < floor:
+        ct = refresher(ct)
     if ctx.level(ct) - need < floor:
         raise LevelError(
             f"a phase needs {need} levels, more than a fresh ciphertext has above the refresh floor"
@@ -396,7 +403,7 @@ def polynomial(
     coeffs = _fit(f, lo, hi, degree, odd)
 
     def enc(ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
-        return eval_poly(ctx, _ensure(ctx, ct, poly_depth(degree), refresher), coeffs)
+        return eval_poly(ctx, ensure_levels(ctx, ct, poly_depth(degree), refresher), coeffs)
 
     return Approximation(
         name,
@@ -438,9 +445,9 @@ def exp(lo: float = -4.0, hi: float = 4.0, squarings: int = 3, degree: int = 4) 
         return y
 
     def enc(ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
-        y = eval_poly(ctx, _ensure(ctx, ct, pdepth, refresher), coeffs)
+        y = eval_poly(ctx, ensure_levels(ctx, ct, pdepth, refresher), coeffs)
         for _ in range(r):
-            y = ops.square(ctx, _ensure(ctx, y, 1, refresher))
+            y = ops.square(ctx, ensure_levels(ctx, y, 1, refresher))
         return y
 
     def trace(x: np.ndarray) -> float:
@@ -496,7 +503,7 @@ def reciprocal(
         return y, peak
 
     def enc(ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
-        x = _ensure(ctx, ct, 2, refresher)
+        x = ensure_levels(ctx, ct, 2, refresher)
         y = ops.add_plain(ctx, ops.mul_plain(ctx, x, a1), a0)
         e = ops.add_plain(ctx, ops.negate(ctx, ops.multiply(ctx, x, y)), 1.0)
         for _ in range(n):
@@ -557,7 +564,7 @@ def inv_sqrt(
     def enc(ctx: CkksContext, ct: Ciphertext, refresher: Refresher | None) -> Ciphertext:
         # Newton step in two levels (ours): y' = 1.5 y - (x y / 2) * y^2, with x/2 computed once,
         # y^2 and (x/2) y side by side, then their product; 1.5 y is brought onto its scale for free
-        x = _ensure(ctx, ct, max(gdepth, 1), refresher)
+        x = ensure_levels(ctx, ct, max(gdepth, 1), refresher)
         hx = ops.mul_plain(ctx, x, 0.5)
         y = eval_poly(ctx, x, coeffs)
         for _ in range(n):

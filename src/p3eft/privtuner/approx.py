@@ -184,8 +184,7 @@ class SlotPart:
         else:
             if refresher.min_level < floor:
                 raise LevelError(f"{self.site} needs a refresher that keeps ciphertexts at level {floor}+")
-            if ctx.level(ct) - depth < refresher.min_level:
-                ct = refresher(ct)
+            ct = nonlinear.ensure_levels(ctx, ct, depth, refresher)
         return nonlinear.eval_poly_per_slot(ctx, ct, coeff_slots)
 
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from p3eft.fhe import ops
+from p3eft.fhe import nonlinear, ops
 from p3eft.fhe.context import Ciphertext, CkksContext, Layout, LevelError
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.fhe.parallel import KernelPool
@@ -251,13 +251,8 @@ class CipherBackend:
                 f"refreshed ciphertext of {self.ctx.params.name} has {room}: choose a deeper parameter set"
             )
         t0 = time.perf_counter()
-        out = self._refresh_nominal(c)
-        if self.ctx.level(out) - need < self.floor:
-            # the scale reset after the refresh took a level this phase needs (c was at the floor, so
-            # the reset could not go first); the reset ciphertext has the nominal scale, which a
-            # second refresh keeps, at the top level
-            out = self.refresher(out)
-            self.stats.counts["second_refreshes"] += 1
+        # refreshes twice when the scale reset after the refresh took a level this phase needs
+        out = nonlinear.ensure_levels(self.ctx, c, need, self._inner_refresher)
         self.stats.add("refresh", t0)
         return out
 
