@@ -388,8 +388,13 @@ class CipherBackend:
         self.stats.counts["scale_aligns"] += 1
         return self._fresh(x, 1), y
 
+    def _add(self, x: Ciphertext, y: Ciphertext) -> Ciphertext:
+        """One addition that stays at or above the refresh floor (:meth:`_addable`): every sum of two
+        ciphertexts that may carry different scales goes through here."""
+        return ops.add(self.ctx, *self._addable(x, y))
+
     def add(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
-        return [ops.add(self.ctx, *self._addable(x, y)) for x, y in zip(a, b, strict=True)]
+        return [self._add(x, y) for x, y in zip(a, b, strict=True)]
 
     def sub(self, a: list[Ciphertext], b: list[Ciphertext]) -> list[Ciphertext]:
         return [ops.sub(self.ctx, *self._addable(x, y)) for x, y in zip(a, b, strict=True)]
@@ -449,7 +454,8 @@ class CipherBackend:
             r2 = ops.rotate(self.ctx, second, b * spec.block)
             lo, hi = self._row_masks(b)
             r1, r2 = self._fresh(r1, 1), self._fresh(r2, 1)
-            out.append(ops.add(self.ctx, ops.mul_plain(self.ctx, r1, lo), ops.mul_plain(self.ctx, r2, hi)))
+            # the two source ciphertexts may have different scales (one refreshed, one not)
+            out.append(self._add(ops.mul_plain(self.ctx, r1, lo), ops.mul_plain(self.ctx, r2, hi)))
         self.stats.add("rotations", t0, len(out))
         return out
 
@@ -540,7 +546,7 @@ class CipherBackend:
         t0 = time.perf_counter()
         total = a[0]
         for c in a[1:]:
-            total = ops.add(self.ctx, total, c)
+            total = self._add(total, c)
         total = ops.rotate_sum(self.ctx, total, min(self.spec.rows_per_ct, self.spec.seq), self.spec.block)
         total.layout = self.spec.layout()
         self.stats.add("row_sums", t0)
