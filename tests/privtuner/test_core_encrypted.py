@@ -144,8 +144,8 @@ def _drifted_backend(one_layer):
             x = ops.mul_plain(ctx, x, 1.0, scale=ctx.params.scale * (1 + drift))
         return ops.drop_to(ctx, x, level)
 
-    def check_value(c) -> None:
-        assert np.abs(sk.decrypt_slots(ctx, c) - values).max() < 1e-5
+    def check_value(c, times: float = 1.0) -> None:
+        assert np.abs(sk.decrypt_slots(ctx, c) - times * values).max() < 1e-5
 
     return ctx, cb, make, check_value, refresher
 
@@ -176,6 +176,24 @@ def test_a_reset_after_the_refresh_never_leaves_a_phase_short_of_levels(one_laye
     plain = cb.ready([make(level=cb.floor, drifted=False)], need=room)[0]
     assert ctx.level(plain) == ctx.top_level and refresher.calls == 3
     check_value(plain)
+
+
+def test_gradients_of_different_scales_accumulate_above_the_floor(one_layer):
+    """Two examples' gradients at the floor with scales apart: the model owner sums them with its
+    backend's guarded addition (the sum stays at the floor, one operand refreshed first); the
+    unguarded sum (the control) lands one level below the floor, where no refresh can take it."""
+    ctx, cb, make, check_value, refresher = _drifted_backend(one_layer)
+    name = "L0.q.A"
+    for add in (cb.add, None):
+        adapter = EncryptedAdapter(ctx, {name: [make(level=ctx.top_level, drifted=False)]})
+        adapter.accumulate({name: [make(level=cb.floor, drifted=False)]}, add=add)
+        adapter.accumulate({name: [make(level=cb.floor)]}, add=add)
+        g = adapter.grads[name][0]
+        check_value(g, times=2.0)
+        if add is not None:
+            assert ctx.level(g) == cb.floor and refresher.calls == 1
+        else:
+            assert ctx.level(g) == cb.floor - 1
 
 
 def test_row_rotations_across_ciphertexts_of_different_scales_stay_above_the_floor(one_layer):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,9 @@ from p3eft.fhe.context import Ciphertext, CkksContext, SecretKey
 from p3eft.fhe.nonlinear import Refresher
 from p3eft.privtuner.standardize import HeadStandardizer
 from p3eft.privtuner.twin import PrivTunerModel
+
+# the sum of two logical matrices, each a list of ciphertexts
+MatrixSum = Callable[[list[Ciphertext], list[Ciphertext]], list[Ciphertext]]
 
 MODULE_NAMES = {"q": "query", "v": "value"}
 
@@ -83,15 +87,20 @@ class EncryptedAdapter:
         }
         return cls(ctx, mats)
 
-    def accumulate(self, grads: dict[str, list[Ciphertext]]) -> None:
-        """g <- g + grads (several examples before one update)."""
+    def accumulate(self, grads: dict[str, list[Ciphertext]], add: MatrixSum | None = None) -> None:
+        """g <- g + grads (several examples before one update). ``add`` sums two matrices; the model
+        owner passes its backend's guarded addition (:meth:`CipherBackend.add`), which refreshes an
+        operand first when bringing two scales together would take the sum below the refresh floor."""
         for k, g in grads.items():
             if k not in self.mats:
                 raise ProtocolError(f"gradient for unknown parameter {k}")
             cur = self.grads.get(k)
-            self.grads[k] = (
-                list(g) if cur is None else [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
-            )
+            if cur is None:
+                self.grads[k] = list(g)
+            elif add is not None:
+                self.grads[k] = add(cur, list(g))
+            else:
+                self.grads[k] = [ops.add(self.ctx, a, b) for a, b in zip(cur, g, strict=True)]
 
     def apply_sgd(self, lr: float, refresher: Refresher | None = None) -> int:
         """p <- p - lr * g homomorphically, then clear g. Every updated parameter below the top

@@ -144,5 +144,5 @@ class EncryptedEncoder:
             self.ctx.check(c)
         per_label = [list(dlogits[c * n : (c + 1) * n]) for c in range(labels)]
         grads = self.model.graph.backward(self.backend, self._cache, per_label, self._adapter.mats)
-        self._adapter.accumulate(grads)
+        self._adapter.accumulate(grads, add=self.backend.add)
         self._cache = None
