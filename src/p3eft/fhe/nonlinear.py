@@ -189,12 +189,16 @@ def ensure_levels(ctx: CkksContext, ct: Ciphertext, need: int, refresher: Refres
         raise LevelError(
             f"needs {need} more level(s), ciphertext is at level {ctx.level(ct)}; pass a refresher"
         )
+    if need > ctx.top_level - floor:  # no refresh can help: refuse before spending round trips
+        raise LevelError(
+            f"a phase needs {need} levels, more than a fresh ciphertext has above the refresh floor"
+        )
     ct = refresher(ct)
     if ctx.level(ct) - need < floor:
         ct = refresher(ct)
     if ctx.level(ct) - need < floor:
         raise LevelError(
-            f"a phase needs {need} levels, more than a fresh ciphertext has above the refresh floor"
+            f"the refresher's answer has {ctx.level(ct) - floor} levels above the floor, {need} needed"
         )
     return ct
 
